@@ -1,0 +1,50 @@
+# argofl: `make run` sets everything up and runs the flagship FedAvg experiment on this machine;
+# `make test` sets everything up and runs lint, type checks and the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/fedavg-fmnist-torch.yaml
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: install data run test lint typecheck unit compile bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[torch,tensorflow,dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's package when we can install it; otherwise the loader downloads it.
+data:
+	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	fi
+
+run: install data
+	$(BIN)/argofl run $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q -m "not slow"
+
+test: install data lint typecheck
+	$(BIN)/pytest -q
+
+compile: install
+	for c in configs/*.yaml; do $(BIN)/argofl compile $$c; done
+
+bench: install data
+	$(BIN)/python benchmarks/bench_rounds.py
+	$(BIN)/python benchmarks/bench_aggregate.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

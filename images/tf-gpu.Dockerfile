@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+# argofl step image: TensorFlow with CUDA 12 (NVIDIA driver >= 525 on the node).
+#
+#   docker build -f images/tf-gpu.Dockerfile -t argofl/step-tf-gpu:0.1.0 .
+#
+# Build from the repository root (the context is filtered by /.dockerignore). Needs BuildKit
+# (the default builder since Docker 23) for `RUN --mount`. TensorFlow comes from PyPI as
+# `tensorflow[and-cuda]`, which brings the CUDA and cuDNN libraries as pip packages, so a slim
+# Python base is enough; the node only has to provide the driver. See docs/kubernetes.md.
+
+# ---- builder: the argofl wheel, and Fashion-MNIST from Debian's package ----------------------------
+FROM python:3.11.15-slim-bookworm AS builder
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && printf 'argofl @ file://%s\n' /wheels/argofl-*.whl > /wheels/requirements.txt
+
+# ---- final ----------------------------------------------------------------------------------------
+FROM python:3.11.15-slim-bookworm
+LABEL org.opencontainers.image.title="argofl/step-tf-gpu" \
+      org.opencontainers.image.description="argofl workflow step image (TensorFlow, CUDA 12)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+# argofl without its `tensorflow` extra (that is tensorflow-cpu, which would clash with the GPU
+# build: both install the `tensorflow` module) plus tensorflow[and-cuda] of the same release line.
+# The wheels are bind-mounted from the builder, so they never become a layer of this image.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    python -m pip install --no-cache-dir --requirement /wheels/requirements.txt "tensorflow[and-cuda]==2.21.0" \
+    && argofl --version
+
+# Ask the NVIDIA container runtime for the compute libraries of the driver. Which GPUs are visible
+# is left to the device plugin (it sets NVIDIA_VISIBLE_DEVICES for pods that request nvidia.com/gpu).
+ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+COPY --from=builder /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist
+
+RUN groupadd --system --gid 10001 argofl \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /tmp/home --no-create-home \
+        --shell /usr/sbin/nologin argofl \
+    && install -d -o 10001 -g 10001 -m 0700 /tmp/home
+
+# Everything that writes goes below /tmp, so a read-only root filesystem plus an emptyDir at /tmp
+# is enough at run time.
+ENV HOME=/tmp/home \
+    XDG_CACHE_HOME=/tmp/home/.cache \
+    XDG_CONFIG_HOME=/tmp/home/.config \
+    MPLCONFIGDIR=/tmp/home/.config/matplotlib \
+    KERAS_HOME=/tmp/home/.keras \
+    TMPDIR=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /tmp
+USER 10001:10001
+CMD ["argofl", "--help"]

@@ -1,0 +1,1 @@
+"""argofl pipelines: hera workflow builders, the compiler, the local executor and the ``argofl`` CLI."""

@@ -1,0 +1,167 @@
+"""``argofl compile`` and ``argofl run``: config → Argo manifest, and that manifest run on this machine."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipelines.config import ConfigError, load_config
+from steps.settings import Settings, SettingsError, param_name
+
+__all__ = ["compile_cmd", "run_cmd"]
+
+
+class ConfigPath(click.Path):
+    """A config file argument whose load errors become usage errors."""
+
+    name = "config"
+
+    def __init__(self) -> None:
+        super().__init__(exists=True, dir_okay=False, path_type=Path)
+
+
+def _parse_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
+@click.command("compile")
+@click.argument("configs", nargs=-1, required=True, type=ConfigPath())
+@click.option("--out-dir", default="argo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where manifests are written.")
+def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
+    """Compile experiment CONFIGS into Argo Workflow manifests (argo/NAME.yaml)."""
+    from pipelines.compile import compile_config
+
+    for config in configs:
+        try:
+            out = compile_config(config, out_dir)
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+        click.echo(f"wrote {out}")
+
+
+class Progress:
+    """Prints one line per finished client, round and experiment step from the executor's node events."""
+
+    def __init__(self, out: Any = None) -> None:
+        self.out = out or sys.stdout
+        self.lock = threading.Lock()
+        self.seen: set[tuple[str, str]] = set()
+        self.start = time.monotonic()
+
+    def __call__(self, node: dict[str, Any]) -> None:
+        phase = node.get("phase", "")
+        if phase not in ("Succeeded", "Failed", "Error") or node.get("type") != "Pod":
+            return
+        key = (node.get("id", ""), phase)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        inputs = {p["name"]: p.get("value") for p in (node.get("inputs") or {}).get("parameters", [])}
+        outputs = {p["name"]: p.get("value") for p in (node.get("outputs") or {}).get("parameters", [])}
+        template = node.get("templateName", "")
+        mark = "✔" if phase == "Succeeded" else "✖"
+        stamp = f"[{time.monotonic() - self.start:7.1f}s]"
+        where = f"round {inputs['round']}" if "round" in inputs else ""
+        if template == "train":
+            text = f"{where} · client {inputs.get('clients')} {mark}"
+            if "accuracy" in outputs:
+                text += f" train loss {_num(outputs.get('loss'))} acc {_num(outputs.get('accuracy'))}"
+        elif template == "aggregate":
+            text = f"{where} {mark} aggregated {_num(outputs.get('clients'), '.0f')} updates"
+        elif template == "evaluate":
+            text = f"{where} {mark} test accuracy {_num(outputs.get('accuracy'))} loss {_num(outputs.get('loss'))}"
+        else:
+            text = f"{template} {mark}"
+        if phase != "Succeeded" and node.get("message"):
+            text += f" ({node['message']})"
+        with self.lock:
+            print(f"{stamp} {text.strip()}", file=self.out, flush=True)
+
+
+def _num(value: Any, fmt: str = ".4f") -> str:
+    try:
+        return format(float(value), fmt)
+    except (TypeError, ValueError):
+        return "?"
+
+
+@click.command("run")
+@click.argument("config", type=ConfigPath())
+@click.option("-p", "--parameter", "overrides", multiple=True, callback=_parse_overrides, metavar="NAME=VALUE",
+              help="Override a workflow parameter, e.g. -p rounds=2 (as with argo submit).")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Where the local store, MLflow database, logs and summaries go.")
+@click.option("--parallelism", default=2, show_default=True, type=click.IntRange(min=1),
+              help="Most step processes at once on this machine.")
+@click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
+@click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
+def run_cmd(config: Path, overrides: dict[str, str], runs_dir: Path, parallelism: int, mlflow_uri: str | None,
+            store: str | None) -> None:
+    """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
+    from pipelines.compile import manifest_for
+    from pipelines.local import LocalExecutorError, run_workflow
+
+    try:
+        cfg = load_config(config)
+        settings = {**cfg.settings.to_params(), **{k: v for k, v in overrides.items() if k in _SETTING_PARAMS}}
+        Settings.from_mapping(settings, where="parameters", strings=True)
+    except (ConfigError, SettingsError) as exc:
+        raise click.UsageError(str(exc)) from None
+    root = runs_dir.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    params = {
+        "store": store or (root / "store").as_uri(),
+        "mlflow-uri": mlflow_uri or f"sqlite:///{root / 'mlflow.db'}",
+        **overrides,
+    }
+    manifest = manifest_for(cfg)
+    click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
+    started = time.monotonic()
+    try:
+        from steps.store import FileStore
+
+        result = run_workflow(manifest, params, runs_dir=root / "workflows", artifact_store=FileStore(root / "artifacts"),
+                              on_node=Progress(), parallelism=parallelism)
+    except LocalExecutorError as exc:
+        raise click.UsageError(str(exc)) from None
+    wall = time.monotonic() - started
+    if result.phase != "Succeeded":
+        click.echo(f"error: workflow {result.name} {result.phase}: {result.status.get('message', '')}", err=True)
+        for node in result.status.get("nodes", {}).values():
+            if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
+                click.echo(f"  {node.get('displayName')}: {node.get('message', '')}", err=True)
+        click.echo(f"logs: argofl local logs {result.run_dir}", err=True)
+        sys.exit(1)
+    summary_path = _save_summary(params["store"], settings["experiment"], result.name, result.run_dir, wall)
+    click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
+
+
+_SETTING_PARAMS = {param_name(k) for k in Settings.__dataclass_fields__}
+
+
+def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
+    from steps.runinfo import RunLayout
+    from steps.store import open_store
+
+    store = open_store(store_uri)
+    summary = json.loads(store.get_bytes(RunLayout(f"{experiment}/{run}").summary_key))
+    summary["local_wall_time_s"] = round(wall, 3)
+    summary["store_uri"] = store.key_uri(f"{experiment}/{run}")
+    path = run_dir / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    for row in summary["rounds"]:
+        click.echo(f"  round {row['round']}: test accuracy {row['accuracy']:.4f}, loss {row['loss']:.4f}")
+    return path

@@ -1,0 +1,132 @@
+"""Experiment config files: the settings (:class:`steps.settings.Settings`) plus a ``cluster`` section.
+
+```yaml
+experiment: fedavg-fmnist-torch     # every top-level key is a setting (also an Argo parameter)
+rounds: 5
+cluster:                            # how pods are requested on Kubernetes (compile-time)
+  image: argofl/step-torch-cpu:0.1.0
+  gpus: 0
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from steps.settings import Settings, SettingsError
+
+__all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig", "load_config"]
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+class ConfigError(ValueError):
+    """A config file is unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Kubernetes-side options, fixed when the workflow is compiled."""
+
+    image: str = "argofl/step-torch-cpu:0.1.0"
+    namespace: str = "argofl"
+    service_account: str = "argofl-workflow"
+    store: str = "s3://argofl"
+    s3_endpoint: str = "http://minio:9000"
+    mlflow_uri: str = "http://mlflow:5000"
+    gpus: int = 0
+    cpu: str = "1"
+    memory: str = "2Gi"
+    parallelism: int = 10
+    retries: int = 2
+    step_timeout: int = 3600
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("gpus", "retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"cluster.{name}: must be ≥ 0, got {getattr(self, name)!r}")
+        for name in ("parallelism", "step_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"cluster.{name}: must be ≥ 1, got {getattr(self, name)!r}")
+        for name in ("cpu", "memory"):
+            if not _QUANTITY.match(getattr(self, name)):
+                raise ConfigError(f"cluster.{name}: not a Kubernetes quantity: {getattr(self, name)!r}")
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ConfigError(f"cluster.image: not an image reference: {self.image!r}")
+        for key, value in self.node_selector.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(f"cluster.node_selector: keys and values must be strings, got {key!r}: {value!r}")
+        for tol in self.tolerations:
+            if not isinstance(tol, dict) or not set(tol) <= {"key", "operator", "value", "effect",
+                                                              "tolerationSeconds"}:
+                raise ConfigError(f"cluster.tolerations: not a toleration: {tol!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ClusterOptions:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                hint = difflib.get_close_matches(str(key), known, n=1)
+                raise ConfigError(f"{where}: unknown key cluster.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            expected = {"str": str, "int": int, "dict[str, str]": dict, "list[dict[str, Any]]": list}[str(known[key].type)]
+            if expected is str and isinstance(value, int | float) and not isinstance(value, bool) and key in ("cpu", "memory"):
+                value = str(value)
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise ConfigError(f"{where}: cluster.{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+            kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment config and where it came from."""
+
+    name: str
+    settings: Settings
+    cluster: ClusterOptions
+    source: Path | None = None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate the experiment config at ``path``; the workflow is named after the file."""
+    file = Path(path)
+    where = str(path)
+    try:
+        doc = yaml.safe_load(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such config file") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{where}: cannot read YAML: {' '.join(str(exc).split())}") from None
+    return config_from_mapping(doc, name=file.stem, where=where, source=file)
+
+
+def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None = None) -> ExperimentConfig:
+    """Validate a parsed config document."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(doc).__name__}")
+    values = dict(doc)
+    cluster_doc = values.pop("cluster", {}) or {}
+    if not isinstance(cluster_doc, dict):
+        raise ConfigError(f"{where}: cluster: expected a mapping, got {type(cluster_doc).__name__}")
+    try:
+        settings = Settings.from_mapping(values, where=where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    cluster = ClusterOptions.from_mapping(cluster_doc, where=where)
+    if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
+        raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
+    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source)

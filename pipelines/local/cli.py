@@ -1,0 +1,121 @@
+"""``argofl local``: run an Argo Workflow YAML on this machine and read its logs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from pipelines.local import LocalExecutorError, run_workflow
+from pipelines.local.logs import find_nodes, log_files
+from pipelines.local.render import render_status
+
+__all__ = ["local"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def local() -> None:
+    """Run compiled Argo Workflows locally, without Kubernetes."""
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint="-p/--parameter")
+        params[name] = text
+    return params
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"{path}: cannot read YAML: {exc}", param_hint="WORKFLOW") from None
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        raise click.BadParameter(
+            f"{path}: expected exactly one Workflow document, found {len(docs)}", param_hint="WORKFLOW"
+        )
+    return docs[0]
+
+
+@local.command("run")
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "-p",
+    "--parameter",
+    "parameters",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Workflow parameter, like `argo submit -p`; repeatable.",
+)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/local"),
+    show_default=True,
+    help="Where run directories are created.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
+)
+def run_cmd(workflow: Path, parameters: tuple[str, ...], runs_dir: Path, as_json: bool) -> None:
+    """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input."""
+    manifest = _load(workflow)
+    params = _parse_params(parameters)
+    try:
+        result = run_workflow(manifest, params, runs_dir=runs_dir)
+    except LocalExecutorError as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(result.status, indent=2))
+    else:
+        click.echo(render_status(result.name, result.status), nl=False)
+    sys.exit(0 if result.phase == "Succeeded" else 1)
+
+
+def _run_dir(run: str, runs_dir: Path) -> Path:
+    for candidate in (Path(run), runs_dir / run):
+        if (candidate / "status.json").is_file():
+            return candidate
+    raise click.BadParameter(
+        f"{run!r}: no run directory with a status.json here or under {runs_dir}", param_hint="RUN"
+    )
+
+
+@local.command("logs")
+@click.argument("run")
+@click.argument("node", required=False)
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/local"),
+    show_default=True,
+    help="Where run directories are.",
+)
+def logs_cmd(run: str, node: str | None, runs_dir: Path) -> None:
+    """Print the logs of every pod of RUN, or of NODE (display name or id), attempt by attempt."""
+    run_dir = _run_dir(run, runs_dir)
+    status = json.loads((run_dir / "status.json").read_text())
+    nodes = status.get("nodes") or {}
+    if node is None:
+        targets = sorted(
+            (n for n in nodes.values() if n.get("type") == "Pod"), key=lambda n: str(n.get("startedAt"))
+        )
+    else:
+        targets = list(find_nodes(status, node))
+        if not targets:
+            raise click.BadParameter(
+                f"{node!r}: no node with that display name or id in {run_dir.name}", param_hint="NODE"
+            )
+    for target in targets:
+        for entry in log_files(run_dir, status, str(target["id"])):
+            shown = nodes.get(entry.node_id, {}).get("displayName", entry.node_id)
+            click.echo(f"==> {shown} ({entry.node_id}) attempt {entry.attempt} <==")
+            if entry.log.is_file():
+                click.echo(entry.log.read_text(errors="replace"), nl=False)

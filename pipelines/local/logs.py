@@ -1,0 +1,64 @@
+"""Where a node's logs are: ``<run_dir>/logs/<node-id>/attempt-<n>.log`` (and ``.stdout``).
+
+A pod that is not retried logs under its own id as attempt 0; the attempts of a ``Retry`` node log under
+the retry node's id, attempt ``n`` being the child ``name(n)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["LogFile", "find_nodes", "log_files"]
+
+
+@dataclass(frozen=True)
+class LogFile:
+    """One attempt of one pod: its combined log and its stdout."""
+
+    node_id: str
+    attempt: int
+    log: Path
+    stdout: Path
+
+
+def _retry_parent(nodes: Mapping[str, Mapping[str, Any]], node_id: str) -> tuple[str, int] | None:
+    for parent in nodes.values():
+        if parent.get("type") == "Retry":
+            attempts = [
+                c
+                for c in parent.get("children") or []
+                if not (nodes.get(c, {}).get("nodeFlag") or {}).get("hooked")
+            ]
+            if node_id in attempts:
+                return str(parent["id"]), attempts.index(node_id)
+    return None
+
+
+def log_files(run_dir: Path, status: Mapping[str, Any], node_id: str) -> list[LogFile]:
+    """The log files of ``node_id``: one for a pod, one per attempt for a retry node, none otherwise."""
+    nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
+    node = nodes.get(node_id)
+    if node is None:
+        return []
+    if node.get("type") == "Retry":
+        out = []
+        for child in node.get("children") or []:
+            out.extend(log_files(run_dir, status, child))
+        return out
+    if node.get("type") != "Pod":
+        return []
+    parent = _retry_parent(nodes, node_id)
+    key, attempt = parent if parent else (node_id, 0)
+    base = run_dir / "logs" / key / f"attempt-{attempt}"
+    return [LogFile(node_id, attempt, base.with_suffix(".log"), base.with_suffix(".stdout"))]
+
+
+def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
+    """Nodes whose id, full name or display name is ``ref``."""
+    nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
+    if ref in nodes:
+        return [nodes[ref]]
+    return [n for n in nodes.values() if ref in (n.get("name"), n.get("displayName"))]

@@ -1,0 +1,203 @@
+"""PyTorch backend. Models take float32 NCHW tensors in [0, 1] and return logits.
+
+Weights are the model's ``state_dict`` (parameters and buffers) as numpy arrays. Training uses the GPU
+when one is available, the CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steps.frameworks.base import (
+    FrameworkError,
+    TrainingDiverged,
+    call_factory,
+    check_data,
+    check_train_args,
+    check_weights,
+    epoch_orders,
+    resolve_model,
+    scale_images,
+)
+
+__all__ = ["TorchBackend", "create_backend"]
+
+
+def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Two 5x5 conv + max-pool blocks and a 128-unit hidden layer (~0.2M weights at 28x28x1)."""
+    h, w, c = input_shape
+    return nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(c, 16, kernel_size=5, padding=2),
+            relu1=nn.ReLU(),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(16, 32, kernel_size=5, padding=2),
+            relu2=nn.ReLU(),
+            pool2=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(32 * (h // 4) * (w // 4), 128),
+            relu3=nn.ReLU(),
+            logits=nn.Linear(128, num_classes),
+        )
+    )
+
+
+def _mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """Two hidden layers of 200 units (the "2NN" of the FedAvg paper)."""
+    h, w, c = input_shape
+    return nn.Sequential(
+        OrderedDict(
+            flatten=nn.Flatten(),
+            fc1=nn.Linear(h * w * c, 200),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(200, 200),
+            relu2=nn.ReLU(),
+            logits=nn.Linear(200, num_classes),
+        )
+    )
+
+
+_BUILTINS = {"cnn": _cnn, "mlp": _mlp}
+
+
+class TorchBackend:
+    """:class:`~steps.frameworks.base.Backend` for PyTorch."""
+
+    name = "torch"
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def configure(self, *, threads: int | None, deterministic: bool = True) -> None:
+        if threads is not None:
+            if threads < 1:
+                raise FrameworkError(f"threads={threads} must be >= 1 (or None for the default)")
+            torch.set_num_threads(threads)
+            # only settable before the first inter-op parallel work; harmless to skip after that
+            with contextlib.suppress(RuntimeError):
+                torch.set_num_interop_threads(threads)
+        if deterministic and self.device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = not deterministic
+
+    def build_model(
+        self, model: str, *, input_shape: tuple[int, int, int], num_classes: int, seed: int
+    ) -> Any:
+        factory = resolve_model(model, _BUILTINS)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = call_factory(model, factory, input_shape, num_classes)
+        if not isinstance(net, nn.Module):
+            raise FrameworkError(
+                f"model factory {model!r} returned {type(net).__name__}, not a torch.nn.Module"
+            )
+        return net.to(self.device)
+
+    def get_weights(self, model: Any) -> dict[str, np.ndarray]:
+        return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+    def set_weights(self, model: Any, weights: Mapping[str, np.ndarray]) -> None:
+        state = model.state_dict()
+        check_weights({k: tuple(v.shape) for k, v in state.items()}, weights)
+        with torch.no_grad():
+            for k, v in state.items():
+                v.copy_(torch.as_tensor(np.asarray(weights[k])))
+
+    def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        xt = torch.from_numpy(scale_images(x)).permute(0, 3, 1, 2).contiguous().to(self.device)
+        return xt, torch.tensor(y, dtype=torch.int64, device=self.device)
+
+    def train(
+        self,
+        model: Any,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        momentum: float,
+        seed: int,
+    ) -> dict[str, float]:
+        check_train_args(x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum)
+        xt, yt = self._tensors(x, y)
+        n = len(yt)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        loss_sum, correct = 0.0, 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # dropout and other in-model randomness
+            for epoch, order in enumerate(epoch_orders(n, epochs, seed), start=1):
+                loss_sum, correct = 0.0, 0
+                for batch, idx in enumerate(_batches(order, batch_size, self.device), start=1):
+                    xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
+                    optimizer.zero_grad(set_to_none=True)
+                    logits = model(xb)
+                    loss = loss_fn(logits, yb)
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(
+                            f"training diverged: loss {value} at epoch {epoch}/{epochs}, batch {batch} "
+                            f"(lr={lr}, batch_size={batch_size}): lower the learning rate"
+                        )
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += value * len(idx)
+                    correct += int((logits.argmax(1) == yb).sum())
+        return {"loss": loss_sum / n, "accuracy": correct / n, "examples": float(n)}
+
+    def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict[str, float]:
+        check_data(x, y)
+        if batch_size < 1:
+            raise FrameworkError(f"batch_size={batch_size} must be >= 1")
+        loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        model.eval()
+        loss_sum, correct = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(x), batch_size):
+                xb, yb = self._tensors(x[start : start + batch_size], y[start : start + batch_size])
+                logits = model(xb)
+                loss_sum += float(loss_fn(logits, yb))
+                correct += int((logits.argmax(1) == yb).sum())
+        n = len(x)
+        return {"loss": loss_sum / n, "accuracy": correct / n, "examples": float(n)}
+
+    def log_model(self, model: Any, *, name: str, input_example: np.ndarray | None = None) -> str:
+        import mlflow
+        import mlflow.pytorch
+
+        if mlflow.active_run() is None:
+            raise FrameworkError(f"cannot log model {name!r}: no active mlflow run (start one first)")
+        example = None
+        if input_example is not None:
+            check_data(input_example, np.zeros(len(input_example), dtype=np.int64))
+            example = scale_images(input_example).transpose(0, 3, 1, 2)
+        info = mlflow.pytorch.log_model(
+            model.cpu(),
+            name=name,
+            input_example=example,
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+        model.to(self.device)
+        return str(info.model_uri)
+
+
+def _batches(order: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:
+    for start in range(0, len(order), batch_size):
+        yield torch.from_numpy(order[start : start + batch_size]).to(device)
+
+
+def create_backend() -> TorchBackend:
+    """The entry point used by :func:`steps.frameworks.get_backend`."""
+    return TorchBackend()

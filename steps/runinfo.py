@@ -1,0 +1,119 @@
+"""Where a run's objects live in the store, and the run record (``run.json``) that ``init`` freezes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from steps.settings import Settings
+from steps.store import ObjectNotFound, Store, join_key, open_store
+
+__all__ = ["RunError", "RunLayout", "RunRecord", "load_record", "store_from_env", "write_json"]
+
+STORE_ENV = "ARGOFL_STORE"
+
+
+class RunError(RuntimeError):
+    """The run's state in the store is missing or inconsistent."""
+
+
+def store_from_env() -> Store:
+    """The store named by ``$ARGOFL_STORE`` (``file://…`` or ``s3://bucket[/prefix]``)."""
+    uri = os.environ.get(STORE_ENV, "")
+    if not uri:
+        raise RunError(f"{STORE_ENV} is not set: steps need the store URI, e.g. s3://argofl or file:///data/runs")
+    return open_store(uri)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Keys of one run: ``<experiment>/<run>/round-NNNN/{global,updates/client-N,plan.json,eval.json}``."""
+
+    run_key: str
+
+    def round_prefix(self, round: int) -> str:
+        return join_key(self.run_key, f"round-{round:04d}")
+
+    def global_key(self, round: int) -> str:
+        return join_key(self.round_prefix(round), "global")
+
+    def update_key(self, round: int, client: str) -> str:
+        return join_key(self.round_prefix(round), "updates", f"client-{client}")
+
+    def plan_key(self, round: int) -> str:
+        return join_key(self.round_prefix(round), "plan.json")
+
+    def eval_key(self, round: int) -> str:
+        return join_key(self.round_prefix(round), "eval.json")
+
+    @property
+    def record_key(self) -> str:
+        return join_key(self.run_key, "run.json")
+
+    @property
+    def summary_key(self) -> str:
+        return join_key(self.run_key, "summary.json")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What ``init`` froze for the run: settings, MLflow run id, workflow identity, start time."""
+
+    settings: Settings
+    mlflow_run_id: str
+    workflow_name: str
+    workflow_uid: str
+    created_at: float
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "settings": self.settings.to_dict(),
+            "mlflow_run_id": self.mlflow_run_id,
+            "workflow_name": self.workflow_name,
+            "workflow_uid": self.workflow_uid,
+            "created_at": self.created_at,
+        }, indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, *, where: str) -> RunRecord:
+        try:
+            doc = json.loads(data)
+            return cls(
+                settings=Settings.from_mapping(doc["settings"], where=where),
+                mlflow_run_id=str(doc["mlflow_run_id"]),
+                workflow_name=str(doc["workflow_name"]),
+                workflow_uid=str(doc["workflow_uid"]),
+                created_at=float(doc["created_at"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RunError(f"run record {where} is unreadable: {exc}") from None
+
+
+def load_record(store: Store, layout: RunLayout) -> RunRecord:
+    """The run record; a clear error when ``init`` has not run."""
+    where = store.key_uri(layout.record_key)
+    try:
+        data = store.get_bytes(layout.record_key)
+    except ObjectNotFound:
+        raise RunError(f"no run record at {where}: the init step has not completed for this run") from None
+    return RunRecord.from_json(data, where=where)
+
+
+def write_json(store: Store, key: str, doc: Any) -> str:
+    """Atomically write ``doc`` as JSON at ``key``; return its URI."""
+    return store.put_bytes(key, json.dumps(doc, indent=2, sort_keys=True).encode())
+
+
+def now() -> float:
+    """Wall-clock seconds (a function so tests can reason about it)."""
+    return time.time()
+
+
+def open_run(run_key: str) -> tuple[Store, RunLayout, RunRecord]:
+    """Store, layout and record of the run at ``run_key`` (``<experiment>/<run>``)."""
+    store = store_from_env()
+    layout = RunLayout(run_key)
+    return store, layout, load_record(store, layout)

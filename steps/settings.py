@@ -1,0 +1,168 @@
+"""Experiment settings: one schema for config files, Argo workflow parameters and step arguments.
+
+Every setting is a workflow parameter (``min_clients`` in YAML is ``min-clients`` in Argo), so
+``argo submit argo/X.yaml -p rounds=20`` works, and the ``init`` step validates the values it is
+given with the same rules as ``argofl compile`` does before freezing them into the run's
+``run.json``. Later steps read the frozen settings from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+def _choice(*choices: str) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be ≥ {low:g}"
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _fraction(value: Any) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _momentum(value: Any) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _dns_name(value: Any) -> str | None:
+    if _NAME_RE.match(value):
+        return None
+    return "must be lowercase letters, digits and '-', starting and ending with a letter or digit"
+
+
+def _model(value: Any) -> str | None:
+    if value in ("cnn", "mlp") or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+        return None
+    return "must be a built-in model (cnn, mlp) or 'package.module:factory'"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one federated experiment (see ``configs/`` for annotated examples)."""
+
+    experiment: str = field(metadata={"help": "experiment name (MLflow experiment, store prefix)",
+                                      "check": _dns_name})
+    framework: str = field(default="torch", metadata={"help": "torch or tensorflow",
+                                                      "check": _choice("torch", "tensorflow")})
+    dataset: str = field(default="fashion-mnist", metadata={
+        "help": "fashion-mnist, mnist or cifar10", "check": _choice("fashion-mnist", "mnist", "cifar10")})
+    data_dir: str = field(default="", metadata={"help": "dataset directory (default: the dataset's usual place)"})
+    data_limit: int = field(default=0, metadata={
+        "help": "use only the first N training examples (0 = all; for smoke tests)", "check": _at_least(0)})
+    model: str = field(default="cnn", metadata={"help": "cnn, mlp or package.module:factory", "check": _model})
+    partition: str = field(default="iid", metadata={"help": "iid or dirichlet",
+                                                    "check": _choice("iid", "dirichlet")})
+    alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)",
+                                                "check": _positive})
+    clients: int = field(default=10, metadata={"help": "number of clients", "check": _at_least(1)})
+    fraction: float = field(default=1.0, metadata={"help": "fraction of clients sampled per round",
+                                                   "check": _fraction})
+    min_clients: int = field(default=1, metadata={
+        "help": "fewest clients sampled, and fewest valid updates needed to aggregate", "check": _at_least(1)})
+    clients_per_pod: int = field(default=1, metadata={"help": "clients trained one after another in one pod",
+                                                      "check": _at_least(1)})
+    rounds: int = field(default=5, metadata={"help": "federated rounds", "check": _at_least(1)})
+    local_epochs: int = field(default=1, metadata={"help": "local epochs per round", "check": _at_least(1)})
+    batch_size: int = field(default=32, metadata={"help": "local batch size", "check": _at_least(1)})
+    lr: float = field(default=0.05, metadata={"help": "local SGD learning rate", "check": _positive})
+    momentum: float = field(default=0.9, metadata={"help": "local SGD momentum", "check": _momentum})
+    seed: int = field(default=0, metadata={"help": "seed for init, sampling, partitioning, training",
+                                           "check": _at_least(0)})
+    strategy: str = field(default="fedavg", metadata={"help": "aggregation strategy", "check": _choice("fedavg")})
+    threads: int = field(default=1, metadata={"help": "CPU threads per training process (fixed for determinism)",
+                                              "check": _at_least(1)})
+    eval_batch_size: int = field(default=1000, metadata={"help": "evaluation batch size", "check": _at_least(1)})
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check = f.metadata.get("check")
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SettingsError(f"{f.name}: must be a finite number, got {value!r}")
+            problem = check(value) if check else None
+            if problem:
+                raise SettingsError(f"{f.name}: {problem}, got {value!r}")
+        if self.min_clients > self.clients:
+            raise SettingsError(
+                f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}"
+            )
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "settings", strings: bool = False) -> Settings:
+        """Build settings from ``values`` (YAML keys, or Argo parameter names when ``strings``).
+
+        With ``strings`` every value is a string (as Argo passes parameters) and is parsed by type.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, raw in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise SettingsError(f"{where}: unknown setting {raw_key!r}{suggestion}")
+            kwargs[key] = _coerce(key, known[key].type, raw, where=where, strings=strings)
+        if "experiment" not in kwargs:
+            raise SettingsError(f"{where}: missing required setting 'experiment'")
+        try:
+            return cls(**kwargs)
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+
+    def to_params(self) -> dict[str, str]:
+        """Argo parameter name → string value, in declaration order."""
+        return {param_name(f.name): _format(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able mapping with YAML key names."""
+        return dataclasses.asdict(self)
+
+
+FIELDS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Settings)
+
+
+def param_name(key: str) -> str:
+    """YAML key → Argo parameter name (``min_clients`` → ``min-clients``)."""
+    return key.replace("_", "-")
+
+
+def _format(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _coerce(key: str, type_name: Any, raw: Any, *, where: str, strings: bool) -> Any:
+    expected = {"int": int, "float": float, "str": str}[str(type_name)]
+    if strings and isinstance(raw, str) and expected is not str:
+        try:
+            return expected(raw.strip())
+        except ValueError:
+            raise SettingsError(f"{where}: {key}: expected {expected.__name__}, got {raw!r}") from None
+    if expected is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, expected) or isinstance(raw, bool):
+        raise SettingsError(f"{where}: {key}: expected {expected.__name__}, got {type(raw).__name__} {raw!r}")
+    return raw

@@ -1,0 +1,98 @@
+"""``aggregate``: validate the round's client updates and fold them into the new global checkpoint.
+
+Updates are loaded one at a time (memory O(model)). An update that is missing (its train step
+failed), corrupt, of the wrong shape or non-finite is rejected with a logged reason; the round
+goes on with the rest as long as at least ``min_clients`` valid updates remain.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+from steps import tracking
+from steps.checkpoint import (
+    CheckpointError,
+    CheckpointNotFound,
+    checkpoint_exists,
+    load_checkpoint,
+    load_manifest,
+    save_checkpoint,
+    specs_of,
+)
+from steps.runinfo import RunError, open_run
+from steps.strategies import AggregationError, ClientUpdate, get_strategy
+
+log = logging.getLogger(__name__)
+
+
+class NotEnoughUpdates(AggregationError):
+    """Fewer valid updates than ``min_clients``."""
+
+
+def run(*, run_key: str, round: int) -> dict[str, float]:
+    """Aggregate ``round``; returns the aggregated train metrics."""
+    store, layout, record = open_run(run_key)
+    s = record.settings
+    global_key = layout.global_key(round)
+    if checkpoint_exists(store, global_key):
+        log.warning("round %d is already aggregated at %s; leaving it untouched", round,
+                    store.key_uri(global_key))
+        return dict(load_manifest(store, global_key).metrics)
+    try:
+        plan = json.loads(store.get_bytes(layout.plan_key(round)))
+        clients = sorted((str(c) for c in plan["clients"]), key=int)
+    except Exception as exc:
+        raise RunError(f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: "
+                       f"{exc}") from None
+    previous = load_checkpoint(store, layout.global_key(round - 1))
+    like = specs_of(previous.arrays)
+    rejected: dict[str, str] = {}
+    accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
+
+    def updates() -> Iterator[ClientUpdate]:
+        for client in clients:
+            try:
+                ckpt = load_checkpoint(store, layout.update_key(round, client), like=like)
+            except CheckpointNotFound:
+                rejected[client] = "no update (its train step failed or did not run)"
+            except CheckpointError as exc:
+                rejected[client] = str(exc)
+            else:
+                if ckpt.manifest.examples <= 0 or ckpt.manifest.round != round or ckpt.manifest.client != client:
+                    rejected[client] = (f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
+                                        f"{ckpt.manifest.examples} examples; expected round {round}, client "
+                                        f"{client}, > 0 examples")
+                    continue
+                update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
+                accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
+                yield update
+            if client in rejected:
+                log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
+
+    strategy = get_strategy(s.strategy)
+    try:
+        weights, metrics = strategy.aggregate(previous.arrays, updates())
+    except AggregationError as exc:
+        if not accepted:
+            weights, metrics = {}, {}
+        else:
+            raise AggregationError(f"round {round}: {exc}") from None
+    if len(accepted) < s.min_clients:
+        raise NotEnoughUpdates(
+            f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, need min_clients="
+            f"{s.min_clients}; global checkpoint not written (rejected: {sorted(rejected, key=int)})"
+        )
+    metrics["rejected"] = float(len(rejected))
+    uri = save_checkpoint(store, global_key, weights, round=round, examples=int(metrics["examples"]),
+                          metrics=metrics, extra={"clients": ",".join(u.client for u in accepted)})
+    log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
+    to_log = {f"train_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy")}
+    to_log.update({"clients_aggregated": float(len(accepted)), "clients_rejected": float(len(rejected))})
+    for update in accepted:
+        for key in ("loss", "accuracy"):
+            if key in update.metrics:
+                to_log[f"client_{update.client}_train_{key}"] = update.metrics[key]
+    tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
+    return metrics

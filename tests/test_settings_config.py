@@ -1,0 +1,73 @@
+"""Config files and settings: bad input gives one clear error naming the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import ConfigError, load_config
+from steps.settings import Settings, SettingsError
+
+FLAGSHIP = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_flagship_config_loads():
+    cfg = load_config(FLAGSHIP)
+    assert cfg.name == "fedavg-fmnist-torch"
+    assert cfg.settings.clients == 10
+    assert cfg.settings.rounds == 5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("experiment: x\nround: 5\n", "unknown setting 'round' (did you mean 'rounds'?)"),
+        ("experiment: x\nrounds: five\n", "rounds: expected int, got str 'five'"),
+        ("experiment: x\nrounds: -1\n", "rounds: must be ≥ 1, got -1"),
+        ("experiment: x\nrounds: true\n", "rounds: expected int"),
+        ("experiment: x\nclients: 3\nmin_clients: 4\n", "min_clients: must be ≤ clients (3), got 4"),
+        ("experiment: x\nfraction: 1.5\n", "fraction: must be in (0, 1]"),
+        ("experiment: x\nlr: .nan\n", "lr: must be a finite number"),
+        ("experiment: x\nframework: jax\n", "framework: must be one of torch, tensorflow"),
+        ("experiment: Bad_Name\n", "experiment: must be lowercase"),
+        ("rounds: 2\n", "missing required setting 'experiment'"),
+        ("experiment: x\ncluster: {gpu: 1}\n", "unknown key cluster.gpu (did you mean 'gpus'?)"),
+        ("experiment: x\ncluster: {memory: lots}\n", "cluster.memory: not a Kubernetes quantity"),
+        ("experiment: x\ncluster: {gpus: -1}\n", "cluster.gpus: must be ≥ 0"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("experiment: [unclosed\n", "cannot read YAML"),
+    ],
+)
+def test_bad_config_gives_one_line_error_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text_out = str(info.value)
+    assert message in text_out
+    assert str(path) in text_out
+    assert "\n" not in text_out
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_workflow_parameters_parse_back_to_the_same_settings():
+    settings = load_config(FLAGSHIP).settings
+    assert Settings.from_mapping(settings.to_params(), strings=True) == settings
+
+
+def test_string_parameters_are_validated_like_config_values():
+    params = {**load_config(FLAGSHIP).settings.to_params(), "rounds": "0"}
+    with pytest.raises(SettingsError, match="rounds: must be ≥ 1, got 0"):
+        Settings.from_mapping(params, where="workflow parameters", strings=True)
+    with pytest.raises(SettingsError, match="lr: expected float, got 'fast'"):
+        Settings.from_mapping({**params, "rounds": "2", "lr": "fast"}, strings=True)

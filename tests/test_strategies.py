@@ -1,0 +1,102 @@
+"""FedAvg math: exact weighted averages, streaming equals in-memory, memory stays O(model)."""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from steps.strategies import AggregationError, ClientUpdate, FedAvg, WeightedAverage, fedavg, get_strategy
+
+
+def test_weighted_average_exact_on_hand_made_arrays():
+    a = {"w": np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32), "b": np.array([0.0], dtype=np.float32)}
+    b = {"w": np.array([[5.0, 6.0], [7.0, 8.0]], dtype=np.float32), "b": np.array([4.0], dtype=np.float32)}
+    out = fedavg([(a, 1), (b, 3)])
+    np.testing.assert_array_equal(out["w"], np.array([[4.0, 5.0], [6.0, 7.0]], dtype=np.float32))
+    np.testing.assert_array_equal(out["b"], np.array([3.0], dtype=np.float32))
+    assert out["w"].dtype == np.float32
+
+
+def test_single_update_is_returned_bit_exact():
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((64, 33)).astype(np.float32)}
+    out = fedavg([(arrays, 6000)])
+    assert out["x"].tobytes() == arrays["x"].tobytes()
+
+
+def test_integer_buffers_are_rounded_and_keep_dtype():
+    out = fedavg([({"n": np.array([10], dtype=np.int64)}, 1), ({"n": np.array([13], dtype=np.int64)}, 1)])
+    assert out["n"].dtype == np.int64
+    assert out["n"].tolist() == [12]  # 11.5 rounds half to even
+
+
+def test_fedavg_strategy_weights_metrics_by_examples():
+    updates = [
+        ClientUpdate("0", {"w": np.zeros(3, np.float32)}, 100, {"loss": 1.0, "accuracy": 0.5}),
+        ClientUpdate("1", {"w": np.ones(3, np.float32)}, 300, {"loss": 2.0, "accuracy": 0.9}),
+    ]
+    weights, metrics = FedAvg().aggregate({"w": np.zeros(3, np.float32)}, iter(updates))
+    np.testing.assert_allclose(weights["w"], 0.75)
+    assert metrics["loss"] == pytest.approx(1.75)
+    assert metrics["accuracy"] == pytest.approx(0.8)
+    assert metrics["examples"] == 400
+    assert metrics["clients"] == 2
+
+
+def test_streaming_equals_in_memory_average():
+    rng = np.random.default_rng(1)
+    updates = [({"a": rng.standard_normal((20, 7)).astype(np.float32), "b": rng.standard_normal(5)}, int(n))
+               for n in rng.integers(1, 1000, size=25)]
+    streamed = fedavg(iter(updates))
+    total = sum(n for _, n in updates)
+    for name in ("a", "b"):
+        in_memory = np.sum([u[name].astype(np.float64) * n for u, n in updates], axis=0) / total
+        np.testing.assert_array_equal(streamed[name], in_memory.astype(updates[0][0][name].dtype))
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        ({"w": np.zeros(4, np.float32)}, "shape"),
+        ({"v": np.zeros(3, np.float32)}, "names differ"),
+    ],
+)
+def test_mismatched_updates_are_refused(second, message):
+    mean = WeightedAverage()
+    mean.add({"w": np.zeros(3, np.float32)}, 1)
+    with pytest.raises(AggregationError, match=message):
+        mean.add(second, 1, source="update from client 7")
+
+
+def test_non_positive_weight_and_empty_input_are_refused():
+    with pytest.raises(AggregationError, match="weight must be > 0"):
+        WeightedAverage().add({"w": np.zeros(1)}, 0)
+    with pytest.raises(AggregationError, match="no updates"):
+        fedavg([])
+    with pytest.raises(AggregationError, match="unknown strategy 'fedprox'"):
+        get_strategy("fedprox")
+
+
+def test_peak_memory_of_streaming_many_updates_stays_near_one_model():
+    """50 updates of a 4M-parameter (16 MB) model: peak traced memory must stay a few models, not 50."""
+    shape = (1000, 4000)
+    model_bytes = shape[0] * shape[1] * 4
+
+    def updates() -> Iterator[tuple[dict[str, np.ndarray], int]]:
+        for i in range(50):
+            yield {"w": np.full(shape, float(i), dtype=np.float32)}, 1
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        out = fedavg(updates())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert float(out["w"][0, 0]) == pytest.approx(24.5)
+    # float64 accumulator (2 models) + the update being folded (1) + the float32 result (1).
+    assert peak < 4.5 * model_bytes, f"peak {peak / model_bytes:.1f} models"
