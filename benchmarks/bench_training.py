@@ -37,8 +37,8 @@ from steps.partition import client_seed, partition  # noqa: E402
 
 # The flagship hyperparameters per framework (1 local epoch, 10 IID clients, 5 rounds).
 FLAGSHIP: dict[str, dict[str, Any]] = {
-    "torch": {"batch_size": 32, "lr": 0.05, "momentum": 0.9},
-    "tensorflow": {"batch_size": 32, "lr": 0.05, "momentum": 0.9},
+    "torch": {"batch_size": 32, "lr": 0.03, "momentum": 0.9},
+    "tensorflow": {"batch_size": 32, "lr": 0.03, "momentum": 0.9},
 }
 
 Weights = dict[str, np.ndarray]

@@ -25,8 +25,8 @@ from hera.workflows import (
     Env,
     Parameter,
     Resources,
-    SecretEnv,
     RetryStrategy,
+    SecretEnv,
     Step,
     Steps,
     Task,
@@ -35,10 +35,12 @@ from hera.workflows import (
 from hera.workflows.models import (
     Backoff,
     ContinueOn,
+    IntOrString,
     PodGC,
     PodSecurityContext,
-    TTLStrategy,
+    Sequence,
     Toleration,
+    TTLStrategy,
     ValueFrom,
 )
 
@@ -53,7 +55,7 @@ STEP_UID = 10001
 
 
 def _wp(name: str) -> str:
-    return "{{workflow.parameters.%s}}" % name
+    return f"{{{{workflow.parameters.{name}}}}}"
 
 
 def _env(cfg: ExperimentConfig) -> list[Any]:
@@ -76,9 +78,17 @@ def _output_args(*names: str) -> list[str]:
     return [arg for n in names for arg in ("--output", f"{n}={OUTPUT_DIR}/{n}")]
 
 
-def _step_container(cfg: ExperimentConfig, name: str, description: str, args: list[str], *,
-                    inputs: list[Parameter] | None = None, outputs: tuple[str, ...] = (),
-                    resources: Resources | None = None, retries: int | None = None) -> Container:
+def _step_container(
+    cfg: ExperimentConfig,
+    name: str,
+    description: str,
+    args: list[str],
+    *,
+    inputs: list[Parameter] | None = None,
+    outputs: tuple[str, ...] = (),
+    resources: Resources | None = None,
+    retries: int | None = None,
+) -> Container:
     return Container(
         name=name,
         image=_wp("image"),
@@ -88,9 +98,11 @@ def _step_container(cfg: ExperimentConfig, name: str, description: str, args: li
         inputs=inputs or [],
         outputs=_outputs(*outputs),
         resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
-        retry_strategy=RetryStrategy(limit=str(retries if retries is not None else cfg.cluster.retries),
-                                     retry_policy="Always",
-                                     backoff=Backoff(duration="5s", factor="2", max_duration="5m")),
+        retry_strategy=RetryStrategy(
+            limit=str(retries if retries is not None else cfg.cluster.retries),
+            retry_policy="Always",
+            backoff=Backoff(duration="5s", factor=IntOrString("2"), max_duration="5m"),
+        ),
         active_deadline_seconds=str(cfg.cluster.step_timeout),
         annotations={"workflows.argoproj.io/description": description},
     )
@@ -108,8 +120,13 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
     ]
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
-    train_resources = Resources(cpu_request=c.cpu, cpu_limit=c.cpu, memory_request=c.memory, memory_limit=c.memory,
-                                gpus=c.gpus or None)
+    train_resources = Resources(
+        cpu_request=c.cpu,
+        cpu_limit=c.cpu,
+        memory_request=c.memory,
+        memory_limit=c.memory,
+        gpus=c.gpus or None,
+    )
 
     with Workflow(
         generate_name=f"{cfg.name}-",
@@ -118,63 +135,122 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         arguments=arguments,
         service_account_name=c.service_account,
         labels={"app.kubernetes.io/name": "argofl", "argofl.io/experiment": cfg.settings.experiment},
-        annotations={"workflows.argoproj.io/description":
-                     f"argofl FedAvg experiment {cfg.name}: rounds of distribute, train, aggregate, evaluate"},
+        annotations={
+            "workflows.argoproj.io/description": f"argofl FedAvg experiment {cfg.name}: rounds of "
+            "distribute, train, aggregate, evaluate"
+        },
         pod_gc=PodGC(strategy="OnWorkflowSuccess"),
         ttl_strategy=TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
-        security_context=PodSecurityContext(run_as_non_root=True, run_as_user=STEP_UID, run_as_group=STEP_UID,
-                                            fs_group=STEP_UID),
+        security_context=PodSecurityContext(
+            run_as_non_root=True, run_as_user=STEP_UID, run_as_group=STEP_UID, fs_group=STEP_UID
+        ),
         node_selector=c.node_selector or None,
         tolerations=[Toleration(**t) for t in c.tolerations] or None,
     ) as wf:
         init = _step_container(
-            cfg, "init", "Validate settings, write the round-0 global checkpoint, create the MLflow run",
-            ["--run-key", RUN_KEY, "--workflow-name", "{{workflow.name}}", "--workflow-uid", "{{workflow.uid}}"]
+            cfg,
+            "init",
+            "Validate settings, write the round-0 global checkpoint, create the MLflow run",
+            [
+                "--run-key",
+                RUN_KEY,
+                "--workflow-name",
+                "{{workflow.name}}",
+                "--workflow-uid",
+                "{{workflow.uid}}",
+            ]
             + [a for k in settings for a in ("--param", f"{k}={_wp(k)}")],
             outputs=("mlflow-run-id",),
         )
-        distribute = _step_container(cfg, "distribute", "Sample this round's clients (JSON list of pods)",
-                                     round_arg, inputs=round_in)
+        distribute = _step_container(
+            cfg, "distribute", "Sample this round's clients (JSON list of pods)", round_arg, inputs=round_in
+        )
         train = _step_container(
-            cfg, "train", "Local training of a client group from the previous global model",
+            cfg,
+            "train",
+            "Local training of a client group from the previous global model",
             [*round_arg, "--clients", "{{inputs.parameters.clients}}"],
-            inputs=[*round_in, Parameter(name="clients")], outputs=("loss", "accuracy"),
+            inputs=[*round_in, Parameter(name="clients")],
+            outputs=("loss", "accuracy", "seconds"),
             resources=train_resources,
         )
-        aggregate = _step_container(cfg, "aggregate", "FedAvg of the valid client updates (weighted by examples)",
-                                    round_arg, inputs=round_in, outputs=("loss", "accuracy", "clients"))
-        evaluate = _step_container(cfg, "evaluate", "Global model on the test set", round_arg, inputs=round_in,
-                                   outputs=("loss", "accuracy"))
-        _step_container(cfg, "finish", "Exit handler: close the MLflow run as failed unless the workflow succeeded",
-                        ["--run-key", RUN_KEY, "--status", "{{workflow.status}}"], retries=1)
-        finalize = _step_container(cfg, "finalize", "Write summary.json and log the final model to MLflow",
-                                   ["--run-key", RUN_KEY], outputs=("accuracy",))
+        aggregate = _step_container(
+            cfg,
+            "aggregate",
+            "FedAvg of the valid client updates (weighted by examples)",
+            round_arg,
+            inputs=round_in,
+            outputs=("loss", "accuracy", "clients"),
+        )
+        evaluate = _step_container(
+            cfg,
+            "evaluate",
+            "Global model on the test set",
+            round_arg,
+            inputs=round_in,
+            outputs=("loss", "accuracy"),
+        )
+        _step_container(
+            cfg,
+            "finish",
+            "Exit handler: close the MLflow run as failed unless the workflow succeeded",
+            ["--run-key", RUN_KEY, "--status", "{{workflow.status}}"],
+            retries=1,
+        )
+        finalize = _step_container(
+            cfg,
+            "finalize",
+            "Write summary.json and log the final model to MLflow",
+            ["--run-key", RUN_KEY],
+            outputs=("accuracy",),
+        )
 
         with DAG(
             name="round",
             inputs=round_in,
             parallelism=c.parallelism,
-            outputs=[Parameter(name=n, value_from=ValueFrom(parameter=f"{{{{tasks.evaluate.outputs.parameters.{n}}}}}"))
-                     for n in ("loss", "accuracy")],
+            outputs=[
+                Parameter(
+                    name=n, value_from=ValueFrom(parameter=f"{{{{tasks.evaluate.outputs.parameters.{n}}}}}")
+                )
+                for n in ("loss", "accuracy")
+            ],
             annotations={"workflows.argoproj.io/description": "One FedAvg round"},
         ) as round_dag:
             r = {"round": "{{inputs.parameters.round}}"}
             t_distribute = Task(name="distribute", template=distribute, arguments=r)
-            t_train = Task(name="train", template=train,
-                           arguments={**r, "clients": "{{item}}"},
-                           with_param="{{tasks.distribute.outputs.result}}",
-                           continue_on=ContinueOn(failed=True, error=True),
-                           depends="distribute")
-            t_aggregate = Task(name="aggregate", template=aggregate, arguments=r,
-                               depends="train.Succeeded || train.Failed || train.Errored")
+            t_train = Task(
+                name="train",
+                template=train,
+                arguments={**r, "clients": "{{item}}"},
+                with_param="{{tasks.distribute.outputs.result}}",
+                continue_on=ContinueOn(failed=True, error=True),
+                depends="distribute",
+            )
+            t_aggregate = Task(
+                name="aggregate",
+                template=aggregate,
+                arguments=r,
+                depends="train.Succeeded || train.Failed || train.Errored",
+            )
             t_evaluate = Task(name="evaluate", template=evaluate, arguments=r, depends="aggregate")
             del t_distribute, t_train, t_aggregate, t_evaluate
 
-        with Steps(name="fedavg", parallelism=1, fail_fast=True,
-                   annotations={"workflows.argoproj.io/description": "init, then the rounds in order, then finalize"}):
+        with Steps(
+            name="fedavg",
+            parallelism=1,
+            fail_fast=True,
+            annotations={
+                "workflows.argoproj.io/description": "init, then the rounds in order, then finalize"
+            },
+        ):
             Step(name="init", template=init)
-            Step(name="round", template=round_dag, arguments={"round": "{{item}}"},
-                 with_sequence={"start": "1", "end": _wp("rounds")})
+            Step(
+                name="round",
+                template=round_dag,
+                arguments={"round": "{{item}}"},
+                with_sequence=Sequence(start=IntOrString("1"), end=IntOrString(_wp("rounds"))),
+            )
             Step(name="finalize", template=finalize)
     return wf
 

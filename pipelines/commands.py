@@ -38,8 +38,13 @@ def _parse_overrides(ctx: click.Context, param: click.Parameter, values: tuple[s
 
 @click.command("compile")
 @click.argument("configs", nargs=-1, required=True, type=ConfigPath())
-@click.option("--out-dir", default="argo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where manifests are written.")
+@click.option(
+    "--out-dir",
+    default="argo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where manifests are written.",
+)
 def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
     """Compile experiment CONFIGS into Argo Workflow manifests (argo/NAME.yaml)."""
     from pipelines.compile import compile_config
@@ -82,7 +87,8 @@ class Progress:
         elif template == "aggregate":
             text = f"{where} {mark} aggregated {_num(outputs.get('clients'), '.0f')} updates"
         elif template == "evaluate":
-            text = f"{where} {mark} test accuracy {_num(outputs.get('accuracy'))} loss {_num(outputs.get('loss'))}"
+            acc, loss = _num(outputs.get("accuracy")), _num(outputs.get("loss"))
+            text = f"{where} {mark} test accuracy {acc} loss {loss}"
         else:
             text = f"{template} {mark}"
         if phase != "Succeeded" and node.get("message"):
@@ -100,23 +106,49 @@ def _num(value: Any, fmt: str = ".4f") -> str:
 
 @click.command("run")
 @click.argument("config", type=ConfigPath())
-@click.option("-p", "--parameter", "overrides", multiple=True, callback=_parse_overrides, metavar="NAME=VALUE",
-              help="Override a workflow parameter, e.g. -p rounds=2 (as with argo submit).")
-@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Where the local store, MLflow database, logs and summaries go.")
-@click.option("--parallelism", default=2, show_default=True, type=click.IntRange(min=1),
-              help="Most step processes at once on this machine.")
+@click.option(
+    "-p",
+    "--parameter",
+    "overrides",
+    multiple=True,
+    callback=_parse_overrides,
+    metavar="NAME=VALUE",
+    help="Override a workflow parameter, e.g. -p rounds=2 (as with argo submit).",
+)
+@click.option(
+    "--runs-dir",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the local store, MLflow database, logs and summaries go.",
+)
+@click.option(
+    "--parallelism",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most step processes at once on this machine.",
+)
 @click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
 @click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
-def run_cmd(config: Path, overrides: dict[str, str], runs_dir: Path, parallelism: int, mlflow_uri: str | None,
-            store: str | None) -> None:
+def run_cmd(
+    config: Path,
+    overrides: dict[str, str],
+    runs_dir: Path,
+    parallelism: int,
+    mlflow_uri: str | None,
+    store: str | None,
+) -> None:
     """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
     from pipelines.compile import manifest_for
     from pipelines.local import LocalExecutorError, run_workflow
 
     try:
         cfg = load_config(config)
-        settings = {**cfg.settings.to_params(), **{k: v for k, v in overrides.items() if k in _SETTING_PARAMS}}
+        settings = {
+            **cfg.settings.to_params(),
+            **{k: v for k, v in overrides.items() if k in _SETTING_PARAMS},
+        }
         Settings.from_mapping(settings, where="parameters", strings=True)
     except (ConfigError, SettingsError) as exc:
         raise click.UsageError(str(exc)) from None
@@ -133,13 +165,21 @@ def run_cmd(config: Path, overrides: dict[str, str], runs_dir: Path, parallelism
     try:
         from steps.store import FileStore
 
-        result = run_workflow(manifest, params, runs_dir=root / "workflows", artifact_store=FileStore(root / "artifacts"),
-                              on_node=Progress(), parallelism=parallelism)
+        result = run_workflow(
+            manifest,
+            params,
+            runs_dir=root / "workflows",
+            artifact_store=FileStore(root / "artifacts"),
+            on_node=Progress(),
+            parallelism=parallelism,
+        )
     except LocalExecutorError as exc:
         raise click.UsageError(str(exc)) from None
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
-        click.echo(f"error: workflow {result.name} {result.phase}: {result.status.get('message', '')}", err=True)
+        click.echo(
+            f"error: workflow {result.name} {result.phase}: {result.status.get('message', '')}", err=True
+        )
         for node in result.status.get("nodes", {}).values():
             if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
                 click.echo(f"  {node.get('displayName')}: {node.get('message', '')}", err=True)

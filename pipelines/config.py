@@ -65,10 +65,17 @@ class ClusterOptions:
             raise ConfigError(f"cluster.image: not an image reference: {self.image!r}")
         for key, value in self.node_selector.items():
             if not isinstance(key, str) or not isinstance(value, str):
-                raise ConfigError(f"cluster.node_selector: keys and values must be strings, got {key!r}: {value!r}")
+                raise ConfigError(
+                    f"cluster.node_selector: keys and values must be strings, got {key!r}: {value!r}"
+                )
         for tol in self.tolerations:
-            if not isinstance(tol, dict) or not set(tol) <= {"key", "operator", "value", "effect",
-                                                              "tolerationSeconds"}:
+            if not isinstance(tol, dict) or not set(tol) <= {
+                "key",
+                "operator",
+                "value",
+                "effect",
+                "tolerationSeconds",
+            }:
                 raise ConfigError(f"cluster.tolerations: not a toleration: {tol!r}")
 
     @classmethod
@@ -78,12 +85,24 @@ class ClusterOptions:
         for key, value in values.items():
             if key not in known:
                 hint = difflib.get_close_matches(str(key), known, n=1)
-                raise ConfigError(f"{where}: unknown key cluster.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-            expected = {"str": str, "int": int, "dict[str, str]": dict, "list[dict[str, Any]]": list}[str(known[key].type)]
-            if expected is str and isinstance(value, int | float) and not isinstance(value, bool) and key in ("cpu", "memory"):
+                raise ConfigError(
+                    f"{where}: unknown key cluster.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+            expected = {"str": str, "int": int, "dict[str, str]": dict, "list[dict[str, Any]]": list}[
+                str(known[key].type)
+            ]
+            if (
+                expected is str
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and key in ("cpu", "memory")
+            ):
                 value = str(value)
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(f"{where}: cluster.{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+                raise ConfigError(
+                    f"{where}: cluster.{key}: expected {expected.__name__}, "
+                    f"got {type(value).__name__} {value!r}"
+                )
             kwargs[key] = value
         try:
             return cls(**kwargs)

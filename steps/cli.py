@@ -31,21 +31,40 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from steps.strategies import AggregationError
     from steps.tracking import TrackingError
 
-    return (SettingsError, CheckpointError, DatasetError, FrameworkError, PartitionError, RunError,
-            AggregationError, TrainingDiverged, StoreError, TrackingError)
+    return (
+        SettingsError,
+        CheckpointError,
+        DatasetError,
+        FrameworkError,
+        PartitionError,
+        RunError,
+        AggregationError,
+        TrainingDiverged,
+        StoreError,
+        TrackingError,
+    )
 
 
 def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--output", "outputs", multiple=True, metavar="NAME=PATH",
-                        help="Write output NAME to PATH (for Argo valueFrom.path).")(fn)
+    return click.option(
+        "--output",
+        "outputs",
+        multiple=True,
+        metavar="NAME=PATH",
+        help="Write output NAME to PATH (for Argo valueFrom.path).",
+    )(fn)
 
 
 def _run_key_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--run-key", required=True, help="<experiment>/<run> prefix of the run in the store.")(fn)
+    return click.option(
+        "--run-key", required=True, help="<experiment>/<run> prefix of the run in the store."
+    )(fn)
 
 
 def _round_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--round", "round_", type=click.IntRange(min=1), required=True, help="Round number.")(fn)
+    return click.option("--round", "round_", type=click.IntRange(min=1), required=True, help="Round number.")(
+        fn
+    )
 
 
 def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> None:
@@ -54,8 +73,9 @@ def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> Non
         if not sep or not path:
             raise click.BadParameter(f"expected NAME=PATH, got {item!r}", param_hint="--output")
         if name not in values:
-            raise click.BadParameter(f"unknown output {name!r}; this step has {sorted(values)}",
-                                     param_hint="--output")
+            raise click.BadParameter(
+                f"unknown output {name!r}; this step has {sorted(values)}", param_hint="--output"
+            )
         value = values[name]
         text = value if isinstance(value, str) else json.dumps(value)
         target = Path(path)
@@ -65,8 +85,9 @@ def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> Non
 
 def _guard(fn: Callable[[], Any]) -> Any:
     """Run a step body, turning known failures into a one-line error and exit code 2."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return fn()
     except _bad_input_errors() as exc:
@@ -90,21 +111,30 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
 
 
 @step.command("init")
-@click.option("--param", "params", multiple=True, callback=_settings_params, metavar="NAME=VALUE",
-              help="A setting, e.g. rounds=5 (Argo parameter names).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    callback=_settings_params,
+    metavar="NAME=VALUE",
+    help="A setting, e.g. rounds=5 (Argo parameter names).",
+)
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
 @_outputs_option
-def init_cmd(params: dict[str, str], run_key: str, workflow_name: str, workflow_uid: str,
-             outputs: tuple[str, ...]) -> None:
+def init_cmd(
+    params: dict[str, str], run_key: str, workflow_name: str, workflow_uid: str, outputs: tuple[str, ...]
+) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
     from steps import step_init
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
-        _write_outputs(outputs, step_init.run(settings, run_key=run_key, workflow_name=workflow_name,
-                                              workflow_uid=workflow_uid))
+        _write_outputs(
+            outputs,
+            step_init.run(settings, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid),
+        )
 
     _guard(body)
 

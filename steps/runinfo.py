@@ -24,7 +24,9 @@ def store_from_env() -> Store:
     """The store named by ``$ARGOFL_STORE`` (``file://…`` or ``s3://bucket[/prefix]``)."""
     uri = os.environ.get(STORE_ENV, "")
     if not uri:
-        raise RunError(f"{STORE_ENV} is not set: steps need the store URI, e.g. s3://argofl or file:///data/runs")
+        raise RunError(
+            f"{STORE_ENV} is not set: steps need the store URI, e.g. s3://argofl or file:///data/runs"
+        )
     return open_store(uri)
 
 
@@ -69,13 +71,17 @@ class RunRecord:
     created_at: float
 
     def to_json(self) -> bytes:
-        return json.dumps({
-            "settings": self.settings.to_dict(),
-            "mlflow_run_id": self.mlflow_run_id,
-            "workflow_name": self.workflow_name,
-            "workflow_uid": self.workflow_uid,
-            "created_at": self.created_at,
-        }, indent=2, sort_keys=True).encode()
+        return json.dumps(
+            {
+                "settings": self.settings.to_dict(),
+                "mlflow_run_id": self.mlflow_run_id,
+                "workflow_name": self.workflow_name,
+                "workflow_uid": self.workflow_uid,
+                "created_at": self.created_at,
+            },
+            indent=2,
+            sort_keys=True,
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes, *, where: str) -> RunRecord:

@@ -64,38 +64,70 @@ def _model(value: Any) -> str | None:
 class Settings:
     """The settings of one federated experiment (see ``configs/`` for annotated examples)."""
 
-    experiment: str = field(metadata={"help": "experiment name (MLflow experiment, store prefix)",
-                                      "check": _dns_name})
-    framework: str = field(default="torch", metadata={"help": "torch or tensorflow",
-                                                      "check": _choice("torch", "tensorflow")})
-    dataset: str = field(default="fashion-mnist", metadata={
-        "help": "fashion-mnist, mnist or cifar10", "check": _choice("fashion-mnist", "mnist", "cifar10")})
-    data_dir: str = field(default="", metadata={"help": "dataset directory (default: the dataset's usual place)"})
-    data_limit: int = field(default=0, metadata={
-        "help": "use only the first N training examples (0 = all; for smoke tests)", "check": _at_least(0)})
-    model: str = field(default="cnn", metadata={"help": "cnn, mlp or package.module:factory", "check": _model})
-    partition: str = field(default="iid", metadata={"help": "iid or dirichlet",
-                                                    "check": _choice("iid", "dirichlet")})
-    alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)",
-                                                "check": _positive})
+    experiment: str = field(
+        metadata={"help": "experiment name (MLflow experiment, store prefix)", "check": _dns_name}
+    )
+    framework: str = field(
+        default="torch", metadata={"help": "torch or tensorflow", "check": _choice("torch", "tensorflow")}
+    )
+    dataset: str = field(
+        default="fashion-mnist",
+        metadata={
+            "help": "fashion-mnist, mnist or cifar10",
+            "check": _choice("fashion-mnist", "mnist", "cifar10"),
+        },
+    )
+    data_dir: str = field(
+        default="", metadata={"help": "dataset directory (default: the dataset's usual place)"}
+    )
+    data_limit: int = field(
+        default=0,
+        metadata={
+            "help": "use only the first N training examples (0 = all; for smoke tests)",
+            "check": _at_least(0),
+        },
+    )
+    model: str = field(
+        default="cnn", metadata={"help": "cnn, mlp or package.module:factory", "check": _model}
+    )
+    partition: str = field(
+        default="iid", metadata={"help": "iid or dirichlet", "check": _choice("iid", "dirichlet")}
+    )
+    alpha: float = field(
+        default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)", "check": _positive}
+    )
     clients: int = field(default=10, metadata={"help": "number of clients", "check": _at_least(1)})
-    fraction: float = field(default=1.0, metadata={"help": "fraction of clients sampled per round",
-                                                   "check": _fraction})
-    min_clients: int = field(default=1, metadata={
-        "help": "fewest clients sampled, and fewest valid updates needed to aggregate", "check": _at_least(1)})
-    clients_per_pod: int = field(default=1, metadata={"help": "clients trained one after another in one pod",
-                                                      "check": _at_least(1)})
+    fraction: float = field(
+        default=1.0, metadata={"help": "fraction of clients sampled per round", "check": _fraction}
+    )
+    min_clients: int = field(
+        default=1,
+        metadata={
+            "help": "fewest clients sampled, and fewest valid updates needed to aggregate",
+            "check": _at_least(1),
+        },
+    )
+    clients_per_pod: int = field(
+        default=1, metadata={"help": "clients trained one after another in one pod", "check": _at_least(1)}
+    )
     rounds: int = field(default=5, metadata={"help": "federated rounds", "check": _at_least(1)})
     local_epochs: int = field(default=1, metadata={"help": "local epochs per round", "check": _at_least(1)})
     batch_size: int = field(default=32, metadata={"help": "local batch size", "check": _at_least(1)})
     lr: float = field(default=0.05, metadata={"help": "local SGD learning rate", "check": _positive})
     momentum: float = field(default=0.9, metadata={"help": "local SGD momentum", "check": _momentum})
-    seed: int = field(default=0, metadata={"help": "seed for init, sampling, partitioning, training",
-                                           "check": _at_least(0)})
-    strategy: str = field(default="fedavg", metadata={"help": "aggregation strategy", "check": _choice("fedavg")})
-    threads: int = field(default=1, metadata={"help": "CPU threads per training process (fixed for determinism)",
-                                              "check": _at_least(1)})
-    eval_batch_size: int = field(default=1000, metadata={"help": "evaluation batch size", "check": _at_least(1)})
+    seed: int = field(
+        default=0, metadata={"help": "seed for init, sampling, partitioning, training", "check": _at_least(0)}
+    )
+    strategy: str = field(
+        default="fedavg", metadata={"help": "aggregation strategy", "check": _choice("fedavg")}
+    )
+    threads: int = field(
+        default=1,
+        metadata={"help": "CPU threads per training process (fixed for determinism)", "check": _at_least(1)},
+    )
+    eval_batch_size: int = field(
+        default=1000, metadata={"help": "evaluation batch size", "check": _at_least(1)}
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -107,12 +139,12 @@ class Settings:
             if problem:
                 raise SettingsError(f"{f.name}: {problem}, got {value!r}")
         if self.min_clients > self.clients:
-            raise SettingsError(
-                f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}"
-            )
+            raise SettingsError(f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any], *, where: str = "settings", strings: bool = False) -> Settings:
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, where: str = "settings", strings: bool = False
+    ) -> Settings:
         """Build settings from ``values`` (YAML keys, or Argo parameter names when ``strings``).
 
         With ``strings`` every value is a string (as Argo passes parameters) and is parsed by type.

@@ -37,15 +37,17 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     s = record.settings
     global_key = layout.global_key(round)
     if checkpoint_exists(store, global_key):
-        log.warning("round %d is already aggregated at %s; leaving it untouched", round,
-                    store.key_uri(global_key))
+        log.warning(
+            "round %d is already aggregated at %s; leaving it untouched", round, store.key_uri(global_key)
+        )
         return dict(load_manifest(store, global_key).metrics)
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
     except Exception as exc:
-        raise RunError(f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: "
-                       f"{exc}") from None
+        raise RunError(
+            f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: {exc}"
+        ) from None
     previous = load_checkpoint(store, layout.global_key(round - 1))
     like = specs_of(previous.arrays)
     rejected: dict[str, str] = {}
@@ -60,10 +62,16 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             except CheckpointError as exc:
                 rejected[client] = str(exc)
             else:
-                if ckpt.manifest.examples <= 0 or ckpt.manifest.round != round or ckpt.manifest.client != client:
-                    rejected[client] = (f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
-                                        f"{ckpt.manifest.examples} examples; expected round {round}, client "
-                                        f"{client}, > 0 examples")
+                if (
+                    ckpt.manifest.examples <= 0
+                    or ckpt.manifest.round != round
+                    or ckpt.manifest.client != client
+                ):
+                    rejected[client] = (
+                        f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
+                        f"{ckpt.manifest.examples} examples; expected round {round}, client "
+                        f"{client}, > 0 examples"
+                    )
                     continue
                 update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
                 accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
@@ -81,12 +89,20 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             raise AggregationError(f"round {round}: {exc}") from None
     if len(accepted) < s.min_clients:
         raise NotEnoughUpdates(
-            f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, need min_clients="
+            f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, "
+            "need min_clients="
             f"{s.min_clients}; global checkpoint not written (rejected: {sorted(rejected, key=int)})"
         )
     metrics["rejected"] = float(len(rejected))
-    uri = save_checkpoint(store, global_key, weights, round=round, examples=int(metrics["examples"]),
-                          metrics=metrics, extra={"clients": ",".join(u.client for u in accepted)})
+    uri = save_checkpoint(
+        store,
+        global_key,
+        weights,
+        round=round,
+        examples=int(metrics["examples"]),
+        metrics=metrics,
+        extra={"clients": ",".join(u.client for u in accepted)},
+    )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
     to_log = {f"train_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy")}
     to_log.update({"clients_aggregated": float(len(accepted)), "clients_rejected": float(len(rejected))})

@@ -32,11 +32,18 @@ def run(*, run_key: str, round: int) -> list[str]:
     if not 1 <= round <= settings.rounds:
         raise RunError(f"round must be in 1..{settings.rounds}, got {round}")
     if not checkpoint_exists(store, layout.global_key(round - 1)):
-        raise RunError(f"round {round} needs the global checkpoint of round {round - 1} at "
-                       f"{store.key_uri(layout.global_key(round - 1))}, which does not exist")
+        raise RunError(
+            f"round {round} needs the global checkpoint of round {round - 1} at "
+            f"{store.key_uri(layout.global_key(round - 1))}, which does not exist"
+        )
     clients = sample_clients(settings, round)
     groups = group_clients(clients, settings.clients_per_pod)
-    write_json(store, layout.plan_key(round), {"round": round, "clients": [str(c) for c in clients],
-                                                "groups": groups})
-    log.info("round %d: sampled %d of %d clients in %d pods", round, len(clients), settings.clients, len(groups))
+    write_json(
+        store,
+        layout.plan_key(round),
+        {"round": round, "clients": [str(c) for c in clients], "groups": groups},
+    )
+    log.info(
+        "round %d: sampled %d of %d clients in %d pods", round, len(clients), settings.clients, len(groups)
+    )
     return groups

@@ -21,17 +21,25 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     backend = get_backend(s.framework)
     backend.configure(threads=s.threads)
     test = load_dataset(s.dataset, "test", s.data_dir or None)
-    model = backend.build_model(s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed)
+    model = backend.build_model(
+        s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed
+    )
     backend.set_weights(model, ckpt.arrays)
     metrics = backend.evaluate(model, test.x, test.y, batch_size=s.eval_batch_size)
-    write_json(store, layout.eval_key(round), {
-        "round": round, **metrics,
-        "train_loss": ckpt.manifest.metrics.get("loss"),
-        "train_accuracy": ckpt.manifest.metrics.get("accuracy"),
-        "clients": ckpt.manifest.metrics.get("clients"),
-        "global": store.key_uri(layout.global_key(round) + ".safetensors"),
-    })
-    tracking.log_metrics(record.mlflow_run_id, {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]},
-                         step=round)
+    write_json(
+        store,
+        layout.eval_key(round),
+        {
+            "round": round,
+            **metrics,
+            "train_loss": ckpt.manifest.metrics.get("loss"),
+            "train_accuracy": ckpt.manifest.metrics.get("accuracy"),
+            "clients": ckpt.manifest.metrics.get("clients"),
+            "global": store.key_uri(layout.global_key(round) + ".safetensors"),
+        },
+    )
+    tracking.log_metrics(
+        record.mlflow_run_id, {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}, step=round
+    )
     log.info("round %d: test loss %.4f, accuracy %.4f", round, metrics["loss"], metrics["accuracy"])
     return metrics

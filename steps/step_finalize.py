@@ -32,7 +32,9 @@ def run(*, run_key: str) -> dict[str, Any]:
     final = load_checkpoint(store, layout.global_key(s.rounds))
     backend = get_backend(s.framework)
     test = load_dataset(s.dataset, "test", s.data_dir or None)
-    model = backend.build_model(s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed)
+    model = backend.build_model(
+        s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed
+    )
     backend.set_weights(model, final.arrays)
 
     import mlflow

@@ -1,4 +1,4 @@
-"""``init``: validate the settings, write the round-0 global checkpoint, create the MLflow run, freeze run.json."""
+"""``init``: validate settings, write the round-0 checkpoint, create the MLflow run, freeze run.json."""
 
 from __future__ import annotations
 
@@ -19,21 +19,28 @@ def run(settings: Settings, *, run_key: str, workflow_name: str, workflow_uid: s
     store = store_from_env()
     layout = RunLayout(run_key)
     if store.exists(layout.record_key):
-        raise RunError(f"run {store.key_uri(layout.record_key)} is already initialised; nothing was overwritten")
+        raise RunError(
+            f"run {store.key_uri(layout.record_key)} is already initialised; nothing was overwritten"
+        )
     # The test split is small and tells us input shape and classes (and that the dataset exists).
     test = load_dataset(settings.dataset, "test", settings.data_dir or None)
     backend = get_backend(settings.framework)
     backend.configure(threads=settings.threads)
-    model = backend.build_model(settings.model, input_shape=test.input_shape, num_classes=test.num_classes,
-                                seed=settings.seed)
+    model = backend.build_model(
+        settings.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=settings.seed
+    )
     uri = save_checkpoint(store, layout.global_key(0), backend.get_weights(model), round=0)
     log.info("round-0 global checkpoint written to %s", uri)
     run_id = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
         params=settings.to_params(),
-        tags={"argo.workflow.name": workflow_name, "argo.workflow.uid": workflow_uid,
-              "argofl.store": store.key_uri(run_key), "argofl.framework": settings.framework},
+        tags={
+            "argo.workflow.name": workflow_name,
+            "argo.workflow.uid": workflow_uid,
+            "argofl.store": store.key_uri(run_key),
+            "argofl.framework": settings.framework,
+        },
     )
     record = RunRecord(settings, run_id, workflow_name, workflow_uid, now())
     store.put_bytes(layout.record_key, record.to_json())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from steps.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.partition import client_seed, partition
@@ -27,29 +28,58 @@ def parse_clients(value: str, num_clients: int) -> list[str]:
 
 
 def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
-    """Train each client of ``clients`` and write its update; returns the last client's metrics."""
+    """Train each client of ``clients`` and write its update.
+
+    Returns the last client's metrics plus ``seconds``, the time spent inside training for the group.
+    """
     store, layout, record = open_run(run_key)
     s = record.settings
     ids = parse_clients(clients, s.clients)
     todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
         log.info("client %s: update for round %d already committed (retried step); skipping", done, round)
-    metrics: dict[str, float] = {}
     if not todo:
-        return metrics
+        return {**load_manifest(store, layout.update_key(round, ids[-1])).metrics, "seconds": 0.0}
+    metrics: dict[str, float] = {}
+    seconds = 0.0
     backend = get_backend(s.framework)
     backend.configure(threads=s.threads)
     data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
     parts = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
     start = load_checkpoint(store, layout.global_key(round - 1))
-    model = backend.build_model(s.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed)
+    model = backend.build_model(
+        s.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed
+    )
     for client in todo:
         backend.set_weights(model, start.arrays)
         idx = parts[int(client)]
-        metrics = backend.train(model, data.x[idx], data.y[idx], epochs=s.local_epochs, batch_size=s.batch_size,
-                                lr=s.lr, momentum=s.momentum, seed=client_seed(s.seed, round, client))
-        uri = save_checkpoint(store, layout.update_key(round, client), backend.get_weights(model), round=round,
-                              client=client, examples=len(idx), metrics=metrics)
-        log.info("client %s: %d examples, loss %.4f, accuracy %.4f → %s", client, len(idx), metrics["loss"],
-                 metrics["accuracy"], uri)
-    return metrics
+        started = time.perf_counter()
+        metrics = backend.train(
+            model,
+            data.x[idx],
+            data.y[idx],
+            epochs=s.local_epochs,
+            batch_size=s.batch_size,
+            lr=s.lr,
+            momentum=s.momentum,
+            seed=client_seed(s.seed, round, client),
+        )
+        seconds += time.perf_counter() - started
+        uri = save_checkpoint(
+            store,
+            layout.update_key(round, client),
+            backend.get_weights(model),
+            round=round,
+            client=client,
+            examples=len(idx),
+            metrics=metrics,
+        )
+        log.info(
+            "client %s: %d examples, loss %.4f, accuracy %.4f → %s",
+            client,
+            len(idx),
+            metrics["loss"],
+            metrics["accuracy"],
+            uri,
+        )
+    return {**metrics, "seconds": seconds}

@@ -48,8 +48,13 @@ def create_run(experiment: str, *, run_name: str, params: Mapping[str, str], tag
         experiment_id = _call("create the experiment", client.create_experiment, experiment)
     run = _call("create a run", client.create_run, experiment_id, tags=dict(tags), run_name=run_name)
     run_id: str = run.info.run_id
-    _call("log params", client.log_batch, run_id, params=[Param(k, v) for k, v in params.items()],
-          tags=[RunTag(k, v) for k, v in tags.items()])
+    _call(
+        "log params",
+        client.log_batch,
+        run_id,
+        params=[Param(k, v) for k, v in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+    )
     return run_id
 
 

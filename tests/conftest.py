@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from servers import RunningServer, empty_bucket, start_mlflow_server, start_moto_server  # noqa: E402
+from tests.servers import RunningServer, empty_bucket, start_mlflow_server, start_moto_server  # noqa: E402
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 

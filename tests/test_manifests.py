@@ -28,7 +28,10 @@ def argo_validator(kind: str) -> jsonschema.Draft202012Validator:
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} is absent")
     schema = json.loads(SCHEMA.read_text())
-    root = {"definitions": schema["definitions"], "$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}"}
+    root = {
+        "definitions": schema["definitions"],
+        "$ref": f"#/definitions/io.argoproj.workflow.v1alpha1.{kind}",
+    }
     return jsonschema.Draft202012Validator(root)
 
 
@@ -45,7 +48,9 @@ def test_checked_in_manifest_is_what_compile_produces(config):
     if os.environ.get("ARGOFL_REGEN") == "1" and not os.environ.get("CI"):
         target.write_text(expected)
     assert target.is_file(), f"{target} is missing: run `argofl compile {config.relative_to(ROOT)}`"
-    assert target.read_text() == expected, f"{target.name} is stale: run `argofl compile configs/{config.name}`"
+    assert target.read_text() == expected, (
+        f"{target.name} is stale: run `argofl compile configs/{config.name}`"
+    )
 
 
 def test_every_manifest_in_argo_has_a_config():
@@ -69,7 +74,9 @@ def test_schema_check_catches_a_broken_manifest():
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_manifest_round_trips_through_hera(config):
     text = (ROOT / "argo" / f"{load_config(config).name}.yaml").read_text()
-    again = Workflow.from_yaml(text).to_yaml()
+    workflow = Workflow.from_yaml(text)
+    assert isinstance(workflow, Workflow)
+    again = workflow.to_yaml()
     assert yaml.safe_load(again) == yaml.safe_load(text)
 
 
@@ -81,8 +88,18 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
     manifest = manifest_for(load_config(ROOT / "configs" / "fedavg-fmnist-torch.yaml"))
     spec = manifest["spec"]
     params = {p["name"]: p["value"] for p in spec["arguments"]["parameters"]}
-    assert {"rounds", "clients", "fraction", "min-clients", "local-epochs", "lr", "seed", "image", "store",
-            "mlflow-uri"} <= set(params)
+    assert {
+        "rounds",
+        "clients",
+        "fraction",
+        "min-clients",
+        "local-epochs",
+        "lr",
+        "seed",
+        "image",
+        "store",
+        "mlflow-uri",
+    } <= set(params)
     t = templates(manifest)
     entry = t[spec["entrypoint"]]
     assert entry["parallelism"] == 1
@@ -101,8 +118,12 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
 
 def test_gpus_in_config_request_nvidia_gpus_on_train_only():
     doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
-    doc["cluster"] = {**doc.get("cluster", {}), "gpus": 2, "node_selector": {"gpu": "a100"},
-                      "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    doc["cluster"] = {
+        **doc.get("cluster", {}),
+        "gpus": 2,
+        "node_selector": {"gpu": "a100"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
     manifest = manifest_for(config_from_mapping(doc, name="gpu-exp", where="gpu"))
     t = templates(manifest)
     resources = t["train"]["container"]["resources"]

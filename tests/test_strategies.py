@@ -49,8 +49,10 @@ def test_fedavg_strategy_weights_metrics_by_examples():
 
 def test_streaming_equals_in_memory_average():
     rng = np.random.default_rng(1)
-    updates = [({"a": rng.standard_normal((20, 7)).astype(np.float32), "b": rng.standard_normal(5)}, int(n))
-               for n in rng.integers(1, 1000, size=25)]
+    updates: list[tuple[dict[str, np.ndarray], int]] = [
+        ({"a": rng.standard_normal((20, 7)).astype(np.float32), "b": rng.standard_normal(5)}, int(n))
+        for n in rng.integers(1, 1000, size=25)
+    ]
     streamed = fedavg(iter(updates))
     total = sum(n for _, n in updates)
     for name in ("a", "b"):

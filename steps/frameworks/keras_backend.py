@@ -45,6 +45,7 @@ if keras.backend.backend() != "tensorflow":
     )
 
 layers = keras.layers
+_HE = "he_normal"  # ReLU layers start learning sooner than with the default Glorot init
 
 
 def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
@@ -52,12 +53,12 @@ def _cnn(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     return keras.Sequential(
         [
             keras.Input(shape=input_shape),
-            layers.Conv2D(16, 5, padding="same", activation="relu", name="conv1"),
+            layers.Conv2D(16, 5, padding="same", activation="relu", kernel_initializer=_HE, name="conv1"),
             layers.MaxPooling2D(2, name="pool1"),
-            layers.Conv2D(32, 5, padding="same", activation="relu", name="conv2"),
+            layers.Conv2D(32, 5, padding="same", activation="relu", kernel_initializer=_HE, name="conv2"),
             layers.MaxPooling2D(2, name="pool2"),
             layers.Flatten(name="flatten"),
-            layers.Dense(128, activation="relu", name="fc1"),
+            layers.Dense(128, activation="relu", kernel_initializer=_HE, name="fc1"),
             layers.Dense(num_classes, activation="softmax", name="classifier"),
         ],
         name="cnn",
@@ -70,8 +71,8 @@ def _mlp(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
         [
             keras.Input(shape=input_shape),
             layers.Flatten(name="flatten"),
-            layers.Dense(200, activation="relu", name="fc1"),
-            layers.Dense(200, activation="relu", name="fc2"),
+            layers.Dense(200, activation="relu", kernel_initializer=_HE, name="fc1"),
+            layers.Dense(200, activation="relu", kernel_initializer=_HE, name="fc2"),
             layers.Dense(num_classes, activation="softmax", name="classifier"),
         ],
         name="mlp",
@@ -129,10 +130,8 @@ class KerasBackend:
                     log.warning(
                         "TensorFlow already started with %s intra-op threads; %s ignored", current, threads
                     )
-        if deterministic:
+        if deterministic:  # TensorFlow has no public way back: deterministic=False only skips this
             tf.config.experimental.enable_op_determinism()
-        else:
-            tf.config.experimental.disable_op_determinism()
 
     def build_model(
         self, model: str, *, input_shape: tuple[int, int, int], num_classes: int, seed: int

@@ -1,0 +1,121 @@
+"""The `argofl` CLI: --help on every command, bad input → one-line error and exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def all_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    ctx = click.Context(group)
+    out = [prefix]
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        if isinstance(command, click.Group):
+            out += all_commands(command, (*prefix, name))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
+COMMANDS = all_commands(cli)
+
+
+def test_every_expected_command_exists():
+    names = {" ".join(c) for c in COMMANDS}
+    assert {
+        "compile",
+        "run",
+        "step init",
+        "step distribute",
+        "step train",
+        "step aggregate",
+        "step evaluate",
+        "step finalize",
+        "local run",
+        "local logs",
+    } <= names
+
+
+@pytest.mark.parametrize("path", COMMANDS, ids=lambda c: " ".join(c) or "argofl")
+def test_help(path):
+    result = CliRunner().invoke(cli, [*path, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def one_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.lower().startswith("error")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+def test_compile_bad_config_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("experiment: x\nrounds: -1\n")
+    result = CliRunner().invoke(cli, ["compile", str(bad), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "rounds: must be ≥ 1, got -1" in one_error_line(result.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_compile_writes_manifest(tmp_path):
+    result = CliRunner().invoke(
+        cli, ["compile", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--out-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fedavg-fmnist-torch.yaml").read_text() == (
+        ROOT / "argo" / "fedavg-fmnist-torch.yaml"
+    ).read_text().replace("argo/fedavg-fmnist-torch.yaml", f"{tmp_path}/fedavg-fmnist-torch.yaml").replace(
+        "configs/fedavg-fmnist-torch.yaml", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-p", "rounds=-2"], "rounds: must be ≥ 1, got -2"),
+        (["-p", "min-clients=99"], "min_clients: must be ≤ clients (10), got 99"),
+        (["-p", "rounds"], "expected NAME=VALUE"),
+        (["--parallelism", "0"], "0 is not in the range"),
+    ],
+)
+def test_run_bad_arguments_fail_before_running(tmp_path, args, message):
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            *args,
+        ],
+    )
+    assert result.exit_code == 2
+    assert message in one_error_line(result.output)
+    assert not (tmp_path / "runs" / "workflows").exists()
+
+
+def test_run_missing_config():
+    result = CliRunner().invoke(cli, ["run", "no/such.yaml"])
+    assert result.exit_code == 2
+    assert "no/such.yaml" in one_error_line(result.output)
+
+
+def test_step_process_does_not_import_tensorflow_or_mlflow_or_hera():
+    code = (
+        "import sys; from pipelines.cli import main\n"
+        "try:\n    main(['step', 'train', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('tensorflow', 'mlflow', 'hera', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

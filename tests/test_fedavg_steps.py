@@ -1,0 +1,219 @@
+"""The FedAvg steps as plain functions over a file:// store and a local MLflow store.
+
+FedAvg with one client equals centralized training; the same seed gives byte-identical checkpoints;
+bad updates are rejected with reasons, too few valid updates fail the round, nothing is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from steps import step_aggregate, step_distribute, step_init, step_train
+from steps.checkpoint import CheckpointExists, load_checkpoint, save_checkpoint
+from steps.cli import step as step_cli
+from steps.data import DatasetError, load_dataset
+from steps.frameworks import get_backend
+from steps.partition import client_seed
+from steps.runinfo import RunError, RunLayout
+from steps.settings import Settings
+from steps.store import FileStore
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, fmnist_dir):
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return FileStore(tmp_path / "store")
+
+
+def settings(**overrides) -> Settings:
+    base = {
+        "experiment": "steps-test",
+        "data_limit": 600,
+        "clients": 3,
+        "min_clients": 1,
+        "rounds": 2,
+        "local_epochs": 1,
+        "batch_size": 32,
+        "lr": 0.05,
+        "seed": 7,
+    }
+    return Settings.from_mapping({**base, **overrides})
+
+
+def run_rounds(s: Settings, run_key: str, rounds: int) -> None:
+    step_init.run(s, run_key=run_key, workflow_name=run_key.split("/")[-1], workflow_uid="uid")
+    for r in range(1, rounds + 1):
+        for group in step_distribute.run(run_key=run_key, round=r):
+            step_train.run(run_key=run_key, round=r, clients=group)
+        step_aggregate.run(run_key=run_key, round=r)
+
+
+def test_fedavg_with_one_client_equals_centralized_training(env):
+    s = settings(clients=1, rounds=1, local_epochs=2)
+    run_rounds(s, "steps-test/one-client", 1)
+    federated = load_checkpoint(env, RunLayout("steps-test/one-client").global_key(1)).arrays
+
+    backend = get_backend("torch")
+    backend.configure(threads=s.threads)
+    data = load_dataset("fashion-mnist", "train", limit=s.data_limit)
+    model = backend.build_model("cnn", input_shape=data.input_shape, num_classes=10, seed=s.seed)
+    backend.train(
+        model,
+        data.x,
+        data.y,
+        epochs=2,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        momentum=s.momentum,
+        seed=client_seed(s.seed, 1, "0"),
+    )
+    centralized = backend.get_weights(model)
+    assert sorted(federated) == sorted(centralized)
+    for name, value in centralized.items():
+        assert federated[name].tobytes() == value.tobytes(), name
+
+
+def test_same_seed_twice_gives_byte_identical_final_checkpoint(env):
+    s = settings(clients=2, rounds=2)
+    for run in ("a", "b"):
+        run_rounds(s, f"steps-test/{run}", 2)
+    blobs = [
+        env.get_bytes(RunLayout(f"steps-test/{run}").global_key(2) + ".safetensors") for run in ("a", "b")
+    ]
+    assert hashlib.sha256(blobs[0]).digest() == hashlib.sha256(blobs[1]).digest()
+    other = settings(clients=2, rounds=2, seed=8)
+    run_rounds(other, "steps-test/c", 1)
+    first_round = [
+        env.get_bytes(RunLayout(f"steps-test/{r}").global_key(1) + ".safetensors") for r in ("a", "c")
+    ]
+    assert first_round[0] != first_round[1]
+
+
+def test_distribute_samples_fraction_with_min_clients_and_seed(env):
+    s = settings(clients=10, fraction=0.3, min_clients=2, clients_per_pod=2)
+    assert step_distribute.sample_clients(s, 1) == step_distribute.sample_clients(s, 1)
+    assert len(step_distribute.sample_clients(s, 1)) == 3
+    assert step_distribute.sample_clients(s, 1) != step_distribute.sample_clients(s, 2)
+    assert len(step_distribute.sample_clients(settings(clients=10, fraction=0.1, min_clients=4), 1)) == 4
+    assert step_distribute.group_clients([1, 4, 6], 2) == ["1,4", "6"]
+
+
+def corrupt_round(env: FileStore, layout: RunLayout) -> None:
+    """Client 0: wrong shape; client 1: NaN; client 2 stays valid."""
+    update0 = load_checkpoint(env, layout.update_key(1, "0")).arrays
+    name = sorted(update0)[0]
+    update0[name] = np.zeros((3, 3), dtype=np.float32)
+    save_checkpoint(
+        env, layout.update_key(1, "0"), update0, round=1, client="0", examples=200, overwrite=True
+    )
+    update1 = load_checkpoint(env, layout.update_key(1, "1")).arrays
+    update1[name] = update1[name].copy()
+    update1[name].flat[0] = np.nan
+    save_checkpoint(
+        env, layout.update_key(1, "1"), update1, round=1, client="1", examples=200, overwrite=True
+    )
+
+
+def train_round_one(s: Settings, run_key: str) -> RunLayout:
+    step_init.run(s, run_key=run_key, workflow_name="w", workflow_uid="u")
+    for group in step_distribute.run(run_key=run_key, round=1):
+        step_train.run(run_key=run_key, round=1, clients=group)
+    return RunLayout(run_key)
+
+
+def test_bad_updates_are_rejected_and_the_round_goes_on(env, caplog):
+    layout = train_round_one(settings(), "steps-test/bad")
+    corrupt_round(env, layout)
+    metrics = step_aggregate.run(run_key="steps-test/bad", round=1)
+    assert metrics["clients"] == 1
+    assert metrics["rejected"] == 2
+    text = caplog.text
+    assert "rejected client 0" in text
+    assert "shape (3, 3)" in text
+    assert "rejected client 1" in text
+    assert "NaN" in text.split("rejected client 1")[1].splitlines()[0]
+    good = load_checkpoint(env, layout.update_key(1, "2")).arrays
+    new_global = load_checkpoint(env, layout.global_key(1)).arrays
+    for name, value in good.items():
+        assert new_global[name].tobytes() == value.tobytes()
+
+
+def test_too_few_valid_updates_fail_clearly_and_write_nothing(env):
+    layout = train_round_one(settings(min_clients=2), "steps-test/few")
+    corrupt_round(env, layout)
+    # a flipped byte in the valid update too → sha256 mismatch
+    blob_key = layout.update_key(1, "2") + ".safetensors"
+    blob = bytearray(env.get_bytes(blob_key))
+    blob[-1] ^= 0xFF
+    env.put_bytes(blob_key, bytes(blob))
+    before = env.get_bytes(layout.global_key(0) + ".safetensors")
+    result = CliRunner().invoke(step_cli, ["aggregate", "--run-key", "steps-test/few", "--round", "1"])
+    assert result.exit_code == 2
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error == [error[0]]
+    assert "round 1: 0 valid updates of 3 sampled clients, need min_clients=2" in error[0]
+    assert not env.exists(layout.global_key(1) + ".json")
+    assert env.get_bytes(layout.global_key(0) + ".safetensors") == before
+
+
+def test_init_refuses_to_overwrite_a_run(env):
+    s = settings()
+    step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
+    record = env.get_bytes("steps-test/once/run.json")
+    with pytest.raises(RunError, match="already initialised; nothing was overwritten"):
+        step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
+    assert env.get_bytes("steps-test/once/run.json") == record
+    with pytest.raises(CheckpointExists):
+        save_checkpoint(env, RunLayout("steps-test/once").global_key(0), {"x": np.zeros(1)}, round=0)
+
+
+def test_missing_dataset_is_one_line_and_nothing_is_written(env, tmp_path):
+    s = settings(data_dir=str(tmp_path / "no-data"))
+    with pytest.raises(DatasetError):
+        step_init.run(s, run_key="steps-test/nodata", workflow_name="w", workflow_uid="u")
+    params = [a for k, v in s.to_params().items() for a in ("--param", f"{k}={v}")]
+    result = CliRunner().invoke(
+        step_cli, ["init", "--run-key", "steps-test/nodata2", "--workflow-name", "w", *params]
+    )
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1
+    assert "fashion-mnist" in lines[0]
+    assert "no-data" in lines[0]
+    assert env.list("steps-test/") == []
+
+
+def test_bad_workflow_parameter_fails_init_naming_it(env):
+    params = {**settings().to_params(), "rounds": "-3"}
+    args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    result = CliRunner().invoke(
+        step_cli, ["init", "--run-key", "steps-test/neg", "--workflow-name", "w", *args]
+    )
+    assert result.exit_code == 2
+    assert "rounds: must be ≥ 1, got -3" in result.output
+
+
+def test_distribute_needs_previous_global(env):
+    train_round_one(settings(), "steps-test/gap")
+    with pytest.raises(RunError, match="round 2 needs the global checkpoint of round 1"):
+        step_distribute.run(run_key="steps-test/gap", round=2)
+
+
+def test_train_retry_skips_committed_updates(env, caplog):
+    caplog.set_level("INFO")
+    layout = train_round_one(settings(), "steps-test/retry")
+    before = env.get_bytes(layout.update_key(1, "0") + ".safetensors")
+    step_train.run(run_key="steps-test/retry", round=1, clients="0")
+    assert "already committed" in caplog.text
+    assert env.get_bytes(layout.update_key(1, "0") + ".safetensors") == before
+
+
+def test_store_env_missing_is_clear(monkeypatch):
+    monkeypatch.delenv("ARGOFL_STORE", raising=False)
+    with pytest.raises(RunError, match="ARGOFL_STORE is not set"):
+        step_distribute.run(run_key="x/y", round=1)
