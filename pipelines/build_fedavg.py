@@ -117,6 +117,8 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         Parameter(name="store", value=c.store),
         Parameter(name="s3-endpoint", value=c.s3_endpoint),
         Parameter(name="mlflow-uri", value=c.mlflow_uri),
+        Parameter(name="start-round", value="1", description="first round to run (resubmissions)"),
+        Parameter(name="resume-from", value="", description="<experiment>/<run> a resubmission continues"),
     ]
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
@@ -158,6 +160,10 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 "{{workflow.name}}",
                 "--workflow-uid",
                 "{{workflow.uid}}",
+                "--start-round",
+                _wp("start-round"),
+                "--resume-from",
+                _wp("resume-from"),
             ]
             + [a for k in settings for a in ("--param", f"{k}={_wp(k)}")],
             outputs=("mlflow-run-id",),
@@ -249,7 +255,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 name="round",
                 template=round_dag,
                 arguments={"round": "{{item}}"},
-                with_sequence=Sequence(start=IntOrString("1"), end=IntOrString(_wp("rounds"))),
+                with_sequence=Sequence(start=IntOrString(_wp("start-round")), end=IntOrString(_wp("rounds"))),
             )
             Step(name="finalize", template=finalize)
     return wf

@@ -15,6 +15,10 @@ _COMMANDS: dict[str, str] = {
     "run": "pipelines.commands:run_cmd",
     "step": "steps.cli:step",
     "local": "pipelines.local.cli:local",
+    "submit": "pipelines.cluster_commands:submit_cmd",
+    "status": "pipelines.cluster_commands:status_cmd",
+    "watch": "pipelines.cluster_commands:watch_cmd",
+    "resubmit": "pipelines.cluster_commands:resubmit_cmd",
 }
 
 

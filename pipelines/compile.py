@@ -18,15 +18,24 @@ HEADER = (
 )
 
 
+def _build(cfg: ExperimentConfig) -> Any:
+    """The hera workflow of ``cfg`` from the builder of its ``kind``."""
+    if cfg.kind == "split":
+        from pipelines.build_split import build_split_workflow
+
+        return build_split_workflow(cfg)
+    return build_workflow(cfg)
+
+
 def manifest_for(cfg: ExperimentConfig) -> dict[str, Any]:
     """The workflow manifest for ``cfg`` as a plain dict (what ``argo/X.yaml`` holds)."""
-    manifest: dict[str, Any] = yaml.safe_load(build_workflow(cfg).to_yaml())
+    manifest: dict[str, Any] = yaml.safe_load(_build(cfg).to_yaml())
     return manifest
 
 
 def render_manifest(cfg: ExperimentConfig, *, source: str, target: str) -> str:
     """The text of the compiled manifest file, header included."""
-    return HEADER.format(source=source, target=target) + build_workflow(cfg).to_yaml()
+    return HEADER.format(source=source, target=target) + _build(cfg).to_yaml()
 
 
 def compile_config(config_path: str | Path, out_dir: str | Path = "argo") -> Path:

@@ -25,6 +25,9 @@ from steps.settings import Settings, SettingsError
 
 __all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig", "load_config"]
 
+KINDS = ("fedavg", "split")
+"""Top-level ``kind:`` of a config: which builder compiles it (default fedavg)."""
+
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 
@@ -118,6 +121,7 @@ class ExperimentConfig:
     settings: Settings
     cluster: ClusterOptions
     source: Path | None = None
+    kind: str = "fedavg"
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -138,6 +142,10 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(doc).__name__}")
     values = dict(doc)
+    kind = values.pop("kind", "fedavg")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    split_doc = values.pop("split", None) if kind == "split" else None
     cluster_doc = values.pop("cluster", {}) or {}
     if not isinstance(cluster_doc, dict):
         raise ConfigError(f"{where}: cluster: expected a mapping, got {type(cluster_doc).__name__}")
@@ -148,4 +156,10 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     cluster = ClusterOptions.from_mapping(cluster_doc, where=where)
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
+    if kind == "split":
+        from pipelines.build_split import split_config
+
+        return split_config(
+            name=name, settings=settings, cluster=cluster, source=source, split=split_doc or {}, where=where
+        )
     return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source)

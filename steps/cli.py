@@ -122,9 +122,17 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
+@click.option("--start-round", type=click.IntRange(min=1), default=1, help="First round (resubmissions).")
+@click.option("--resume-from", default="", help="<experiment>/<run> a resubmission continues from.")
 @_outputs_option
 def init_cmd(
-    params: dict[str, str], run_key: str, workflow_name: str, workflow_uid: str, outputs: tuple[str, ...]
+    params: dict[str, str],
+    run_key: str,
+    workflow_name: str,
+    workflow_uid: str,
+    start_round: int,
+    resume_from: str,
+    outputs: tuple[str, ...],
 ) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
     from steps import step_init
@@ -133,7 +141,14 @@ def init_cmd(
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
         _write_outputs(
             outputs,
-            step_init.run(settings, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid),
+            step_init.run(
+                settings,
+                run_key=run_key,
+                workflow_name=workflow_name,
+                workflow_uid=workflow_uid,
+                start_round=start_round,
+                resume_from=resume_from,
+            ),
         )
 
     _guard(body)
@@ -209,3 +224,125 @@ def finish_cmd(run_key: str, status: str) -> None:
 
 
 SETTING_PARAMS = tuple(param_name(f.name) for f in FIELDS)
+
+
+# --- split learning (steps/split/) -------------------------------------------------------------------
+
+
+def _split_bad_input() -> tuple[type[BaseException], ...]:
+    from steps.split.client import SplitClientError
+    from steps.split.server import SplitServerError
+    from steps.split.wire import WireError
+
+    return (SplitServerError, SplitClientError, WireError)
+
+
+def _split_guard(fn: Callable[[], Any]) -> Any:
+    """Like :func:`_guard`, plus split-learning failures (exit code 1: a runtime failure, one line)."""
+
+    def body() -> Any:
+        try:
+            return fn()
+        except _split_bad_input() as exc:
+            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+            sys.exit(1)
+
+    return _guard(body)
+
+
+@step.command("split-init")
+@click.option("--param", "params", multiple=True, callback=_settings_params, metavar="NAME=VALUE")
+@click.option(
+    "--split",
+    "split",
+    multiple=True,
+    callback=_settings_params,
+    metavar="NAME=VALUE",
+    help="split.NAME=VALUE",
+)
+@_run_key_option
+@click.option("--workflow-name", required=True)
+@click.option("--workflow-uid", default="")
+@_outputs_option
+def split_init_cmd(
+    params: dict[str, str],
+    split: dict[str, str],
+    run_key: str,
+    workflow_name: str,
+    workflow_uid: str,
+    outputs: tuple[str, ...],
+) -> None:
+    """Split learning: init (round-0 model, MLflow run), plus the split options and the run token."""
+    from steps.split import steps as split_steps
+    from steps.split.settings import SplitOptions
+
+    def body() -> None:
+        settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
+        options = SplitOptions.from_mapping(split, where="workflow parameters", strings=True)
+        result = split_steps.init(
+            settings, options, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid
+        )
+        _write_outputs(outputs, result)
+
+    _split_guard(body)
+
+
+@step.command("split-server")
+@_run_key_option
+@_round_option
+@click.option("--host", default=None, help="Address to bind (default: $POD_IP, else 0.0.0.0).")
+@_outputs_option
+def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple[str, ...]) -> None:
+    """Split learning: serve the top half for one round (a daemon step)."""
+    from steps.split import steps as split_steps
+
+    _split_guard(
+        lambda: _write_outputs(outputs, split_steps.server(run_key=run_key, round=round_, host=host))
+    )
+
+
+@step.command("split-client")
+@_run_key_option
+@_round_option
+@click.option("--client", "client", required=True, help="Client index.")
+@click.option("--server", "server_url", required=True, help="http://HOST:PORT of the split server.")
+@_outputs_option
+def split_client_cmd(
+    run_key: str, round_: int, client: str, server_url: str, outputs: tuple[str, ...]
+) -> None:
+    """Split learning: train one client's bottom half against the server."""
+    from steps.split import steps as split_steps
+
+    _split_guard(
+        lambda: _write_outputs(
+            outputs, split_steps.client(run_key=run_key, round=round_, client=client, server_url=server_url)
+        )
+    )
+
+
+@step.command("split-evaluate")
+@_run_key_option
+@_round_option
+@_outputs_option
+def split_evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
+    """Split learning: reassemble bottom + top of the round and evaluate it on the test set."""
+    from steps.split import steps as split_steps
+
+    _split_guard(lambda: _write_outputs(outputs, split_steps.evaluate(run_key=run_key, round=round_)))
+
+
+@step.command("split-health")
+@click.option("--port", type=click.IntRange(1, 65535), required=True)
+@click.option("--host", default=None, help="Default: $POD_IP, else 127.0.0.1.")
+def split_health_cmd(port: int, host: str | None) -> None:
+    """Readiness probe of the split server: exit 0 when GET /healthz answers 200."""
+    import os
+    import urllib.request
+
+    address = host or os.environ.get("POD_IP") or "127.0.0.1"
+    try:
+        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as response:
+            ok = response.status == 200
+    except OSError:
+        ok = False
+    sys.exit(0 if ok else 1)

@@ -1,20 +1,35 @@
-"""``init``: validate settings, write the round-0 checkpoint, create the MLflow run, freeze run.json."""
+"""``init``: validate settings, write the round-0 checkpoint, create the MLflow run, freeze run.json.
+
+A resubmitted workflow (``start_round > 1``) instead continues an earlier run: it copies that run's
+global checkpoint of round ``start_round - 1`` and its evaluations, then rounds go on from there.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from steps import tracking
-from steps.checkpoint import save_checkpoint
+from steps.checkpoint import CheckpointNotFound, load_checkpoint, save_checkpoint, specs_of
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.runinfo import RunError, RunLayout, RunRecord, now, store_from_env
 from steps.settings import Settings
+from steps.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def run(settings: Settings, *, run_key: str, workflow_name: str, workflow_uid: str) -> dict[str, str]:
+def run(
+    settings: Settings,
+    *,
+    run_key: str,
+    workflow_name: str,
+    workflow_uid: str,
+    start_round: int = 1,
+    resume_from: str = "",
+) -> dict[str, str]:
     """Initialise the run at ``run_key``; refuses to touch a run that already has a record."""
     store = store_from_env()
     layout = RunLayout(run_key)
@@ -22,6 +37,10 @@ def run(settings: Settings, *, run_key: str, workflow_name: str, workflow_uid: s
         raise RunError(
             f"run {store.key_uri(layout.record_key)} is already initialised; nothing was overwritten"
         )
+    if not 1 <= start_round <= settings.rounds:
+        raise RunError(f"start-round must be in 1..{settings.rounds} (rounds), got {start_round}")
+    if start_round > 1 and not resume_from:
+        raise RunError(f"start-round {start_round} needs resume-from: the <experiment>/<run> to continue")
     # The test split is small and tells us input shape and classes (and that the dataset exists).
     test = load_dataset(settings.dataset, "test", settings.data_dir or None)
     backend = get_backend(settings.framework)
@@ -29,8 +48,12 @@ def run(settings: Settings, *, run_key: str, workflow_name: str, workflow_uid: s
     model = backend.build_model(
         settings.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=settings.seed
     )
-    uri = save_checkpoint(store, layout.global_key(0), backend.get_weights(model), round=0)
-    log.info("round-0 global checkpoint written to %s", uri)
+    weights = backend.get_weights(model)
+    if start_round > 1:
+        uri = _resume(store, layout, RunLayout(resume_from), start_round, weights)
+    else:
+        uri = save_checkpoint(store, layout.global_key(0), weights, round=0)
+        log.info("round-0 global checkpoint written to %s", uri)
     run_id = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
@@ -40,9 +63,39 @@ def run(settings: Settings, *, run_key: str, workflow_name: str, workflow_uid: s
             "argo.workflow.uid": workflow_uid,
             "argofl.store": store.key_uri(run_key),
             "argofl.framework": settings.framework,
+            "argofl.start_round": str(start_round),
+            "argofl.resumed_from": resume_from if start_round > 1 else "-",
         },
     )
     record = RunRecord(settings, run_id, workflow_name, workflow_uid, now())
     store.put_bytes(layout.record_key, record.to_json())
     log.info("MLflow run %s created for experiment %s", run_id, settings.experiment)
     return {"mlflow-run-id": run_id, "global": uri}
+
+
+def _resume(
+    store: Store, layout: RunLayout, previous: RunLayout, start_round: int, fresh: dict[str, np.ndarray]
+) -> str:
+    """Copy the earlier run's global checkpoint of ``start_round - 1`` and its evaluations."""
+    last = start_round - 1
+    try:
+        ckpt = load_checkpoint(store, previous.global_key(last), like=specs_of(fresh))
+    except CheckpointNotFound:
+        raise RunError(
+            f"cannot resume from {previous.run_key}: no global checkpoint for round {last} at "
+            f"{store.key_uri(previous.global_key(last))}"
+        ) from None
+    uri = save_checkpoint(
+        store,
+        layout.global_key(last),
+        ckpt.arrays,
+        round=last,
+        examples=ckpt.manifest.examples,
+        metrics=ckpt.manifest.metrics,
+        extra={"resumed_from": previous.run_key},
+    )
+    for r in range(1, start_round):
+        if store.exists(previous.eval_key(r)):
+            store.put_bytes(layout.eval_key(r), store.get_bytes(previous.eval_key(r)))
+    log.info("resuming from %s: round %d global checkpoint copied to %s", previous.run_key, last, uri)
+    return uri

@@ -53,12 +53,14 @@ def run_rounds(s: Settings, run_key: str, rounds: int) -> None:
         step_aggregate.run(run_key=run_key, round=r)
 
 
-def test_fedavg_with_one_client_equals_centralized_training(env):
-    s = settings(clients=1, rounds=1, local_epochs=2)
-    run_rounds(s, "steps-test/one-client", 1)
-    federated = load_checkpoint(env, RunLayout("steps-test/one-client").global_key(1)).arrays
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+def test_fedavg_with_one_client_equals_centralized_training(env, framework):
+    """Same seed, same data, E=2 local epochs: FedAvg over one client is centralized training."""
+    s = settings(clients=1, rounds=1, local_epochs=2, framework=framework, data_limit=400)
+    run_rounds(s, f"steps-test/one-client-{framework}", 1)
+    federated = load_checkpoint(env, RunLayout(f"steps-test/one-client-{framework}").global_key(1)).arrays
 
-    backend = get_backend("torch")
+    backend = get_backend(framework)
     backend.configure(threads=s.threads)
     data = load_dataset("fashion-mnist", "train", limit=s.data_limit)
     model = backend.build_model("cnn", input_shape=data.input_shape, num_classes=10, seed=s.seed)
@@ -217,3 +219,47 @@ def test_store_env_missing_is_clear(monkeypatch):
     monkeypatch.delenv("ARGOFL_STORE", raising=False)
     with pytest.raises(RunError, match="ARGOFL_STORE is not set"):
         step_distribute.run(run_key="x/y", round=1)
+
+
+def test_resubmission_from_a_round_equals_an_uninterrupted_run(env):
+    s = settings(clients=2, rounds=3)
+    run_rounds(s, "steps-test/full", 3)
+    run_rounds(s, "steps-test/part", 2)
+    step_init.run(
+        s,
+        run_key="steps-test/resumed",
+        workflow_name="resumed",
+        workflow_uid="u",
+        start_round=3,
+        resume_from="steps-test/part",
+    )
+    assert not env.exists(RunLayout("steps-test/resumed").global_key(0) + ".json")
+    for group in step_distribute.run(run_key="steps-test/resumed", round=3):
+        step_train.run(run_key="steps-test/resumed", round=3, clients=group)
+    step_aggregate.run(run_key="steps-test/resumed", round=3)
+    full, resumed = (
+        env.get_bytes(RunLayout(f"steps-test/{r}").global_key(3) + ".safetensors")
+        for r in ("full", "resumed")
+    )
+    assert full == resumed
+
+
+def test_resubmission_errors_are_clear(env):
+    s = settings(clients=2, rounds=3)
+    with pytest.raises(RunError, match="start-round 2 needs resume-from"):
+        step_init.run(s, run_key="steps-test/r1", workflow_name="w", workflow_uid="u", start_round=2)
+    with pytest.raises(RunError, match="start-round must be in 1..3"):
+        step_init.run(
+            s, run_key="steps-test/r2", workflow_name="w", workflow_uid="u", start_round=4, resume_from="x/y"
+        )
+    with pytest.raises(
+        RunError, match="cannot resume from steps-test/none: no global checkpoint for round 2"
+    ):
+        step_init.run(
+            s,
+            run_key="steps-test/r3",
+            workflow_name="w",
+            workflow_uid="u",
+            start_round=3,
+            resume_from="steps-test/none",
+        )

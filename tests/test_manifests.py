@@ -105,7 +105,10 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
     assert entry["parallelism"] == 1
     groups = [[s["name"] for s in group] for group in entry["steps"]]
     assert groups == [["init"], ["round"], ["finalize"]]
-    assert entry["steps"][1][0]["withSequence"] == {"start": "1", "end": "{{workflow.parameters.rounds}}"}
+    assert entry["steps"][1][0]["withSequence"] == {
+        "start": "{{workflow.parameters.start-round}}",
+        "end": "{{workflow.parameters.rounds}}",
+    }
     tasks = {task["name"]: task for task in t["round"]["dag"]["tasks"]}
     assert tasks["train"]["withParam"] == "{{tasks.distribute.outputs.result}}"
     assert tasks["train"]["continueOn"] == {"failed": True, "error": True}

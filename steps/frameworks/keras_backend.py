@@ -23,6 +23,7 @@ import keras
 import tensorflow as tf
 
 from steps.frameworks.base import (
+    Backend,
     FrameworkError,
     TrainingDiverged,
     call_factory,
@@ -145,7 +146,6 @@ class KerasBackend:
         if not net.built:
             net.build((None, *input_shape))
         _weight_map(net)  # fail early on duplicate names
-        _compile(net, lr=0.01, momentum=0.0)  # evaluate() works before train()
         return net
 
     def get_weights(self, model: Any) -> dict[str, np.ndarray]:
@@ -173,33 +173,41 @@ class KerasBackend:
         xs, ys = scale_images(x), np.asarray(y, dtype=np.int64)
         _compile(model, lr=lr, momentum=momentum)  # a fresh optimizer: no momentum from earlier rounds
         keras.utils.set_random_seed(seed)  # dropout and other in-model randomness
-        logs: dict[str, float] = {}
+        loss_sum = correct = 0.0
         for epoch, order in enumerate(epoch_orders(len(ys), epochs, seed), start=1):
-            model.reset_metrics()  # logs are running means over the epoch
+            # train_on_batch reports the batch's own metrics: the epoch's means are summed here
+            loss_sum = correct = 0.0
             for batch, start in enumerate(range(0, len(order), batch_size), start=1):
                 idx = order[start : start + batch_size]
                 logs = model.train_on_batch(xs[idx], ys[idx], return_dict=True)
+                loss_sum += float(logs["loss"]) * len(idx)
+                correct += float(logs["accuracy"]) * len(idx)
                 if not math.isfinite(logs["loss"]):
                     raise TrainingDiverged(
                         f"training diverged: loss {logs['loss']} at epoch {epoch}/{epochs}, batch {batch} "
                         f"(lr={lr}, batch_size={batch_size}): lower the learning rate"
                     )
-        return {"loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]), "examples": float(len(ys))}
+        n = float(len(ys))
+        return {"loss": loss_sum / n, "accuracy": correct / n, "examples": n}
 
     def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict[str, float]:
         check_data(x, y)
         if batch_size < 1:
             raise FrameworkError(f"batch_size={batch_size} must be >= 1")
-        if not getattr(model, "compiled", False):
-            _compile(model, lr=0.01, momentum=0.0)
-        result = model.evaluate(
-            scale_images(x), np.asarray(y, dtype=np.int64), batch_size=batch_size, verbose=0, return_dict=True
-        )
-        return {
-            "loss": float(result["loss"]),
-            "accuracy": float(result["accuracy"]),
-            "examples": float(len(x)),
-        }
+        probabilities = _outputs_probabilities(model)
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            yb = np.asarray(y[start : start + batch_size], dtype=np.int64)
+            out = np.asarray(model.predict_on_batch(scale_images(x[start : start + batch_size])), np.float64)
+            if probabilities:
+                log_p = np.log(np.clip(out, 1e-12, None))
+            else:  # log-softmax of logits
+                shifted = out - out.max(axis=1, keepdims=True)
+                log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+            loss_sum -= float(log_p[np.arange(len(yb)), yb].sum())
+            correct += int((out.argmax(axis=1) == yb).sum())
+        n = len(x)
+        return {"loss": loss_sum / n, "accuracy": correct / n, "examples": float(n)}
 
     def log_model(self, model: Any, *, name: str, input_example: np.ndarray | None = None) -> str:
         import mlflow
@@ -220,6 +228,6 @@ class KerasBackend:
         return str(info.model_uri)
 
 
-def create_backend() -> KerasBackend:
-    """The entry point used by :func:`steps.frameworks.get_backend`."""
+def create_backend() -> Backend:
+    """The entry point used by :func:`steps.frameworks.get_backend` (type-checked against the protocol)."""
     return KerasBackend()

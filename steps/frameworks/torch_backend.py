@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from steps.frameworks.base import (
+    Backend,
     FrameworkError,
     TrainingDiverged,
     call_factory,
@@ -124,7 +125,7 @@ class TorchBackend:
         check_weights({k: tuple(v.shape) for k, v in state.items()}, weights)
         with torch.no_grad():
             for k, v in state.items():
-                v.copy_(torch.as_tensor(np.asarray(weights[k])))
+                v.copy_(torch.tensor(np.asarray(weights[k])))  # a copy: read-only arrays are fine
 
     def _tensors(self, x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         xt = torch.from_numpy(scale_images(x)).permute(0, 3, 1, 2).contiguous().to(self.device)
@@ -211,6 +212,6 @@ def _batches(order: np.ndarray, batch_size: int, device: torch.device) -> Iterat
         yield torch.from_numpy(order[start : start + batch_size]).to(device)
 
 
-def create_backend() -> TorchBackend:
-    """The entry point used by :func:`steps.frameworks.get_backend`."""
+def create_backend() -> Backend:
+    """The entry point used by :func:`steps.frameworks.get_backend` (type-checked against the protocol)."""
     return TorchBackend()

@@ -1,0 +1,346 @@
+"""``argofl submit``, ``status``, ``watch`` and ``resubmit``: the compiled workflow on an Argo server.
+
+Each command takes ``--host/--token/--namespace/--verify`` (or ``ARGO_SERVER``, ``ARGO_TOKEN``,
+``ARGO_NAMESPACE``, ``ARGO_INSECURE_SKIP_VERIFY``); they become a :class:`ClusterTarget` in the click
+context object, whose hera ``WorkflowsService`` is built on first use.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pipelines.cluster import (
+    DEFAULT_NAMESPACE,
+    DONE_PHASES,
+    ClusterError,
+    ClusterTarget,
+    env_secure,
+    env_verify,
+    finished_steps,
+    format_number,
+    last_completed_round,
+    normalize_host,
+    parameters_of,
+    resubmission_manifest,
+    round_views,
+    set_parameters,
+    step_line,
+)
+from pipelines.commands import ConfigPath, _parse_overrides
+from pipelines.config import ConfigError, load_config
+from steps.settings import FIELDS, Settings, SettingsError, param_name
+
+__all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
+
+_SETTING_PARAMS = {param_name(f.name) for f in FIELDS}
+_WATCH_FAILURES = 5  # consecutive failed polls before watch gives up
+
+
+class CommandError(click.ClickException):
+    """A runtime failure: printed as one ``error: …`` line, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+# ------------------------------------------------------------------------------------ shared options
+
+
+def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the Argo server options; the command receives the :class:`ClusterTarget` first."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any, host: str | None, token: str | None, namespace: str, verify: bool | None, **kwargs: Any
+    ) -> Any:
+        ctx = click.get_current_context()
+        if not isinstance(ctx.obj, ClusterTarget):  # tests may pass one in with obj=
+            ctx.obj = _target(host, token, namespace, verify)
+        return command(ctx.obj, *args, **kwargs)
+
+    options = [
+        click.option(
+            "--host",
+            envvar="ARGO_SERVER",
+            metavar="URL",
+            help="Argo server: https://host:2746 or host:port [env ARGO_SERVER].",
+        ),
+        click.option(
+            "--token",
+            envvar="ARGO_TOKEN",
+            metavar="TOKEN",
+            help="Bearer token for the Argo server [env ARGO_TOKEN].",
+        ),
+        click.option(
+            "-n",
+            "--namespace",
+            envvar="ARGO_NAMESPACE",
+            default=DEFAULT_NAMESPACE,
+            show_default=True,
+            help="Namespace of the workflows [env ARGO_NAMESPACE].",
+        ),
+        click.option(
+            "--verify/--no-verify",
+            default=None,
+            help="Check the server's TLS certificate (default: yes unless ARGO_INSECURE_SKIP_VERIFY=true).",
+        ),
+    ]
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _target(host: str | None, token: str | None, namespace: str, verify: bool | None) -> ClusterTarget:
+    if not host or not host.strip():
+        raise click.UsageError(
+            "no Argo server given: pass --host https://HOST:2746 or set ARGO_SERVER=HOST:PORT"
+        )
+    try:
+        url = normalize_host(host, secure=env_secure())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--host' / ARGO_SERVER") from None
+    if not namespace.strip():
+        raise click.BadParameter("empty namespace", param_hint="'--namespace' / ARGO_NAMESPACE")
+    return ClusterTarget(
+        host=url,
+        namespace=namespace.strip(),
+        token=token,
+        verify=env_verify() if verify is None else verify,
+    )
+
+
+def _overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "-p",
+        "--parameter",
+        "overrides",
+        multiple=True,
+        callback=_parse_overrides,
+        metavar="NAME=VALUE",
+        help="Set a workflow parameter, e.g. -p rounds=20 (as with argo submit).",
+    )(command)
+
+
+def _apply_overrides(manifest: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
+    """Set ``-p`` values on ``manifest``; unknown names and invalid settings are usage errors."""
+    declared = parameters_of(manifest)
+    unknown = [name for name in overrides if name not in declared]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown workflow parameter {unknown[0]!r}; valid: {', '.join(declared)}",
+            param_hint="'-p' / '--parameter'",
+        )
+    set_parameters(manifest, overrides)
+    settings = {k: v for k, v in parameters_of(manifest).items() if k in _SETTING_PARAMS}
+    try:
+        Settings.from_mapping(settings, where="parameters", strings=True)
+    except SettingsError as exc:
+        raise click.BadParameter(str(exc), param_hint="'-p' / '--parameter'") from None
+    return manifest
+
+
+def _run(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except ClusterError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _submit(target: ClusterTarget, manifest: Mapping[str, Any]) -> str:
+    created = _run(lambda: target.create(manifest))
+    name = str((created.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise CommandError(f"Argo server at {target.host} created a workflow but returned no name")
+    click.echo(f"submitted {name} to namespace {target.namespace}")
+    click.echo(target.url(name))
+    return name
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@click.command("submit")
+@click.argument("config", type=ConfigPath())
+@_overrides_option
+@cluster_options
+@click.option("--wait", is_flag=True, help="Then watch the workflow until it finishes (exit 1 if it fails).")
+@click.option(
+    "--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.01), help="Poll seconds."
+)
+def submit_cmd(
+    target: ClusterTarget, config: Path, overrides: dict[str, str], wait: bool, interval: float
+) -> None:
+    """Compile CONFIG and submit the workflow to an Argo server."""
+    from pipelines.compile import manifest_for
+
+    try:
+        cfg = load_config(config)
+    except (ConfigError, SettingsError) as exc:
+        raise click.UsageError(str(exc)) from None
+    manifest = _apply_overrides(manifest_for(cfg), overrides)
+    name = _submit(target, manifest)
+    if wait:
+        _watch(target, name, interval)
+
+
+@click.command("status")
+@click.argument("name")
+@cluster_options
+@click.option("--json", "as_json", is_flag=True, help="Print the workflow's raw status as JSON.")
+def status_cmd(target: ClusterTarget, name: str, as_json: bool) -> None:
+    """Show the phase and per-round progress of workflow NAME."""
+    workflow = _run(lambda: target.get(name))
+    status = workflow.get("status") or {}
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        return
+    for line in _status_lines(target, name, workflow):
+        click.echo(line)
+
+
+def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any]) -> list[str]:
+    status = workflow.get("status") or {}
+    params = parameters_of(workflow)
+    views = round_views(status)
+    total = _total_rounds(params)
+    evaluated = sum(v.evaluated for v in views)
+    first = _int_or(params.get("start-round"), 1)
+    lines = [
+        f"Name:       {name}",
+        f"Namespace:  {target.namespace}",
+        f"Phase:      {status.get('phase') or 'Pending'}",
+    ]
+    if status.get("message"):
+        lines.append(f"Message:    {status['message']}")
+    if status.get("startedAt"):
+        lines.append(f"Started:    {status['startedAt']}")
+    if status.get("finishedAt"):
+        lines.append(f"Finished:   {status['finishedAt']}")
+    if params.get("experiment"):
+        lines.append(f"Experiment: {params['experiment']}")
+    planned = f" of rounds {first}..{total}" if total is not None else ""
+    lines.append(f"Rounds:     {evaluated} evaluated{planned}")
+    if params.get("resume-from"):
+        lines.append(f"Resumes:    {params['resume-from']}")
+    lines += [f"  {view.line()}" for view in views]
+    lines.append(f"URL:        {target.url(name)}")
+    return lines
+
+
+def _int_or(value: Any, default: int) -> int:
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):
+        return default
+
+
+def _total_rounds(params: Mapping[str, str]) -> int | None:
+    try:
+        return int(params["rounds"])
+    except (KeyError, ValueError):
+        return None
+
+
+@click.command("watch")
+@click.argument("name")
+@cluster_options
+@click.option(
+    "--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.01), help="Poll seconds."
+)
+def watch_cmd(target: ClusterTarget, name: str, interval: float) -> None:
+    """Follow workflow NAME: one line per finished client and round; exit 1 if it fails."""
+    _watch(target, name, interval)
+
+
+def _watch(target: ClusterTarget, name: str, interval: float) -> None:
+    seen: set[tuple[str, str]] = set()
+    failures = 0
+    started = time.monotonic()
+    try:
+        while True:
+            try:
+                workflow = target.get(name)
+                failures = 0
+            except ClusterError as exc:
+                failures += 1
+                if failures >= _WATCH_FAILURES or "not found" in str(exc):
+                    raise CommandError(str(exc)) from None
+                click.echo(f"warning: {exc} (retrying)", err=True)
+                time.sleep(interval)
+                continue
+            status = workflow.get("status") or {}
+            for step in finished_steps(status):
+                if step.key in seen:
+                    continue
+                seen.add(step.key)
+                stamp = f"[{time.monotonic() - started:7.1f}s]"
+                click.echo(f"{stamp} {step_line(step)}")
+            phase = str(status.get("phase") or "")
+            if phase in DONE_PHASES:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        click.echo(f"\nstopped watching {name}; it keeps running on the server", err=True)
+        sys.exit(130)
+    views = round_views(status)
+    done = [v for v in views if v.evaluated]
+    if done:
+        last = done[-1]
+        click.echo(
+            f"{name} {phase}: {len(done)} round(s) evaluated, round {last.round} test accuracy "
+            f"{format_number(last.accuracy)} loss {format_number(last.loss)}"
+        )
+    if phase != "Succeeded":
+        message = status.get("message") or ""
+        raise CommandError(f"workflow {name} {phase}{': ' + message if message else ''}")
+    if not done:
+        click.echo(f"{name} {phase}")
+
+
+@click.command("resubmit")
+@click.argument("name")
+@_overrides_option
+@cluster_options
+def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) -> None:
+    """Continue workflow NAME in a new workflow from the round after its last completed one."""
+    old = _run(lambda: target.get(name))
+    status = old.get("status") or {}
+    phase = str(status.get("phase") or "")
+    if phase in ("", "Pending", "Running"):
+        raise CommandError(
+            f"workflow {name} is {phase or 'Pending'}; wait for it to finish (or stop it) before resubmitting"
+        )
+    params = parameters_of(old)
+    experiment = params.get("experiment") or (old.get("metadata") or {}).get("labels", {}).get(
+        "argofl.io/experiment", ""
+    )
+    if not experiment:
+        raise CommandError(f"workflow {name} has no 'experiment' parameter; is it an argofl workflow?")
+    _apply_overrides(resubmission_manifest(old, 1, ""), overrides)  # bad -p values fail before anything
+    last = last_completed_round(status)
+    total = _total_rounds({**params, **overrides})
+    if last is not None and total is not None and last >= total:
+        click.echo(f"all {total} rounds of {name} completed; nothing to resubmit")
+        return
+    if last is None:
+        # Nothing new finished: start where the old workflow started, from what it resumed (if anything).
+        start, resume = _int_or(params.get("start-round"), 1), params.get("resume-from", "")
+    else:
+        start, resume = last + 1, f"{experiment}/{name}"
+    manifest = resubmission_manifest(old, start, resume)
+    manifest = _apply_overrides(manifest, overrides)
+    click.echo(
+        f"{name} {phase}: last completed round {last if last is not None else 'none'}; "
+        f"resubmitting from round {start}" + (f" (resuming {resume})" if resume else "")
+    )
+    _submit(target, manifest)
