@@ -45,6 +45,8 @@ compile: install
 bench: install data
 	$(BIN)/python benchmarks/bench_rounds.py
 	$(BIN)/python benchmarks/bench_aggregate.py
+	$(BIN)/python benchmarks/bench_checkpoint.py
+	$(BIN)/python benchmarks/bench_training.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

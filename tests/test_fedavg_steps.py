@@ -248,7 +248,7 @@ def test_resubmission_errors_are_clear(env):
     s = settings(clients=2, rounds=3)
     with pytest.raises(RunError, match="start-round 2 needs resume-from"):
         step_init.run(s, run_key="steps-test/r1", workflow_name="w", workflow_uid="u", start_round=2)
-    with pytest.raises(RunError, match="start-round must be in 1..3"):
+    with pytest.raises(RunError, match=r"start-round must be in 1\.\.3"):
         step_init.run(
             s, run_key="steps-test/r2", workflow_name="w", workflow_uid="u", start_round=4, resume_from="x/y"
         )
