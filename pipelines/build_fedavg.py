@@ -34,14 +34,20 @@ from hera.workflows import (
 )
 from hera.workflows.models import (
     Backoff,
+    Capabilities,
     ContinueOn,
+    EmptyDirVolumeSource,
     IntOrString,
     PodGC,
     PodSecurityContext,
+    SeccompProfile,
+    SecurityContext,
     Sequence,
     Toleration,
     TTLStrategy,
     ValueFrom,
+    Volume,
+    VolumeMount,
 )
 
 from pipelines.config import ExperimentConfig
@@ -105,6 +111,13 @@ def _step_container(
         ),
         active_deadline_seconds=str(cfg.cluster.step_timeout),
         annotations={"workflows.argoproj.io/description": description},
+        # The image's root filesystem stays read-only; /tmp (HOME, caches, outputs) is an emptyDir.
+        security_context=SecurityContext(
+            read_only_root_filesystem=True,
+            allow_privilege_escalation=False,
+            capabilities=Capabilities(drop=["ALL"]),
+        ),
+        volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
     )
 
 
@@ -143,8 +156,13 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         },
         pod_gc=PodGC(strategy="OnWorkflowSuccess"),
         ttl_strategy=TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
+        volumes=[Volume(name="tmp", empty_dir=EmptyDirVolumeSource())],
         security_context=PodSecurityContext(
-            run_as_non_root=True, run_as_user=STEP_UID, run_as_group=STEP_UID, fs_group=STEP_UID
+            seccomp_profile=SeccompProfile(type="RuntimeDefault"),
+            run_as_non_root=True,
+            run_as_user=STEP_UID,
+            run_as_group=STEP_UID,
+            fs_group=STEP_UID,
         ),
         node_selector=c.node_selector or None,
         tolerations=[Toleration(**t) for t in c.tolerations] or None,

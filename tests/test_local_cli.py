@@ -107,7 +107,7 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     unsupported = dict(HELLO, spec={**HELLO["spec"], "volumes": [{"name": "v"}]})
     refused = CliRunner().invoke(local, ["run", str(_write(tmp_path, unsupported)), "--runs-dir", runs])
     assert refused.exit_code == 2
-    assert "spec.volumes:" in refused.output
+    assert "spec.volumes[0]: only emptyDir volumes" in refused.output
     not_yaml = tmp_path / "bad.yaml"
     not_yaml.write_text("a: [")
     assert CliRunner().invoke(local, ["run", str(not_yaml), "--runs-dir", runs]).exit_code == 2

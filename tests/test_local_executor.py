@@ -343,8 +343,35 @@ def test_unsupported_field_is_refused_with_its_path(tmp_path: Path) -> None:
     assert str(info.value).startswith("spec.templates[1].resource: resource templates are not supported")
     assert not (tmp_path / "runs").exists()
     mounts = _wf([{"name": "main", "container": {"command": ["true"], "volumeMounts": [{"name": "v"}]}}])
-    with pytest.raises(UnsupportedWorkflow, match=r"^spec\.templates\[0\]\.container\.volumeMounts: "):
+    with pytest.raises(
+        UnsupportedWorkflow, match=r"^spec\.templates\[0\]\.container\.volumeMounts\[0\]: volume 'v'"
+    ):
         run_workflow(mounts, runs_dir=tmp_path / "runs")
+    claims = dict(mounts, spec={**mounts["spec"], "volumes": [{"name": "v", "persistentVolumeClaim": {}}]})
+    with pytest.raises(UnsupportedWorkflow, match=r"^spec\.volumes\[0\]: only emptyDir volumes"):
+        run_workflow(claims, runs_dir=tmp_path / "runs")
+
+
+def test_empty_dir_scratch_mounts_run_as_host_paths(tmp_path: Path) -> None:
+    """readOnlyRootFilesystem + an emptyDir at /tmp (what argofl's manifests do) runs locally."""
+    wf = _wf(
+        [
+            {
+                "name": "main",
+                "container": {
+                    "command": [
+                        "sh",
+                        "-c",
+                        "echo scratch > /tmp/argofl-scratch-$$ && rm /tmp/argofl-scratch-$$",
+                    ],
+                    "securityContext": {"readOnlyRootFilesystem": True},
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                },
+            }
+        ]
+    )
+    wf["spec"]["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+    assert run_workflow(wf, runs_dir=tmp_path / "runs").phase == "Succeeded"
 
 
 def test_cluster_only_fields_are_ignored(tmp_path: Path) -> None:

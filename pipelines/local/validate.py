@@ -24,7 +24,6 @@ _REASON = "are not supported by the local executor"
 _IS = "is not supported by the local executor"
 
 _SPEC_UNSUPPORTED = {
-    "volumes": "volumes need a cluster; declare artifacts or parameters instead",
     "volumeClaimTemplates": "volume claims need a cluster",
     "podSpecPatch": "a pod spec patch can change commands the local executor runs",
     "synchronization": "synchronization (mutexes, semaphores) needs the workflow controller",
@@ -49,7 +48,6 @@ _TEMPLATE_UNSUPPORTED = {
 }
 
 _CONTAINER_UNSUPPORTED = {
-    "volumeMounts": "volume mounts need a cluster; declare artifacts or parameters instead",
     "volumeDevices": "volume devices need a cluster",
     "envFrom": "envFrom (whole Secrets/ConfigMaps) " + _IS + "; list env entries instead",
     "lifecycle": "container lifecycle hooks " + _REASON,
@@ -107,10 +105,35 @@ def _check_hooks(hooks: Any, path: str) -> None:
             raise _fail(f"{path}.{name}.templateRef", "templateRef needs the cluster's WorkflowTemplates")
 
 
-def _check_container(ctr: Mapping[str, Any], path: str, script: bool) -> None:
+def _empty_dirs(spec: Mapping[str, Any]) -> set[str]:
+    """Names of ``spec.volumes``; only ``emptyDir`` volumes are accepted.
+
+    An emptyDir mount (typically ``/tmp`` beside ``readOnlyRootFilesystem``) is scratch space; on one
+    host its mount path is simply the host's path, so the mount itself is ignored.
+    """
+    names = set()
+    for i, vol in enumerate(spec.get("volumes") or []):
+        if not isinstance(vol, Mapping) or set(vol) - {"name", "emptyDir"} or "emptyDir" not in vol:
+            raise _fail(f"spec.volumes[{i}]", "only emptyDir volumes are supported by the local executor")
+        names.add(str(vol.get("name")))
+    return names
+
+
+def _check_mounts(ctr: Mapping[str, Any], path: str, empty_dirs: frozenset[str]) -> None:
+    for i, mount in enumerate(ctr.get("volumeMounts") or []):
+        name = mount.get("name") if isinstance(mount, Mapping) else None
+        if name not in empty_dirs:
+            raise _fail(
+                f"{path}.volumeMounts[{i}]",
+                f"volume {name!r} is not an emptyDir of spec.volumes; only emptyDir mounts are supported",
+            )
+
+
+def _check_container(ctr: Mapping[str, Any], path: str, script: bool, empty_dirs: frozenset[str]) -> None:
     for field, reason in _CONTAINER_UNSUPPORTED.items():
         if ctr.get(field):
             raise _fail(f"{path}.{field}", reason)
+    _check_mounts(ctr, path, empty_dirs)
     if not ctr.get("command"):
         raise _fail(
             f"{path}.command",
@@ -130,7 +153,7 @@ def _check_container(ctr: Mapping[str, Any], path: str, script: bool) -> None:
         )
 
 
-def _check_step(step: Mapping[str, Any], path: str) -> None:
+def _check_step(step: Mapping[str, Any], path: str, empty_dirs: frozenset[str]) -> None:
     if step.get("templateRef"):
         raise _fail(
             f"{path}.templateRef", "templateRef needs the cluster's WorkflowTemplates; inline the template"
@@ -139,16 +162,16 @@ def _check_step(step: Mapping[str, Any], path: str) -> None:
     for j, art in enumerate((step.get("arguments") or {}).get("artifacts") or []):
         _check_artifact(art, f"{path}.arguments.artifacts[{j}]")
     if isinstance(step.get("inline"), Mapping):
-        _check_template(step["inline"], f"{path}.inline")
+        _check_template(step["inline"], f"{path}.inline", empty_dirs)
 
 
-def _check_template(tmpl: Mapping[str, Any], path: str) -> None:
+def _check_template(tmpl: Mapping[str, Any], path: str, empty_dirs: frozenset[str]) -> None:
     for field, reason in _TEMPLATE_UNSUPPORTED.items():
         if tmpl.get(field) is not None and tmpl.get(field) != []:
             raise _fail(f"{path}.{field}", reason)
     for kind in ("container", "script"):
         if isinstance(tmpl.get(kind), Mapping):
-            _check_container(tmpl[kind], f"{path}.{kind}", kind == "script")
+            _check_container(tmpl[kind], f"{path}.{kind}", kind == "script", empty_dirs)
     inputs = tmpl.get("inputs") or {}
     for i, param in enumerate(inputs.get("parameters") or []):
         if (param.get("valueFrom") or {}).get("configMapKeyRef"):
@@ -167,9 +190,9 @@ def _check_template(tmpl: Mapping[str, Any], path: str) -> None:
         _check_artifact(art, f"{path}.outputs.artifacts[{i}]")
     for g, group in enumerate(tmpl.get("steps") or []):
         for s, step in enumerate(group if isinstance(group, list) else []):
-            _check_step(step, f"{path}.steps[{g}][{s}]")
+            _check_step(step, f"{path}.steps[{g}][{s}]", empty_dirs)
     for t, task in enumerate((tmpl.get("dag") or {}).get("tasks") or []):
-        _check_step(task, f"{path}.dag.tasks[{t}]")
+        _check_step(task, f"{path}.dag.tasks[{t}]", empty_dirs)
 
 
 def check_supported(spec: Mapping[str, Any]) -> None:
@@ -180,11 +203,12 @@ def check_supported(spec: Mapping[str, Any]) -> None:
     if spec.get("suspend"):
         raise _fail("spec.suspend", "suspended workflows " + _REASON)
     _check_hooks(spec.get("hooks"), "spec.hooks")
+    empty_dirs = frozenset(_empty_dirs(spec))
     for i, art in enumerate((spec.get("arguments") or {}).get("artifacts") or []):
         _check_artifact(art, f"spec.arguments.artifacts[{i}]")
     for i, tmpl in enumerate(spec.get("templates") or []):
         if isinstance(tmpl, Mapping):
-            _check_template(tmpl, f"spec.templates[{i}]")
+            _check_template(tmpl, f"spec.templates[{i}]", empty_dirs)
 
 
 def global_parameters(spec: Mapping[str, Any], overrides: Mapping[str, str] | None) -> list[dict[str, Any]]:
