@@ -21,8 +21,10 @@ from typing import Any
 
 from hera.workflows import (
     DAG,
+    Artifact,
     Container,
     Env,
+    NoneArchiveStrategy,
     Parameter,
     Resources,
     RetryStrategy,
@@ -56,6 +58,7 @@ from steps.settings import FIELDS, param_name
 __all__ = ["OUTPUT_DIR", "build_workflow"]
 
 OUTPUT_DIR = "/tmp/argofl/outputs"
+CHECKPOINT_DIR = "/tmp/argofl/checkpoint"
 RUN_KEY = "{{workflow.parameters.experiment}}/{{workflow.name}}"
 STEP_UID = 10001
 
@@ -94,6 +97,7 @@ def _step_container(
     outputs: tuple[str, ...] = (),
     resources: Resources | None = None,
     retries: int | None = None,
+    artifacts: list[Artifact] | None = None,
 ) -> Container:
     return Container(
         name=name,
@@ -102,7 +106,7 @@ def _step_container(
         args=args + _output_args(*outputs),
         env=_env(cfg),
         inputs=inputs or [],
-        outputs=_outputs(*outputs),
+        outputs=[*_outputs(*outputs), *(artifacts or [])],
         resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
         retry_strategy=RetryStrategy(
             limit=str(retries if retries is not None else cfg.cluster.retries),
@@ -202,9 +206,13 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
             cfg,
             "aggregate",
             "FedAvg of the valid client updates (weighted by examples)",
-            round_arg,
+            [*round_arg, "--checkpoint-out", CHECKPOINT_DIR],
             inputs=round_in,
             outputs=("loss", "accuracy", "clients"),
+            # the global checkpoint also as an output artifact, so the Argo UI lists it on the node
+            artifacts=[
+                Artifact(name="global-checkpoint", path=CHECKPOINT_DIR, archive=NoneArchiveStrategy())
+            ],
         )
         evaluate = _step_container(
             cfg,

@@ -181,11 +181,23 @@ def train_cmd(run_key: str, round_: int, clients: str, outputs: tuple[str, ...])
 @_run_key_option
 @_round_option
 @_outputs_option
-def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
+@click.option(
+    "--checkpoint-out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also copy the new global checkpoint (blob + manifest) here (an Argo output artifact).",
+)
+def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...], checkpoint_out: Path | None) -> None:
     """Validate the round's updates and write the new global checkpoint."""
     from steps import step_aggregate
 
-    _guard(lambda: _write_outputs(outputs, step_aggregate.run(run_key=run_key, round=round_)))
+    def body() -> None:
+        metrics = step_aggregate.run(run_key=run_key, round=round_)
+        if checkpoint_out is not None:
+            step_aggregate.export_global(run_key=run_key, round=round_, directory=checkpoint_out)
+        _write_outputs(outputs, metrics)
+
+    _guard(body)
 
 
 @step.command("evaluate")

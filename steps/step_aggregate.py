@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 from steps import tracking
 from steps.checkpoint import (
     CheckpointError,
     CheckpointNotFound,
     checkpoint_exists,
+    checkpoint_keys,
     load_checkpoint,
     load_manifest,
     save_checkpoint,
@@ -112,3 +114,10 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
                 to_log[f"client_{update.client}_train_{key}"] = update.metrics[key]
     tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
     return metrics
+
+
+def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:
+    """Copy the committed global checkpoint of ``round`` (blob and manifest) into ``directory``."""
+    store, layout, _ = open_run(run_key)
+    blob_key, manifest_key = checkpoint_keys(layout.global_key(round))
+    return [store.get_file(key, directory / key.rsplit("/", 1)[-1]) for key in (blob_key, manifest_key)]

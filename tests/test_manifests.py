@@ -115,6 +115,9 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
     assert "train.Failed" in tasks["aggregate"]["depends"]
     assert tasks["evaluate"]["depends"] == "aggregate"
     assert int(t["train"]["retryStrategy"]["limit"]) >= 1
+    assert t["aggregate"]["outputs"]["artifacts"][0]["name"] == "global-checkpoint"
+    assert t["train"]["container"]["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "tmp", "mountPath": "/tmp"} in t["train"]["container"]["volumeMounts"]
     assert spec["onExit"] == "finish"
     assert "nvidia.com/gpu" not in json.dumps(t["train"]["container"].get("resources", {}))
 

@@ -81,6 +81,12 @@ def test_pipeline_against_s3_and_mlflow_server(
         "client-2.safetensors",
     ]
 
+    # the same checkpoint is the aggregate node's output artifact (listed in the Argo UI)
+    exported = sorted((tmp_path / "runs" / "artifacts").rglob("global.safetensors"))
+    assert len(exported) == 2
+    blobs = {p.read_bytes() for p in exported}
+    assert store.get_bytes(layout.global_key(2) + ".safetensors") in blobs
+
     # metrics, params, tags and the model read back from the MLflow server
     import mlflow
     from mlflow.tracking import MlflowClient

@@ -1,0 +1,106 @@
+"""Split-learning options: the ``split:`` section of a config, frozen by ``split-init`` into ``split.json``.
+
+```yaml
+kind: split
+split:
+  mode: vanilla        # vanilla (clients take turns) | splitfed (SplitFed v1: clients in parallel)
+  cut: pool2           # last layer of the client's bottom half
+  port: 8080           # server port (compile-time: it is in the readinessProbe)
+  idle_timeout: 300    # server gives up after this many seconds without a request
+  request_timeout: 60  # client-side timeout of one HTTP request
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from steps.settings import SettingsError
+from steps.store import join_key
+
+__all__ = ["MODES", "SplitOptions", "bottom_key", "options_key", "token_key", "top_key"]
+
+MODES = ("vanilla", "splitfed")
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """How a split-learning run splits the model and talks to its server."""
+
+    mode: str = "vanilla"
+    cut: str = "pool2"
+    port: int = 8080
+    idle_timeout: int = 300
+    request_timeout: int = 60
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SettingsError(f"split.mode: must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.cut or not self.cut.replace("_", "").isalnum():
+            raise SettingsError(f"split.cut: must be a layer name, got {self.cut!r}")
+        if not 1024 <= self.port <= 65535:
+            raise SettingsError(f"split.port: must be in 1024..65535, got {self.port!r}")
+        for name in ("idle_timeout", "request_timeout"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"split.{name}: must be ≥ 1, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, where: str = "split", strings: bool = False
+    ) -> SplitOptions:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for raw_key, value in values.items():
+            key = str(raw_key).replace("-", "_")
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                raise SettingsError(
+                    f"{where}: unknown key split.{raw_key}"
+                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                )
+            expected = int if str(known[key].type) == "int" else str
+            if strings and expected is int and isinstance(value, str):
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    raise SettingsError(f"{where}: split.{key}: expected int, got {value!r}") from None
+            if not isinstance(value, expected) or isinstance(value, bool):
+                raise SettingsError(
+                    f"{where}: split.{key}: expected {expected.__name__}, "
+                    f"got {type(value).__name__} {value!r}"
+                )
+            kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except SettingsError as exc:
+            raise SettingsError(f"{where}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
+
+
+def options_key(run_key: str) -> str:
+    return join_key(run_key, "split.json")
+
+
+def token_key(run_key: str) -> str:
+    """The run's shared secret (written by ``split-init``; read by the server and the clients only)."""
+    return join_key(run_key, "split-token")
+
+
+def top_key(run_key: str, round: int) -> str:
+    """The server's half after ``round``."""
+    return join_key(run_key, f"round-{round:04d}", "top")
+
+
+def bottom_key(run_key: str, round: int, client: str) -> str:
+    """A client's half after ``round`` (same place as FedAvg updates)."""
+    return join_key(run_key, f"round-{round:04d}", "updates", f"client-{client}")

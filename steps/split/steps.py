@@ -1,0 +1,320 @@
+"""Split-learning step bodies: ``split-init``, ``split-server``, ``split-client``, ``split-evaluate``.
+
+Store layout (beside FedAvg's): ``<run>/split.json`` (options), ``<run>/split-token`` (the run's shared
+secret), ``round-NNNN/top`` (the server's half), ``round-NNNN/updates/client-N`` (each client's
+half) and ``round-NNNN/global`` (bottom ∪ top, written by ``split-evaluate``; round 0 by ``split-init``),
+so ``finalize`` and the next round read the same keys as in FedAvg.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+
+from steps import tracking
+from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
+from steps.data import load_dataset
+from steps.partition import client_seed, partition
+from steps.runinfo import RunError, open_run, store_from_env, write_json
+from steps.settings import Settings
+from steps.split.settings import SplitOptions, bottom_key, options_key, token_key, top_key
+from steps.store import ObjectNotFound, Store
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "ARGOFL_SPLIT_TOKEN"
+
+
+def _check_framework(s: Settings) -> None:
+    if s.framework not in ("torch", "tensorflow"):
+        raise RunError(f"split learning supports frameworks torch and tensorflow, got {s.framework!r}")
+
+
+def halves(framework: str) -> Any:
+    """The module with the framework's halves: ``build_halves``, ``Top``, ``Bottom``, ``clone``, ..."""
+    if framework == "tensorflow":
+        from steps.split import keras_split
+
+        return keras_split
+    from steps.split import torch_split
+
+    return torch_split
+
+
+def load_options(store: Store, run_key: str) -> SplitOptions:
+    try:
+        doc = json.loads(store.get_bytes(options_key(run_key)))
+    except ObjectNotFound:
+        raise RunError(
+            f"no split options at {store.key_uri(options_key(run_key))}: split-init has not run"
+        ) from None
+    return SplitOptions.from_mapping(doc, where=store.key_uri(options_key(run_key)))
+
+
+def load_token(store: Store, run_key: str) -> str:
+    """The run's token: ``$ARGOFL_SPLIT_TOKEN`` when set, else the secret ``split-init`` stored."""
+    token = os.environ.get(TOKEN_ENV, "")
+    if token:
+        return token
+    try:
+        return store.get_bytes(token_key(run_key)).decode().strip()
+    except ObjectNotFound:
+        raise RunError(f"no split token for run {run_key}: split-init has not run") from None
+
+
+def init(
+    settings: Settings, options: SplitOptions, *, run_key: str, workflow_name: str, workflow_uid: str
+) -> dict[str, str]:
+    """FedAvg's init (round-0 checkpoint, MLflow run, run.json), then the split options and token."""
+    from steps import step_init
+
+    _check_framework(settings)
+    store = store_from_env()
+    test = load_dataset(settings.dataset, "test", settings.data_dir or None)
+    _halves(settings, options, test.input_shape, test.num_classes)  # fail early on a bad cut
+    out = step_init.run(settings, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid)
+    store.put_bytes(options_key(run_key), options.to_json())
+    store.put_bytes(token_key(run_key), secrets.token_urlsafe(32).encode())
+    log.info("split learning (%s, cut after %s): options and run token written", options.mode, options.cut)
+    return out
+
+
+def _halves(s: Settings, o: SplitOptions, input_shape: tuple[int, int, int], num_classes: int) -> Any:
+    return halves(s.framework).build_halves(
+        s.model, o.cut, input_shape=input_shape, num_classes=num_classes, seed=s.seed, threads=s.threads
+    )
+
+
+def _owners(labels: np.ndarray, s: Settings) -> np.ndarray:
+    parts = partition(labels, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
+    owner = np.full(len(labels), -1, dtype=np.int64)
+    for client, idx in enumerate(parts):
+        owner[idx] = client
+    return owner
+
+
+def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, float]:
+    """Serve the round until every client is done (or the idle timeout); write the top half."""
+    from steps.split.server import SplitServer
+
+    store, layout, record = open_run(run_key)
+    s = record.settings
+    o = load_options(store, run_key)
+    _check_framework(s)
+    token = load_token(store, run_key)
+    if checkpoint_exists(store, top_key(run_key, round)):
+        log.warning("round %d: the server's half is already written; nothing to serve", round)
+        return dict(load_manifest(store, top_key(run_key, round)).metrics)
+    data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
+    owner = _owners(data.y, s)
+    labels = np.asarray(data.y)
+    start = load_checkpoint(store, layout.global_key(round - 1)).arrays
+    fw = halves(s.framework)
+    _, bottom, top = _halves(s, o, data.input_shape, data.num_classes)
+    fw.load_weights(top, start)
+    shape = fw.activation_shape(bottom, data.input_shape)
+
+    def make_top() -> Any:
+        return fw.Top(fw.clone(top), lr=s.lr, momentum=s.momentum)
+
+    def labels_of(client: str, indices: np.ndarray) -> np.ndarray:
+        if indices.size and (indices.min() < 0 or indices.max() >= len(labels)):
+            raise ValueError(f"indices must be in [0, {len(labels)}), got [{indices.min()}, {indices.max()}]")
+        if not np.all(owner[indices] == int(client)):
+            raise ValueError(f"some indices are not in client {client}'s partition")
+        return labels[indices]
+
+    def on_epoch(client: str, epoch: int, metrics: Any) -> None:
+        step = (round - 1) * s.local_epochs + epoch
+        try:
+            tracking.log_metrics(
+                record.mlflow_run_id,
+                {
+                    f"client_{client}_epoch_loss": metrics["loss"],
+                    f"client_{client}_epoch_accuracy": metrics["accuracy"],
+                },
+                step=step,
+            )
+        except tracking.TrackingError as exc:
+            log.warning("%s", exc)
+
+    bind = host or os.environ.get("ARGOFL_SPLIT_BIND") or os.environ.get("POD_IP") or "0.0.0.0"
+    srv = SplitServer(
+        make_top=make_top,
+        labels_of=labels_of,
+        token=token,
+        clients=[str(c) for c in range(s.clients)],
+        mode=o.mode,
+        activation_shape=shape,
+        min_clients=s.min_clients,
+        idle_timeout=o.idle_timeout,
+        max_batch=max(s.batch_size, 1),
+        on_epoch=on_epoch,
+        host=bind,
+        port=o.port,
+    ).start()
+    log.info(
+        "round %d: split server (%s) on %s for %d clients, activations %s",
+        round,
+        o.mode,
+        srv.url,
+        s.clients,
+        shape,
+    )
+    result = srv.wait()
+    uri = save_checkpoint(
+        store,
+        top_key(run_key, round),
+        result.weights,
+        round=round,
+        examples=result.examples,
+        metrics=result.metrics,
+        extra={"clients": ",".join(result.clients), "mode": o.mode},
+    )
+    tracking.log_metrics(
+        record.mlflow_run_id,
+        {
+            "train_loss": result.metrics["loss"],
+            "train_accuracy": result.metrics["accuracy"],
+            "clients_done": float(len(result.clients)),
+        },
+        step=round,
+    )
+    log.info("round %d: server half written to %s (clients %s)", round, uri, result.clients)
+    return result.metrics
+
+
+def _start_bottom(
+    store: Store, run_key: str, round: int, client: int, mode: str
+) -> tuple[dict[str, np.ndarray], str]:
+    if mode == "vanilla":
+        for previous in range(client - 1, -1, -1):
+            key = bottom_key(run_key, round, str(previous))
+            if checkpoint_exists(store, key):
+                return load_checkpoint(store, key).arrays, f"client {previous}'s bottom of round {round}"
+    from steps.runinfo import RunLayout
+
+    key = RunLayout(run_key).global_key(round - 1)
+    return load_checkpoint(store, key).arrays, f"the global model of round {round - 1}"
+
+
+def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[str, float]:
+    """Train one client's bottom half against the server; write it; tell the server it is done."""
+    from steps.split.client import SplitClient, train_split
+
+    store, _, record = open_run(run_key)
+    s = record.settings
+    o = load_options(store, run_key)
+    _check_framework(s)
+    if not client.isdigit() or int(client) >= s.clients:
+        raise RunError(f"bad client {client!r}: expected an index 0..{s.clients - 1}")
+    token = load_token(store, run_key)
+    key = bottom_key(run_key, round, client)
+    channel = SplitClient(server_url, token, client=client, timeout=o.request_timeout)
+    if checkpoint_exists(store, key):
+        log.warning("client %s: bottom half of round %d already written (retried step)", client, round)
+        metrics = dict(load_manifest(store, key).metrics)
+    else:
+        data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
+        idx = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)[int(client)]
+        fw = halves(s.framework)
+        _, bottom, _ = _halves(s, o, data.input_shape, data.num_classes)
+        start, origin = _start_bottom(store, run_key, round, int(client), o.mode)
+        fw.load_weights(bottom, start)
+        log.info("client %s: %d examples, starting from %s, server %s", client, len(idx), origin, server_url)
+        half = fw.Bottom(bottom, lr=s.lr, momentum=s.momentum)
+        started = time.perf_counter()
+        metrics = train_split(
+            half,
+            channel,
+            data.x[idx],
+            idx,
+            epochs=s.local_epochs,
+            batch_size=s.batch_size,
+            seed=client_seed(s.seed, round, client),
+        )
+        metrics["seconds"] = time.perf_counter() - started
+        save_checkpoint(
+            store, key, fw.weights_of(bottom), round=round, client=client, examples=len(idx), metrics=metrics
+        )
+    try:
+        channel.done()
+    finally:
+        channel.close()
+    return metrics
+
+
+def evaluate(*, run_key: str, round: int, wait: float | None = None) -> dict[str, float]:
+    """Reassemble bottom + top of ``round`` into the global model, evaluate it on the test set."""
+    from steps.frameworks import get_backend
+    from steps.strategies import fedavg
+
+    store, layout, record = open_run(run_key)
+    s = record.settings
+    o = load_options(store, run_key)
+    tkey = top_key(run_key, round)
+    deadline = time.monotonic() + (wait if wait is not None else o.idle_timeout + 60)
+    while not checkpoint_exists(store, tkey):
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"round {round}: the server's half never appeared at {store.key_uri(tkey)} "
+                "(the server step failed or timed out; see its log)"
+            )
+        time.sleep(1.0)
+    top = load_checkpoint(store, tkey)
+    done = [c for c in top.manifest.extra.get("clients", "").split(",") if c]
+    if not done:
+        raise RunError(f"round {round}: the server's half at {store.key_uri(tkey)} names no finished client")
+    if o.mode == "vanilla":
+        bottom = load_checkpoint(store, bottom_key(run_key, round, done[-1])).arrays
+    else:
+        bottom = fedavg(
+            (ckpt.arrays, ckpt.manifest.examples)
+            for ckpt in (load_checkpoint(store, bottom_key(run_key, round, c)) for c in done)
+        )
+    weights = {**bottom, **top.arrays}
+    metrics_train = dict(top.manifest.metrics)
+    if not checkpoint_exists(store, layout.global_key(round)):
+        save_checkpoint(
+            store,
+            layout.global_key(round),
+            weights,
+            round=round,
+            examples=top.manifest.examples,
+            metrics=metrics_train,
+            extra={"clients": ",".join(done), "mode": o.mode},
+        )
+    backend = get_backend(s.framework)
+    backend.configure(threads=s.threads)
+    test = load_dataset(s.dataset, "test", s.data_dir or None)
+    model = backend.build_model(
+        s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed
+    )
+    backend.set_weights(model, weights)
+    metrics = backend.evaluate(model, test.x, test.y, batch_size=s.eval_batch_size)
+    write_json(
+        store,
+        layout.eval_key(round),
+        {
+            "round": round,
+            **metrics,
+            "train_loss": metrics_train.get("loss"),
+            "train_accuracy": metrics_train.get("accuracy"),
+            "clients": float(len(done)),
+            "mode": o.mode,
+            "global": store.key_uri(layout.global_key(round) + ".safetensors"),
+        },
+    )
+    tracking.log_metrics(
+        record.mlflow_run_id, {"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]}, step=round
+    )
+    log.info(
+        "round %d (%s): test loss %.4f, accuracy %.4f", round, o.mode, metrics["loss"], metrics["accuracy"]
+    )
+    return metrics

@@ -1,0 +1,68 @@
+"""`kind: split` configs: dispatch in load_config/compile, validation of the `split:` section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.build_split import SplitExperimentConfig
+from pipelines.compile import manifest_for
+from pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _doc(**split: object) -> dict[str, object]:
+    return {"kind": "split", "experiment": "x", "split": split}
+
+
+def test_kind_dispatches_to_the_split_builder():
+    cfg = load_config(ROOT / "configs" / "splitfed-fmnist-torch.yaml")
+    assert isinstance(cfg, SplitExperimentConfig)
+    assert cfg.kind == "split"
+    assert cfg.split.mode == "splitfed"
+    manifest = manifest_for(cfg)
+    assert manifest["spec"]["entrypoint"] == "split"
+    params = {p["name"] for p in manifest["spec"]["arguments"]["parameters"]}
+    assert {"split-cut", "split-idle-timeout", "split-request-timeout", "clients", "rounds"} <= params
+
+
+def test_default_kind_is_fedavg():
+    cfg = config_from_mapping({"experiment": "x"}, name="x", where="t")
+    assert type(cfg) is ExperimentConfig
+    assert cfg.kind == "fedavg"
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        ({"kind": "gossip", "experiment": "x"}, "kind: must be one of fedavg, split"),
+        (_doc(mode="sideways"), r"split\.mode"),
+        (_doc(porrt=1), r"unknown key split\.porrt"),
+        (_doc(port="8080"), r"split\.port: expected int"),
+        (_doc(port=80), r"split\.port"),
+        ({"experiment": "x", "split": {"mode": "vanilla"}}, "unknown setting 'split'"),
+    ],
+)
+def test_bad_split_configs_are_refused_with_the_key(doc, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        config_from_mapping(doc, name="x", where="t.yaml")
+
+
+def test_bad_cut_fails_at_init_not_silently(tmp_path):
+    from steps.settings import Settings
+    from steps.split.settings import SplitOptions
+    from steps.split.torch_split import build_halves
+
+    cfg = config_from_mapping(
+        yaml.safe_load("kind: split\nexperiment: x\nsplit: {cut: nope}"), name="x", where="t"
+    )
+    assert isinstance(cfg, SplitExperimentConfig)
+    s: Settings = cfg.settings
+    o: SplitOptions = cfg.split
+    from steps.frameworks.base import FrameworkError
+
+    with pytest.raises(FrameworkError, match=r"split\.cut='nope'"):
+        build_halves(s.model, o.cut, input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1)

@@ -1,0 +1,100 @@
+"""A whole split-learning workflow through the local executor (`argofl run`): daemon server task with a
+readiness probe, clients reaching it at {{tasks.server.ip}}, evaluate, finalize; small data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from pipelines.compile import manifest_for
+from pipelines.config import load_config
+from steps.checkpoint import load_checkpoint
+from steps.runinfo import RunLayout
+from steps.split.settings import bottom_key, token_key, top_key
+from steps.store import open_store
+
+_slow = pytest.mark.slow
+
+
+def _config(tmp_path: Path, mode: str, rounds: int) -> Path:
+    path = tmp_path / f"it-{mode}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "split",
+                "experiment": f"it-{mode}",
+                "data_limit": 1000,
+                "clients": 2,
+                "min_clients": 2,
+                "rounds": rounds,
+                "batch_size": 32,
+                "lr": 0.05,
+                "seed": 1,
+                "split": {"mode": mode, "cut": "pool2", "port": 18080, "idle_timeout": 60},
+            }
+        )
+    )
+    return path
+
+
+@_slow
+@pytest.mark.parametrize(("mode", "rounds"), [("vanilla", 2), ("splitfed", 1)])
+def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
+    config = _config(tmp_path, mode, rounds)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli, ["run", str(config), "--runs-dir", str(runs), "-p", f"data-dir={fmnist_dir}"]
+    )
+    assert result.exit_code == 0, result.output
+    summary_path = Path(
+        next(ln for ln in result.output.splitlines() if "summary: " in ln).split("summary: ")[1]
+    )
+    summary = json.loads(summary_path.read_text())
+    assert [r["round"] for r in summary["rounds"]] == list(range(1, rounds + 1))
+    assert summary["final_accuracy"] > 0.3  # learned something (10 classes: chance is 0.1)
+
+    run_key = f"it-{mode}/{summary['run']}"
+    store = open_store((runs / "store").as_uri())
+    layout = RunLayout(run_key)
+    final = load_checkpoint(store, layout.global_key(rounds))
+    top = load_checkpoint(store, top_key(run_key, rounds))
+    bottoms = [load_checkpoint(store, bottom_key(run_key, rounds, c)) for c in ("0", "1")]
+    assert set(top.arrays) == {"fc1.weight", "fc1.bias", "logits.weight", "logits.bias"}
+    assert set(final.arrays) == set(top.arrays) | set(bottoms[0].arrays)
+    for name in top.arrays:
+        np.testing.assert_array_equal(final.arrays[name], top.arrays[name])
+    if mode == "vanilla":  # the round's bottom is the last client's
+        np.testing.assert_array_equal(final.arrays["conv1.weight"], bottoms[1].arrays["conv1.weight"])
+    else:  # SplitFed: the example-weighted mean of the clients' bottoms
+        mean = (bottoms[0].arrays["conv1.weight"] + bottoms[1].arrays["conv1.weight"]) / 2
+        np.testing.assert_allclose(final.arrays["conv1.weight"], mean, rtol=1e-5, atol=1e-6)
+
+    # the token is only in the store, never in logs, manifests or status
+    token = store.get_bytes(token_key(run_key)).decode()
+    for path in (runs / "workflows").rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), path
+
+
+def test_split_manifest_has_a_daemon_server_and_clients_reaching_its_ip():
+    root = Path(__file__).resolve().parents[1]
+    for name, mode in (("split-fmnist-torch", "vanilla"), ("splitfed-fmnist-torch", "splitfed")):
+        manifest = manifest_for(load_config(root / "configs" / f"{name}.yaml"))
+        templates = {t["name"]: t for t in manifest["spec"]["templates"]}
+        server = templates["split-server"]
+        assert server["daemon"] is True
+        assert server["container"]["readinessProbe"]
+        tasks = {t["name"]: t for t in templates["round"]["dag"]["tasks"]}
+        assert tasks["clients"]["depends"] == "server"
+        server_arg = next(p for p in tasks["clients"]["arguments"]["parameters"] if p["name"] == "server")
+        assert server_arg["value"].startswith("http://{{tasks.server.ip}}:")
+        if mode == "vanilla":
+            assert templates["split-clients"]["parallelism"] == 1
+        else:
+            assert tasks["clients"]["withSequence"] == {"count": "{{workflow.parameters.clients}}"}
