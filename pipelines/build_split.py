@@ -23,46 +23,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hera.workflows import (
-    DAG,
-    Container,
-    Parameter,
-    Resources,
-    RetryStrategy,
-    Step,
-    Steps,
-    Task,
-    Workflow,
-)
+from hera.workflows import DAG, Parameter, Step, Steps, Task, Workflow
 from hera.workflows.models import (
-    Backoff,
-    Capabilities,
     ContainerPort,
     ContinueOn,
-    EmptyDirVolumeSource,
     ExecAction,
     IntOrString,
-    PodGC,
-    PodSecurityContext,
     Probe,
-    SeccompProfile,
-    SecurityContext,
     Sequence,
-    Toleration,
-    TTLStrategy,
     ValueFrom,
-    Volume,
-    VolumeMount,
 )
 
-from pipelines.build_fedavg import OUTPUT_DIR, RUN_KEY, STEP_UID, _env, _output_args, _outputs, _wp
 from pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
+from pipelines.workflow_parts import (
+    RUN_KEY,
+    common_parameters,
+    step_container,
+    work_resources,
+    workflow_settings,
+    wp,
+)
 from steps.settings import Settings, SettingsError
 from steps.split.settings import SplitOptions
 
 __all__ = ["SplitExperimentConfig", "build_split_workflow", "split_config"]
 
-_ = OUTPUT_DIR
 # Workflow parameters for the split options that may change per submission (mode and port shape the
 # manifest and are fixed at compile time).
 SPLIT_PARAMS = ("cut", "idle_timeout", "request_timeout")
@@ -100,48 +85,6 @@ def _param(key: str) -> str:
     return "split-" + key.replace("_", "-")
 
 
-def _container(
-    cfg: ExperimentConfig,
-    name: str,
-    description: str,
-    args: list[str],
-    *,
-    command: str | None = None,
-    inputs: list[Parameter] | None = None,
-    outputs: tuple[str, ...] = (),
-    resources: Resources | None = None,
-    retries: int | None = None,
-    **extra: Any,
-) -> Container:
-    return Container(
-        name=name,
-        image=_wp("image"),
-        command=["argofl", "step", command or name],
-        args=args + _output_args(*outputs),
-        env=_env(cfg),
-        inputs=inputs or [],
-        outputs=_outputs(*outputs),
-        resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
-        retry_strategy=None
-        if retries == 0
-        else RetryStrategy(
-            limit=str(retries if retries is not None else cfg.cluster.retries),
-            retry_policy="Always",
-            backoff=Backoff(duration="5s", factor=IntOrString("2"), max_duration="5m"),
-        ),
-        active_deadline_seconds=str(cfg.cluster.step_timeout),
-        annotations={"workflows.argoproj.io/description": description},
-        # as FedAvg's steps: read-only root filesystem; /tmp (HOME, caches, outputs) is an emptyDir
-        security_context=SecurityContext(
-            read_only_root_filesystem=True,
-            allow_privilege_escalation=False,
-            capabilities=Capabilities(drop=["ALL"]),
-        ),
-        volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
-        **extra,
-    )
-
-
 def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
     """The split-learning workflow for ``cfg`` (a :class:`SplitExperimentConfig`)."""
     if not isinstance(cfg, SplitExperimentConfig):
@@ -151,50 +94,23 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
     arguments = (
         [Parameter(name=k, value=v) for k, v in settings.items()]
         + [Parameter(name=_param(k), value=str(getattr(o, k))) for k in SPLIT_PARAMS]
-        + [
-            Parameter(name="image", value=c.image),
-            Parameter(name="store", value=c.store),
-            Parameter(name="s3-endpoint", value=c.s3_endpoint),
-            Parameter(name="mlflow-uri", value=c.mlflow_uri),
-        ]
+        + common_parameters(c)
     )
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
-    work_resources = Resources(
-        cpu_request=c.cpu,
-        cpu_limit=c.cpu,
-        memory_request=c.memory,
-        memory_limit=c.memory,
-        gpus=c.gpus or None,
-    )
     port = o.port
     server_url = f"http://{{{{tasks.server.ip}}}}:{port}"
 
     with Workflow(
-        generate_name=f"{cfg.name}-",
-        entrypoint="split",
-        on_exit="finish",
         arguments=arguments,
-        service_account_name=c.service_account,
-        labels={"app.kubernetes.io/name": "argofl", "argofl.io/experiment": cfg.settings.experiment},
-        annotations={
-            "workflows.argoproj.io/description": f"argofl split-learning experiment {cfg.name} ({o.mode}): "
-            "rounds of a server daemon (top half, labels) and clients (data, bottom half), then evaluate"
-        },
-        pod_gc=PodGC(strategy="OnWorkflowSuccess"),
-        ttl_strategy=TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
-        volumes=[Volume(name="tmp", empty_dir=EmptyDirVolumeSource())],
-        security_context=PodSecurityContext(
-            seccomp_profile=SeccompProfile(type="RuntimeDefault"),
-            run_as_non_root=True,
-            run_as_user=STEP_UID,
-            run_as_group=STEP_UID,
-            fs_group=STEP_UID,
+        **workflow_settings(
+            cfg,
+            entrypoint="split",
+            description=f"argofl split-learning experiment {cfg.name} ({o.mode}): "
+            "rounds of a server daemon (top half, labels) and clients (data, bottom half), then evaluate",
         ),
-        node_selector=c.node_selector or None,
-        tolerations=[Toleration(**t) for t in c.tolerations] or None,
     ) as wf:
-        init = _container(
+        init = step_container(
             cfg,
             "split-init",
             "Validate settings, write the round-0 model, create the MLflow run, the split options and token",
@@ -210,17 +126,17 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 "--split",
                 f"port={port}",
             ]
-            + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={_wp(_param(k))}")]
-            + [a for k in settings for a in ("--param", f"{k}={_wp(k)}")],
+            + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={wp(_param(k))}")]
+            + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
             outputs=("mlflow-run-id",),
         )
-        server = _container(
+        server = step_container(
             cfg,
             "split-server",
             "Split-learning server of one round: top half, labels, optimizer behind an HTTP API",
             round_arg,
             inputs=round_in,
-            resources=work_resources,
+            resources=work_resources(c),
             retries=0,
             daemon=True,
             ports=[ContainerPort(container_port=port, name="split-api", protocol="TCP")],
@@ -234,24 +150,26 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 failure_threshold=60,
             ),
         )
-        client = _container(  # named like FedAvg's train/evaluate so `argofl run` reports them the same way
-            cfg,
-            "train",
-            "Split-learning client: its data and bottom half, activations to the server, gradients back",
-            [
-                *round_arg,
-                "--client",
-                "{{inputs.parameters.clients}}",
-                "--server",
-                "{{inputs.parameters.server}}",
-            ],
-            command="split-client",
-            inputs=[*round_in, Parameter(name="clients"), Parameter(name="server")],
-            outputs=("loss", "accuracy", "seconds"),
-            resources=work_resources,
-            retries=0,
+        client = (
+            step_container(  # named like FedAvg's train/evaluate so `argofl run` reports them the same way
+                cfg,
+                "train",
+                "Split-learning client: its data and bottom half, activations to the server, gradients back",
+                [
+                    *round_arg,
+                    "--client",
+                    "{{inputs.parameters.clients}}",
+                    "--server",
+                    "{{inputs.parameters.server}}",
+                ],
+                command="split-client",
+                inputs=[*round_in, Parameter(name="clients"), Parameter(name="server")],
+                outputs=("loss", "accuracy", "seconds"),
+                resources=work_resources(c),
+                retries=0,
+            )
         )
-        evaluate = _container(
+        evaluate = step_container(
             cfg,
             "evaluate",
             "Bottom ∪ top of the round → global model; test metrics",
@@ -260,21 +178,21 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
             inputs=round_in,
             outputs=("loss", "accuracy"),
         )
-        _container(
+        step_container(
             cfg,
             "finish",
             "Exit handler: close the MLflow run as failed unless the workflow succeeded",
             ["--run-key", RUN_KEY, "--status", "{{workflow.status}}"],
             retries=1,
         )
-        finalize = _container(
+        finalize = step_container(
             cfg,
             "finalize",
             "Write summary.json and log the final model to MLflow",
             ["--run-key", RUN_KEY],
             outputs=("accuracy",),
         )
-        count = Sequence(count=IntOrString(_wp("clients")))
+        count = Sequence(count=IntOrString(wp("clients")))
         taking_turns = None
         if o.mode == "vanilla":
             with Steps(
@@ -348,7 +266,7 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 name="round",
                 template=round_dag,
                 arguments={"round": "{{item}}"},
-                with_sequence=Sequence(start=IntOrString("1"), end=IntOrString(_wp("rounds"))),
+                with_sequence=Sequence(start=IntOrString("1"), end=IntOrString(wp("rounds"))),
             )
             Step(name="finalize", template=finalize)
     return wf

@@ -1,0 +1,163 @@
+"""What every argofl workflow shares, whatever its rounds look like: the step container (image,
+command, env, outputs, retries, deadline, read-only root filesystem), the common workflow
+parameters and the workflow-level pod settings (service account, security context, scratch volume,
+pod GC, TTL, node selection)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.workflows import Artifact, Container, Env, Parameter, Resources, RetryStrategy, SecretEnv
+from hera.workflows.models import (
+    Backoff,
+    Capabilities,
+    EmptyDirVolumeSource,
+    IntOrString,
+    PodGC,
+    PodSecurityContext,
+    SeccompProfile,
+    SecurityContext,
+    Toleration,
+    TTLStrategy,
+    ValueFrom,
+    Volume,
+    VolumeMount,
+)
+
+from pipelines.config import ClusterOptions, ExperimentConfig
+
+__all__ = [
+    "OUTPUT_DIR",
+    "RUN_KEY",
+    "STEP_UID",
+    "common_parameters",
+    "output_args",
+    "output_params",
+    "step_container",
+    "work_resources",
+    "workflow_settings",
+    "wp",
+]
+
+OUTPUT_DIR = "/tmp/argofl/outputs"
+RUN_KEY = "{{workflow.parameters.experiment}}/{{workflow.name}}"
+STEP_UID = 10001
+S3_SECRET = "argofl-s3"
+
+
+def wp(name: str) -> str:
+    """``{{workflow.parameters.NAME}}``."""
+    return f"{{{{workflow.parameters.{name}}}}}"
+
+
+def step_env() -> list[Any]:
+    """Store, MLflow and S3 settings of every step; credentials only through the Secret."""
+    return [
+        Env(name="ARGOFL_STORE", value=wp("store")),
+        Env(name="MLFLOW_TRACKING_URI", value=wp("mlflow-uri")),
+        Env(name="ARGOFL_S3_ENDPOINT", value=wp("s3-endpoint")),
+        SecretEnv(name="ARGOFL_S3_ACCESS_KEY", secret_name=S3_SECRET, secret_key="accesskey", optional=True),
+        SecretEnv(name="ARGOFL_S3_SECRET_KEY", secret_name=S3_SECRET, secret_key="secretkey", optional=True),
+        Env(name="MLFLOW_S3_ENDPOINT_URL", value=wp("s3-endpoint")),
+    ]
+
+
+def output_params(*names: str) -> list[Parameter]:
+    """Output parameters read from ``OUTPUT_DIR/NAME``."""
+    return [Parameter(name=n, value_from=ValueFrom(path=f"{OUTPUT_DIR}/{n}")) for n in names]
+
+
+def output_args(*names: str) -> list[str]:
+    """``--output NAME=OUTPUT_DIR/NAME`` for each output."""
+    return [arg for n in names for arg in ("--output", f"{n}={OUTPUT_DIR}/{n}")]
+
+
+def step_container(
+    cfg: ExperimentConfig,
+    name: str,
+    description: str,
+    args: list[str],
+    *,
+    command: str | None = None,
+    inputs: list[Parameter] | None = None,
+    outputs: tuple[str, ...] = (),
+    artifacts: list[Artifact] | None = None,
+    resources: Resources | None = None,
+    retries: int | None = None,
+    **extra: Any,
+) -> Container:
+    """A template running ``argofl step COMMAND`` (default: ``name``); ``retries=0`` disables retrying."""
+    limit = cfg.cluster.retries if retries is None else retries
+    return Container(
+        name=name,
+        image=wp("image"),
+        command=["argofl", "step", command or name],
+        args=args + output_args(*outputs),
+        env=step_env(),
+        inputs=inputs or [],
+        outputs=[*output_params(*outputs), *(artifacts or [])],
+        resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
+        retry_strategy=None
+        if limit == 0
+        else RetryStrategy(
+            limit=str(limit),
+            retry_policy="Always",
+            backoff=Backoff(duration="5s", factor=IntOrString("2"), max_duration="5m"),
+        ),
+        active_deadline_seconds=str(cfg.cluster.step_timeout),
+        annotations={"workflows.argoproj.io/description": description},
+        # The image's root filesystem stays read-only; /tmp (HOME, caches, outputs) is an emptyDir.
+        security_context=SecurityContext(
+            read_only_root_filesystem=True,
+            allow_privilege_escalation=False,
+            capabilities=Capabilities(drop=["ALL"]),
+        ),
+        volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
+        **extra,
+    )
+
+
+def work_resources(c: ClusterOptions) -> Resources:
+    """Requests = limits from the config for the steps that train (GPUs when asked)."""
+    return Resources(
+        cpu_request=c.cpu,
+        cpu_limit=c.cpu,
+        memory_request=c.memory,
+        memory_limit=c.memory,
+        gpus=c.gpus or None,
+    )
+
+
+def common_parameters(c: ClusterOptions) -> list[Parameter]:
+    """Workflow parameters every experiment has besides its settings."""
+    return [
+        Parameter(name="image", value=c.image),
+        Parameter(name="store", value=c.store),
+        Parameter(name="s3-endpoint", value=c.s3_endpoint),
+        Parameter(name="mlflow-uri", value=c.mlflow_uri),
+    ]
+
+
+def workflow_settings(cfg: ExperimentConfig, *, entrypoint: str, description: str) -> dict[str, Any]:
+    """Keyword arguments of :class:`hera.workflows.Workflow` shared by every experiment kind."""
+    c = cfg.cluster
+    return {
+        "generate_name": f"{cfg.name}-",
+        "entrypoint": entrypoint,
+        "on_exit": "finish",
+        "service_account_name": c.service_account,
+        "labels": {"app.kubernetes.io/name": "argofl", "argofl.io/experiment": cfg.settings.experiment},
+        "annotations": {"workflows.argoproj.io/description": description},
+        "pod_gc": PodGC(strategy="OnWorkflowSuccess"),
+        "ttl_strategy": TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
+        "volumes": [Volume(name="tmp", empty_dir=EmptyDirVolumeSource())],
+        "security_context": PodSecurityContext(
+            seccomp_profile=SeccompProfile(type="RuntimeDefault"),
+            run_as_non_root=True,
+            run_as_user=STEP_UID,
+            run_as_group=STEP_UID,
+            fs_group=STEP_UID,
+        ),
+        "node_selector": c.node_selector or None,
+        "tolerations": [Toleration(**t) for t in c.tolerations] or None,
+    }
