@@ -24,6 +24,7 @@ from pipelines.config import ExperimentConfig
 from pipelines.workflow_parts import (
     RUN_KEY,
     common_parameters,
+    finish_and_finalize,
     step_container,
     work_resources,
     workflow_settings,
@@ -108,20 +109,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
             inputs=round_in,
             outputs=("loss", "accuracy"),
         )
-        step_container(
-            cfg,
-            "finish",
-            "Exit handler: close the MLflow run as failed unless the workflow succeeded",
-            ["--run-key", RUN_KEY, "--status", "{{workflow.status}}"],
-            retries=1,
-        )
-        finalize = step_container(
-            cfg,
-            "finalize",
-            "Write summary.json and log the final model to MLflow",
-            ["--run-key", RUN_KEY],
-            outputs=("accuracy",),
-        )
+        finalize = finish_and_finalize(cfg)
 
         with DAG(
             name="round",

@@ -34,7 +34,7 @@ from pipelines.cluster import (
     set_parameters,
     step_line,
 )
-from pipelines.commands import ConfigPath, _parse_overrides
+from pipelines.commands import ConfigPath, overrides_option
 from pipelines.config import ConfigError, load_config
 from steps.settings import FIELDS, Settings, SettingsError, param_name
 
@@ -119,18 +119,6 @@ def _target(host: str | None, token: str | None, namespace: str, verify: bool | 
     )
 
 
-def _overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "-p",
-        "--parameter",
-        "overrides",
-        multiple=True,
-        callback=_parse_overrides,
-        metavar="NAME=VALUE",
-        help="Set a workflow parameter, e.g. -p rounds=20 (as with argo submit).",
-    )(command)
-
-
 def _apply_overrides(manifest: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
     """Set ``-p`` values on ``manifest``; unknown names and invalid settings are usage errors."""
     declared = parameters_of(manifest)
@@ -171,7 +159,7 @@ def _submit(target: ClusterTarget, manifest: Mapping[str, Any]) -> str:
 
 @click.command("submit")
 @click.argument("config", type=ConfigPath())
-@_overrides_option
+@overrides_option
 @cluster_options
 @click.option("--wait", is_flag=True, help="Then watch the workflow until it finishes (exit 1 if it fails).")
 @click.option(
@@ -309,7 +297,7 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
 
 @click.command("resubmit")
 @click.argument("name")
-@_overrides_option
+@overrides_option
 @cluster_options
 def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) -> None:
     """Continue workflow NAME in a new workflow from the round after its last completed one."""

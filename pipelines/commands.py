@@ -6,6 +6,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import click
 from pipelines.config import ConfigError, load_config
 from steps.settings import Settings, SettingsError, param_name
 
-__all__ = ["compile_cmd", "run_cmd"]
+__all__ = ["compile_cmd", "overrides_option", "run_cmd"]
 
 
 class ConfigPath(click.Path):
@@ -34,6 +35,19 @@ def _parse_overrides(ctx: click.Context, param: click.Parameter, values: tuple[s
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
         out[name] = value
     return out
+
+
+def overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``-p/--parameter NAME=VALUE`` (repeatable), parsed into a dict, as with ``argo submit -p``."""
+    return click.option(
+        "-p",
+        "--parameter",
+        "overrides",
+        multiple=True,
+        callback=_parse_overrides,
+        metavar="NAME=VALUE",
+        help="Set a workflow parameter, e.g. -p rounds=20 (as with argo submit).",
+    )(command)
 
 
 @click.command("compile")
@@ -106,15 +120,7 @@ def _num(value: Any, fmt: str = ".4f") -> str:
 
 @click.command("run")
 @click.argument("config", type=ConfigPath())
-@click.option(
-    "-p",
-    "--parameter",
-    "overrides",
-    multiple=True,
-    callback=_parse_overrides,
-    metavar="NAME=VALUE",
-    help="Override a workflow parameter, e.g. -p rounds=2 (as with argo submit).",
-)
+@overrides_option
 @click.option(
     "--runs-dir",
     default="runs",

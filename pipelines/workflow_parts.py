@@ -31,6 +31,7 @@ __all__ = [
     "RUN_KEY",
     "STEP_UID",
     "common_parameters",
+    "finish_and_finalize",
     "output_args",
     "output_params",
     "step_container",
@@ -114,6 +115,24 @@ def step_container(
         ),
         volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
         **extra,
+    )
+
+
+def finish_and_finalize(cfg: ExperimentConfig) -> Container:
+    """The ``finish`` exit handler and the ``finalize`` step every experiment ends with; returns finalize."""
+    step_container(
+        cfg,
+        "finish",
+        "Exit handler: close the MLflow run as failed unless the workflow succeeded",
+        ["--run-key", RUN_KEY, "--status", "{{workflow.status}}"],
+        retries=1,
+    )
+    return step_container(
+        cfg,
+        "finalize",
+        "Write summary.json and log the final model to MLflow",
+        ["--run-key", RUN_KEY],
+        outputs=("accuracy",),
     )
 
 
