@@ -14,9 +14,9 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from hera.workflows import Workflow
+from hera.workflows import Workflow, WorkflowTemplate
 
-from pipelines.compile import manifest_for, render_manifest
+from pipelines.compile import manifest_for, render_manifest, render_template_manifest
 from pipelines.config import config_from_mapping, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,34 @@ def test_checked_in_manifest_is_what_compile_produces(config):
     )
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_checked_in_workflow_template_is_what_compile_produces(config):
+    cfg = load_config(config)
+    target = ROOT / "argo" / "templates" / f"{cfg.name}.yaml"
+    expected = render_template_manifest(
+        cfg, source=f"configs/{config.name}", target=f"argo/templates/{target.name}"
+    )
+    if os.environ.get("ARGOFL_REGEN") == "1" and not os.environ.get("CI"):
+        target.write_text(expected)
+    assert target.is_file(), f"{target} is missing: run `argofl compile {config.relative_to(ROOT)}`"
+    assert target.read_text() == expected, f"templates/{target.name} is stale: run `argofl compile`"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_workflow_template_has_the_workflow_spec_and_validates(config):
+    cfg = load_config(config)
+    template = yaml.safe_load((ROOT / "argo" / "templates" / f"{cfg.name}.yaml").read_text())
+    workflow = yaml.safe_load((ROOT / "argo" / f"{cfg.name}.yaml").read_text())
+    assert template["kind"] == "WorkflowTemplate"
+    assert template["metadata"]["name"] == cfg.name
+    assert template["spec"] == workflow["spec"]
+    assert schema_errors(template) == []
+    assert isinstance(WorkflowTemplate.from_yaml(yaml.safe_dump(template)), WorkflowTemplate)
+
+
 def test_every_manifest_in_argo_has_a_config():
+    templates = {p.stem for p in (ROOT / "argo" / "templates").glob("*.yaml")}
+    assert templates == {load_config(c).name for c in CONFIGS}
     names = {p.stem for p in (ROOT / "argo").glob("*.yaml")}
     assert names == {load_config(c).name for c in CONFIGS}
 
