@@ -17,13 +17,14 @@ Every setting is a workflow parameter; round r reads what round r-1 wrote in the
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Step, Steps, Task, Workflow
-from hera.workflows.models import ContinueOn, IntOrString, Sequence, ValueFrom
+from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, Workflow
+from hera.workflows.models import ContinueOn, ValueFrom
 
 from pipelines.config import ExperimentConfig
 from pipelines.workflow_parts import (
     RUN_KEY,
     common_parameters,
+    experiment_steps,
     finish_and_finalize,
     step_container,
     work_resources,
@@ -142,20 +143,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
             t_evaluate = Task(name="evaluate", template=evaluate, arguments=r, depends="aggregate")
             del t_distribute, t_train, t_aggregate, t_evaluate
 
-        with Steps(
-            name="fedavg",
-            parallelism=1,
-            fail_fast=True,
-            annotations={
-                "workflows.argoproj.io/description": "init, then the rounds in order, then finalize"
-            },
-        ):
-            Step(name="init", template=init)
-            Step(
-                name="round",
-                template=round_dag,
-                arguments={"round": "{{item}}"},
-                with_sequence=Sequence(start=IntOrString(wp("start-round")), end=IntOrString(wp("rounds"))),
-            )
-            Step(name="finalize", template=finalize)
+        experiment_steps(
+            "fedavg", init=init, round_dag=round_dag, finalize=finalize, start_round=wp("start-round")
+        )
     return wf

@@ -38,6 +38,7 @@ from pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
 from pipelines.workflow_parts import (
     RUN_KEY,
     common_parameters,
+    experiment_steps,
     finish_and_finalize,
     step_container,
     work_resources,
@@ -241,20 +242,5 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 depends="clients.Succeeded || clients.Failed || clients.Errored",
             )
 
-        with Steps(
-            name="split",
-            parallelism=1,
-            fail_fast=True,
-            annotations={
-                "workflows.argoproj.io/description": "init, then the rounds in order, then finalize"
-            },
-        ):
-            Step(name="init", template=init)
-            Step(
-                name="round",
-                template=round_dag,
-                arguments={"round": "{{item}}"},
-                with_sequence=Sequence(start=IntOrString("1"), end=IntOrString(wp("rounds"))),
-            )
-            Step(name="finalize", template=finalize)
+        experiment_steps("split", init=init, round_dag=round_dag, finalize=finalize, start_round="1")
     return wf

@@ -36,11 +36,10 @@ from pipelines.cluster import (
 )
 from pipelines.commands import ConfigPath, overrides_option
 from pipelines.config import ConfigError, load_config
-from steps.settings import FIELDS, Settings, SettingsError, param_name
+from steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
 
-_SETTING_PARAMS = {param_name(f.name) for f in FIELDS}
 _WATCH_FAILURES = 5  # consecutive failed polls before watch gives up
 
 
@@ -129,7 +128,7 @@ def _apply_overrides(manifest: dict[str, Any], overrides: Mapping[str, str]) -> 
             param_hint="'-p' / '--parameter'",
         )
     set_parameters(manifest, overrides)
-    settings = {k: v for k, v in parameters_of(manifest).items() if k in _SETTING_PARAMS}
+    settings = {k: v for k, v in parameters_of(manifest).items() if k in PARAM_NAMES}
     try:
         Settings.from_mapping(settings, where="parameters", strings=True)
     except SettingsError as exc:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from pipelines.config import ConfigError, load_config
-from steps.settings import Settings, SettingsError, param_name
+from steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["compile_cmd", "overrides_option", "run_cmd"]
 
@@ -153,7 +153,7 @@ def run_cmd(
         cfg = load_config(config)
         settings = {
             **cfg.settings.to_params(),
-            **{k: v for k, v in overrides.items() if k in _SETTING_PARAMS},
+            **{k: v for k, v in overrides.items() if k in PARAM_NAMES},
         }
         Settings.from_mapping(settings, where="parameters", strings=True)
     except (ConfigError, SettingsError) as exc:
@@ -193,9 +193,6 @@ def run_cmd(
         sys.exit(1)
     summary_path = _save_summary(params["store"], settings["experiment"], result.name, result.run_dir, wall)
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
-
-
-_SETTING_PARAMS = {param_name(k) for k in Settings.__dataclass_fields__}
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from hera.workflows import Artifact, Container, Env, Parameter, Resources, RetryStrategy, SecretEnv
+from hera.workflows import (
+    Artifact,
+    Container,
+    Env,
+    Parameter,
+    Resources,
+    RetryStrategy,
+    SecretEnv,
+    Step,
+    Steps,
+)
 from hera.workflows.models import (
     Backoff,
     Capabilities,
@@ -17,6 +27,7 @@ from hera.workflows.models import (
     PodSecurityContext,
     SeccompProfile,
     SecurityContext,
+    Sequence,
     Toleration,
     TTLStrategy,
     ValueFrom,
@@ -31,6 +42,7 @@ __all__ = [
     "RUN_KEY",
     "STEP_UID",
     "common_parameters",
+    "experiment_steps",
     "finish_and_finalize",
     "output_args",
     "output_params",
@@ -180,3 +192,21 @@ def workflow_settings(cfg: ExperimentConfig, *, entrypoint: str, description: st
         "node_selector": c.node_selector or None,
         "tolerations": [Toleration(**t) for t in c.tolerations] or None,
     }
+
+
+def experiment_steps(name: str, *, init: Any, round_dag: Any, finalize: Any, start_round: str) -> None:
+    """The entrypoint: init, then the rounds one after another (failing fast), then finalize."""
+    with Steps(
+        name=name,
+        parallelism=1,
+        fail_fast=True,
+        annotations={"workflows.argoproj.io/description": "init, then the rounds in order, then finalize"},
+    ):
+        Step(name="init", template=init)
+        Step(
+            name="round",
+            template=round_dag,
+            arguments={"round": "{{item}}"},
+            with_sequence=Sequence(start=IntOrString(start_round), end=IntOrString(wp("rounds"))),
+        )
+        Step(name="finalize", template=finalize)

@@ -16,9 +16,7 @@ from typing import Any
 
 import click
 
-from steps.settings import FIELDS, Settings, SettingsError, param_name
-
-_BAD_INPUT: tuple[type[BaseException], ...] = ()
+from steps.settings import Settings, SettingsError
 
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
@@ -233,9 +231,6 @@ def finish_cmd(run_key: str, status: str) -> None:
     from steps import step_finalize
 
     _guard(lambda: step_finalize.finish(run_key=run_key, status=status))
-
-
-SETTING_PARAMS = tuple(param_name(f.name) for f in FIELDS)
 
 
 # --- split learning (steps/split/) -------------------------------------------------------------------

@@ -182,6 +182,10 @@ def param_name(key: str) -> str:
     return key.replace("_", "-")
 
 
+PARAM_NAMES = frozenset(param_name(f.name) for f in FIELDS)
+"""Argo parameter names of all settings."""
+
+
 def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
