@@ -51,7 +51,7 @@ def main() -> None:
         model = {k: rng.standard_normal(s, dtype=np.float32) for k, s in shapes.items()}
         model_bytes = sum(a.nbytes for a in model.values())
         save_checkpoint(store, layout.global_key(0), model, round=0)
-        run_id = tracking.create_run("bench", run_name="run", params={}, tags={})
+        run_id = tracking.create_run("bench", run_name="run", params={}, tags={}).run_id
         store.put_bytes(layout.record_key, RunRecord(settings, run_id, "run", "uid", time.time()).to_json())
         write_json(store, layout.plan_key(1), {"round": 1, "clients": [str(c) for c in range(args.updates)]})
         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from hera.workflows.models import ContinueOn, ValueFrom
 
 from pipelines.config import ExperimentConfig
 from pipelines.workflow_parts import (
+    INIT_OUTPUTS,
     RUN_KEY,
     common_parameters,
     experiment_steps,
@@ -76,7 +77,8 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 wp("resume-from"),
             ]
             + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
-            outputs=("mlflow-run-id",),
+            outputs=tuple(INIT_OUTPUTS),
+            global_outputs=INIT_OUTPUTS,
         )
         distribute = step_container(
             cfg, "distribute", "Sample this round's clients (JSON list of pods)", round_arg, inputs=round_in

@@ -36,6 +36,7 @@ from hera.workflows.models import (
 
 from pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
 from pipelines.workflow_parts import (
+    INIT_OUTPUTS,
     RUN_KEY,
     common_parameters,
     experiment_steps,
@@ -45,6 +46,7 @@ from pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
+from steps.labels import client_sequence_format
 from steps.settings import Settings, SettingsError
 from steps.split.settings import SplitOptions
 
@@ -130,7 +132,8 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
             ]
             + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={wp(_param(k))}")]
             + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
-            outputs=("mlflow-run-id",),
+            outputs=tuple(INIT_OUTPUTS),
+            global_outputs=INIT_OUTPUTS,
         )
         server = step_container(
             cfg,
@@ -181,7 +184,10 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
             outputs=("loss", "accuracy"),
         )
         finalize = finish_and_finalize(cfg)
-        count = Sequence(count=IntOrString(wp("clients")))
+        count = Sequence(
+            count=IntOrString(wp("clients")),
+            format=client_sequence_format("{{inputs.parameters.round}}"),
+        )
         taking_turns = None
         if o.mode == "vanilla":
             with Steps(

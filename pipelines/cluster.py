@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from steps.labels import LabelError, parse_round
+
 if TYPE_CHECKING:
     import requests
     from hera.workflows import WorkflowsService
@@ -31,6 +33,7 @@ __all__ = [
     "last_completed_round",
     "make_service",
     "normalize_host",
+    "outputs_of",
     "parameters_of",
     "resubmission_manifest",
     "round_views",
@@ -231,6 +234,12 @@ def parameters_of(workflow: Mapping[str, Any]) -> dict[str, str]:
     return {str(p["name"]): "" if p.get("value") is None else str(p["value"]) for p in params}
 
 
+def outputs_of(status: Mapping[str, Any]) -> dict[str, str]:
+    """The workflow's global outputs (``status.outputs.parameters``: mlflow-run-url, final-accuracy, …)."""
+    params = ((status.get("outputs") or {}).get("parameters")) or []
+    return {str(p["name"]): str(p.get("value") or "") for p in params if p.get("name")}
+
+
 def set_parameters(
     workflow: dict[str, Any], values: Mapping[str, str], *, add: Iterable[str] = ()
 ) -> dict[str, Any]:
@@ -314,24 +323,25 @@ def _round_nodes(nodes: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     for nid, node in nodes.items():
         if node.get("type") != "DAG" or node.get("templateName") != "round":
             continue
-        number = _int(_params(node, "inputs").get("round"))
-        if number is None:
-            match = re.search(r"\((\d+):(\d+)\)$", str(node.get("displayName", "")))
-            number = int(match.group(2)) if match else None
+        number = _round_number(_params(node, "inputs").get("round"))
+        if number is None:  # the loop child's name, round(2:round 3)
+            match = re.search(r"\(\d+:(round \d+|\d+)\)$", str(node.get("displayName", "")))
+            number = _round_number(match.group(1)) if match else None
         if number is not None:
             out[str(nid)] = number
     return out
 
 
-def _int(value: Any) -> int | None:
+def _round_number(value: Any) -> int | None:
+    """A round input (``round 3`` or ``3``) as a number; None when it is neither."""
     try:
-        return int(str(value).strip())
-    except (TypeError, ValueError):
+        return parse_round(str(value))
+    except LabelError:
         return None
 
 
 def _round_of(node: Mapping[str, Any], rounds: Mapping[str, int]) -> int | None:
-    number = _int(_params(node, "inputs").get("round"))
+    number = _round_number(_params(node, "inputs").get("round"))
     if number is None:
         number = rounds.get(str(node.get("boundaryID", "")))
     return number
@@ -405,7 +415,8 @@ def step_line(step: Step) -> str:
     if step.phase != "Succeeded" and step.template in ("distribute", "aggregate", "evaluate"):
         text = f"{where} {mark} {step.template}"
     elif step.template == "train":
-        text = f"{where} · client {step.inputs.get('clients', '?')} {mark}"
+        clients = str(step.inputs.get("clients", "?"))
+        text = f"{clients if clients.startswith('round') else f'{where} · client {clients}'} {mark}"
         if "accuracy" in out or "loss" in out:
             text += f" train loss {format_number(out.get('loss'))} acc {format_number(out.get('accuracy'))}"
     elif step.template == "aggregate":

@@ -28,6 +28,7 @@ from pipelines.cluster import (
     format_number,
     last_completed_round,
     normalize_host,
+    outputs_of,
     parameters_of,
     resubmission_manifest,
     round_views,
@@ -220,6 +221,11 @@ def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any])
     if params.get("resume-from"):
         lines.append(f"Resumes:    {params['resume-from']}")
     lines += [f"  {view.line()}" for view in views]
+    outputs = outputs_of(status)
+    if outputs.get("final-accuracy"):
+        lines.append(f"Final:      test accuracy {format_number(outputs['final-accuracy'])}")
+    if outputs.get("mlflow-run-url"):
+        lines.append(f"MLflow:     {outputs['mlflow-run-url']}")
     lines.append(f"URL:        {target.url(name)}")
     return lines
 
@@ -251,6 +257,7 @@ def watch_cmd(target: ClusterTarget, name: str, interval: float) -> None:
 
 def _watch(target: ClusterTarget, name: str, interval: float) -> None:
     seen: set[tuple[str, str]] = set()
+    shown_link = False
     failures = 0
     started = time.monotonic()
     try:
@@ -266,6 +273,10 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
                 time.sleep(interval)
                 continue
             status = workflow.get("status") or {}
+            link = outputs_of(status).get("mlflow-run-url")
+            if link and not shown_link:
+                click.echo(f"MLflow run: {link}")
+                shown_link = True
             for step in finished_steps(status):
                 if step.key in seen:
                     continue

@@ -71,6 +71,9 @@ def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
         click.echo(f"wrote {out}")
 
 
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+
+
 class Progress:
     """Prints one line per finished client, round and experiment step from the executor's node events."""
 
@@ -93,9 +96,10 @@ class Progress:
         template = node.get("templateName", "")
         mark = "✔" if phase == "Succeeded" else "✖"
         stamp = f"[{time.monotonic() - self.start:7.1f}s]"
-        where = f"round {inputs['round']}" if "round" in inputs else ""
+        where = _round_text(inputs["round"]) if "round" in inputs else ""
         if template == "train":
-            text = f"{where} · client {inputs.get('clients')} {mark}"
+            clients = str(inputs.get("clients", ""))
+            text = f"{clients if clients.startswith('round') else f'{where} · client {clients}'} {mark}"
             if "accuracy" in outputs:
                 text += f" train loss {_num(outputs.get('loss'))} acc {_num(outputs.get('accuracy'))}"
         elif template == "aggregate":
@@ -109,6 +113,12 @@ class Progress:
             text += f" ({node['message']})"
         with self.lock:
             print(f"{stamp} {text.strip()}", file=self.out, flush=True)
+
+
+def _round_text(value: Any) -> str:
+    """A round input as shown: the loop label (``round 3``) as is, a bare number prefixed."""
+    text = str(value)
+    return f"round {text}" if text.isdigit() else text
 
 
 def _num(value: Any, fmt: str = ".4f") -> str:
@@ -160,9 +170,12 @@ def run_cmd(
         raise click.UsageError(str(exc)) from None
     root = runs_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    tracking_uri = mlflow_uri or f"sqlite:///{root / 'mlflow.db'}"
     params = {
         "store": store or (root / "store").as_uri(),
-        "mlflow-uri": mlflow_uri or f"sqlite:///{root / 'mlflow.db'}",
+        "mlflow-uri": tracking_uri,
+        # where `mlflow ui` serves a local database by default, or the tracking server itself
+        "mlflow-ui": tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI,
         **overrides,
     }
     manifest = manifest_for(cfg)
@@ -193,6 +206,14 @@ def run_cmd(
         sys.exit(1)
     summary_path = _save_summary(params["store"], settings["experiment"], result.name, result.run_dir, wall)
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
+    outputs = {p["name"]: p.get("value") for p in result.status.get("outputs", {}).get("parameters", [])}
+    if outputs.get("mlflow-run-url"):
+        hint = (
+            ""
+            if params["mlflow-uri"].startswith("http")
+            else f" (mlflow ui --backend-store-uri {tracking_uri})"
+        )
+        click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:

@@ -45,6 +45,7 @@ class ClusterOptions:
     store: str = "s3://argofl"
     s3_endpoint: str = "http://minio:9000"
     mlflow_uri: str = "http://mlflow:5000"
+    mlflow_ui: str = ""  # the MLflow UI as browsers reach it (run links); default: mlflow_uri
     gpus: int = 0
     cpu: str = "1"
     memory: str = "2Gi"

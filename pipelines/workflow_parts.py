@@ -5,6 +5,7 @@ pod GC, TTL, node selection)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from hera.workflows import (
@@ -36,8 +37,10 @@ from hera.workflows.models import (
 )
 
 from pipelines.config import ClusterOptions, ExperimentConfig
+from steps.labels import ROUND_FORMAT
 
 __all__ = [
+    "INIT_OUTPUTS",
     "OUTPUT_DIR",
     "RUN_KEY",
     "STEP_UID",
@@ -53,6 +56,8 @@ __all__ = [
 ]
 
 OUTPUT_DIR = "/tmp/argofl/outputs"
+INIT_OUTPUTS = {"mlflow-run-id": "mlflow-run-id", "mlflow-run-url": "mlflow-run-url"}
+"""init's outputs, also exported as workflow outputs: the Argo UI shows the MLflow run link."""
 RUN_KEY = "{{workflow.parameters.experiment}}/{{workflow.name}}"
 STEP_UID = 10001
 S3_SECRET = "argofl-s3"
@@ -72,12 +77,18 @@ def step_env() -> list[Any]:
         SecretEnv(name="ARGOFL_S3_ACCESS_KEY", secret_name=S3_SECRET, secret_key="accesskey", optional=True),
         SecretEnv(name="ARGOFL_S3_SECRET_KEY", secret_name=S3_SECRET, secret_key="secretkey", optional=True),
         Env(name="MLFLOW_S3_ENDPOINT_URL", value=wp("s3-endpoint")),
+        Env(name="ARGOFL_MLFLOW_UI", value=wp("mlflow-ui")),
     ]
 
 
-def output_params(*names: str) -> list[Parameter]:
-    """Output parameters read from ``OUTPUT_DIR/NAME``."""
-    return [Parameter(name=n, value_from=ValueFrom(path=f"{OUTPUT_DIR}/{n}")) for n in names]
+def output_params(*names: str, global_names: Mapping[str, str] | None = None) -> list[Parameter]:
+    """Output parameters read from ``OUTPUT_DIR/NAME``; ``global_names`` also exports some as workflow
+    outputs (``status.outputs``, shown on the workflow in the Argo UI)."""
+    exported = global_names or {}
+    return [
+        Parameter(name=n, value_from=ValueFrom(path=f"{OUTPUT_DIR}/{n}"), global_name=exported.get(n))
+        for n in names
+    ]
 
 
 def output_args(*names: str) -> list[str]:
@@ -94,6 +105,7 @@ def step_container(
     command: str | None = None,
     inputs: list[Parameter] | None = None,
     outputs: tuple[str, ...] = (),
+    global_outputs: Mapping[str, str] | None = None,
     artifacts: list[Artifact] | None = None,
     resources: Resources | None = None,
     retries: int | None = None,
@@ -108,7 +120,7 @@ def step_container(
         args=args + output_args(*outputs),
         env=step_env(),
         inputs=inputs or [],
-        outputs=[*output_params(*outputs), *(artifacts or [])],
+        outputs=[*output_params(*outputs, global_names=global_outputs), *(artifacts or [])],
         resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
         retry_strategy=None
         if limit == 0
@@ -145,6 +157,7 @@ def finish_and_finalize(cfg: ExperimentConfig) -> Container:
         "Write summary.json and log the final model to MLflow",
         ["--run-key", RUN_KEY],
         outputs=("accuracy",),
+        global_outputs={"accuracy": "final-accuracy"},
     )
 
 
@@ -166,6 +179,11 @@ def common_parameters(c: ClusterOptions) -> list[Parameter]:
         Parameter(name="store", value=c.store),
         Parameter(name="s3-endpoint", value=c.s3_endpoint),
         Parameter(name="mlflow-uri", value=c.mlflow_uri),
+        Parameter(
+            name="mlflow-ui",
+            value=c.mlflow_ui or c.mlflow_uri,
+            description="MLflow UI address as browsers reach it, for the run link (mlflow-run-url output)",
+        ),
     ]
 
 
@@ -178,7 +196,12 @@ def workflow_settings(cfg: ExperimentConfig, *, entrypoint: str, description: st
         "on_exit": "finish",
         "service_account_name": c.service_account,
         "labels": {"app.kubernetes.io/name": "argofl", "argofl.io/experiment": cfg.settings.experiment},
-        "annotations": {"workflows.argoproj.io/description": description},
+        "annotations": {
+            "workflows.argoproj.io/description": f"{description}. Metrics in MLflow experiment "
+            f"{cfg.settings.experiment!r}, run named after the workflow; its link is the workflow output "
+            "mlflow-run-url",
+            "argofl.io/mlflow-experiment": cfg.settings.experiment,
+        },
         "pod_gc": PodGC(strategy="OnWorkflowSuccess"),
         "ttl_strategy": TTLStrategy(seconds_after_success=7 * 86400, seconds_after_failure=14 * 86400),
         "volumes": [Volume(name="tmp", empty_dir=EmptyDirVolumeSource())],
@@ -207,6 +230,8 @@ def experiment_steps(name: str, *, init: Any, round_dag: Any, finalize: Any, sta
             name="round",
             template=round_dag,
             arguments={"round": "{{item}}"},
-            with_sequence=Sequence(start=IntOrString(start_round), end=IntOrString(wp("rounds"))),
+            with_sequence=Sequence(
+                start=IntOrString(start_round), end=IntOrString(wp("rounds")), format=ROUND_FORMAT
+            ),
         )
         Step(name="finalize", template=finalize)

@@ -59,10 +59,30 @@ def _run_key_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+class RoundType(click.ParamType):
+    """A round: its number or its loop label (``3`` or ``round 3``), at least 1."""
+
+    name = "round"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from steps.labels import LabelError, parse_round
+
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = parse_round(str(value))
+            except LabelError as exc:
+                self.fail(str(exc), param, ctx)
+        if number < 1:
+            self.fail(f"round must be at least 1, got {value!r}", param, ctx)
+        return number
+
+
 def _round_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--round", "round_", type=click.IntRange(min=1), required=True, help="Round number.")(
-        fn
-    )
+    return click.option(
+        "--round", "round_", type=RoundType(), required=True, help="Round number or label ('round 3')."
+    )(fn)
 
 
 def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> None:
@@ -166,7 +186,11 @@ def distribute_cmd(run_key: str, round_: int) -> None:
 @step.command("train")
 @_run_key_option
 @_round_option
-@click.option("--clients", required=True, help="Comma-separated client indices trained in this pod.")
+@click.option(
+    "--clients",
+    required=True,
+    help="Clients trained in this pod: 'round 3 / clients 6,7' (the loop label) or '6,7'.",
+)
 @_outputs_option
 def train_cmd(run_key: str, round_: int, clients: str, outputs: tuple[str, ...]) -> None:
     """Train the given clients from the previous global model and write their updates."""
@@ -311,7 +335,7 @@ def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple
 @step.command("split-client")
 @_run_key_option
 @_round_option
-@click.option("--client", "client", required=True, help="Client index.")
+@click.option("--client", "client", required=True, help="Client: 'round 3 / client 7' or '7'.")
 @click.option("--server", "server_url", required=True, help="http://HOST:PORT of the split server.")
 @_outputs_option
 def split_client_cmd(

@@ -7,6 +7,7 @@ import logging
 import numpy as np
 
 from steps.checkpoint import checkpoint_exists
+from steps.labels import clients_label
 from steps.runinfo import RunError, open_run, write_json
 from steps.settings import Settings
 
@@ -20,13 +21,13 @@ def sample_clients(settings: Settings, round: int) -> list[int]:
     return sorted(int(c) for c in rng.choice(settings.clients, size=count, replace=False))
 
 
-def group_clients(clients: list[int], per_pod: int) -> list[str]:
-    """Comma-joined groups of ``per_pod`` clients: one train pod each."""
-    return [",".join(str(c) for c in clients[i : i + per_pod]) for i in range(0, len(clients), per_pod)]
+def group_clients(round: int, clients: list[int], per_pod: int) -> list[str]:
+    """Groups of ``per_pod`` clients, one train pod each, labelled ``round R / clients A,B``."""
+    return [clients_label(round, clients[i : i + per_pod]) for i in range(0, len(clients), per_pod)]
 
 
 def run(*, run_key: str, round: int) -> list[str]:
-    """Write ``plan.json`` for ``round`` and return the client groups."""
+    """Write ``plan.json`` for ``round`` and return the labelled client groups (Argo fans out over them)."""
     store, layout, record = open_run(run_key)
     settings = record.settings
     if not 1 <= round <= settings.rounds:
@@ -37,7 +38,7 @@ def run(*, run_key: str, round: int) -> list[str]:
             f"{store.key_uri(layout.global_key(round - 1))}, which does not exist"
         )
     clients = sample_clients(settings, round)
-    groups = group_clients(clients, settings.clients_per_pod)
+    groups = group_clients(round, clients, settings.clients_per_pod)
     write_json(
         store,
         layout.plan_key(round),

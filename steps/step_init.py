@@ -7,6 +7,7 @@ global checkpoint of round ``start_round - 1`` and its evaluations, then rounds 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from steps.settings import Settings
 from steps.store import Store
 
 log = logging.getLogger(__name__)
+
+MLFLOW_UI_ENV = "ARGOFL_MLFLOW_UI"
+"""The MLflow UI address as users' browsers reach it; init turns it into the run's link."""
 
 
 def run(
@@ -54,7 +58,7 @@ def run(
     else:
         uri = save_checkpoint(store, layout.global_key(0), weights, round=0)
         log.info("round-0 global checkpoint written to %s", uri)
-    run_id = tracking.create_run(
+    ref = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
         params=settings.to_params(),
@@ -67,10 +71,11 @@ def run(
             "argofl.resumed_from": resume_from if start_round > 1 else "-",
         },
     )
-    record = RunRecord(settings, run_id, workflow_name, workflow_uid, now())
+    record = RunRecord(settings, ref.run_id, workflow_name, workflow_uid, now())
     store.put_bytes(layout.record_key, record.to_json())
-    log.info("MLflow run %s created for experiment %s", run_id, settings.experiment)
-    return {"mlflow-run-id": run_id, "global": uri}
+    url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
+    log.info("MLflow run %s created for experiment %s %s", ref.run_id, settings.experiment, url)
+    return {"mlflow-run-id": ref.run_id, "mlflow-run-url": url, "global": uri}
 
 
 def _resume(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+from steps import labels
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from steps.data import load_dataset
 from steps.frameworks import get_backend
@@ -14,17 +15,16 @@ from steps.runinfo import RunError, open_run
 log = logging.getLogger(__name__)
 
 
-def parse_clients(value: str, num_clients: int) -> list[str]:
-    """``"3,7"`` → ``["3", "7"]``, each a client index below ``num_clients``."""
-    out = []
-    for part in value.split(","):
-        part = part.strip()
-        if not part.isdigit() or int(part) >= num_clients:
-            raise RunError(f"bad client {part!r} in {value!r}: expected indices 0..{num_clients - 1}")
-        out.append(str(int(part)))
-    if not out:
-        raise RunError("no clients given")
-    return out
+def parse_clients(value: str, num_clients: int, *, round: int) -> list[str]:
+    """``"round 3 / clients 3,7"`` (or ``"3,7"``) → ``["3", "7"]``, indices below ``num_clients``."""
+    try:
+        ids = labels.parse_clients(value, round=round)
+    except labels.LabelError as exc:
+        raise RunError(str(exc)) from None
+    for client in ids:
+        if int(client) >= num_clients:
+            raise RunError(f"bad client {client!r} in {value!r}: expected indices 0..{num_clients - 1}")
+    return ids
 
 
 def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
@@ -34,7 +34,7 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
     """
     store, layout, record = open_run(run_key)
     s = record.settings
-    ids = parse_clients(clients, s.clients)
+    ids = parse_clients(clients, s.clients, round=round)
     todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
         log.info("client %s: update for round %d already committed (retried step); skipping", done, round)

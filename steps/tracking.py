@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["TrackingError", "create_run", "end_run", "log_dict", "log_metrics"]
+__all__ = ["RunRef", "TrackingError", "create_run", "end_run", "log_dict", "log_metrics", "run_url"]
+
+
+class RunRef(NamedTuple):
+    """Where a run lives on the tracking server."""
+
+    experiment_id: str
+    run_id: str
 
 
 class TrackingError(RuntimeError):
@@ -36,8 +43,10 @@ def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise TrackingError(f"MLflow at {uri} failed to {what}: {type(exc).__name__}: {message}") from None
 
 
-def create_run(experiment: str, *, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> str:
-    """Create the experiment (if needed) and a run with ``params`` and ``tags``; return the run id."""
+def create_run(
+    experiment: str, *, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]
+) -> RunRef:
+    """Create the experiment (if needed) and a run with ``params`` and ``tags``."""
     from mlflow.entities import Param, RunTag
 
     client = _client()
@@ -55,7 +64,14 @@ def create_run(experiment: str, *, run_name: str, params: Mapping[str, str], tag
         params=[Param(k, v) for k, v in params.items()],
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
-    return run_id
+    return RunRef(str(experiment_id), run_id)
+
+
+def run_url(ui: str, ref: RunRef) -> str:
+    """The run's page in the MLflow UI at ``ui`` (``""`` when no http(s) UI address is known)."""
+    if not ui.startswith(("http://", "https://")):
+        return ""
+    return f"{ui.rstrip('/')}/#/experiments/{ref.experiment_id}/runs/{ref.run_id}"
 
 
 def log_metrics(run_id: str, metrics: Mapping[str, float], *, step: int) -> None:

@@ -25,6 +25,7 @@ CONFIG = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
 SWAGGER = Path(__file__).resolve().parents[2] / "shared" / "argo-api" / "swagger.json"
 TOKEN = "test-token-123"
 EXPERIMENT = "fedavg-fmnist-torch"
+RUN_URL = "http://localhost:5000/#/experiments/1/runs/0123abcd"
 
 
 # ----------------------------------------------------------------------------------- fake Argo server
@@ -219,15 +220,15 @@ class StatusBuilder:
         phase = {"done": "Succeeded", "failed": "Failed", "running": "Running"}[outcome]
         rid = self.node(
             f"{self.name}-r{number}",
-            f"round({number - 1}:{number})",
+            f"round({number - 1}:round {number})",
             "DAG",
             "round",
             phase,
             boundaryID=self.name,
-            inputs={"parameters": [{"name": "round", "value": str(number)}]},
+            inputs={"parameters": [{"name": "round", "value": f"round {number}"}]},
         )
         self.child(self.round_group, rid)
-        r = {"round": str(number)}
+        r = {"round": f"round {number}"}
         dist = self.step(rid, rid, "distribute", "Succeeded", r)
         group = self.node(f"{rid}-train", "train", "TaskGroup", "", phase, boundaryID=rid)
         self.child(dist, group)
@@ -238,9 +239,9 @@ class StatusBuilder:
                 rid,
                 "train",
                 "Succeeded" if done else "Running",
-                {**r, "clients": f"client-{i}"},
+                {**r, "clients": f"round {number} / client {i}"},
                 {"loss": f"0.{5 - i}", "accuracy": f"0.{70 + i}", "seconds": "3.0"} if done else None,
-                suffix=f"({i}:client-{i})",
+                suffix=f"({i}:round {number} / client {i})",
                 retry_inputs=False,
             )
         if outcome == "running":
@@ -423,7 +424,9 @@ def test_submit_wait_follows_the_workflow(argo: FakeArgo, env: dict[str, str]) -
 
 def test_status_prints_phase_and_rounds(argo: FakeArgo, env: dict[str, str]) -> None:
     name = f"{EXPERIMENT}-abcde"
-    argo.workflows[name] = [old_workflow(name, ["done", "done", "running"], "Running", total=5)]
+    workflow = old_workflow(name, ["done", "done", "running"], "Running", total=5)
+    workflow["status"]["outputs"] = {"parameters": [{"name": "mlflow-run-url", "value": RUN_URL}]}
+    argo.workflows[name] = [workflow]
     result = invoke(["status", name], env)
     assert result.exit_code == 0, result.output
     assert argo.requests[0].method == "GET"
@@ -439,6 +442,7 @@ def test_status_prints_phase_and_rounds(argo: FakeArgo, env: dict[str, str]) -> 
     assert "test accuracy 0.8200" in round_lines[1]
     assert "clients 1/2 trained" in round_lines[2]
     assert "test accuracy" not in round_lines[2]
+    assert f"MLflow:     {RUN_URL}" in out.splitlines()
 
 
 def test_status_json_is_the_raw_status(argo: FakeArgo, env: dict[str, str]) -> None:
@@ -475,13 +479,16 @@ def test_watch_prints_finished_clients_and_rounds_until_succeeded(
         old_workflow(name, ["done", "done"], "Running", total=2),
         old_workflow(name, ["done", "done"], "Succeeded", total=2),
     ]
+    for workflow in argo.workflows[name][1:]:  # init has run: its global outputs are on the workflow
+        workflow["status"]["outputs"] = {"parameters": [{"name": "mlflow-run-url", "value": RUN_URL}]}
     result = invoke(["watch", name, "--interval", "0.05"], env)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    trained = [line for line in lines if "· client" in line]
+    assert lines.count(f"MLflow run: {RUN_URL}") == 1
+    trained = [line for line in lines if " / client " in line]
     # each client of each round once, with its metrics
     assert len(trained) == 4
-    assert len([line for line in trained if "round 1 · client client-0 ✔ train loss 0.5000" in line]) == 1
+    assert len([line for line in trained if "round 1 / client 0 ✔ train loss 0.5000" in line]) == 1
     evaluated = [line for line in lines if "test accuracy" in line and "✔" in line]
     assert len(evaluated) == 2
     assert "round 1" in evaluated[0]

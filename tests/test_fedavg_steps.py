@@ -102,7 +102,7 @@ def test_distribute_samples_fraction_with_min_clients_and_seed(env):
     assert len(step_distribute.sample_clients(s, 1)) == 3
     assert step_distribute.sample_clients(s, 1) != step_distribute.sample_clients(s, 2)
     assert len(step_distribute.sample_clients(settings(clients=10, fraction=0.1, min_clients=4), 1)) == 4
-    assert step_distribute.group_clients([1, 4, 6], 2) == ["1,4", "6"]
+    assert step_distribute.group_clients(3, [1, 4, 6], 2) == ["round 3 / clients 1,4", "round 3 / client 6"]
 
 
 def corrupt_round(env: FileStore, layout: RunLayout) -> None:
@@ -263,3 +263,12 @@ def test_resubmission_errors_are_clear(env):
             start_round=3,
             resume_from="steps-test/none",
         )
+
+
+def test_train_refuses_clients_of_another_round_or_out_of_range(env):
+    step_init.run(settings(), run_key="steps-test/labels", workflow_name="w", workflow_uid="u")
+    with pytest.raises(RunError, match=r"'round 2 / client 0' belong to round 2, but this step runs round 1"):
+        step_train.run(run_key="steps-test/labels", round=1, clients="round 2 / client 0")
+    with pytest.raises(RunError, match=r"bad client '3' in 'round 1 / clients 0,3': expected indices 0..2"):
+        step_train.run(run_key="steps-test/labels", round=1, clients="round 1 / clients 0,3")
+    assert not env.exists(RunLayout("steps-test/labels").update_key(1, "0") + ".json")

@@ -358,3 +358,100 @@ def test_dockerignore_keeps_local_state_and_secrets_out() -> None:
         "build/lib/steps/store.py",
     ):
         assert not _in_build_context(path), f"{path} would be sent to the image build"
+
+
+# ------------------------------------------------------------------------- the image's argofl, rehearsed
+
+_REHEARSAL = """
+import importlib, json, pkgutil, sys
+from pathlib import Path
+
+site, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
+modules = []
+for package in ("pipelines", "steps"):
+    top = importlib.import_module(package)
+    if not Path(top.__file__).is_relative_to(site):
+        sys.exit(f"{package} imported from {top.__file__}, not from the installed wheel")
+    modules += [m.name for m in pkgutil.walk_packages(top.__path__, package + ".")]
+for name in modules:
+    importlib.import_module(name)
+group, _, attr = "{entry}".partition(":")
+main = getattr(importlib.import_module(group), attr)
+import contextlib, io
+for command in commands:
+    sys.argv, out = ["argofl", *command, "--help"], io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code or 0
+    if code != 0 or "Usage: argofl " + " ".join(command) not in out.getvalue():
+        sys.exit(f"argofl {' '.join(command)} --help: exit {code}: {out.getvalue()}")
+print(json.dumps({"modules": len(modules), "commands": len(commands)}))
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_built_from_the_image_context_runs_every_manifest_command(tmp_path: Path) -> None:
+    """What the Dockerfiles do, minus Docker: copy the build context as .dockerignore filters it, `pip
+    wheel .` it, install the wheel on its own, import every module from it and run ``--help`` of each
+    ``argofl step ...`` command that a compiled manifest gives a container."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    context = tmp_path / "context"
+    sent = [f for f in listed if _in_build_context(f) and (REPO / f).is_file()]
+    for relative in sent:
+        (context / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / relative, context / relative)
+    assert not any(f.startswith(("tests/", "argo/", ".venv/")) for f in sent)
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(context)],
+        check=True,
+        capture_output=True,
+    )
+    [wheel] = wheels.glob("argofl-*.whl")
+    subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True
+    )
+    # every module of the source tree made it into the image's argofl (lazy imports hide a missing one)
+    source = sorted(f for f in listed if f.startswith(("pipelines/", "steps/")) and f.endswith(".py"))
+    installed = sorted(
+        p.relative_to(site).as_posix() for pkg in ("pipelines", "steps") for p in (site / pkg).rglob("*.py")
+    )
+    assert installed == source
+    [entry_points] = site.glob("argofl-*.dist-info/entry_points.txt")
+    scripts = configparser.ConfigParser()
+    scripts.read_string(entry_points.read_text())
+    entry = scripts["console_scripts"]["argofl"]
+
+    commands: set[tuple[str, ...]] = set()
+    for manifest in sorted((REPO / "argo").glob("**/*.yaml")):
+        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if isinstance(d, dict)]
+        for template in (
+            t
+            for d in docs
+            if d.get("kind") in ("Workflow", "WorkflowTemplate")
+            for t in d["spec"]["templates"]
+        ):
+            command = (template.get("container") or {}).get("command") or []
+            if command[:1] == ["argofl"]:
+                commands.add(tuple(command[1:]))
+    assert {c[:1] for c in commands} == {("step",)}
+    assert len(commands) >= 10  # init … finalize, split-*
+
+    result = subprocess.run(
+        [sys.executable, "-c", _REHEARSAL.replace("{entry}", entry), str(site), json.dumps(sorted(commands))],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["commands"] == len(commands)
+    assert counts["modules"] >= 40

@@ -135,6 +135,7 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
     assert entry["steps"][1][0]["withSequence"] == {
         "start": "{{workflow.parameters.start-round}}",
         "end": "{{workflow.parameters.rounds}}",
+        "format": "round %d",  # loop children read round(0:round 1) in the Argo UI
     }
     tasks = {task["name"]: task for task in t["round"]["dag"]["tasks"]}
     assert tasks["train"]["withParam"] == "{{tasks.distribute.outputs.result}}"

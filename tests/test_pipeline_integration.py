@@ -5,6 +5,7 @@ executor, checkpoints go to a real S3-protocol server (moto) through the minio S
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,34 @@ def test_pipeline_against_s3_and_mlflow_server(
     assert sorted(m.step for m in history) == [1, 2]
     assert {m.step: m.value for m in history}[2] == pytest.approx(summary["final_accuracy"])
     assert len(client.get_metric_history(run.info.run_id, "client_1_train_loss")) == 2
+
+    # the run's MLflow page: init's global output, printed by `argofl run`, served by the MLflow UI
+    url = f"{mlflow_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert f"MLflow run: {url}" in result.output.splitlines()
+    status = json.loads((summary_path.parent / "status.json").read_text())
+    outputs = {p["name"]: p["value"] for p in status["outputs"]["parameters"]}
+    assert outputs["mlflow-run-url"] == url
+    assert outputs["mlflow-run-id"] == run.info.run_id
+    assert float(outputs["final-accuracy"]) == pytest.approx(summary["final_accuracy"])
+    with urllib.request.urlopen(url.split("#")[0], timeout=30) as page:
+        assert page.status == 200
+        assert "<html" in page.read().decode("utf-8", "replace").lower()
+
+    # node names read well in the Argo UI: rounds and the client groups they trained
+    names = sorted(
+        n["displayName"]
+        for n in status["nodes"].values()
+        if (n.get("templateName"), n["type"]) in (("round", "DAG"), ("train", "Retry"))
+    )
+    assert names == [
+        "round(0:round 1)",
+        "round(1:round 2)",
+        "train(0:round 1 / clients 0,1)",
+        "train(0:round 2 / clients 0,1)",
+        "train(1:round 1 / client 2)",
+        "train(1:round 2 / client 2)",
+    ]
+    assert "round 1 / clients 0,1 ✔ train loss" in result.output
 
     mlflow.set_tracking_uri(mlflow_server.uri)
     model = mlflow.pytorch.load_model(summary["mlflow_model_uri"])

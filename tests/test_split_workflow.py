@@ -75,6 +75,18 @@ def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
         mean = (bottoms[0].arrays["conv1.weight"] + bottoms[1].arrays["conv1.weight"]) / 2
         np.testing.assert_allclose(final.arrays["conv1.weight"], mean, rtol=1e-5, atol=1e-6)
 
+    # client nodes read "round R / client C" in the Argo UI (vanilla: steps in turn; SplitFed: a DAG fan-out)
+    status = json.loads((summary_path.parent / "status.json").read_text())
+    task = "client" if mode == "vanilla" else "clients"
+    names = sorted(
+        n["displayName"]
+        for n in status["nodes"].values()
+        if n.get("templateName") == "train" and n["type"] in ("Pod", "Retry")
+    )
+    assert names == sorted(
+        f"{task}({c}:round {r} / client {c})" for r in range(1, rounds + 1) for c in (0, 1)
+    )
+
     # the token is only in the store, never in logs, manifests or status
     token = store.get_bytes(token_key(run_key)).decode()
     for path in (runs / "workflows").rglob("*"):
@@ -97,4 +109,7 @@ def test_split_manifest_has_a_daemon_server_and_clients_reaching_its_ip():
         if mode == "vanilla":
             assert templates["split-clients"]["parallelism"] == 1
         else:
-            assert tasks["clients"]["withSequence"] == {"count": "{{workflow.parameters.clients}}"}
+            assert tasks["clients"]["withSequence"] == {
+                "count": "{{workflow.parameters.clients}}",
+                "format": "{{inputs.parameters.round}} / client %d",  # round 3 / client 7
+            }

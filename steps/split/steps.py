@@ -20,6 +20,7 @@ import numpy as np
 from steps import tracking
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from steps.data import load_dataset
+from steps.labels import LabelError, parse_clients
 from steps.partition import client_seed, partition
 from steps.runinfo import RunError, open_run, store_from_env, write_json
 from steps.settings import Settings
@@ -204,6 +205,17 @@ def _start_bottom(
     return load_checkpoint(store, key).arrays, f"the global model of round {round - 1}"
 
 
+def _one_client(value: str, num_clients: int, round: int) -> str:
+    """``"round 3 / client 7"`` (or ``"7"``) → ``"7"``, an index below ``num_clients``."""
+    try:
+        ids = parse_clients(value, round=round)
+    except LabelError as exc:
+        raise RunError(str(exc)) from None
+    if len(ids) != 1 or int(ids[0]) >= num_clients:
+        raise RunError(f"bad client {value!r}: expected one index 0..{num_clients - 1}")
+    return ids[0]
+
+
 def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[str, float]:
     """Train one client's bottom half against the server; write it; tell the server it is done."""
     from steps.split.client import SplitClient, train_split
@@ -212,8 +224,7 @@ def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[st
     s = record.settings
     o = load_options(store, run_key)
     _check_framework(s)
-    if not client.isdigit() or int(client) >= s.clients:
-        raise RunError(f"bad client {client!r}: expected an index 0..{s.clients - 1}")
+    client = _one_client(client, s.clients, round)
     token = load_token(store, run_key)
     key = bottom_key(run_key, round, client)
     channel = SplitClient(server_url, token, client=client, timeout=o.request_timeout)

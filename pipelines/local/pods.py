@@ -1,0 +1,400 @@
+"""Container and script templates: each runs as one host process (a "pod"), see :mod:`.process`.
+
+:class:`PodRunner` takes a pod slot (workflow ``parallelism``), gives the node a private view of its
+declared paths (:mod:`.sandbox`), loads input artifacts, builds ``argv`` (a script's ``source`` is written
+to :data:`SCRIPT_PATH` and appended), the environment and the working directory, and runs the process under
+the template's ``activeDeadlineSeconds``/``timeout`` and the workflow's deadline. When it exits, output
+parameters and artifacts are collected from the node's files and the phase is set the way Argo reports it.
+A ``daemon`` template returns once its ``readinessProbe`` passes and keeps running (and holding its slot)
+until it exits or its boundary finishes.
+
+Local approximations: the image is ignored and ``python``/``python3`` run the current interpreter; a daemon
+gets a loopback address (``127.0.0.2`` upwards) as its pod IP; ``env[].valueFrom.fieldRef`` knows
+``status.podIP``, ``metadata.name``, ``metadata.namespace`` and ``spec.nodeName`` (``localhost``);
+``secretKeyRef``/``configMapKeyRef`` read the environment variable of the same name (``env=`` first, then
+this process's environment).
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
+from pipelines.local.errors import WorkflowInputError
+from pipelines.local.expressions import format_value
+from pipelines.local.model import Node
+from pipelines.local.probes import wait_ready
+from pipelines.local.process import ProcessOutcome, StepProcess
+from pipelines.local.retry import parse_duration
+from pipelines.local.sandbox import PathView
+from pipelines.local.state import Call, Daemon, WorkflowState
+from steps.store import ObjectNotFound
+
+__all__ = ["SCRIPT_PATH", "PodRunner"]
+
+SCRIPT_PATH = "/argo/staging/script"
+
+
+class PodRunner(WorkflowState):
+    """Runs container and script templates as host processes."""
+
+    def _allocate_ip(self) -> str:
+        with self.lock:
+            ip = str(ipaddress.IPv4Address(self._next_ip))
+            self._next_ip += 1
+            if self._next_ip > int(ipaddress.IPv4Address("127.255.255.254")):
+                self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
+        return ip
+
+    def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        bin_dir = str(Path(sys.executable).parent)
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        env.update(
+            {
+                "ARGO_WORKFLOW_NAME": self.name,
+                "ARGO_WORKFLOW_UID": self.uid,
+                "ARGO_NODE_ID": node.id,
+                "ARGO_POD_NAME": node.id,
+                "ARGO_TEMPLATE": json.dumps({"name": node.template_name}),
+                "ARGO_CONTAINER_NAME": "main",
+            }
+        )
+        if ip:
+            env["ARGO_POD_IP"] = ip
+            env["POD_IP"] = ip
+        for item in ctr.get("env") or []:
+            name = str(item.get("name"))
+            if "value" in item:
+                value = format_value(item.get("value") if item.get("value") is not None else "")
+            else:
+                source = item.get("valueFrom") or {}
+                if "fieldRef" in source:
+                    path = str((source["fieldRef"] or {}).get("fieldPath", ""))
+                    value = {
+                        "status.podIP": ip or "127.0.0.1",
+                        "metadata.name": node.id,
+                        "metadata.namespace": self.globals["workflow.namespace"],
+                        "spec.nodeName": "localhost",
+                    }.get(path, "")
+                else:
+                    found = self.extra_env.get(name, os.environ.get(name))
+                    if found is None:
+                        ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+                        if ref.get("optional"):
+                            continue
+                        kind = "secretKeyRef" if "secretKeyRef" in source else "configMapKeyRef"
+                        raise WorkflowInputError(
+                            f"env {name}: valueFrom.{kind} {ref.get('name')}/{ref.get('key')} "
+                            f"resolves locally from the environment variable {name}, which is "
+                            "not set; pass it in env="
+                        )
+                    value = found
+            env[name] = view.rewrite(value)
+        return env
+
+    def _run_pod(
+        self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: tuple[str, int] | None
+    ) -> Node:
+        slots = self.pod_slots
+        if slots is not None:
+            slots.acquire()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if slots is not None and not released:
+                released = True
+                slots.release()
+
+        try:
+            node = self._create_for_call(call, "Pod", "Pending", tmpl, retried=retried)
+            if self.deadline is not None and not call.on_exit and time.time() >= self.deadline:
+                return self._set_phase(node, "Failed", "Step exceeded its deadline")
+            keep_slot = self._run_pod_process(node, call, tmpl, log_key or (node.id, 0), release)
+            if not keep_slot:
+                release()
+            return node
+        except BaseException:
+            release()
+            raise
+
+    def _run_pod_process(
+        self,
+        node: Node,
+        call: Call,
+        tmpl: dict[str, Any],
+        log_key: tuple[str, int],
+        release: Callable[[], None],
+    ) -> bool:
+        """Run the pod's process; return True when a daemon keeps running (and holds its slot)."""
+        script = tmpl.get("script")
+        ctr: dict[str, Any] = dict(script or tmpl.get("container") or {})
+        inputs = tmpl.get("inputs") or {}
+        outputs_spec = tmpl.get("outputs") or {}
+        declared = [a.get("path") for a in inputs.get("artifacts") or []]
+        declared += [a.get("path") for a in outputs_spec.get("artifacts") or []]
+        declared += [(p.get("valueFrom") or {}).get("path") for p in outputs_spec.get("parameters") or []]
+        if script is not None:
+            declared.append(SCRIPT_PATH)
+        node_dir = self.run_dir / "nodes" / node.id
+        view = PathView(node_dir / "root", node_dir / "work", [str(p) for p in declared if p])
+        view.prepare()
+        node.log_key, node.attempt = log_key
+        for art in inputs.get("artifacts") or []:
+            if not art.get("path"):
+                continue
+            if not has_location(art):
+                if art.get("optional"):
+                    continue
+                self._set_phase(node, "Error", f"inputs.artifacts.{art.get('name')} has no location")
+                return False
+            try:
+                load_artifact(self.store, art, view.private(str(art["path"])))
+            except ObjectNotFound as exc:
+                if art.get("optional"):
+                    continue
+                self._set_phase(node, "Error", f"failed to load input artifact {art.get('name')!r}: {exc}")
+                return False
+            except ArtifactError as exc:
+                self._set_phase(node, "Error", str(exc))
+                return False
+        argv = [format_value(a) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
+        if script is not None:
+            script_file = view.private(SCRIPT_PATH)
+            script_file.parent.mkdir(parents=True, exist_ok=True)
+            script_file.write_text(view.rewrite(str(ctr.get("source") or "")))
+            script_file.chmod(0o755)
+            argv.append(SCRIPT_PATH)
+        argv = [view.rewrite(a) for a in argv]
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        daemon = bool(tmpl.get("daemon"))
+        ip = self._allocate_ip() if daemon else None
+        if ip:
+            with self.lock:
+                node.pod_ip = ip
+        env = self._pod_env(ctr, node, view, ip)
+        cwd = view.private(str(ctr["workingDir"])) if ctr.get("workingDir") else view.workdir
+        cwd.mkdir(parents=True, exist_ok=True)
+        tmpl_deadline = self._pod_deadline(tmpl, node, call)
+        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
+        deadline = min(limits) if limits else None
+        log_dir = self.run_dir / "logs" / log_key[0]
+        try:
+            proc = StepProcess(
+                argv,
+                env=env,
+                cwd=cwd,
+                log_path=log_dir / f"attempt-{log_key[1]}.log",
+                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+            )
+        except OSError as exc:
+            with self.lock:
+                node.outputs = {"exitCode": "127"}
+            self._set_phase(
+                node,
+                "Error",
+                f"main: StartError: cannot run {argv[0] if argv else '<nothing>'}: {exc.strerror or exc}",
+            )
+            return False
+        with self.lock:
+            node.process_started_at = proc.started_at
+        self._set_phase(node, "Running")
+        if daemon:
+            return self._daemonize(
+                node,
+                call,
+                tmpl,
+                proc,
+                view,
+                env,
+                cwd,
+                deadline,
+                log_dir / f"attempt-{log_key[1]}",
+                release,
+                tmpl_deadline,
+            )
+        outcome = proc.wait(deadline)
+        self._complete_pod(node, tmpl, view, outcome, log_dir / f"attempt-{log_key[1]}", tmpl_deadline)
+        return False
+
+    def _pod_deadline(self, tmpl: Mapping[str, Any], node: Node, call: Call) -> float | None:
+        candidates: list[float] = []
+        if tmpl.get("activeDeadlineSeconds") not in (None, ""):
+            candidates.append(
+                time.time()
+                + parse_duration(
+                    tmpl["activeDeadlineSeconds"], f"templates.{call.template_name}.activeDeadlineSeconds"
+                )
+            )
+        if tmpl.get("timeout") not in (None, ""):
+            candidates.append(
+                node.started_at + parse_duration(tmpl["timeout"], f"templates.{call.template_name}.timeout")
+            )
+        return min(candidates) if candidates else None
+
+    def _complete_pod(
+        self,
+        node: Node,
+        tmpl: Mapping[str, Any],
+        view: PathView,
+        outcome: ProcessOutcome,
+        log_base: Path,
+        tmpl_deadline: float | None,
+        stopped_ok: bool = False,
+    ) -> None:
+        stdout = (
+            log_base.with_suffix(".stdout").read_bytes().decode("utf-8", errors="replace")
+            if log_base.with_suffix(".stdout").exists()
+            else ""
+        )
+        result = stdout[:-1] if stdout.endswith("\n") else stdout
+        outputs: dict[str, Any] = {"result": result, "exitCode": str(outcome.exit_code)}
+        succeeded = stopped_ok or (outcome.exit_code == 0 and outcome.stopped is None)
+        error: str | None = None
+        try:
+            self._collect_outputs(node, tmpl, view, outputs, strict=succeeded and not stopped_ok)
+        except (ArtifactError, WorkflowInputError, OSError) as exc:
+            error = str(exc)
+        with self.lock:
+            node.outputs = outputs
+            node.process_finished_at = outcome.finished_at
+        if succeeded and error is None:
+            self._add_global_outputs(outputs)
+            self._set_phase(node, "Succeeded", "")
+        elif succeeded:
+            self._set_phase(node, "Error", error)
+        elif outcome.stopped == "deadline":
+            own = tmpl_deadline is not None and outcome.finished_at >= tmpl_deadline
+            message = (
+                "Pod was active on the node longer than the specified deadline"
+                if own
+                else "Step exceeded its deadline"
+            )
+            self._set_phase(node, "Failed", message)
+        else:
+            self._set_phase(node, "Failed", f"main: Error (exit code {outcome.exit_code})")
+
+    def _collect_outputs(
+        self, node: Node, tmpl: Mapping[str, Any], view: PathView, outputs: dict[str, Any], strict: bool
+    ) -> None:
+        spec = tmpl.get("outputs") or {}
+        params: list[dict[str, Any]] = []
+        for p in spec.get("parameters") or []:
+            vf = p.get("valueFrom") or {}
+            value: str | None = None
+            if vf.get("path"):
+                path = view.private(str(vf["path"]))
+                try:
+                    text = path.read_text(errors="replace") if path.is_file() else _read_dir_error(path)
+                    value = text[:-1] if text.endswith("\n") else text
+                except OSError as exc:
+                    if vf.get("default") is None:
+                        if strict:
+                            raise WorkflowInputError(
+                                f"failed to get output parameter {p.get('name')!r}: open "
+                                f"{vf['path']}: {exc.strerror or exc}"
+                            ) from None
+                        continue
+            if value is None and vf.get("default") is not None:
+                value = format_value(vf["default"])
+            if value is None and p.get("value") is not None:
+                value = format_value(p["value"])
+            if value is None:
+                if strict:
+                    raise WorkflowInputError(f"output parameter {p.get('name')!r} has no value")
+                continue
+            entry = {k: v for k, v in p.items() if k != "valueFrom"}
+            entry["value"] = value
+            if vf:
+                entry["valueFrom"] = vf
+            params.append(entry)
+        if params:
+            outputs["parameters"] = params
+        arts: list[dict[str, Any]] = []
+        for a in spec.get("artifacts") or []:
+            if not a.get("path"):
+                continue
+            source = view.private(str(a["path"]))
+            if not source.exists():
+                if a.get("optional") or not strict:
+                    continue
+                raise ArtifactError(
+                    f"failed to save output artifact {a.get('name')!r}: {a['path']}: no such file or "
+                    "directory"
+                )
+            arts.append(save_artifact(self.store, a, source, f"{self.name}/{node.id}"))
+        if arts:
+            outputs["artifacts"] = arts
+
+    def _daemonize(
+        self,
+        node: Node,
+        call: Call,
+        tmpl: Mapping[str, Any],
+        proc: StepProcess,
+        view: PathView,
+        env: Mapping[str, str],
+        cwd: Path,
+        deadline: float | None,
+        log_base: Path,
+        release: Callable[[], None],
+        tmpl_deadline: float | None = None,
+    ) -> bool:
+        ctr = tmpl.get("script") or tmpl.get("container") or {}
+
+        def exited(timeout: float) -> bool:
+            try:
+                proc.proc.wait(timeout=timeout)
+                return True
+            except Exception:  # subprocess.TimeoutExpired
+                return False
+
+        ready = wait_ready(ctr.get("readinessProbe"), node.pod_ip or "127.0.0.1", env, cwd, exited)
+        if not ready:
+            outcome = proc.wait(deadline)
+            self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+            return False
+        done = threading.Event()
+        daemon = Daemon(proc, node, call.boundary_id, done)
+        with self.lock:
+            node.daemoned = True
+            self.daemons[node.id] = daemon
+        self._changed(node)
+
+        def monitor() -> None:
+            try:
+                outcome = proc.wait(deadline)
+                stopped = outcome.stopped == "stopped"
+                with self.lock:
+                    self.daemons.pop(node.id, None)
+                    node.daemoned = False
+                self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline, stopped_ok=stopped)
+                if daemon.retry_parent is not None:
+                    with self.lock:
+                        daemon.retry_parent.daemoned = False
+                        daemon.retry_parent.outputs = copy.deepcopy(node.outputs)
+                    self._set_phase(daemon.retry_parent, node.phase, node.message)
+            finally:
+                release()
+                done.set()
+
+        threading.Thread(target=monitor, name=f"daemon-{node.id}", daemon=True).start()
+        return True
+
+
+def _read_dir_error(path: Path) -> str:
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory", str(path))
+    raise FileNotFoundError(2, "no such file or directory", str(path))

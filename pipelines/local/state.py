@@ -1,0 +1,374 @@
+"""Workflow-wide state shared by every part of the executor: globals, nodes, ``status.json`` and daemons.
+
+:class:`WorkflowState` is the base class of :class:`~pipelines.local.engine.Engine` and of the runners it
+is assembled from (:mod:`.binding`, :mod:`.pods`, :mod:`.children`, :mod:`.step_groups`, :mod:`.dag`). It
+holds the ``workflow.*`` variables and the workflow's global outputs, creates nodes and moves their phases
+under one lock — each change is reported to ``on_node`` and wakes a background thread that rewrites
+``status.json`` atomically, coalescing bursts — and keeps the registry of running daemon pods, which are
+stopped when their boundary (or the workflow) finishes. :class:`Call` is one template invocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.local.errors import LocalExecutorError
+from pipelines.local.expressions import go_json
+from pipelines.local.model import Node, node_id, rfc3339
+from pipelines.local.process import StepProcess
+from pipelines.local.slots import Slots
+from pipelines.local.templating import NONE, substitute
+from steps.store import Store
+
+__all__ = ["Call", "Daemon", "WorkflowState"]
+
+
+@dataclass
+class Call:
+    """One template invocation: the node to create, the template and its arguments."""
+
+    name: str
+    template: str | dict[str, Any]
+    arguments: dict[str, Any]
+    boundary_id: str | None
+    parents: list[str]
+    hooked: bool = False
+    on_exit: bool = False
+    local: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def template_name(self) -> str | None:
+        return self.template if isinstance(self.template, str) else self.template.get("name")
+
+
+@dataclass
+class Daemon:
+    """A running daemon pod: its process, node and boundary; ``done`` is set once it has exited."""
+
+    proc: StepProcess
+    node: Node
+    boundary_id: str | None
+    done: threading.Event
+    retry_parent: Node | None = None
+
+
+class WorkflowState(ABC):
+    """The state of one workflow run; :class:`~pipelines.local.engine.Engine` adds the behaviour."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        uid: str,
+        metadata: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        templates: Mapping[str, dict[str, Any]],
+        parameters: list[dict[str, Any]],
+        run_dir: Path,
+        store: Store,
+        env: Mapping[str, str] | None,
+        on_node: Callable[[dict[str, Any]], None] | None,
+        parallelism: int | None,
+    ) -> None:
+        self.name = name
+        self.uid = uid
+        self.metadata = metadata
+        self.spec = spec
+        self.templates = templates
+        self.parameters = parameters
+        self.run_dir = run_dir
+        self.store = store
+        self.extra_env = dict(env or {})
+        self.on_node = on_node
+        self.nodes: dict[str, Node] = {}
+        self.lock = threading.RLock()
+        self._callback_lock = threading.Lock()
+        self.started_at = time.time()
+        self.finished_at: float | None = None
+        self.phase = "Running"
+        self.message = ""
+        limits = [int(x) for x in (spec.get("parallelism"), parallelism) if x not in (None, "", 0)]
+        self.pod_slots = Slots(min(limits)) if limits else None
+        deadline = spec.get("activeDeadlineSeconds")
+        self.deadline = self.started_at + float(str(deadline)) if deadline not in (None, "") else None
+        self.globals: dict[str, str] = {}
+        self.global_artifacts: dict[str, dict[str, Any]] = {}
+        self.output_params: list[dict[str, Any]] = []
+        self.output_artifacts: list[dict[str, Any]] = []
+        self.daemons: dict[str, Daemon] = {}
+        self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
+        self._dirty = threading.Condition()
+        self._dirty_flag = False
+        self._stop_writer = False
+        self._writer = threading.Thread(target=self._status_writer, name="status-writer", daemon=True)
+        self._init_globals()
+
+    # ------------------------------------------------------------------------------------ globals
+
+    def _init_globals(self) -> None:
+        created = self.started_at
+        g = self.globals
+        g["workflow.name"] = self.name
+        g["workflow.namespace"] = str(self.metadata.get("namespace") or "default")
+        g["workflow.uid"] = self.uid
+        g["workflow.mainEntrypoint"] = str(self.spec.get("entrypoint"))
+        g["workflow.serviceAccountName"] = str(self.spec.get("serviceAccountName") or "")
+        stamp = (rfc3339(created) or "")[:19] + "Z"
+        g["workflow.creationTimestamp"] = stamp
+        g["workflow.creationTimestamp.RFC3339"] = stamp
+        g["workflow.creationTimestamp.s"] = str(int(created))
+        tm = time.gmtime(created)
+        for char in "aAbBcCdDeFgGhHIjklmMnpPrRsStTuUVwWxXyYzZ":
+            with contextlib.suppress(ValueError):
+                g.setdefault(f"workflow.creationTimestamp.{char}", time.strftime("%" + char, tm))
+        if self.spec.get("priority") is not None:
+            g["workflow.priority"] = str(self.spec["priority"])
+        g["workflow.parameters"] = go_json(self.parameters)
+        g["workflow.parameters.json"] = go_json(self.parameters)
+        for p in self.parameters:
+            g[f"workflow.parameters.{p['name']}"] = str(p["value"])
+        labels = dict(self.metadata.get("labels") or {})
+        annotations = dict(self.metadata.get("annotations") or {})
+        for k, v in labels.items():
+            g[f"workflow.labels.{k}"] = str(v)
+        for k, v in annotations.items():
+            g[f"workflow.annotations.{k}"] = str(v)
+        g["workflow.labels"] = go_json(labels)
+        g["workflow.annotations"] = go_json(annotations)
+        g["workflow.status"] = "Running"
+        # parameter values may themselves use workflow.* variables
+        for p in self.parameters:
+            value = substitute(str(p["value"]), g, NONE)
+            p["value"] = value
+            g[f"workflow.parameters.{p['name']}"] = value
+
+    def _global_scope(self) -> dict[str, Any]:
+        with self.lock:
+            scope: dict[str, Any] = dict(self.globals)
+        scope["workflow.duration"] = f"{time.time() - self.started_at:f}"
+        return scope
+
+    def _add_global_outputs(self, outputs: Mapping[str, Any] | None) -> None:
+        if not outputs:
+            return
+        with self.lock:
+            for param in outputs.get("parameters") or []:
+                gname = param.get("globalName")
+                if gname and param.get("value") is not None:
+                    self.globals[f"workflow.outputs.parameters.{gname}"] = str(param["value"])
+                    self.output_params = [p for p in self.output_params if p["name"] != gname]
+                    self.output_params.append({"name": gname, "value": str(param["value"])})
+            for art in outputs.get("artifacts") or []:
+                gname = art.get("globalName")
+                if gname:
+                    entry = {k: v for k, v in art.items() if k not in ("globalName", "path")}
+                    entry["name"] = gname
+                    self.global_artifacts[f"workflow.outputs.artifacts.{gname}"] = entry
+                    self.output_artifacts = [a for a in self.output_artifacts if a["name"] != gname]
+                    self.output_artifacts.append(entry)
+
+    # ---------------------------------------------------------------------------------- node state
+
+    def _display_name(self, name: str, boundary_id: str | None) -> str:
+        boundary = self.nodes.get(boundary_id) if boundary_id else None
+        if boundary is None:
+            return name
+        display = name[len(boundary.name) :] if name.startswith(boundary.name) else name
+        if display.startswith("["):
+            end = display.find("]")
+            if end > 0 and display[1:end].isdigit() and display[end + 1 : end + 2] == ".":
+                display = display[end + 1 :]
+        if display.startswith("."):
+            display = display[1:]
+        return display or name
+
+    def _create_for_call(
+        self, call: Call, type_: str, phase: str, tmpl: Mapping[str, Any], *, retried: bool = False
+    ) -> Node:
+        """The node of a template call (its name, boundary, parents, template and inputs)."""
+        return self._create(
+            call.name,
+            type_,
+            phase,
+            boundary_id=call.boundary_id,
+            parents=call.parents,
+            template_name=call.template_name,
+            inputs=tmpl.get("inputs"),
+            hooked=call.hooked,
+            retried=retried,
+        )
+
+    def _create(
+        self,
+        name: str,
+        type_: str,
+        phase: str,
+        *,
+        boundary_id: str | None,
+        parents: list[str],
+        template_name: str | None,
+        inputs: dict[str, Any] | None = None,
+        message: str = "",
+        hooked: bool = False,
+        retried: bool = False,
+    ) -> Node:
+        with self.lock:
+            nid = node_id(self.name, name)
+            if nid in self.nodes:
+                raise LocalExecutorError(f"internal error: node {name!r} created twice")
+            node = Node(
+                id=nid,
+                name=name,
+                display_name=self._display_name(name, boundary_id),
+                type=type_,
+                template_name=template_name,
+                phase=phase,
+                boundary_id=boundary_id,
+                message=message,
+                inputs=inputs or None,
+                hooked=hooked,
+                retried=retried,
+            )
+            if node.fulfilled:
+                node.finished_at = node.started_at
+            self.nodes[nid] = node
+            for parent in parents:
+                self._link(parent, nid)
+        self._changed(node)
+        return node
+
+    def _link(self, parent_id: str, child_id: str) -> None:
+        with self.lock:
+            parent = self.nodes.get(parent_id)
+            if parent is not None and child_id not in parent.children:
+                parent.children.append(child_id)
+
+    def _set_phase(self, node: Node, phase: str, message: str | None = None) -> Node:
+        with self.lock:
+            changed = node.phase != phase
+            node.phase = phase
+            if message is not None:
+                node.message = message
+            if (
+                node.phase in ("Succeeded", "Failed", "Error", "Skipped", "Omitted")
+                and node.finished_at is None
+            ):
+                node.finished_at = time.time()
+        if changed:
+            self._changed(node)
+        else:
+            self._mark_dirty()
+        return node
+
+    def _changed(self, node: Node) -> None:
+        self._mark_dirty()
+        if self.on_node is not None:
+            with self.lock:
+                snapshot = node.to_dict()
+            with self._callback_lock:
+                self.on_node(snapshot)
+
+    def _outbound(self, nid: str) -> list[str]:
+        node = self.nodes[nid]
+        if node.type in ("Pod", "Skipped", "Suspend"):
+            return [nid]
+        if node.type == "TaskGroup":
+            if not node.children:
+                return [nid]
+            return [o for c in node.children for o in self._outbound(c)]
+        if node.type == "Retry":
+            attempts = [c for c in node.children if not self.nodes[c].hooked]
+            return [attempts[-1]] if attempts else []
+        return [o for c in node.outbound_nodes for o in self._outbound(c)]
+
+    def _error_node(self, call: Call, message: str) -> Node:
+        return self._create(
+            call.name,
+            "Skipped",
+            "Error",
+            boundary_id=call.boundary_id,
+            parents=call.parents,
+            template_name=call.template_name,
+            message=message,
+            hooked=call.hooked,
+        )
+
+    # ------------------------------------------------------------------------------- status on disk
+
+    def status(self) -> dict[str, Any]:
+        with self.lock:
+            status: dict[str, Any] = {
+                "phase": self.phase,
+                "startedAt": rfc3339(self.started_at),
+                "finishedAt": rfc3339(self.finished_at),
+                "nodes": {nid: n.to_dict() for nid, n in self.nodes.items()},
+            }
+            if self.message:
+                status["message"] = self.message
+            outputs: dict[str, Any] = {}
+            if self.output_params:
+                outputs["parameters"] = [dict(p) for p in self.output_params]
+            if self.output_artifacts:
+                outputs["artifacts"] = [dict(a) for a in self.output_artifacts]
+            if outputs:
+                status["outputs"] = outputs
+        return status
+
+    def _mark_dirty(self) -> None:
+        with self._dirty:
+            self._dirty_flag = True
+            self._dirty.notify()
+
+    def _write_status(self) -> None:
+        data = json.dumps(self.status(), indent=1, sort_keys=False)
+        tmp = self.run_dir / f".status.json.{threading.get_ident()}.tmp"
+        tmp.write_text(data)
+        os.replace(tmp, self.run_dir / "status.json")
+
+    def _status_writer(self) -> None:
+        while True:
+            with self._dirty:
+                while not self._dirty_flag and not self._stop_writer:
+                    self._dirty.wait()
+                if self._stop_writer:
+                    return
+                self._dirty_flag = False
+            with contextlib.suppress(OSError):
+                self._write_status()
+            # coalesce bursts of changes; this thread is off the critical path
+            with self._dirty:
+                self._dirty.wait(timeout=0.2)
+
+    # ------------------------------------------------------------------------------------- daemons
+
+    def _wait_daemon_node(self, node: Node) -> None:
+        """A daemon entrypoint runs until it exits: the workflow has nothing else to wait for."""
+        for daemon in list(self.daemons.values()):
+            if daemon.node.id == node.id or (
+                daemon.retry_parent is not None and daemon.retry_parent.id == node.id
+            ):
+                daemon.done.wait()
+
+    def _stop_daemons(self, boundary_id: str | None, everything: bool = False) -> None:
+        with self.lock:
+            targets = [d for d in self.daemons.values() if everything or d.boundary_id == boundary_id]
+        for daemon in targets:
+            daemon.proc.stop("stopped")
+        for daemon in targets:
+            daemon.done.wait()
+
+    # ------------------------------------------------------------------------------ template dispatch
+
+    @abstractmethod
+    def execute(self, call: Call, *, retried: bool = False) -> Node:
+        """Run one template invocation to completion (a daemon: until it is ready) and return its node."""
