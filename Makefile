@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/fedavg-fmnist-torch.yaml
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data run test lint typecheck unit compile bench clean
+.PHONY: install data browser run test lint typecheck unit compile bench clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,12 @@ data:
 		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
 	fi
 
+# Debian's Chromium, for the test that opens an MLflow run link in a browser (it skips without one).
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	fi
+
 run: install data
 	$(BIN)/argofl run $(CONFIG)
 
@@ -36,7 +42,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -q -m "not slow"
 
-test: install data lint typecheck
+test: install data browser lint typecheck
 	$(BIN)/pytest -q
 
 compile: install

@@ -208,11 +208,8 @@ def run_cmd(
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
     outputs = {p["name"]: p.get("value") for p in result.status.get("outputs", {}).get("parameters", [])}
     if outputs.get("mlflow-run-url"):
-        hint = (
-            ""
-            if params["mlflow-uri"].startswith("http")
-            else f" (mlflow ui --backend-store-uri {tracking_uri})"
-        )
+        uri = params["mlflow-uri"]
+        hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"
         click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
 
 

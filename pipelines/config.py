@@ -11,8 +11,6 @@ cluster:                            # how pods are requested on Kubernetes (comp
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from steps.mapping import dataclass_from_mapping
 from steps.settings import Settings, SettingsError
 
 __all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig", "load_config"]
@@ -84,34 +83,13 @@ class ClusterOptions:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ClusterOptions:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                raise ConfigError(
-                    f"{where}: unknown key cluster.{key}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                )
-            expected = {"str": str, "int": int, "dict[str, str]": dict, "list[dict[str, Any]]": list}[
-                str(known[key].type)
-            ]
-            if (
-                expected is str
-                and isinstance(value, int | float)
-                and not isinstance(value, bool)
-                and key in ("cpu", "memory")
-            ):
-                value = str(value)
-            if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError(
-                    f"{where}: cluster.{key}: expected {expected.__name__}, "
-                    f"got {type(value).__name__} {value!r}"
-                )
-            kwargs[key] = value
-        try:
-            return cls(**kwargs)
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
+        """Build options from a config's ``cluster:`` section; a number is accepted for cpu and memory."""
+        values = {k: _number_as_str(v) if k in ("cpu", "memory") else v for k, v in values.items()}
+        return dataclass_from_mapping(cls, values, where=where, error=ConfigError, prefix="cluster.")
+
+
+def _number_as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 @dataclass(frozen=True)

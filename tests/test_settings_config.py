@@ -31,7 +31,7 @@ def test_flagship_config_loads():
         ("experiment: x\nround: 5\n", "unknown setting 'round' (did you mean 'rounds'?)"),
         ("experiment: x\nrounds: five\n", "rounds: expected int, got str 'five'"),
         ("experiment: x\nrounds: -1\n", "rounds: must be ≥ 1, got -1"),
-        ("experiment: x\nrounds: true\n", "rounds: expected int"),
+        ("experiment: x\nrounds: true\n", "rounds: expected int, got bool True"),
         ("experiment: x\nclients: 3\nmin_clients: 4\n", "min_clients: must be ≤ clients (3), got 4"),
         ("experiment: x\nfraction: 1.5\n", "fraction: must be in (0, 1]"),
         ("experiment: x\nlr: .nan\n", "lr: must be a finite number"),
@@ -41,6 +41,9 @@ def test_flagship_config_loads():
         ("experiment: x\ncluster: {gpu: 1}\n", "unknown key cluster.gpu (did you mean 'gpus'?)"),
         ("experiment: x\ncluster: {memory: lots}\n", "cluster.memory: not a Kubernetes quantity"),
         ("experiment: x\ncluster: {gpus: -1}\n", "cluster.gpus: must be ≥ 0"),
+        ("experiment: x\ncluster: {gpus: two}\n", "cluster.gpus: expected int, got str 'two'"),
+        ("experiment: x\ncluster: {retries: true}\n", "cluster.retries: expected int, got bool True"),
+        ("experiment: x\ncluster: {cpu: true}\n", "cluster.cpu: expected str, got bool True"),
         ("- a\n- b\n", "expected a mapping"),
         ("experiment: [unclosed\n", "cannot read YAML"),
     ],
@@ -53,6 +56,11 @@ def test_bad_config_gives_one_line_error_naming_the_key(tmp_path, text, message)
     assert message in text_out
     assert str(path) in text_out
     assert "\n" not in text_out
+
+
+def test_cluster_cpu_and_memory_may_be_numbers(tmp_path):
+    cluster = load_config(write(tmp_path, "experiment: x\ncluster: {cpu: 2, memory: 0.5}\n")).cluster
+    assert (cluster.cpu, cluster.memory) == ("2", "0.5")
 
 
 def test_missing_config_file(tmp_path):

@@ -10,6 +10,8 @@ import yaml
 from pipelines.build_split import SplitExperimentConfig
 from pipelines.compile import manifest_for
 from pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
+from steps.settings import SettingsError
+from steps.split.settings import SplitOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +42,9 @@ def test_default_kind_is_fedavg():
     [
         ({"kind": "gossip", "experiment": "x"}, "kind: must be one of fedavg, split"),
         (_doc(mode="sideways"), r"split\.mode"),
-        (_doc(porrt=1), r"unknown key split\.porrt"),
-        (_doc(port="8080"), r"split\.port: expected int"),
+        (_doc(porrt=1), r"unknown key split\.porrt \(did you mean 'port'\?\)"),
+        (_doc(port="8080"), r"split\.port: expected int, got str '8080'"),
+        (_doc(idle_timeout=True), r"split\.idle_timeout: expected int, got bool True"),
         (_doc(port=80), r"split\.port"),
         ({"experiment": "x", "split": {"mode": "vanilla"}}, "unknown setting 'split'"),
     ],
@@ -51,9 +54,15 @@ def test_bad_split_configs_are_refused_with_the_key(doc, fragment):
         config_from_mapping(doc, name="x", where="t.yaml")
 
 
+def test_split_parameters_given_as_strings_are_parsed():
+    options = SplitOptions.from_mapping({"port": " 9000 ", "idle-timeout": "5"}, strings=True)
+    assert (options.port, options.idle_timeout) == (9000, 5)
+    with pytest.raises(SettingsError, match=r"^params: split\.idle_timeout: expected int, got 'soon'$"):
+        SplitOptions.from_mapping({"idle-timeout": "soon"}, where="params", strings=True)
+
+
 def test_bad_cut_fails_at_init_not_silently(tmp_path):
     from steps.settings import Settings
-    from steps.split.settings import SplitOptions
     from steps.split.torch_split import build_halves
 
     cfg = config_from_mapping(

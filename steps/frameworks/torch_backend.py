@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -29,6 +30,7 @@ from steps.frameworks.base import (
     resolve_model,
     scale_images,
 )
+from steps.frameworks.torch_sgd import MomentumSGD
 
 __all__ = ["TorchBackend", "create_backend"]
 
@@ -83,6 +85,22 @@ _BUILTINS = {
 }
 
 
+def _set_deterministic(mode: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode)`` without its import of TorchInductor (≈1.5 s a step).
+
+    The public call also sets Inductor's ``deterministic`` flag, which only ``torch.compile`` reads; the
+    flag is still set when Inductor is already loaded (a model factory that compiled something).
+    """
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None:
+        torch.use_deterministic_algorithms(mode)
+        return
+    setter(mode)
+    inductor_config = sys.modules.get("torch._inductor.config")
+    if inductor_config is not None:
+        inductor_config.deterministic = mode  # type: ignore[attr-defined]
+
+
 class TorchBackend:
     """:class:`~steps.frameworks.base.Backend` for PyTorch."""
 
@@ -101,7 +119,7 @@ class TorchBackend:
                 torch.set_num_interop_threads(threads)
         if deterministic and self.device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(deterministic)
+        _set_deterministic(deterministic)
         torch.backends.cudnn.benchmark = not deterministic
 
     def build_model(
@@ -146,7 +164,7 @@ class TorchBackend:
         check_train_args(x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum)
         xt, yt = self._tensors(x, y)
         n = len(yt)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        optimizer = MomentumSGD(model.parameters(), lr=lr, momentum=momentum)
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         loss_sum, correct = 0.0, 0
@@ -156,7 +174,7 @@ class TorchBackend:
                 loss_sum, correct = 0.0, 0
                 for batch, idx in enumerate(_batches(order, batch_size, self.device), start=1):
                     xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-                    optimizer.zero_grad(set_to_none=True)
+                    optimizer.zero_grad()
                     logits = model(xb)
                     loss = loss_fn(logits, yb)
                     value = loss.item()

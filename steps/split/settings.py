@@ -14,12 +14,12 @@ split:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from steps.mapping import dataclass_from_mapping
 from steps.settings import SettingsError
 from steps.store import join_key
 
@@ -53,32 +53,10 @@ class SplitOptions:
     def from_mapping(
         cls, values: Mapping[str, Any], *, where: str = "split", strings: bool = False
     ) -> SplitOptions:
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for raw_key, value in values.items():
-            key = str(raw_key).replace("-", "_")
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                raise SettingsError(
-                    f"{where}: unknown key split.{raw_key}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                )
-            expected = int if str(known[key].type) == "int" else str
-            if strings and expected is int and isinstance(value, str):
-                try:
-                    value = int(value.strip())
-                except ValueError:
-                    raise SettingsError(f"{where}: split.{key}: expected int, got {value!r}") from None
-            if not isinstance(value, expected) or isinstance(value, bool):
-                raise SettingsError(
-                    f"{where}: split.{key}: expected {expected.__name__}, "
-                    f"got {type(value).__name__} {value!r}"
-                )
-            kwargs[key] = value
-        try:
-            return cls(**kwargs)
-        except SettingsError as exc:
-            raise SettingsError(f"{where}: {exc}") from None
+        """Build options from a config's ``split:`` section (Argo parameter values when ``strings``)."""
+        return dataclass_from_mapping(
+            cls, values, where=where, error=SettingsError, prefix="split.", dashes=True, strings=strings
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from steps.frameworks.base import FrameworkError, TrainingDiverged, scale_images
+from steps.frameworks.torch_sgd import MomentumSGD
 
 __all__ = ["TorchBottom", "TorchTop", "activation_shape", "split_model"]
 
@@ -74,7 +75,7 @@ class TorchTop:
     def __init__(self, top: nn.Module, *, lr: float, momentum: float) -> None:
         self.model = top
         self.device = next(top.parameters()).device
-        self.optimizer = torch.optim.SGD(top.parameters(), lr=lr, momentum=momentum)
+        self.optimizer = MomentumSGD(top.parameters(), lr=lr, momentum=momentum)
         self.loss_fn = nn.CrossEntropyLoss()
         top.train()
 
@@ -82,7 +83,7 @@ class TorchTop:
         """One SGD step; returns (gradient w.r.t. the activations, batch loss, correct predictions)."""
         acts = torch.from_numpy(np.ascontiguousarray(activations)).to(self.device).requires_grad_(True)
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(self.device)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         logits = self.model(acts)
         loss = self.loss_fn(logits, y)
         value = float(loss.item())
@@ -105,12 +106,12 @@ class TorchBottom:
     def __init__(self, bottom: nn.Module, *, lr: float, momentum: float) -> None:
         self.model = bottom
         self.device = next(bottom.parameters()).device
-        self.optimizer = torch.optim.SGD(bottom.parameters(), lr=lr, momentum=momentum)
+        self.optimizer = MomentumSGD(bottom.parameters(), lr=lr, momentum=momentum)
         self._out: torch.Tensor | None = None
         bottom.train()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         self._out = self.model(_images(x, self.device))
         return self._out.detach().cpu().numpy().astype(np.float32, copy=False)
 
