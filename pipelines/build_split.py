@@ -213,7 +213,8 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
         with DAG(
             name="round",
             inputs=round_in,
-            parallelism=max(2, c.parallelism),
+            # the server daemon stays Running (an active child) all round: one slot more for clients
+            parallelism=c.parallelism + 1,
             outputs=[
                 Parameter(
                     name=n, value_from=ValueFrom(parameter=f"{{{{tasks.evaluate.outputs.parameters.{n}}}}}")

@@ -72,6 +72,7 @@ def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
 
 
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side on a 2-core machine
 
 
 class Progress:
@@ -140,10 +141,10 @@ def _num(value: Any, fmt: str = ".4f") -> str:
 )
 @click.option(
     "--parallelism",
-    default=2,
-    show_default=True,
+    default=None,
     type=click.IntRange(min=1),
-    help="Most step processes at once on this machine.",
+    help="Most step processes at once on this machine [default: 2; 3 for split learning, whose server "
+    "daemon holds one all round].",
 )
 @click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
 @click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
@@ -151,7 +152,7 @@ def run_cmd(
     config: Path,
     overrides: dict[str, str],
     runs_dir: Path,
-    parallelism: int,
+    parallelism: int | None,
     mlflow_uri: str | None,
     store: str | None,
 ) -> None:
@@ -179,6 +180,8 @@ def run_cmd(
         **overrides,
     }
     manifest = manifest_for(cfg)
+    if parallelism is None:
+        parallelism = LOCAL_PARALLELISM + (1 if cfg.kind == "split" else 0)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     started = time.monotonic()
     try:

@@ -86,6 +86,16 @@ def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
     assert names == sorted(
         f"{task}({c}:round {r} / client {c})" for r in range(1, rounds + 1) for c in (0, 1)
     )
+    if mode == "splitfed":  # by default the server's daemon does not take a client's process slot
+        spans = [
+            (n["startedAt"], n["finishedAt"])
+            for n in status["nodes"].values()
+            if n.get("templateName") == "train" and n["type"] == "Pod"
+        ]
+        assert len(spans) == 2
+        assert max(s for s, _ in spans) < min(f for _, f in spans), (
+            f"clients ran one after the other: {spans}"
+        )
 
     # the token is only in the store, never in logs, manifests or status
     token = store.get_bytes(token_key(run_key)).decode()
@@ -97,8 +107,11 @@ def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
 def test_split_manifest_has_a_daemon_server_and_clients_reaching_its_ip():
     root = Path(__file__).resolve().parents[1]
     for name, mode in (("split-fmnist-torch", "vanilla"), ("splitfed-fmnist-torch", "splitfed")):
-        manifest = manifest_for(load_config(root / "configs" / f"{name}.yaml"))
+        cfg = load_config(root / "configs" / f"{name}.yaml")
+        manifest = manifest_for(cfg)
         templates = {t["name"]: t for t in manifest["spec"]["templates"]}
+        # the daemon is an active child all round long: cluster.parallelism counts clients only
+        assert templates["round"]["parallelism"] == cfg.cluster.parallelism + 1
         server = templates["split-server"]
         assert server["daemon"] is True
         assert server["container"]["readinessProbe"]
