@@ -39,6 +39,7 @@ __all__ = [
     "round_views",
     "set_parameters",
     "step_line",
+    "step_of",
     "workflow_url",
 ]
 
@@ -391,6 +392,18 @@ def _steps(nodes: Mapping[str, Mapping[str, Any]]) -> list[Step]:
             )
         )
     return out
+
+
+def step_of(node: Mapping[str, Any]) -> Step:
+    """A step from one node alone (its round from its own ``round`` input), e.g. a live executor event."""
+    inputs = _params(node, "inputs")
+    return Step(
+        node=node,
+        template=str(node.get("templateName", "")),
+        round=_round_number(inputs.get("round")),
+        inputs=inputs,
+        outputs=_params(node, "outputs"),
+    )
 
 
 def finished_steps(status: Mapping[str, Any]) -> list[Step]:

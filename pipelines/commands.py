@@ -76,7 +76,7 @@ LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side 
 
 
 class Progress:
-    """Prints one line per finished client, round and experiment step from the executor's node events."""
+    """Prints one line per finished step from the executor's node events, as ``argofl watch`` does."""
 
     def __init__(self, out: Any = None) -> None:
         self.out = out or sys.stdout
@@ -85,6 +85,8 @@ class Progress:
         self.start = time.monotonic()
 
     def __call__(self, node: dict[str, Any]) -> None:
+        from pipelines.cluster import step_line, step_of
+
         phase = node.get("phase", "")
         if phase not in ("Succeeded", "Failed", "Error") or node.get("type") != "Pod":
             return
@@ -92,41 +94,9 @@ class Progress:
         if key in self.seen:
             return
         self.seen.add(key)
-        inputs = {p["name"]: p.get("value") for p in (node.get("inputs") or {}).get("parameters", [])}
-        outputs = {p["name"]: p.get("value") for p in (node.get("outputs") or {}).get("parameters", [])}
-        template = node.get("templateName", "")
-        mark = "✔" if phase == "Succeeded" else "✖"
         stamp = f"[{time.monotonic() - self.start:7.1f}s]"
-        where = _round_text(inputs["round"]) if "round" in inputs else ""
-        if template == "train":
-            clients = str(inputs.get("clients", ""))
-            text = f"{clients if clients.startswith('round') else f'{where} · client {clients}'} {mark}"
-            if "accuracy" in outputs:
-                text += f" train loss {_num(outputs.get('loss'))} acc {_num(outputs.get('accuracy'))}"
-        elif template == "aggregate":
-            text = f"{where} {mark} aggregated {_num(outputs.get('clients'), '.0f')} updates"
-        elif template == "evaluate":
-            acc, loss = _num(outputs.get("accuracy")), _num(outputs.get("loss"))
-            text = f"{where} {mark} test accuracy {acc} loss {loss}"
-        else:
-            text = f"{template} {mark}"
-        if phase != "Succeeded" and node.get("message"):
-            text += f" ({node['message']})"
         with self.lock:
-            print(f"{stamp} {text.strip()}", file=self.out, flush=True)
-
-
-def _round_text(value: Any) -> str:
-    """A round input as shown: the loop label (``round 3``) as is, a bare number prefixed."""
-    text = str(value)
-    return f"round {text}" if text.isdigit() else text
-
-
-def _num(value: Any, fmt: str = ".4f") -> str:
-    try:
-        return format(float(value), fmt)
-    except (TypeError, ValueError):
-        return "?"
+            print(f"{stamp} {step_line(step_of(node))}", file=self.out, flush=True)
 
 
 @click.command("run")

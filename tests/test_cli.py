@@ -119,3 +119,42 @@ def test_step_process_does_not_import_tensorflow_or_mlflow_or_hera():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_run_progress_prints_one_line_per_finished_pod_like_watch():
+    import io
+
+    from pipelines.commands import Progress
+
+    def pod(template, phase, inputs, outputs=None, message="", nid=None):
+        return {
+            "id": nid or f"{template}-{phase}",
+            "type": "Pod",
+            "templateName": template,
+            "phase": phase,
+            "inputs": {"parameters": [{"name": k, "value": v} for k, v in inputs.items()]},
+            "outputs": {"parameters": [{"name": k, "value": v} for k, v in (outputs or {}).items()]},
+            "message": message,
+        }
+
+    out = io.StringIO()
+    progress = Progress(out)
+    train = pod(
+        "train",
+        "Succeeded",
+        {"round": "round 2", "clients": "round 2 / client 7"},
+        {"loss": "0.5", "accuracy": "0.8"},
+    )
+    progress(train)
+    progress(train)  # the same event again: printed once
+    progress({**train, "phase": "Running", "id": "other"})  # not finished: nothing
+    progress(
+        pod("aggregate", "Failed", {"round": "round 2"}, message="only 1 valid update, min-clients is 2")
+    )
+    progress(pod("evaluate", "Succeeded", {"round": "round 3"}, {"loss": "0.25", "accuracy": "0.9"}))
+    lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == [
+        "round 2 / client 7 ✔ train loss 0.5000 acc 0.8000",
+        "round 2 ✖ aggregate (only 1 valid update, min-clients is 2)",
+        "round 3 ✔ test accuracy 0.9000 loss 0.2500",
+    ]
