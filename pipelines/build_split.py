@@ -48,7 +48,7 @@ from pipelines.workflow_parts import (
 )
 from steps.labels import client_sequence_format
 from steps.settings import Settings, SettingsError
-from steps.split.settings import SplitOptions
+from steps.split.settings import SPLIT_STRATEGY_NOTE, SplitOptions
 
 __all__ = ["SplitExperimentConfig", "build_split_workflow", "split_config"]
 
@@ -76,6 +76,8 @@ def split_config(
     """Validate the ``split:`` section of a ``kind: split`` config."""
     if not isinstance(split, dict):
         raise ConfigError(f"{where}: split: expected a mapping, got {type(split).__name__}")
+    if settings.strategy != "fedavg":
+        raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
     try:
         options = SplitOptions.from_mapping(split, where=where)
     except SettingsError as exc:

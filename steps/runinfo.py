@@ -32,7 +32,8 @@ def store_from_env() -> Store:
 
 @dataclass(frozen=True)
 class RunLayout:
-    """Keys of one run: ``<experiment>/<run>/round-NNNN/{global,updates/client-N,plan.json,eval.json}``."""
+    """Keys of one run: ``<experiment>/<run>/round-NNNN/{global,updates/client-N,plan.json,eval.json}``
+    (and ``server-state`` for strategies with a server optimizer)."""
 
     run_key: str
 
@@ -44,6 +45,10 @@ class RunLayout:
 
     def update_key(self, round: int, client: str) -> str:
         return join_key(self.round_prefix(round), "updates", f"client-{client}")
+
+    def server_state_key(self, round: int) -> str:
+        """The server optimizer's state after ``round`` (fedavgm, fedadam)."""
+        return join_key(self.round_prefix(round), "server-state")
 
     def plan_key(self, round: int) -> str:
         return join_key(self.round_prefix(round), "plan.json")

@@ -61,6 +61,9 @@ def _model(value: Any) -> str | None:
     return "must be a built-in model (cnn, mlp) or 'package.module:factory'"
 
 
+FEDADAM_MAX_SERVER_LR = 0.5
+
+
 @dataclass(frozen=True)
 class Settings:
     """The settings of one federated experiment (see ``configs/`` for annotated examples)."""
@@ -120,7 +123,24 @@ class Settings:
         default=0, metadata={"help": "seed for init, sampling, partitioning, training", "check": _at_least(0)}
     )
     strategy: str = field(
-        default="fedavg", metadata={"help": "aggregation strategy", "check": _choice("fedavg")}
+        default="fedavg",
+        metadata={
+            "help": "aggregation: fedavg, fedavgm (server momentum) or fedadam (server Adam)",
+            "check": _choice("fedavg", "fedavgm", "fedadam"),
+        },
+    )
+    server_lr: float = field(
+        default=1.0,
+        metadata={"help": "server learning rate η of fedavgm / fedadam (fedadam: ~0.01)", "check": _positive},
+    )
+    server_momentum: float = field(
+        default=0.9, metadata={"help": "server momentum β (fedadam: β1)", "check": _momentum}
+    )
+    server_beta2: float = field(
+        default=0.99, metadata={"help": "fedadam's second-moment decay β2", "check": _momentum}
+    )
+    server_tau: float = field(
+        default=1e-3, metadata={"help": "fedadam's adaptivity τ (added to √v)", "check": _positive}
     )
     threads: int = field(
         default=1,
@@ -141,6 +161,20 @@ class Settings:
                 raise SettingsError(f"{f.name}: {problem}, got {value!r}")
         if self.min_clients > self.clients:
             raise SettingsError(f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}")
+        if self.strategy == "fedadam" and self.server_lr > FEDADAM_MAX_SERVER_LR:
+            raise SettingsError(
+                f"server_lr: fedadam moves every weight by about server_lr per round, so use 0.001–0.1 "
+                f"(at most {FEDADAM_MAX_SERVER_LR}), got {self.server_lr!r}"
+            )
+
+    def server_options(self) -> dict[str, float]:
+        """The server optimizer's options, as :func:`steps.strategies.get_strategy` takes them."""
+        return {
+            "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
+            "server_beta2": self.server_beta2,
+            "server_tau": self.server_tau,
+        }
 
     @classmethod
     def from_mapping(

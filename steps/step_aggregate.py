@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+
+import numpy as np
 
 from steps import tracking
 from steps.checkpoint import (
@@ -23,8 +25,9 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
-from steps.runinfo import RunError, open_run
-from steps.strategies import AggregationError, ClientUpdate, get_strategy
+from steps.runinfo import RunError, RunLayout, open_run
+from steps.store import Store
+from steps.strategies import AggregationError, ClientUpdate, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +84,13 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             if client in rejected:
                 log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
 
-    strategy = get_strategy(s.strategy)
+    strategy = get_strategy(s.strategy, **s.server_options())
+    state = _load_state(store, layout, round, strategy, previous.arrays)
     try:
-        weights, metrics = strategy.aggregate(previous.arrays, updates())
+        weights, metrics, new_state = strategy.aggregate(previous.arrays, updates(), state)
     except AggregationError as exc:
         if not accepted:
-            weights, metrics = {}, {}
+            weights, metrics, new_state = {}, {}, {}
         else:
             raise AggregationError(f"round {round}: {exc}") from None
     if len(accepted) < s.min_clients:
@@ -96,6 +100,10 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             f"{s.min_clients}; global checkpoint not written (rejected: {sorted(rejected, key=int)})"
         )
     metrics["rejected"] = float(len(rejected))
+    if strategy.stateful and not checkpoint_exists(store, layout.server_state_key(round)):
+        # before the global checkpoint: a committed global always has its state (a retried step
+        # that finds the state already written recomputes the same bytes and keeps it)
+        save_checkpoint(store, layout.server_state_key(round), new_state, round=round)
     uri = save_checkpoint(
         store,
         global_key,
@@ -114,6 +122,24 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
                 to_log[f"client_{update.client}_train_{key}"] = update.metrics[key]
     tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
     return metrics
+
+
+def _load_state(
+    store: Store, layout: RunLayout, round: int, strategy: Strategy, global_weights: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The server optimizer's state after ``round - 1`` (empty before the first round)."""
+    if not strategy.stateful or round == 1:
+        return {}
+    specs = specs_of(global_weights)
+    like = {name: specs[name.split("/", 1)[1]] for name in strategy.state_names(global_weights)}
+    key = layout.server_state_key(round - 1)
+    try:
+        return dict(load_checkpoint(store, key, like=like).arrays)
+    except CheckpointNotFound:
+        raise RunError(
+            f"round {round} ({strategy.name}) needs the server state of round {round - 1} at "
+            f"{store.key_uri(key)}, which does not exist"
+        ) from None
 
 
 def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:

@@ -12,12 +12,20 @@ import os
 import numpy as np
 
 from steps import tracking
-from steps.checkpoint import CheckpointNotFound, load_checkpoint, save_checkpoint, specs_of
+from steps.checkpoint import (
+    CheckpointNotFound,
+    checkpoint_exists,
+    checkpoint_keys,
+    load_checkpoint,
+    save_checkpoint,
+    specs_of,
+)
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.runinfo import RunError, RunLayout, RunRecord, now, store_from_env
 from steps.settings import Settings
 from steps.store import Store
+from steps.strategies import get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,8 @@ def run(
     weights = backend.get_weights(model)
     if start_round > 1:
         uri = _resume(store, layout, RunLayout(resume_from), start_round, weights)
+        if get_strategy(settings.strategy, **settings.server_options()).stateful:
+            _resume_server_state(store, layout, RunLayout(resume_from), start_round - 1, settings.strategy)
     else:
         uri = save_checkpoint(store, layout.global_key(0), weights, round=0)
         log.info("round-0 global checkpoint written to %s", uri)
@@ -76,6 +86,18 @@ def run(
     url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
     log.info("MLflow run %s created for experiment %s %s", ref.run_id, settings.experiment, url)
     return {"mlflow-run-id": ref.run_id, "mlflow-run-url": url, "global": uri}
+
+
+def _resume_server_state(store: Store, layout: RunLayout, previous: RunLayout, last: int, name: str) -> None:
+    """Copy the earlier run's server optimizer state after round ``last`` (its blob and manifest)."""
+    source = previous.server_state_key(last)
+    if not checkpoint_exists(store, source):
+        raise RunError(
+            f"cannot resume a {name} run from {previous.run_key}: it has no server state for round {last} "
+            f"at {store.key_uri(source)} (was it run with another strategy?)"
+        )
+    for src, dst in zip(checkpoint_keys(source), checkpoint_keys(layout.server_state_key(last)), strict=True):
+        store.put_bytes(dst, store.get_bytes(src))
 
 
 def _resume(

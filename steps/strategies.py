@@ -3,21 +3,31 @@
 Aggregation streams: updates arrive one at a time (``Iterable``), each is folded into a float64
 running sum and dropped, so memory is O(model), not O(clients × model). Summation order is the
 iteration order; callers sort updates (e.g. by client id) for reproducible bytes.
+
+* ``fedavg`` — McMahan et al. 2017: the example-weighted mean of the clients' weights.
+* ``fedavgm``, ``fedadam`` — server optimizers (Hsu et al. 2019; Reddi et al. 2021, "Adaptive
+  Federated Optimization"): the FedAvg mean minus the global weights is a pseudo-gradient Δ, and the
+  server steps the global model along it with momentum or Adam. Their optimizer state (named arrays
+  ``m/<tensor>``, ``v/<tensor>``) goes in and out of :meth:`Strategy.aggregate`, so the caller decides
+  where it lives between rounds. Non-float tensors (counters) take the plain mean.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 __all__ = [
     "STRATEGIES",
+    "Aggregate",
     "AggregationError",
     "ClientUpdate",
+    "FedAdam",
     "FedAvg",
+    "FedAvgM",
     "Strategy",
     "WeightedAverage",
     "fedavg",
@@ -103,15 +113,31 @@ def _accumulate(acc: np.ndarray, array: np.ndarray, weight: float) -> None:
         flat_acc[start : start + _CHUNK] += chunk
 
 
+class Aggregate(NamedTuple):
+    """A strategy's result: new global weights, example-weighted client metrics, optimizer state."""
+
+    weights: dict[str, np.ndarray]
+    metrics: dict[str, float]
+    state: dict[str, np.ndarray]
+
+
 class Strategy(Protocol):
-    """An aggregation rule: previous global weights + client updates → new global weights."""
+    """An aggregation rule: previous global weights + client updates (+ its state) → new global weights."""
 
     name: str
+    stateful: bool
 
     def aggregate(
-        self, global_weights: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]
-    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """Return the new global weights and the aggregated (example-weighted) client metrics."""
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        updates: Iterable[ClientUpdate],
+        state: Mapping[str, np.ndarray],
+    ) -> Aggregate:
+        """The new global weights, the aggregated client metrics and the state for the next round."""
+        ...
+
+    def state_names(self, global_weights: Mapping[str, np.ndarray]) -> list[str]:
+        """Names of the state tensors kept between rounds (none for a stateless strategy)."""
         ...
 
 
@@ -119,10 +145,14 @@ class FedAvg:
     """FedAvg (McMahan et al. 2017): the example-weighted mean of the clients' weights."""
 
     name = "fedavg"
+    stateful = False
 
     def aggregate(
-        self, global_weights: Mapping[str, np.ndarray], updates: Iterable[ClientUpdate]
-    ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        updates: Iterable[ClientUpdate],
+        state: Mapping[str, np.ndarray] | None = None,
+    ) -> Aggregate:
         mean = WeightedAverage()
         metric_sums: dict[str, float] = {}
         for update in updates:
@@ -134,18 +164,149 @@ class FedAvg:
         metrics = {key: total / mean.total_weight for key, total in metric_sums.items()}
         metrics["examples"] = mean.total_weight
         metrics["clients"] = float(mean.count)
-        return weights, metrics
+        return Aggregate(weights, metrics, {})
+
+    def state_names(self, global_weights: Mapping[str, np.ndarray]) -> list[str]:
+        return []
 
 
-STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg}
+class _ServerOptimizer:
+    """FedAvg, then a server optimizer step along the pseudo-gradient Δ = mean − global (float64 math)."""
+
+    name = ""
+    stateful = True
+    slots: tuple[str, ...] = ()
+
+    def aggregate(
+        self,
+        global_weights: Mapping[str, np.ndarray],
+        updates: Iterable[ClientUpdate],
+        state: Mapping[str, np.ndarray],
+    ) -> Aggregate:
+        mean, metrics, _ = FedAvg().aggregate(global_weights, updates)
+        weights: dict[str, np.ndarray] = {}
+        new_state: dict[str, np.ndarray] = {}
+        for name, average in mean.items():
+            current = global_weights[name]
+            if not np.issubdtype(current.dtype, np.floating):
+                weights[name] = average
+                continue
+            before = current.astype(np.float64)
+            delta = average.astype(np.float64) - before
+            previous = {slot: _slot(state, slot, name, current) for slot in self.slots}
+            step, slots = self._step(delta, previous)
+            weights[name] = (before + step).astype(current.dtype)
+            for slot, value in slots.items():
+                new_state[f"{slot}/{name}"] = value.astype(current.dtype)
+        return Aggregate(weights, metrics, new_state)
+
+    def state_names(self, global_weights: Mapping[str, np.ndarray]) -> list[str]:
+        """The state tensors this strategy keeps for ``global_weights`` (float tensors only)."""
+        return [
+            f"{slot}/{name}"
+            for slot in self.slots
+            for name, value in global_weights.items()
+            if np.issubdtype(value.dtype, np.floating)
+        ]
+
+    def _step(
+        self, delta: np.ndarray, previous: Mapping[str, np.ndarray | None]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        raise NotImplementedError
 
 
-def get_strategy(name: str) -> Strategy:
-    """The strategy called ``name``."""
-    try:
-        return STRATEGIES[name]()
-    except KeyError:
-        raise AggregationError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}") from None
+def _slot(state: Mapping[str, np.ndarray], slot: str, name: str, like: np.ndarray) -> np.ndarray | None:
+    value = state.get(f"{slot}/{name}")
+    if value is None:
+        return None
+    if value.shape != like.shape:
+        raise AggregationError(
+            f"server state {slot}/{name} has shape {tuple(value.shape)}, expected {tuple(like.shape)}"
+        )
+    return value.astype(np.float64)
+
+
+class FedAvgM(_ServerOptimizer):
+    """Server momentum (Hsu et al. 2019): ``m = β·m + Δ`` (``m = Δ`` at first), ``w += η·m``.
+
+    With ``server_lr=1`` and ``server_momentum=0`` this is FedAvg.
+    """
+
+    name = "fedavgm"
+    slots = ("m",)
+
+    def __init__(self, *, server_lr: float = 1.0, server_momentum: float = 0.9) -> None:
+        _check_hyper(server_lr=server_lr, server_momentum=server_momentum)
+        self.lr = server_lr
+        self.momentum = server_momentum
+
+    def _step(
+        self, delta: np.ndarray, previous: Mapping[str, np.ndarray | None]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        m = previous["m"]
+        m = delta if m is None else self.momentum * m + delta
+        return self.lr * m, {"m": m}
+
+
+class FedAdam(_ServerOptimizer):
+    """Server Adam (Reddi et al. 2021): ``m = β1·m + (1−β1)·Δ``, ``v = β2·v + (1−β2)·Δ²``,
+    ``w += η·m / (√v + τ)``, with ``m = v = 0`` before the first round."""
+
+    name = "fedadam"
+    slots = ("m", "v")
+
+    def __init__(
+        self,
+        *,
+        server_lr: float = 0.01,
+        server_momentum: float = 0.9,
+        server_beta2: float = 0.99,
+        server_tau: float = 1e-3,
+    ) -> None:
+        _check_hyper(
+            server_lr=server_lr,
+            server_momentum=server_momentum,
+            server_beta2=server_beta2,
+            server_tau=server_tau,
+        )
+        self.lr = server_lr
+        self.beta1 = server_momentum
+        self.beta2 = server_beta2
+        self.tau = server_tau
+
+    def _step(
+        self, delta: np.ndarray, previous: Mapping[str, np.ndarray | None]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        m0, v0 = previous["m"], previous["v"]
+        m = (1 - self.beta1) * delta + (0.0 if m0 is None else self.beta1 * m0)
+        v = (1 - self.beta2) * delta * delta + (0.0 if v0 is None else self.beta2 * v0)
+        return self.lr * m / (np.sqrt(v) + self.tau), {"m": m, "v": v}
+
+
+def _check_hyper(**values: float) -> None:
+    for name, value in values.items():
+        ok = value > 0 if name in ("server_lr", "server_tau") else 0 <= value < 1
+        if not (ok and np.isfinite(value)):
+            expected = "> 0" if name in ("server_lr", "server_tau") else "in [0, 1)"
+            raise AggregationError(f"{name} must be {expected}, got {value!r}")
+
+
+STRATEGIES: dict[str, type[FedAvg] | type[FedAvgM] | type[FedAdam]] = {
+    "fedavg": FedAvg,
+    "fedavgm": FedAvgM,
+    "fedadam": FedAdam,
+}
+
+
+def get_strategy(name: str, **options: float) -> Strategy:
+    """The strategy called ``name``, with the server options it takes (others are ignored)."""
+    if name not in STRATEGIES:
+        raise AggregationError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    if name == "fedavg":
+        return FedAvg()
+    if name == "fedavgm":
+        return FedAvgM(**{k: v for k, v in options.items() if k in ("server_lr", "server_momentum")})
+    return FedAdam(**options)
 
 
 def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], int]]) -> dict[str, np.ndarray]:

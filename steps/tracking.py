@@ -8,9 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["RunRef", "TrackingError", "create_run", "end_run", "log_dict", "log_metrics", "run_url"]
+__all__ = [
+    "RunRef",
+    "TrackingError",
+    "create_run",
+    "end_run",
+    "local_artifact_location",
+    "log_dict",
+    "log_metrics",
+    "run_url",
+]
 
 
 class RunRef(NamedTuple):
@@ -31,7 +41,8 @@ def _client() -> Any:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient()
+    # the environment is the source of truth for steps (an in-process mlflow.set_tracking_uri is not)
+    return MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
 
 
 def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -54,7 +65,10 @@ def create_run(
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        experiment_id = _call("create the experiment", client.create_experiment, experiment)
+        location = local_artifact_location(os.environ.get("MLFLOW_TRACKING_URI", ""))
+        experiment_id = _call(
+            "create the experiment", client.create_experiment, experiment, artifact_location=location
+        )
     run = _call("create a run", client.create_run, experiment_id, tags=dict(tags), run_name=run_name)
     run_id: str = run.info.run_id
     _call(
@@ -65,6 +79,16 @@ def create_run(
         tags=[RunTag(k, v) for k, v in tags.items()],
     )
     return RunRef(str(experiment_id), run_id)
+
+
+def local_artifact_location(tracking_uri: str) -> str | None:
+    """Where a local (``sqlite:///``) tracking store keeps artifacts: ``mlartifacts/`` beside the
+    database. MLflow's own default, ``./mlruns``, is relative to whichever step process created the
+    experiment. Servers choose for themselves (None)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    return (database.resolve().parent / "mlartifacts").as_uri()
 
 
 def run_url(ui: str, ref: RunRef) -> str:

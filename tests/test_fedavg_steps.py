@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from steps import step_aggregate, step_distribute, step_init, step_train
+from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
 from steps.checkpoint import CheckpointExists, load_checkpoint, save_checkpoint
 from steps.cli import step as step_cli
 from steps.data import DatasetError, load_dataset
 from steps.frameworks import get_backend
 from steps.partition import client_seed
 from steps.runinfo import RunError, RunLayout
-from steps.settings import Settings
+from steps.settings import Settings, SettingsError
 from steps.store import FileStore
 
 
@@ -272,3 +272,78 @@ def test_train_refuses_clients_of_another_round_or_out_of_range(env):
     with pytest.raises(RunError, match=r"bad client '3' in 'round 1 / clients 0,3': expected indices 0..2"):
         step_train.run(run_key="steps-test/labels", round=1, clients="round 1 / clients 0,3")
     assert not env.exists(RunLayout("steps-test/labels").update_key(1, "0") + ".json")
+
+
+# ------------------------------------------------------------------------- server optimizers (FedOpt)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "options"),
+    [("fedavgm", {"server_lr": 1.0, "server_momentum": 0.5}), ("fedadam", {"server_lr": 0.01})],
+)
+def test_server_optimizer_learns_keeps_state_and_resumes_byte_identically(env, strategy, options):
+    s = settings(clients=3, rounds=3, data_limit=1500, strategy=strategy, **options)
+    run_rounds(s, f"steps-test/{strategy}-full", 3)
+    full = RunLayout(f"steps-test/{strategy}-full")
+    # each round's optimizer state is a checked checkpoint: m/<tensor> (and v/ for Adam) per tensor
+    state = load_checkpoint(env, full.server_state_key(3)).arrays
+    weights = load_checkpoint(env, full.global_key(3)).arrays
+    slots = ("m", "v") if strategy == "fedadam" else ("m",)
+    assert sorted(state) == sorted(f"{slot}/{name}" for slot in slots for name in weights)
+    assert all(np.isfinite(a).all() for a in state.values())
+    # learning happened: the round-3 model beats chance (0.1) on held-out data by far
+    assert step_evaluate.run(run_key=f"steps-test/{strategy}-full", round=3)["accuracy"] > 0.5
+
+    # resuming at round 3 from a run that stopped after round 2 copies the state: same bytes
+    run_rounds(s, f"steps-test/{strategy}-part", 2)
+    resumed = f"steps-test/{strategy}-resumed"
+    step_init.run(
+        s, run_key=resumed, workflow_name="r", workflow_uid="u", start_round=3,
+        resume_from=f"steps-test/{strategy}-part",
+    )  # fmt: skip
+    for group in step_distribute.run(run_key=resumed, round=3):
+        step_train.run(run_key=resumed, round=3, clients=group)
+    step_aggregate.run(run_key=resumed, round=3)
+    assert env.get_bytes(RunLayout(resumed).global_key(3) + ".safetensors") == env.get_bytes(
+        full.global_key(3) + ".safetensors"
+    )
+
+
+def test_server_state_problems_are_clear(env):
+    s = settings(clients=2, rounds=3, strategy="fedavgm")
+    run_rounds(s, "steps-test/mom", 1)
+    layout = RunLayout("steps-test/mom")
+    for group in step_distribute.run(run_key="steps-test/mom", round=2):
+        step_train.run(run_key="steps-test/mom", round=2, clients=group)
+    env.delete(layout.server_state_key(1) + ".json")
+    with pytest.raises(
+        RunError, match=r"round 2 \(fedavgm\) needs the server state of round 1 at .*server-state"
+    ):
+        step_aggregate.run(run_key="steps-test/mom", round=2)
+    assert not env.exists(layout.global_key(2) + ".json")
+    # a stateful run cannot continue a run that kept no state
+    run_rounds(settings(clients=2, rounds=3), "steps-test/plain", 1)
+    with pytest.raises(
+        RunError, match="cannot resume a fedavgm run from steps-test/plain: it has no server state"
+    ):
+        step_init.run(
+            s, run_key="steps-test/mom2", workflow_name="w", workflow_uid="u", start_round=2,
+            resume_from="steps-test/plain",
+        )  # fmt: skip
+    with pytest.raises(SettingsError, match=r"server_lr: fedadam moves every weight by about server_lr"):
+        settings(strategy="fedadam")  # server_lr defaults to 1.0, far too large for Adam
+
+
+def test_local_mlflow_artifacts_live_beside_the_database_not_in_the_step_cwd(env, tmp_path, monkeypatch):
+    """With a sqlite tracking store, MLflow's default artifact root is ./mlruns of whichever process
+    created the experiment (a step's scratch directory); argofl puts it beside the database."""
+    from mlflow.tracking import MlflowClient
+
+    scratch = tmp_path / "step-cwd"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    step_init.run(settings(), run_key="steps-test/art", workflow_name="w", workflow_uid="u")
+    experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("steps-test")
+    assert experiment is not None
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert not (scratch / "mlruns").exists()

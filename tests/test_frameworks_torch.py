@@ -230,20 +230,19 @@ def test_bad_model_references(
         build(backend, ref)
 
 
-def test_log_model_to_the_active_run(backend: Backend, tmp_path: Path) -> None:
+def test_log_model_to_the_active_run(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     mlflow = pytest.importorskip("mlflow")
     model = build(backend, "mlp")
     with pytest.raises(FrameworkError, match="no active mlflow run"):
         backend.log_model(model, name="global")
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    try:
-        with mlflow.start_run():
-            uri = backend.log_model(model, name="global", input_example=np.zeros((2, 28, 28, 1), np.uint8))
-        loaded = mlflow.pytorch.load_model(uri)
-        assert_same(backend.get_weights(loaded), backend.get_weights(model))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    # through the environment, as steps are configured: mlflow.set_tracking_uri would outlive this test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    with mlflow.start_run():
+        uri = backend.log_model(model, name="global", input_example=np.zeros((2, 28, 28, 1), np.uint8))
+    loaded = mlflow.pytorch.load_model(uri)
+    assert_same(backend.get_weights(loaded), backend.get_weights(model))
 
 
 def run_isolated(code: str) -> str:

@@ -479,3 +479,26 @@ def test_retry_expression_sees_last_retry(tmp_path: Path) -> None:
     codes = [result.status["nodes"][c]["outputs"]["exitCode"] for c in retry["children"]]
     assert codes == ["2", "2", "3"]
     assert retry["message"] == "retryStrategy.expression evaluated to false"
+
+
+def test_loop_children_are_listed_in_index_order_whatever_thread_came_first(tmp_path: Path) -> None:
+    """Loop children start on their own threads; the group lists them by index, as Argo does."""
+    from pipelines.local.engine import Engine
+    from steps.store import FileStore
+
+    engine = Engine(
+        name="wf", uid="u", metadata={}, spec={}, templates={}, parameters=[], run_dir=tmp_path,
+        store=FileStore(tmp_path / "store"), env=None, on_node=None, parallelism=None,
+    )  # fmt: skip
+    group = engine._create("wf.map", "TaskGroup", "Running", boundary_id=None, parents=[], template_name="m")
+    other = engine._create(
+        "wf.other", "Pod", "Running", boundary_id=None, parents=[group.id], template_name="o"
+    )
+    for index in (2, 0, 3, 1):  # the order threads happened to get there
+        engine._create(
+            f"wf.map({index}:item {index})", "Pod", "Running",
+            boundary_id=None, parents=[group.id], template_name="m",
+        )  # fmt: skip
+    names = [engine.nodes[c].name for c in group.children]
+    assert names == ["wf.other", *(f"wf.map({i}:item {i})" for i in range(4))]
+    assert other.id in group.children

@@ -131,7 +131,6 @@ def test_pipeline_against_s3_and_mlflow_server(
     ]
     assert "round 1 / clients 0,1 ✔ train loss" in result.output
 
-    mlflow.set_tracking_uri(mlflow_server.uri)
     model = mlflow.pytorch.load_model(summary["mlflow_model_uri"])
     import torch
 

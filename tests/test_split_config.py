@@ -47,6 +47,10 @@ def test_default_kind_is_fedavg():
         (_doc(idle_timeout=True), r"split\.idle_timeout: expected int, got bool True"),
         (_doc(port=80), r"split\.port"),
         ({"experiment": "x", "split": {"mode": "vanilla"}}, "unknown setting 'split'"),
+        (
+            {**_doc(mode="splitfed"), "strategy": "fedavgm"},
+            r"t\.yaml: strategy: split learning averages SplitFed bottoms with FedAvg: only strategy fedavg",
+        ),
     ],
 )
 def test_bad_split_configs_are_refused_with_the_key(doc, fragment):
@@ -75,3 +79,16 @@ def test_bad_cut_fails_at_init_not_silently(tmp_path):
 
     with pytest.raises(FrameworkError, match=r"split\.cut='nope'"):
         build_halves(s.model, o.cut, input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1)
+
+
+def test_a_strategy_override_at_submit_time_fails_split_init(tmp_path, monkeypatch):
+    """`-p strategy=fedadam` bypasses the config check; split init refuses it before writing anything."""
+    from steps.runinfo import RunError
+    from steps.settings import Settings
+    from steps.split import steps as split_steps
+
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    settings = Settings.from_mapping({"experiment": "x", "strategy": "fedavgm"})
+    with pytest.raises(RunError, match="strategy: split learning averages SplitFed bottoms with FedAvg"):
+        split_steps.init(settings, SplitOptions(), run_key="x/run", workflow_name="run", workflow_uid="u")
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*"))

@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from steps.strategies import AggregationError, ClientUpdate, FedAvg, WeightedAverage, fedavg, get_strategy
+from steps.strategies import (
+    AggregationError,
+    ClientUpdate,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    WeightedAverage,
+    fedavg,
+    get_strategy,
+)
 
 
 def test_weighted_average_exact_on_hand_made_arrays():
@@ -39,7 +48,8 @@ def test_fedavg_strategy_weights_metrics_by_examples():
         ClientUpdate("0", {"w": np.zeros(3, np.float32)}, 100, {"loss": 1.0, "accuracy": 0.5}),
         ClientUpdate("1", {"w": np.ones(3, np.float32)}, 300, {"loss": 2.0, "accuracy": 0.9}),
     ]
-    weights, metrics = FedAvg().aggregate({"w": np.zeros(3, np.float32)}, iter(updates))
+    weights, metrics, state = FedAvg().aggregate({"w": np.zeros(3, np.float32)}, iter(updates))
+    assert state == {}
     np.testing.assert_allclose(weights["w"], 0.75)
     assert metrics["loss"] == pytest.approx(1.75)
     assert metrics["accuracy"] == pytest.approx(0.8)
@@ -102,3 +112,107 @@ def test_peak_memory_of_streaming_many_updates_stays_near_one_model():
     assert float(out["w"][0, 0]) == pytest.approx(24.5)
     # float64 accumulator (2 models) + the update being folded (1) + the float32 result (1).
     assert peak < 4.5 * model_bytes, f"peak {peak / model_bytes:.1f} models"
+
+
+# ------------------------------------------------------------------------------------ server optimizers
+
+
+def _round(rng: np.random.Generator, global_w: dict[str, np.ndarray], clients: int = 3) -> list[ClientUpdate]:
+    """Client updates near ``global_w`` (a float tensor and an integer counter), random example counts."""
+    return [
+        ClientUpdate(
+            str(c),
+            {
+                "w": (global_w["w"] + rng.standard_normal(global_w["w"].shape)).astype(np.float32),
+                "n": global_w["n"] + int(rng.integers(1, 5)),
+            },
+            int(rng.integers(10, 100)),
+            {"loss": float(rng.random())},
+        )
+        for c in range(clients)
+    ]
+
+
+def _mean(updates: list[ClientUpdate], name: str) -> np.ndarray:
+    total = sum(u.examples for u in updates)
+    acc = np.zeros(updates[0].arrays[name].shape, np.float64)
+    for u in updates:
+        acc += u.arrays[name].astype(np.float64) * u.examples
+    return acc / total
+
+
+def test_fedavgm_is_server_momentum_over_the_pseudo_gradient():
+    rng = np.random.default_rng(5)
+    w: dict[str, np.ndarray] = {
+        "w": rng.standard_normal((4, 3)).astype(np.float32),
+        "n": np.array([7], np.int64),
+    }
+    strategy = get_strategy("fedavgm", server_lr=0.7, server_momentum=0.5, server_beta2=0.3)
+    assert isinstance(strategy, FedAvgM)
+    assert strategy.stateful
+    assert strategy.state_names(w) == ["m/w"]  # no state for the integer counter
+    state: dict[str, np.ndarray] = {}
+    m = None
+    for _ in range(3):
+        updates = _round(rng, w)
+        delta = _mean(updates, "w") - w["w"].astype(np.float64)
+        m = delta if m is None else 0.5 * m + delta
+        expected = (w["w"].astype(np.float64) + 0.7 * m).astype(np.float32)
+        new, metrics, state = strategy.aggregate(w, iter(updates), state)
+        np.testing.assert_allclose(new["w"], expected, rtol=1e-6)
+        np.testing.assert_allclose(state["m/w"], m, rtol=1e-5)
+        m = state["m/w"].astype(np.float64)  # the state is kept in the tensor's dtype (float32)
+        assert new["n"].tolist() == [int(np.rint(_mean(updates, "n")[0]))]  # counters: plain mean
+        assert metrics["clients"] == 3
+        w = new
+
+
+def test_fedavgm_with_lr_1_and_no_momentum_is_fedavg():
+    rng = np.random.default_rng(6)
+    w: dict[str, np.ndarray] = {
+        "w": rng.standard_normal((50,)).astype(np.float32),
+        "n": np.array([1], np.int64),
+    }
+    updates = _round(rng, w, clients=4)
+    plain, _, _ = FedAvg().aggregate(w, iter(updates))
+    momentum, _, _ = FedAvgM(server_lr=1.0, server_momentum=0.0).aggregate(w, iter(updates), {})
+    np.testing.assert_allclose(momentum["w"], plain["w"], rtol=0, atol=1e-6)
+    assert momentum["n"].tolist() == plain["n"].tolist()
+
+
+def test_fedadam_follows_reddi_et_al():
+    rng = np.random.default_rng(7)
+    w: dict[str, np.ndarray] = {
+        "w": rng.standard_normal((6,)).astype(np.float32),
+        "n": np.array([0], np.int64),
+    }
+    strategy = FedAdam(server_lr=0.01, server_momentum=0.9, server_beta2=0.99, server_tau=1e-3)
+    assert strategy.state_names(w) == ["m/w", "v/w"]
+    state: dict[str, np.ndarray] = {}
+    m = v = np.zeros(6)
+    for _ in range(3):
+        updates = _round(rng, w)
+        delta = _mean(updates, "w") - w["w"].astype(np.float64)
+        m = 0.9 * m + 0.1 * delta
+        v = 0.99 * v + 0.01 * delta**2
+        expected = w["w"].astype(np.float64) + 0.01 * m / (np.sqrt(v) + 1e-3)
+        new, _, state = strategy.aggregate(w, iter(updates), state)
+        np.testing.assert_allclose(new["w"], expected.astype(np.float32), rtol=1e-6)
+        np.testing.assert_allclose(state["v/w"], v, rtol=1e-5)
+        m, v = state["m/w"].astype(np.float64), state["v/w"].astype(np.float64)
+        # an Adam step moves each weight by at most about server_lr
+        assert np.abs(new["w"].astype(np.float64) - w["w"]).max() <= 0.01 / np.sqrt(0.1) + 1e-6
+        w = new
+
+
+def test_server_options_are_checked_and_state_of_the_wrong_shape_refused():
+    with pytest.raises(AggregationError, match="server_momentum must be in"):
+        FedAvgM(server_momentum=1.0)
+    with pytest.raises(AggregationError, match="server_lr must be > 0, got -1"):
+        FedAdam(server_lr=-1)
+    with pytest.raises(AggregationError, match="server_tau must be > 0, got nan"):
+        FedAdam(server_tau=float("nan"))
+    w: dict[str, np.ndarray] = {"w": np.zeros(3, np.float32), "n": np.array([0], np.int64)}
+    updates = _round(np.random.default_rng(0), w)
+    with pytest.raises(AggregationError, match=r"server state m/w has shape \(4,\), expected \(3,\)"):
+        FedAvgM().aggregate(w, iter(updates), {"m/w": np.zeros(4, np.float32)})

@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -31,6 +32,10 @@ from pipelines.local.templating import NONE, substitute
 from steps.store import Store
 
 __all__ = ["Call", "Daemon", "WorkflowState"]
+
+
+_LOOP_CHILD = re.compile(r"^(.*)\((\d+):[^()]*\)$")
+"""A loop child's node name, ``<loop node name>(<index>:<item>)`` (the item has no parentheses)."""
 
 
 @dataclass
@@ -248,10 +253,22 @@ class WorkflowState(ABC):
         return node
 
     def _link(self, parent_id: str, child_id: str) -> None:
+        """Make ``child_id`` a child of ``parent_id``. Loop children are created by concurrent threads;
+        they are kept in index order, as Argo's controller creates them."""
         with self.lock:
             parent = self.nodes.get(parent_id)
-            if parent is not None and child_id not in parent.children:
-                parent.children.append(child_id)
+            if parent is None or child_id in parent.children:
+                return
+            position = len(parent.children)
+            loop = _LOOP_CHILD.match(self.nodes[child_id].name)
+            if loop is not None:
+                base, index = loop.group(1), int(loop.group(2))
+                for i, sibling_id in enumerate(parent.children):
+                    sibling = _LOOP_CHILD.match(self.nodes[sibling_id].name)
+                    if sibling is not None and sibling.group(1) == base and int(sibling.group(2)) > index:
+                        position = i
+                        break
+            parent.children.insert(position, child_id)
 
     def _set_phase(self, node: Node, phase: str, message: str | None = None) -> Node:
         with self.lock:

@@ -23,9 +23,20 @@ from steps.mapping import dataclass_from_mapping
 from steps.settings import SettingsError
 from steps.store import join_key
 
-__all__ = ["MODES", "SplitOptions", "bottom_key", "options_key", "token_key", "top_key"]
+__all__ = [
+    "MODES",
+    "SPLIT_STRATEGY_NOTE",
+    "SplitOptions",
+    "bottom_key",
+    "options_key",
+    "token_key",
+    "top_key",
+]
 
 MODES = ("vanilla", "splitfed")
+
+
+SPLIT_STRATEGY_NOTE = "split learning averages SplitFed bottoms with FedAvg: only strategy fedavg applies"
 
 
 @dataclass(frozen=True)

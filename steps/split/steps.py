@@ -24,7 +24,14 @@ from steps.labels import LabelError, parse_clients
 from steps.partition import client_seed, partition
 from steps.runinfo import RunError, open_run, store_from_env, write_json
 from steps.settings import Settings
-from steps.split.settings import SplitOptions, bottom_key, options_key, token_key, top_key
+from steps.split.settings import (
+    SPLIT_STRATEGY_NOTE,
+    SplitOptions,
+    bottom_key,
+    options_key,
+    token_key,
+    top_key,
+)
 from steps.store import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +42,8 @@ TOKEN_ENV = "ARGOFL_SPLIT_TOKEN"
 def _check_framework(s: Settings) -> None:
     if s.framework not in ("torch", "tensorflow"):
         raise RunError(f"split learning supports frameworks torch and tensorflow, got {s.framework!r}")
+    if s.strategy != "fedavg":
+        raise RunError(f"strategy: {SPLIT_STRATEGY_NOTE}, got {s.strategy!r}")
 
 
 def halves(framework: str) -> Any:
