@@ -187,7 +187,12 @@ class _ServerOptimizer:
         weights: dict[str, np.ndarray] = {}
         new_state: dict[str, np.ndarray] = {}
         for name, average in mean.items():
-            current = global_weights[name]
+            current = global_weights.get(name)
+            if current is None or current.shape != average.shape:
+                found = "missing" if current is None else f"of shape {tuple(current.shape)}"
+                raise AggregationError(
+                    f"global weights: {name} is {found}, but the updates have it with shape {average.shape}"
+                )
             if not np.issubdtype(current.dtype, np.floating):
                 weights[name] = average
                 continue

@@ -214,5 +214,7 @@ def test_server_options_are_checked_and_state_of_the_wrong_shape_refused():
         FedAdam(server_tau=float("nan"))
     w: dict[str, np.ndarray] = {"w": np.zeros(3, np.float32), "n": np.array([0], np.int64)}
     updates = _round(np.random.default_rng(0), w)
+    with pytest.raises(AggregationError, match=r"global weights: w is missing, but the updates have it"):
+        FedAvgM().aggregate({"n": w["n"]}, iter(updates), {})
     with pytest.raises(AggregationError, match=r"server state m/w has shape \(4,\), expected \(3,\)"):
         FedAvgM().aggregate(w, iter(updates), {"m/w": np.zeros(4, np.float32)})
