@@ -299,7 +299,7 @@ def params(workflow: dict[str, Any]) -> dict[str, str]:
 
 
 def test_submit_sends_the_compiled_manifest_to_argo(argo: FakeArgo, env: dict[str, str]) -> None:
-    result = invoke(["submit", str(CONFIG), "-p", "rounds=20"], env)
+    result = invoke(["submit", str(CONFIG), "-p", "rounds=20", "-p", "mlflow-ui=http://localhost:5000"], env)
     assert result.exit_code == 0, result.output
     [request] = argo.requests
     assert request.method == "POST"
@@ -310,6 +310,8 @@ def test_submit_sends_the_compiled_manifest_to_argo(argo: FakeArgo, env: dict[st
     for p in expected["spec"]["arguments"]["parameters"]:
         if p["name"] == "rounds":
             p["value"] = "20"
+        if p["name"] == "mlflow-ui":  # where the run link points: the browser's address for MLflow
+            p["value"] = "http://localhost:5000"
     assert request.body["workflow"] == expected
     assert params(request.body["workflow"])["rounds"] == "20"
     name = f"{EXPERIMENT}-x0001"
