@@ -65,7 +65,7 @@ def create_run(
     if found is not None:
         experiment_id = found.experiment_id
     else:
-        location = local_artifact_location(os.environ.get("MLFLOW_TRACKING_URI", ""))
+        location = local_artifact_location(os.environ.get("MLFLOW_TRACKING_URI", ""), experiment)
         experiment_id = _call(
             "create the experiment", client.create_experiment, experiment, artifact_location=location
         )
@@ -81,14 +81,14 @@ def create_run(
     return RunRef(str(experiment_id), run_id)
 
 
-def local_artifact_location(tracking_uri: str) -> str | None:
-    """Where a local (``sqlite:///``) tracking store keeps artifacts: ``mlartifacts/`` beside the
-    database. MLflow's own default, ``./mlruns``, is relative to whichever step process created the
-    experiment. Servers choose for themselves (None)."""
+def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a local (``sqlite:///``) tracking store keeps an experiment's artifacts:
+    ``mlartifacts/<experiment>/`` beside the database. MLflow's own default, ``./mlruns``, is relative
+    to whichever step process created the experiment. Servers choose for themselves (None)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     database = Path(tracking_uri.removeprefix("sqlite:///"))
-    return (database.resolve().parent / "mlartifacts").as_uri()
+    return (database.resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
 def run_url(ui: str, ref: RunRef) -> str:

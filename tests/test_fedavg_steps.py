@@ -345,5 +345,5 @@ def test_local_mlflow_artifacts_live_beside_the_database_not_in_the_step_cwd(env
     step_init.run(settings(), run_key="steps-test/art", workflow_name="w", workflow_uid="u")
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("steps-test")
     assert experiment is not None
-    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert experiment.artifact_location == (tmp_path / "mlartifacts" / "steps-test").as_uri()
     assert not (scratch / "mlruns").exists()
