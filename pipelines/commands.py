@@ -179,7 +179,9 @@ def run_cmd(
         sys.exit(1)
     summary_path = _save_summary(params["store"], settings["experiment"], result.name, result.run_dir, wall)
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
-    outputs = {p["name"]: p.get("value") for p in result.status.get("outputs", {}).get("parameters", [])}
+    from pipelines.cluster import outputs_of
+
+    outputs = outputs_of(result.status)
     if outputs.get("mlflow-run-url"):
         uri = params["mlflow-uri"]
         hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"

@@ -19,30 +19,29 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_workflow_template_runs_with_parameters(tmp_path, fmnist_dir):
-    store = tmp_path / "store"
+def _run_template(tmp_path: Path, template: str, **given: str) -> str:
+    """Run ``argo/templates/<template>.yaml`` with the local executor and small data; the run's name."""
     params = {
         "data-limit": "600",
         "clients": "2",
         "min-clients": "2",
-        "rounds": "1",
-        "store": store.as_uri(),
+        "store": (tmp_path / "store").as_uri(),
         "mlflow-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        **given,
     }
-    args = [
-        "run",
-        str(ROOT / "argo" / "templates" / "fedavg-fmnist-torch.yaml"),
-        "--json",
-        "--runs-dir",
-        str(tmp_path / "runs"),
-    ]
+    args = ["run", str(ROOT / "argo" / "templates" / f"{template}.yaml"), "--json"]
+    args += ["--runs-dir", str(tmp_path / "runs")]
     for name, value in params.items():
         args += ["-p", f"{name}={value}"]
     result = CliRunner().invoke(local, args)
     assert result.exit_code == 0, result.output
-    status = json.loads(result.output)
-    assert status["phase"] == "Succeeded"
-    run_name = next(iter(p for p in (tmp_path / "runs").iterdir() if p.is_dir())).name
+    assert json.loads(result.output)["phase"] == "Succeeded"
+    return next(iter(p for p in (tmp_path / "runs").iterdir() if p.is_dir())).name
+
+
+def test_workflow_template_runs_with_parameters(tmp_path, fmnist_dir):
+    store = tmp_path / "store"
+    run_name = _run_template(tmp_path, "fedavg-fmnist-torch", rounds="1")
     assert run_name.startswith("fedavg-fmnist-torch-")
     final = load_checkpoint(FileStore(store), RunLayout(f"fedavg-fmnist-torch/{run_name}").global_key(1))
     assert final.manifest.examples == 600
@@ -53,23 +52,9 @@ def test_fedavgm_template_keeps_server_state_across_round_pods(tmp_path, fmnist_
     """The strategy and its options travel as workflow parameters; each round's aggregate pod reads the
     previous round's server state from the store and writes its own."""
     store = tmp_path / "store"
-    params = {
-        "data-limit": "600",
-        "clients": "2",
-        "min-clients": "2",
-        "rounds": "2",
-        "server-momentum": "0.25",
-        "store": store.as_uri(),
-        "mlflow-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
-    args = ["run", str(ROOT / "argo" / "templates" / "fedavgm-fmnist-torch-noniid.yaml"), "--json"]
-    args += ["--runs-dir", str(tmp_path / "runs")]
-    for name, value in params.items():
-        args += ["-p", f"{name}={value}"]
-    result = CliRunner().invoke(local, args)
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["phase"] == "Succeeded"
-    run_name = next(iter(p for p in (tmp_path / "runs").iterdir() if p.is_dir())).name
+    run_name = _run_template(
+        tmp_path, "fedavgm-fmnist-torch-noniid", rounds="2", **{"server-momentum": "0.25"}
+    )
     layout = RunLayout(f"fedavgm-fmnist-torch-noniid/{run_name}")
     files = FileStore(store)
     record = json.loads(files.get_bytes(layout.record_key))
