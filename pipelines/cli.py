@@ -9,6 +9,8 @@ from typing import Any
 
 import click
 
+from pipelines.exits import ArgoflGroup
+
 # command name -> "module:attribute" of a click command; imported only when invoked or listed.
 _COMMANDS: dict[str, str] = {
     "compile": "pipelines.commands:compile_cmd",
@@ -22,7 +24,7 @@ _COMMANDS: dict[str, str] = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(ArgoflGroup):
     """A click group whose subcommands live in other modules and load on first use."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:

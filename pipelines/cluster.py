@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from steps.errors import ArgoflError
 from steps.labels import LabelError, parse_round
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ _STEP_TEMPLATES = ("init", "distribute", "train", "aggregate", "evaluate", "fina
 T = TypeVar("T")
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ArgoflError, RuntimeError):
     """The Argo server could not be reached, refused a request or answered unexpectedly (one line)."""
 
 
@@ -382,6 +383,8 @@ def _steps(nodes: Mapping[str, Mapping[str, Any]]) -> list[Step]:
             for child in node.get("children") or []:
                 inputs = inputs or _params(nodes.get(str(child), {}), "inputs")
         merged = {**node, "inputs": {"parameters": [{"name": k, "value": v} for k, v in inputs.items()]}}
+        if kind == "Retry":
+            node = _with_attempt_message(node, nodes)
         out.append(
             Step(
                 node=node,
@@ -392,6 +395,18 @@ def _steps(nodes: Mapping[str, Mapping[str, Any]]) -> list[Step]:
             )
         )
     return out
+
+
+def _with_attempt_message(
+    node: Mapping[str, Any], nodes: Mapping[str, Mapping[str, Any]]
+) -> Mapping[str, Any]:
+    """A failed Retry node says why retrying stopped ("No more retries left"); show its last
+    attempt's own message (the step's error line) instead."""
+    children = node.get("children") or []
+    if node.get("phase") not in ("Failed", "Error") or not children:
+        return node
+    last = nodes.get(str(children[-1]), {})
+    return {**node, "message": last["message"]} if last.get("message") else node
 
 
 def step_of(node: Mapping[str, Any]) -> Step:

@@ -37,6 +37,7 @@ from pipelines.cluster import (
 )
 from pipelines.commands import ConfigPath, overrides_option
 from pipelines.config import ConfigError, load_config
+from steps.errors import ArgoflError
 from steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
@@ -44,7 +45,7 @@ __all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
 _WATCH_FAILURES = 5  # consecutive failed polls before watch gives up
 
 
-class CommandError(click.ClickException):
+class CommandError(ArgoflError, click.ClickException):
     """A runtime failure: printed as one ``error: …`` line, exit code 1."""
 
     exit_code = 1

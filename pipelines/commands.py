@@ -128,7 +128,7 @@ def run_cmd(
 ) -> None:
     """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
     from pipelines.compile import manifest_for
-    from pipelines.local import LocalExecutorError, run_workflow
+    from pipelines.local import run_workflow
 
     try:
         cfg = load_config(config)
@@ -154,19 +154,17 @@ def run_cmd(
         parallelism = LOCAL_PARALLELISM + (1 if cfg.kind == "split" else 0)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     started = time.monotonic()
-    try:
-        from steps.store import FileStore
+    from steps.store import FileStore
 
-        result = run_workflow(
-            manifest,
-            params,
-            runs_dir=root / "workflows",
-            artifact_store=FileStore(root / "artifacts"),
-            on_node=Progress(),
-            parallelism=parallelism,
-        )
-    except LocalExecutorError as exc:
-        raise click.UsageError(str(exc)) from None
+    # a LocalExecutorError reaches the command group, which exits with its exit_code
+    result = run_workflow(
+        manifest,
+        params,
+        runs_dir=root / "workflows",
+        artifact_store=FileStore(root / "artifacts"),
+        on_node=Progress(),
+        parallelism=parallelism,
+    )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
         click.echo(

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from steps.errors import BadInputError
 from steps.mapping import dataclass_from_mapping
 from steps.settings import Settings, SettingsError
 
@@ -30,7 +31,7 @@ KINDS = ("fedavg", "split")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInputError, ValueError):
     """A config file is unreadable or invalid; the message names the file and the key."""
 
 

@@ -37,11 +37,13 @@ from hera.workflows.models import (
 )
 
 from pipelines.config import ClusterOptions, ExperimentConfig
+from steps.errors import EXIT_TRANSIENT
 from steps.labels import ROUND_FORMAT
 
 __all__ = [
     "INIT_OUTPUTS",
     "OUTPUT_DIR",
+    "RETRY_EXPRESSION",
     "RUN_KEY",
     "STEP_UID",
     "common_parameters",
@@ -60,6 +62,13 @@ INIT_OUTPUTS = {"mlflow-run-id": "mlflow-run-id", "mlflow-run-url": "mlflow-run-
 """init's outputs, also exported as workflow outputs: the Argo UI shows the MLflow run link."""
 RUN_KEY = "{{workflow.parameters.experiment}}/{{workflow.name}}"
 STEP_UID = 10001
+RETRY_EXPRESSION = (
+    f'lastRetry.status == "Error" || asInt(lastRetry.exitCode) == {EXIT_TRANSIENT} '
+    "|| asInt(lastRetry.exitCode) >= 128"
+)
+"""Retry transient failures only: an Error node (pod deleted or evicted), a transient step error
+(exit 75, a service unreachable) or a signal (137 = SIGKILL, e.g. OOM); never bad input (2) or a
+failed run (1), which fail the same way again."""
 S3_SECRET = "argofl-s3"
 
 
@@ -127,6 +136,7 @@ def step_container(
         else RetryStrategy(
             limit=str(limit),
             retry_policy="Always",
+            expression=RETRY_EXPRESSION,
             backoff=Backoff(duration="5s", factor=IntOrString("2"), max_duration="5m"),
         ),
         active_deadline_seconds=str(cfg.cluster.step_timeout),

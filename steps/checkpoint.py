@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from steps.errors import BadInputError
 from steps.store import ObjectNotFound, Store
 
 __all__ = [
@@ -71,9 +72,10 @@ SUPPORTED_DTYPES: frozenset[str] = frozenset(_ST_TO_NUMPY.values())
 _FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 _MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 _MAX_LISTED = 5  # names shown in a mismatch message before "+N more"
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest holds specs and metrics: far less than this
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError, ValueError):
     """A checkpoint could not be written or read."""
 
 
@@ -508,14 +510,38 @@ def checkpoint_exists(store: Store, key: str) -> bool:
 
 
 def load_manifest(store: Store, key: str) -> CheckpointManifest:
-    """Read and validate the manifest of the checkpoint at ``key``."""
+    """Read and validate the manifest of the checkpoint at ``key`` (at most ``MAX_MANIFEST_BYTES``)."""
     _, manifest_key = checkpoint_keys(key)
     uri = store.key_uri(manifest_key)
     try:
+        size = store.size(manifest_key)
+        if size > MAX_MANIFEST_BYTES:
+            raise CheckpointCorrupt(
+                f"invalid checkpoint manifest {uri}: {size} bytes, expected at most {MAX_MANIFEST_BYTES}; "
+                "not read"
+            )
         data = store.get_bytes(manifest_key)
     except ObjectNotFound:
         raise CheckpointNotFound(f"no checkpoint at {uri}: the manifest is missing") from None
     return CheckpointManifest.from_json(data, where=uri)
+
+
+def _check_blob_size(store: Store, blob_key: str, manifest: CheckpointManifest, expected: int | None) -> None:
+    """Refuse, before reading it, a blob whose size differs from what its tensors imply."""
+    uri = store.key_uri(blob_key)
+    if expected is not None and manifest.size != expected:
+        raise CheckpointMismatch(
+            f"{_subject(manifest, uri)}: manifest says {manifest.size} bytes, its tensors encode to "
+            f"{expected}; not read"
+        )
+    try:
+        stored = store.size(blob_key)
+    except ObjectNotFound:
+        raise CheckpointNotFound(f"checkpoint blob {uri} is missing although its manifest exists") from None
+    if stored != manifest.size:
+        raise CheckpointCorrupt(
+            f"size mismatch for {uri}: manifest says {manifest.size} bytes, blob has {stored}; not read"
+        )
 
 
 def load_checkpoint(
@@ -524,6 +550,7 @@ def load_checkpoint(
     *,
     like: Mapping[str, TensorSpec] | None = None,
     require_finite: bool = True,
+    blob_size: int | None = None,
 ) -> Checkpoint:
     """Load and verify the checkpoint at ``key``.
 
@@ -531,6 +558,10 @@ def load_checkpoint(
     :class:`CheckpointMismatch`, before the blob is fetched); blob present, of the manifest's size
     and sha256; safetensors header well-formed with supported dtypes; tensors equal to the
     manifest's; float tensors finite (when ``require_finite``).
+
+    The blob is read only when the store says it has exactly the manifest's size, and, with
+    ``blob_size`` (the size ``like``'s tensors encode to, e.g. the global checkpoint's), only when
+    the manifest says that size too: a forged manifest cannot make a reader fetch a huge object.
     """
     blob_key, _ = checkpoint_keys(key)
     manifest = load_manifest(store, key)
@@ -540,6 +571,7 @@ def load_checkpoint(
         problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
         if problem:
             raise CheckpointMismatch(problem)
+    _check_blob_size(store, blob_key, manifest, blob_size)
     try:
         blob = store.get_bytes(blob_key)
     except ObjectNotFound:

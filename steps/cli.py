@@ -2,11 +2,13 @@
 
 stdout carries only what Argo captures as ``outputs.result`` (distribute's JSON list); logs go to
 stderr. ``--output NAME=PATH`` writes one of the step's outputs to a file for ``valueFrom.path``.
-Exit codes: 0 ok, 2 bad input (settings, checkpoints, run state), 1 anything else.
+Exit codes come from :mod:`steps.errors`: 0 ok, 2 bad input (settings, checkpoints, run state),
+75 transient (store or MLflow unreachable: retried), 1 anything else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -16,31 +18,8 @@ from typing import Any
 
 import click
 
-from steps.settings import Settings, SettingsError
-
-
-def _bad_input_errors() -> tuple[type[BaseException], ...]:
-    from steps.checkpoint import CheckpointError
-    from steps.data import DatasetError
-    from steps.frameworks.base import FrameworkError, TrainingDiverged
-    from steps.partition import PartitionError
-    from steps.runinfo import RunError
-    from steps.store import StoreError
-    from steps.strategies import AggregationError
-    from steps.tracking import TrackingError
-
-    return (
-        SettingsError,
-        CheckpointError,
-        DatasetError,
-        FrameworkError,
-        PartitionError,
-        RunError,
-        AggregationError,
-        TrainingDiverged,
-        StoreError,
-        TrackingError,
-    )
+from steps.errors import EXIT_FAILURE, ArgoflError, one_line
+from steps.settings import Settings
 
 
 def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -101,16 +80,35 @@ def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> Non
         target.write_text(text)
 
 
+TERMINATION_LOG = Path("/dev/termination-log")
+"""Kubernetes' default ``terminationMessagePath``: what a pod writes there becomes its node's message."""
+
+
+def _fail(exc: BaseException, code: int) -> None:
+    """Print ``exc`` as the one ``error: …`` line (also the pod's termination message) and exit."""
+    line = f"error: {one_line(exc)}"
+    click.echo(line, err=True)
+    if TERMINATION_LOG.is_file():
+        with contextlib.suppress(OSError):
+            TERMINATION_LOG.write_text(line[: 4096 - 1])
+    sys.exit(code)
+
+
 def _guard(fn: Callable[[], Any]) -> Any:
-    """Run a step body, turning known failures into a one-line error and exit code 2."""
+    """Run a step body; an argofl error exits with its ``exit_code`` (2 bad input, 1 failure,
+    75 transient) after one ``error: …`` line; anything else logs its traceback and exits 1."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         return fn()
-    except _bad_input_errors() as exc:
-        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-        sys.exit(2)
+    except ArgoflError as exc:
+        _fail(exc, exc.exit_code)
+    except click.ClickException:
+        raise
+    except Exception as exc:
+        logging.getLogger("argofl.step").exception("step failed")
+        _fail(RuntimeError(f"{type(exc).__name__}: {one_line(exc)}"), EXIT_FAILURE)
 
 
 @click.group()
@@ -260,27 +258,6 @@ def finish_cmd(run_key: str, status: str) -> None:
 # --- split learning (steps/split/) -------------------------------------------------------------------
 
 
-def _split_bad_input() -> tuple[type[BaseException], ...]:
-    from steps.split.client import SplitClientError
-    from steps.split.server import SplitServerError
-    from steps.split.wire import WireError
-
-    return (SplitServerError, SplitClientError, WireError)
-
-
-def _split_guard(fn: Callable[[], Any]) -> Any:
-    """Like :func:`_guard`, plus split-learning failures (exit code 1: a runtime failure, one line)."""
-
-    def body() -> Any:
-        try:
-            return fn()
-        except _split_bad_input() as exc:
-            click.echo(f"error: {' '.join(str(exc).split())}", err=True)
-            sys.exit(1)
-
-    return _guard(body)
-
-
 @step.command("split-init")
 @click.option("--param", "params", multiple=True, callback=_settings_params, metavar="NAME=VALUE")
 @click.option(
@@ -315,7 +292,7 @@ def split_init_cmd(
         )
         _write_outputs(outputs, result)
 
-    _split_guard(body)
+    _guard(body)
 
 
 @step.command("split-server")
@@ -327,9 +304,7 @@ def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple
     """Split learning: serve the top half for one round (a daemon step)."""
     from steps.split import steps as split_steps
 
-    _split_guard(
-        lambda: _write_outputs(outputs, split_steps.server(run_key=run_key, round=round_, host=host))
-    )
+    _guard(lambda: _write_outputs(outputs, split_steps.server(run_key=run_key, round=round_, host=host)))
 
 
 @step.command("split-client")
@@ -344,7 +319,7 @@ def split_client_cmd(
     """Split learning: train one client's bottom half against the server."""
     from steps.split import steps as split_steps
 
-    _split_guard(
+    _guard(
         lambda: _write_outputs(
             outputs, split_steps.client(run_key=run_key, round=round_, client=client, server_url=server_url)
         )
@@ -359,7 +334,7 @@ def split_evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> N
     """Split learning: reassemble bottom + top of the round and evaluate it on the test set."""
     from steps.split import steps as split_steps
 
-    _split_guard(lambda: _write_outputs(outputs, split_steps.evaluate(run_key=run_key, round=round_)))
+    _guard(lambda: _write_outputs(outputs, split_steps.evaluate(run_key=run_key, round=round_)))
 
 
 @step.command("split-health")

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from steps.errors import BadInputError
+
 __all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetError", "clear_cache", "load_dataset"]
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(BadInputError, RuntimeError):
     """A dataset is unknown, missing or corrupt."""
 
 

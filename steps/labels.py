@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from steps.errors import BadInputError
+
 __all__ = [
     "ROUND_FORMAT",
     "LabelError",
@@ -29,7 +31,7 @@ _ROUND = re.compile(r"(?:round )?(\d+)")
 _CLIENTS = re.compile(r"(?:round (\d+) / clients? )?(\d+(?:,\d+)*)")
 
 
-class LabelError(ValueError):
+class LabelError(BadInputError, ValueError):
     """A ``--round`` / ``--clients`` value that is neither a number nor one of our labels."""
 
 

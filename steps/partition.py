@@ -15,13 +15,15 @@ import hashlib
 
 import numpy as np
 
+from steps.errors import BadInputError
+
 __all__ = ["SCHEMES", "PartitionError", "client_seed", "partition"]
 
 SCHEMES = ("iid", "dirichlet")
 MAX_ATTEMPTS = 100
 
 
-class PartitionError(ValueError):
+class PartitionError(BadInputError, ValueError):
     """Invalid partitioning arguments, or no valid partition could be drawn."""
 
 

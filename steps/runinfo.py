@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from steps.errors import BadInputError
 from steps.settings import Settings
 from steps.store import ObjectNotFound, Store, join_key, open_store
 
@@ -16,7 +17,7 @@ __all__ = ["RunError", "RunLayout", "RunRecord", "load_record", "store_from_env"
 STORE_ENV = "ARGOFL_STORE"
 
 
-class RunError(RuntimeError):
+class RunError(BadInputError, RuntimeError):
     """The run's state in the store is missing or inconsistent."""
 
 

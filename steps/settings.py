@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from steps.errors import BadInputError
 from steps.mapping import dataclass_from_mapping
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
@@ -22,7 +23,7 @@ __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
 
 
-class SettingsError(ValueError):
+class SettingsError(BadInputError, ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
 
@@ -141,6 +142,14 @@ class Settings:
     )
     server_tau: float = field(
         default=1e-3, metadata={"help": "fedadam's adaptivity τ (added to √v)", "check": _positive}
+    )
+    max_client_examples: int = field(
+        default=0,
+        metadata={
+            "help": "most training examples one client's update may claim (0 = no cap besides the "
+            "client's partition size)",
+            "check": _at_least(0),
+        },
     )
     threads: int = field(
         default=1,

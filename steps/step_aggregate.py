@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
+from steps.client_limits import example_limit
 from steps.runinfo import RunError, RunLayout, open_run
 from steps.store import Store
 from steps.strategies import AggregationError, ClientUpdate, Strategy, get_strategy
@@ -45,7 +46,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         log.warning(
             "round %d is already aggregated at %s; leaving it untouched", round, store.key_uri(global_key)
         )
-        return dict(load_manifest(store, global_key).metrics)
+        return _log_round(store, layout, round, record.mlflow_run_id)
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
@@ -55,13 +56,16 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         ) from None
     previous = load_checkpoint(store, layout.global_key(round - 1))
     like = specs_of(previous.arrays)
+    limit = example_limit(s)
     rejected: dict[str, str] = {}
     accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
 
     def updates() -> Iterator[ClientUpdate]:
         for client in clients:
             try:
-                ckpt = load_checkpoint(store, layout.update_key(round, client), like=like)
+                ckpt = load_checkpoint(
+                    store, layout.update_key(round, client), like=like, blob_size=previous.manifest.size
+                )
             except CheckpointNotFound:
                 rejected[client] = "no update (its train step failed or did not run)"
             except CheckpointError as exc:
@@ -77,6 +81,11 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
                         f"{ckpt.manifest.examples} examples; expected round {round}, client "
                         f"{client}, > 0 examples"
                     )
+                    continue
+                problem = _too_many_examples(client, ckpt.manifest.examples, limit)
+                if problem:
+                    rejected[client] = problem
+                    log.warning("round %d: rejected client %s: %s", round, client, problem)
                     continue
                 update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
                 accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
@@ -114,13 +123,37 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         extra={"clients": ",".join(u.client for u in accepted)},
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
+    return _log_round(store, layout, round, record.mlflow_run_id)
+
+
+def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[int, str]]) -> str:
+    """Why ``client``'s claimed ``examples`` are more than it can have ("" when they are not)."""
+    most, why = limit(client)
+    if examples <= most:
+        return ""
+    return f"claims {examples} examples, more than the {most} it can have ({why})"
+
+
+def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict[str, float]:
+    """Log the committed round's metrics to MLflow unless an earlier attempt did; return them.
+
+    Metrics come from the committed manifests (the global's and its clients'), so a retry after a
+    failed MLflow call logs exactly what the first attempt would have."""
+    manifest = load_manifest(store, layout.global_key(round))
+    metrics = dict(manifest.metrics)
+    if tracking.has_metric(run_id, "clients_aggregated", step=round):
+        return metrics
+    clients = [c for c in manifest.extra.get("clients", "").split(",") if c]
     to_log = {f"train_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy")}
-    to_log.update({"clients_aggregated": float(len(accepted)), "clients_rejected": float(len(rejected))})
-    for update in accepted:
+    to_log.update(
+        {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
+    )
+    for client in clients:
+        client_metrics = load_manifest(store, layout.update_key(round, client)).metrics
         for key in ("loss", "accuracy"):
-            if key in update.metrics:
-                to_log[f"client_{update.client}_train_{key}"] = update.metrics[key]
-    tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
+            if key in client_metrics:
+                to_log[f"client_{client}_train_{key}"] = client_metrics[key]
+    tracking.log_metrics(run_id, to_log, step=round)
     return metrics
 
 

@@ -6,8 +6,11 @@ global checkpoint of round ``start_round - 1`` and its evaluations, then rounds 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -16,13 +19,15 @@ from steps.checkpoint import (
     CheckpointNotFound,
     checkpoint_exists,
     checkpoint_keys,
+    encode_arrays,
     load_checkpoint,
+    load_manifest,
     save_checkpoint,
     specs_of,
 )
 from steps.data import load_dataset
 from steps.frameworks import get_backend
-from steps.runinfo import RunError, RunLayout, RunRecord, now, store_from_env
+from steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
 from steps.settings import Settings
 from steps.store import Store
 from steps.strategies import get_strategy
@@ -42,13 +47,12 @@ def run(
     start_round: int = 1,
     resume_from: str = "",
 ) -> dict[str, str]:
-    """Initialise the run at ``run_key``; refuses to touch a run that already has a record."""
+    """Initialise the run at ``run_key``. Safe to retry: a retry of the same workflow's init reuses
+    what an earlier attempt wrote (verifying it); a run initialised by another workflow is refused."""
     store = store_from_env()
     layout = RunLayout(run_key)
     if store.exists(layout.record_key):
-        raise RunError(
-            f"run {store.key_uri(layout.record_key)} is already initialised; nothing was overwritten"
-        )
+        return _rerun(store, layout, settings, workflow_name, workflow_uid)
     if not 1 <= start_round <= settings.rounds:
         raise RunError(f"start-round must be in 1..{settings.rounds} (rounds), got {start_round}")
     if start_round > 1 and not resume_from:
@@ -66,8 +70,8 @@ def run(
         if get_strategy(settings.strategy, **settings.server_options()).stateful:
             _resume_server_state(store, layout, RunLayout(resume_from), start_round - 1, settings.strategy)
     else:
-        uri = save_checkpoint(store, layout.global_key(0), weights, round=0)
-        log.info("round-0 global checkpoint written to %s", uri)
+        uri = save_or_verify(store, layout.global_key(0), weights, round=0)
+        log.info("round-0 global checkpoint at %s", uri)
     ref = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
@@ -112,7 +116,7 @@ def _resume(
             f"cannot resume from {previous.run_key}: no global checkpoint for round {last} at "
             f"{store.key_uri(previous.global_key(last))}"
         ) from None
-    uri = save_checkpoint(
+    uri = save_or_verify(
         store,
         layout.global_key(last),
         ckpt.arrays,
@@ -126,3 +130,40 @@ def _resume(
             store.put_bytes(layout.eval_key(r), store.get_bytes(previous.eval_key(r)))
     log.info("resuming from %s: round %d global checkpoint copied to %s", previous.run_key, last, uri)
     return uri
+
+
+def save_or_verify(store: Store, key: str, arrays: Mapping[str, np.ndarray], **manifest: Any) -> str:
+    """Write the checkpoint at ``key``, or, when an earlier attempt already wrote it, check that it
+    holds exactly ``arrays`` (same bytes); return its blob's URI."""
+    if not checkpoint_exists(store, key):
+        return save_checkpoint(store, key, arrays, **manifest)
+    blob_key = checkpoint_keys(key)[0]
+    found = load_manifest(store, key)
+    if found.sha256 != hashlib.sha256(encode_arrays(arrays)).hexdigest():
+        raise RunError(
+            f"{store.key_uri(blob_key)} exists and differs from what these settings produce "
+            "(another workflow wrote it?); nothing was overwritten"
+        )
+    log.info("reusing %s written by an earlier attempt", store.key_uri(blob_key))
+    return store.key_uri(blob_key)
+
+
+def _rerun(
+    store: Store, layout: RunLayout, settings: Settings, workflow_name: str, workflow_uid: str
+) -> dict[str, str]:
+    """A retried init of the same workflow: return what the first attempt recorded."""
+    record = load_record(store, layout)
+    if (record.workflow_name, record.workflow_uid, record.settings) != (
+        workflow_name,
+        workflow_uid,
+        settings,
+    ):
+        raise RunError(
+            f"run {store.key_uri(layout.record_key)} is already initialised by workflow "
+            f"{record.workflow_name} with its own settings; nothing was overwritten"
+        )
+    ref = tracking.run_ref(record.mlflow_run_id)
+    url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
+    global_uri = store.key_uri(checkpoint_keys(layout.global_key(0))[0])
+    log.info("run %s was initialised by an earlier attempt; reusing it", layout.run_key)
+    return {"mlflow-run-id": ref.run_id, "mlflow-run-url": url, "global": global_uri}

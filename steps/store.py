@@ -26,24 +26,31 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from steps.errors import BadInputError, TransientError
+
 __all__ = [
     "FileStore",
     "ObjectNotFound",
     "S3Store",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "join_key",
     "open_store",
     "open_uri",
 ]
 
 
-class StoreError(RuntimeError):
+class StoreError(BadInputError, RuntimeError):
     """A store could not be reached or refused an operation."""
 
 
 class ObjectNotFound(StoreError):
     """The requested key does not exist in the store."""
+
+
+class StoreUnavailable(TransientError, StoreError):
+    """The store could not be reached or failed temporarily (a retry may succeed): exit code 75."""
 
 
 def join_key(*parts: str) -> str:
@@ -89,6 +96,11 @@ class Store(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool:
         """Whether ``key`` exists."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The size in bytes of the object at ``key``, without reading it; :class:`ObjectNotFound`
+        when absent."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
@@ -197,6 +209,12 @@ class FileStore(Store):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise ObjectNotFound(f"no object at {self.key_uri(key)}")
+        return path.stat().st_size
+
     def list(self, prefix: str = "") -> builtins.list[str]:
         if not self.root.is_dir():
             return []
@@ -269,14 +287,15 @@ class S3Store(Store):
                 raise ObjectNotFound(f"no object at {what}") from None
             if exc.code == "NoSuchBucket":
                 raise ObjectNotFound(f"no object at {what}: bucket {self.bucket} does not exist") from None
-            raise StoreError(f"S3 error on {what}: {exc.code}: {exc.message}") from None
+            error = StoreUnavailable if exc.code in _S3_TRANSIENT_CODES else StoreError
+            raise error(f"S3 error on {what}: {exc.code}: {exc.message}") from None
         except urllib3.exceptions.HTTPError as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise StoreError(f"cannot reach S3 endpoint {self.endpoint} for {what}: {reason}") from None
+            raise StoreUnavailable(f"cannot reach S3 endpoint {self.endpoint} for {what}: {reason}") from None
         except MinioException as exc:  # e.g. ServerError: an HTTP 5xx without an S3 error body
-            raise StoreError(f"S3 endpoint {self.endpoint} failed on {what}: {exc}") from None
+            raise StoreUnavailable(f"S3 endpoint {self.endpoint} failed on {what}: {exc}") from None
         except OSError as exc:  # reading the source stream, or a socket error urllib3 did not wrap
-            raise StoreError(f"S3 transfer of {what} via {self.endpoint} failed: {exc}") from exc
+            raise StoreUnavailable(f"S3 transfer of {what} via {self.endpoint} failed: {exc}") from exc
         except ValueError as exc:  # the SDK validates bucket and object names locally
             raise StoreError(f"S3 request for {what} refused: {exc}") from None
 
@@ -347,6 +366,10 @@ class S3Store(Store):
             return False
         return True
 
+    def size(self, key: str) -> int:
+        stat = self._call(self.key_uri(key), self._client.stat_object, self.bucket, self._key(key))
+        return int(stat.size)
+
     def list(self, prefix: str = "") -> builtins.list[str]:
         full = (self.prefix + "/" if self.prefix else "") + prefix
         strip = len(self.prefix) + 1 if self.prefix else 0
@@ -369,6 +392,10 @@ class S3Store(Store):
 _S3_CONNECT_TIMEOUT_S = 10.0
 _S3_READ_TIMEOUT_S = 300.0
 _S3_RETRIES = 3
+# S3 error codes that say "try again later" (a retry of the step may succeed)
+_S3_TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "ServerBusy"}
+)
 
 
 def _minio_client_from_env() -> Any:

@@ -20,6 +20,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from steps.errors import BadInputError
+
 __all__ = [
     "STRATEGIES",
     "Aggregate",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-class AggregationError(ValueError):
+class AggregationError(BadInputError, ValueError):
     """Updates cannot be aggregated (none given, mismatched tensors, non-positive weights)."""
 
 

@@ -1,7 +1,8 @@
 """MLflow tracking for a run: one MLflow run per experiment run, created by ``init``.
 
 Only init, aggregate, evaluate and finalize talk to MLflow (train steps never import it). The
-tracking URI comes from ``$MLFLOW_TRACKING_URI``.
+tracking URI comes from ``$MLFLOW_TRACKING_URI``, which must be set (no stray ``./mlflow.db``).
+An unreachable or failing server is a :class:`TrackingError` (transient: exit code 75, retried).
 """
 
 from __future__ import annotations
@@ -11,14 +12,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from steps.errors import BadInputError, TransientError
+
 __all__ = [
     "RunRef",
     "TrackingError",
+    "TrackingNotConfigured",
     "create_run",
     "end_run",
+    "has_metric",
     "local_artifact_location",
     "log_dict",
     "log_metrics",
+    "run_ref",
     "run_url",
 ]
 
@@ -30,8 +36,13 @@ class RunRef(NamedTuple):
     run_id: str
 
 
-class TrackingError(RuntimeError):
+class TrackingError(TransientError, RuntimeError):
     """MLflow could not be reached or refused a request."""
+
+
+class TrackingNotConfigured(BadInputError):
+    """``$MLFLOW_TRACKING_URI`` is not set: exit code 2 (MLflow's default would be a stray
+    ``./mlflow.db`` in whatever directory the step runs in)."""
 
 
 def _client() -> Any:
@@ -42,7 +53,13 @@ def _client() -> Any:
     from mlflow.tracking import MlflowClient
 
     # the environment is the source of truth for steps (an in-process mlflow.set_tracking_uri is not)
-    return MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        raise TrackingNotConfigured(
+            "MLFLOW_TRACKING_URI is not set: steps log to MLflow, so set it to the tracking server "
+            "(http://HOST:5000) or a database (sqlite:////abs/path/mlflow.db); nothing was logged"
+        )
+    return MlflowClient(uri)
 
 
 def _call(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -91,6 +108,12 @@ def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return (database.resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
+def run_ref(run_id: str) -> RunRef:
+    """The experiment and id of an existing run."""
+    run = _call("look up run " + run_id, _client().get_run, run_id)
+    return RunRef(str(run.info.experiment_id), run_id)
+
+
 def run_url(ui: str, ref: RunRef) -> str:
     """The run's page in the MLflow UI at ``ui`` (``""`` when no http(s) UI address is known)."""
     if not ui.startswith(("http://", "https://")):
@@ -107,6 +130,12 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], *, step: int) -> None
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
     _call("log metrics", _client().log_batch, run_id, metrics=batch)
+
+
+def has_metric(run_id: str, key: str, *, step: int) -> bool:
+    """Whether metric ``key`` of the run has a value at ``step``."""
+    history = _call(f"read metric {key}", _client().get_metric_history, run_id, key)
+    return any(m.step == step for m in history)
 
 
 def log_dict(run_id: str, doc: Mapping[str, Any], path: str) -> None:

@@ -165,10 +165,14 @@ def test_too_few_valid_updates_fail_clearly_and_write_nothing(env):
 
 def test_init_refuses_to_overwrite_a_run(env):
     s = settings()
-    step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
+    first = step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
     record = env.get_bytes("steps-test/once/run.json")
-    with pytest.raises(RunError, match="already initialised; nothing was overwritten"):
-        step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
+    with pytest.raises(RunError, match="already initialised by workflow w .*nothing was overwritten"):
+        step_init.run(s, run_key="steps-test/once", workflow_name="other", workflow_uid="u2")
+    with pytest.raises(RunError, match="already initialised"):
+        step_init.run(settings(seed=8), run_key="steps-test/once", workflow_name="w", workflow_uid="u")
+    # a retry of the same workflow's init is no error: it returns what the first attempt recorded
+    assert step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u") == first
     assert env.get_bytes("steps-test/once/run.json") == record
     with pytest.raises(CheckpointExists):
         save_checkpoint(env, RunLayout("steps-test/once").global_key(0), {"x": np.zeros(1)}, round=0)

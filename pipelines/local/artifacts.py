@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from steps.errors import ArgoflError
 from steps.store import ObjectNotFound, Store, StoreError
 
 __all__ = ["ArtifactError", "has_location", "load_artifact", "save_artifact"]
@@ -28,7 +29,7 @@ __all__ = ["ArtifactError", "has_location", "load_artifact", "save_artifact"]
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(ArgoflError, RuntimeError):
     """An artifact could not be saved or loaded."""
 
 

@@ -10,14 +10,15 @@ from typing import Any
 import click
 import yaml
 
-from pipelines.local import LocalExecutorError, run_workflow
+from pipelines.exits import ArgoflGroup
+from pipelines.local import run_workflow
 from pipelines.local.logs import find_nodes, log_files
 from pipelines.local.render import render_status
 
 __all__ = ["local"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def local() -> None:
     """Run compiled Argo Workflows locally, without Kubernetes."""
 
@@ -68,10 +69,7 @@ def run_cmd(workflow: Path, parameters: tuple[str, ...], runs_dir: Path, as_json
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input."""
     manifest = _load(workflow)
     params = _parse_params(parameters)
-    try:
-        result = run_workflow(manifest, params, runs_dir=runs_dir)
-    except LocalExecutorError as exc:
-        raise click.UsageError(str(exc)) from None
+    result = run_workflow(manifest, params, runs_dir=runs_dir)
     if as_json:
         click.echo(json.dumps(result.status, indent=2))
     else:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from steps.errors import ArgoflError, BadInputError
+
 __all__ = ["ExpressionError", "LocalExecutorError", "UnsupportedWorkflow", "WorkflowInputError"]
 
 
-class LocalExecutorError(Exception):
+class LocalExecutorError(ArgoflError):
     """Base class of every error the local executor raises to its caller."""
 
 
-class UnsupportedWorkflow(LocalExecutorError):
+class UnsupportedWorkflow(LocalExecutorError, BadInputError):
     """The manifest uses a field the local executor cannot honour; raised before anything runs."""
 
 
-class WorkflowInputError(LocalExecutorError):
+class WorkflowInputError(LocalExecutorError, BadInputError):
     """Bad parameters, a malformed manifest or a bad expression."""
 
 

@@ -284,7 +284,9 @@ class PodRunner(WorkflowState):
             )
             self._set_phase(node, "Failed", message)
         else:
-            self._set_phase(node, "Failed", f"main: Error (exit code {outcome.exit_code})")
+            message = f"main: Error (exit code {outcome.exit_code})"
+            reason = termination_message(log_base.with_suffix(".log"))
+            self._set_phase(node, "Failed", f"{message}: {reason}" if reason else message)
 
     def _collect_outputs(
         self, node: Node, tmpl: Mapping[str, Any], view: PathView, outputs: dict[str, Any], strict: bool
@@ -398,3 +400,19 @@ def _read_dir_error(path: Path) -> str:
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory", str(path))
     raise FileNotFoundError(2, "no such file or directory", str(path))
+
+
+_TAIL_BYTES = 64 * 1024
+
+
+def termination_message(log_path: Path) -> str:
+    """The last ``error: …`` line of a failed step's log: what an argofl step writes to Kubernetes'
+    termination log, which Argo appends to the node's message (``main: Error (exit code 2): …``)."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - _TAIL_BYTES))
+            tail = log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in tail.splitlines() if line.startswith("error: ")]
+    return lines[-1][:1024] if lines else ""

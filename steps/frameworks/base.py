@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from steps.errors import ArgoflError, BadInputError
+
 __all__ = [
     "BUILTIN_MODELS",
     "Backend",
@@ -40,7 +42,7 @@ __all__ = [
 BUILTIN_MODELS = ("cnn", "mlp")
 
 
-class FrameworkError(ValueError):
+class FrameworkError(BadInputError, ValueError):
     """An unknown framework or model, a bad model factory or bad training arguments."""
 
 
@@ -48,7 +50,7 @@ class WeightsMismatch(FrameworkError):
     """Weights do not fit a model: missing or unexpected names, or a shape mismatch."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ArgoflError, RuntimeError):
     """The training loss became NaN or infinite."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from steps.errors import ArgoflError
 from steps.frameworks.base import epoch_orders
 from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = ["SplitClient", "SplitClientError", "train_split"]
 
 
-class SplitClientError(RuntimeError):
+class SplitClientError(ArgoflError, RuntimeError):
     """The server refused a request, could not be reached, or answered something malformed."""
 
 

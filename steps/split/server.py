@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from steps.errors import ArgoflError
 from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ __all__ = ["ServerResult", "SplitServer", "SplitServerError"]
 MAX_BODY = 256 * 1024 * 1024
 
 
-class SplitServerError(RuntimeError):
+class SplitServerError(ArgoflError, RuntimeError):
     """The round could not be completed (too few clients finished before the timeout, ...)."""
 
 

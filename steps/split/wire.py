@@ -13,13 +13,14 @@ from collections.abc import Mapping
 import numpy as np
 
 from steps.checkpoint import CheckpointError, decode_arrays, encode_arrays
+from steps.errors import ArgoflError
 
 __all__ = ["CONTENT_TYPE", "WireError", "decode", "encode", "expect"]
 
 CONTENT_TYPE = "application/octet-stream"
 
 
-class WireError(ValueError):
+class WireError(ArgoflError, ValueError):
     """A message does not have the expected tensors, dtypes or shapes."""
 
 

@@ -1,0 +1,36 @@
+"""How many training examples each client can have: what an update may claim at most.
+
+With partitioned data (every built-in dataset) the limit is exact: the size of the client's
+partition, recomputed here from the frozen settings exactly as ``train`` draws it. The
+``max_client_examples`` setting caps every client on top of that (for data the aggregator cannot
+see).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+
+from steps.data import load_dataset
+from steps.partition import partition
+from steps.settings import Settings
+
+__all__ = ["example_limit"]
+
+
+def example_limit(s: Settings) -> Callable[[str], tuple[int, str]]:
+    """A function ``client → (most examples it can claim, why)``; loads the labels on first use."""
+
+    @cache
+    def sizes() -> list[int]:
+        data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
+        parts = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
+        return [len(p) for p in parts]
+
+    def limit(client: str) -> tuple[int, str]:
+        size = sizes()[int(client)]
+        if s.max_client_examples and s.max_client_examples < size:
+            return s.max_client_examples, f"max_client_examples={s.max_client_examples}"
+        return size, f"the size of its {s.partition} partition"
+
+    return limit
