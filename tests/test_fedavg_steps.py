@@ -167,7 +167,7 @@ def test_init_refuses_to_overwrite_a_run(env):
     s = settings()
     first = step_init.run(s, run_key="steps-test/once", workflow_name="w", workflow_uid="u")
     record = env.get_bytes("steps-test/once/run.json")
-    with pytest.raises(RunError, match="already initialised by workflow w .*nothing was overwritten"):
+    with pytest.raises(RunError, match=r"already initialised by workflow w .*nothing was overwritten"):
         step_init.run(s, run_key="steps-test/once", workflow_name="other", workflow_uid="u2")
     with pytest.raises(RunError, match="already initialised"):
         step_init.run(settings(seed=8), run_key="steps-test/once", workflow_name="w", workflow_uid="u")

@@ -75,7 +75,8 @@ def test_every_argofl_error_has_one_root_and_an_exit_code():
     from steps.tracking import TrackingError, TrackingNotConfigured
 
     for bad in (ConfigError, WorkflowInputError, UnsupportedWorkflow, CheckpointError, StoreError):
-        assert issubclass(bad, BadInputError) and bad.exit_code == 2, bad
+        assert issubclass(bad, BadInputError), bad
+        assert bad.exit_code == 2, bad
     for transient in (TrackingError, StoreUnavailable):
         assert issubclass(transient, TransientError)
         assert transient.exit_code == EXIT_TRANSIENT
@@ -89,7 +90,8 @@ def test_init_with_mlflow_unreachable_is_transient_and_a_retry_succeeds(env, mon
     first = CliRunner().invoke(step_cli, _init_args("retry-test/init"))
     assert first.exit_code == EXIT_TRANSIENT, first.output
     errors = _errors(first.output)
-    assert len(errors) == 1 and "MLflow at http://127.0.0.1:" in errors[0], first.output
+    assert len(errors) == 1, first.output
+    assert "MLflow at http://127.0.0.1:" in errors[0]
     layout = RunLayout("retry-test/init")
     assert env.exists(layout.global_key(0) + ".json")  # attempt 0 got that far
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{Path(env.root).parent / 'mlflow.db'}")
