@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from pipelines.config import ConfigError, load_config
-from steps.settings import PARAM_NAMES, Settings, SettingsError
+from steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
 __all__ = ["compile_cmd", "overrides_option", "run_cmd"]
 
@@ -28,11 +28,17 @@ class ConfigPath(click.Path):
 
 
 def _parse_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+    """``NAME=VALUE`` pairs; a setting may be spelled as in the config (``min_clients``) or as its
+    workflow parameter (``min-clients``), but not both ways with different values."""
     out: dict[str, str] = {}
     for item in values:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
+        if name not in PARAM_NAMES and param_name(name) in PARAM_NAMES:
+            name = param_name(name)  # the config's spelling of a setting
+        if name in out and out[name] != value:
+            raise click.BadParameter(f"{name} is given twice, as {out[name]!r} and {value!r}")
         out[name] = value
     return out
 
@@ -99,6 +105,23 @@ class Progress:
             print(f"{stamp} {step_line(step_of(node))}", file=self.out, flush=True)
 
 
+def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None:
+    """Refuse a ``-p`` name the workflow does not declare, before any value is checked."""
+    import difflib
+
+    from pipelines.cluster import parameters_of
+
+    declared = list(parameters_of(manifest))
+    for name in overrides:
+        if name not in declared:
+            close = difflib.get_close_matches(name, declared, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise click.BadParameter(
+                f"unknown workflow parameter {name!r}; {hint}valid: {', '.join(declared)}",
+                param_hint="'-p' / '--parameter'",
+            )
+
+
 @click.command("run")
 @click.argument("config", type=ConfigPath())
 @overrides_option
@@ -132,6 +155,7 @@ def run_cmd(
 
     try:
         cfg = load_config(config)
+        _refuse_unknown(overrides, manifest_for(cfg))
         settings = {
             **cfg.settings.to_params(),
             **{k: v for k, v in overrides.items() if k in PARAM_NAMES},

@@ -12,7 +12,7 @@ cluster:                            # how pods are requested on Kubernetes (comp
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,12 +109,39 @@ def load_config(path: str | Path) -> ExperimentConfig:
     file = Path(path)
     where = str(path)
     try:
-        doc = yaml.safe_load(file.read_text())
+        size = file.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{where}: {size} bytes, more than the {MAX_CONFIG_BYTES} a config may have "
+                "(a config is a page of settings); not parsed"
+            )
+        doc = yaml.load(file.read_text(), Loader=_StrictLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such config file") from None
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{where}: cannot read YAML: {' '.join(str(exc).split())}") from None
     return config_from_mapping(doc, name=file.stem, where=where, source=file)
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a mapping that repeats a key (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, Hashable):
+                continue  # SafeLoader refuses it below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {seen[key]})"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None = None) -> ExperimentConfig:
