@@ -27,7 +27,7 @@ data:
 browser:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null \
-			|| echo "warning: could not install chromium; the MLflow link browser test will skip"; \
+			|| echo "warning: could not install chromium; the MLflow link browser test will skip (fail under CI=true)"; \
 	fi
 
 run: install data

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import tempfile
 
-import pytest
+from tests.require import require_or_skip
 
 _FLAGS = (
     "--headless",
@@ -23,8 +23,8 @@ _FLAGS = (
 def chromium() -> str:
     """Path of Debian's Chromium (``make test`` installs it when run as root); skips the test if absent."""
     path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.skip("chromium is not installed (apt-get install chromium)")
+    require_or_skip(path is not None, "chromium is not installed (apt-get install chromium)")
+    assert path is not None
     return path
 
 

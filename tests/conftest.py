@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.require import require_or_skip  # noqa: E402
 from tests.servers import RunningServer, empty_bucket, start_mlflow_server, start_moto_server  # noqa: E402
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -50,8 +51,10 @@ def s3_env(s3_server: RunningServer, monkeypatch: pytest.MonkeyPatch) -> Iterato
 @pytest.fixture
 def fmnist_dir() -> Path:
     """Debian's Fashion-MNIST (``dataset-fashion-mnist``); skips when not installed."""
-    if not FMNIST_DIR.is_dir():
-        pytest.skip(f"Fashion-MNIST not found at {FMNIST_DIR} (apt-get install dataset-fashion-mnist)")
+    require_or_skip(
+        FMNIST_DIR.is_dir(),
+        f"Fashion-MNIST not found at {FMNIST_DIR} (apt-get install dataset-fashion-mnist)",
+    )
     return FMNIST_DIR
 
 

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+from tests.require import require_module
 
-from steps.data import Dataset, DatasetError, load_dataset
-from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend
+require_module("tensorflow")
+
+from steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
+from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 

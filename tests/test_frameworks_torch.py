@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
+from tests.require import require_module
 
-from steps.data import Dataset, DatasetError, load_dataset
-from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend
+require_module("torch")
+
+from steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
+from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS: dict[str, Any] = {"epochs": 1, "batch_size": 32, "lr": 0.03, "momentum": 0.9}

@@ -87,7 +87,7 @@ def test_deadline_kills_the_whole_process_group(tmp_path: Path, limit: dict[str,
     wf = _wf([{"name": "main", **limit, "container": {"command": ["sh", "-c", script]}}])
     started = time.monotonic()
     result = run_workflow(wf, runs_dir=tmp_path / "runs")
-    assert time.monotonic() - started < 20
+    assert time.monotonic() - started < 150  # killed at its deadline, long before `sleep 300` ends
     assert result.phase == "Failed"
     node = result.status["nodes"][result.name]
     assert node["message"] == "Pod was active on the node longer than the specified deadline"

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-pytest.importorskip("tensorflow")
+from tests.require import require_module
 
-from steps.frameworks import get_backend
-from steps.split import keras_split
-from steps.split.client import SplitClient, train_split
-from steps.split.server import SplitServer
+require_module("tensorflow")
+
+from steps.frameworks import get_backend  # noqa: E402
+from steps.split import keras_split  # noqa: E402
+from steps.split.client import SplitClient, train_split  # noqa: E402
+from steps.split.server import SplitServer  # noqa: E402
 
 SHAPE = (28, 28, 1)
 LR, MOMENTUM = 0.05, 0.9

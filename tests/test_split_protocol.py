@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from tests.require import require_module
+
+torch = require_module("torch")
 
 from steps.frameworks import get_backend  # noqa: E402
 from steps.split.client import SplitClient, SplitClientError, train_split  # noqa: E402
@@ -212,7 +214,7 @@ def test_splitfed_client_that_disconnects_round_completes_with_the_others():
     _run_client(server, x, np.flatnonzero(owner == 0), "0", batches=None)
     started = time.monotonic()
     result = server.wait(poll=0.05)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # no hang (a bound a loaded machine meets)
     assert result.clients == ["0"]
     assert result.examples == 64
 
@@ -231,7 +233,7 @@ def test_client_that_disconnects_below_min_clients_fails_the_round_with_a_clear_
     started = time.monotonic()
     with pytest.raises(SplitServerError, match=r"1 of 2 clients finished .*min_clients=2"):
         server.wait(poll=0.05)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # no hang (a bound a loaded machine meets)
 
 
 def test_vanilla_round_ends_when_the_last_client_in_turn_is_done():
@@ -241,7 +243,7 @@ def test_vanilla_round_ends_when_the_last_client_in_turn_is_done():
     _run_client(server, x, np.flatnonzero(owner == 1), "1", batches=None)
     started = time.monotonic()
     result = server.wait(poll=0.05)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # well before the 60 s idle timeout
     assert result.clients == ["1"]
 
 

@@ -18,6 +18,7 @@ from steps.checkpoint import load_checkpoint
 from steps.runinfo import RunLayout
 from steps.split.settings import bottom_key, token_key, top_key
 from steps.store import open_store
+from tests.servers import free_port
 
 _slow = pytest.mark.slow
 
@@ -36,7 +37,7 @@ def _config(tmp_path: Path, mode: str, rounds: int) -> Path:
                 "batch_size": 32,
                 "lr": 0.05,
                 "seed": 1,
-                "split": {"mode": mode, "cut": "pool2", "port": 18080, "idle_timeout": 60},
+                "split": {"mode": mode, "cut": "pool2", "port": free_port(), "idle_timeout": 60},
             }
         )
     )
