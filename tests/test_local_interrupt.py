@@ -196,3 +196,43 @@ def test_the_watchdog_exits_with_the_executor_after_a_normal_run(tmp_path: Path)
     proc = subprocess.Popen([*ARGOFL, "local", "run", "ok.yaml"], cwd=tmp_path, env=argofl_env())
     assert proc.wait(timeout=120) == 0
     wait_for(lambda: not processes_with_env(WATCHDOG_ENV, str(proc.pid)), "the watchdog to exit")
+
+
+def test_steps_refused_after_an_interrupt_give_their_pod_slot_back(tmp_path: Path) -> None:
+    """With parallelism 1, a step waiting for the slot is refused once the run is interrupted; the slot
+    must come back, or the next task (here one that runs whatever its dependencies did) waits forever."""
+    done = "(nap.Succeeded || nap.Failed) && (queued.Succeeded || queued.Failed)"
+    manifest: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "queue-"},
+        "spec": {
+            "entrypoint": "main",
+            "parallelism": 1,
+            "templates": [
+                {
+                    "name": "main",
+                    "dag": {
+                        "tasks": [
+                            {"name": "nap", "template": "nap"},
+                            {"name": "queued", "template": "nap"},
+                            {"name": "after", "template": "nap", "depends": done},
+                        ]
+                    },
+                },
+                {"name": "nap", "container": {"image": "x", "command": ["sleep", "600"]}},
+            ],
+        },
+    }
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(manifest))
+    proc = subprocess.Popen(
+        [*ARGOFL, "local", "run", "q.yaml", "--json"], cwd=tmp_path, env=argofl_env(), stdout=subprocess.PIPE
+    )
+    wait_for(lambda: any((tmp_path / "runs" / "local").glob("*/status.json")), "the run directory")
+    name = next((tmp_path / "runs" / "local").glob("*/status.json")).parent.name
+    wait_for(lambda: len(run_processes(name)) == 1, "the first step to start")
+    proc.send_signal(signal.SIGINT)
+    status = json.loads(proc.communicate(timeout=120)[0])
+    assert proc.returncode == 130
+    phases = {n["displayName"]: n["phase"] for n in status["nodes"].values()}
+    assert phases == {name: "Failed", "nap": "Failed", "queued": "Failed", "after": "Failed"}, phases

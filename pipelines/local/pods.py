@@ -117,6 +117,7 @@ class PodRunner(WorkflowState):
                 released = True
                 slots.release()
 
+        keep_slot = False
         try:
             node = self._create_for_call(call, "Pod", "Pending", tmpl, retried=retried)
             if self.deadline is not None and not call.on_exit and time.time() >= self.deadline:
@@ -125,12 +126,10 @@ class PodRunner(WorkflowState):
             if stopping is not None:
                 return self._set_phase(node, "Failed", stopping)
             keep_slot = self._run_pod_process(node, call, tmpl, log_key or (node.id, 0), release)
-            if not keep_slot:
-                release()
             return node
-        except BaseException:
-            release()
-            raise
+        finally:
+            if not keep_slot:  # a daemon that keeps running releases it when it ends
+                release()
 
     def _run_pod_process(
         self,
