@@ -15,6 +15,7 @@ from pipelines.exits import ArgoflGroup
 _COMMANDS: dict[str, str] = {
     "compile": "pipelines.commands:compile_cmd",
     "run": "pipelines.commands:run_cmd",
+    "resume": "pipelines.commands:resume_cmd",
     "step": "steps.cli:step",
     "local": "pipelines.local.cli:local",
     "submit": "pipelines.cluster_commands:submit_cmd",

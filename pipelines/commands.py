@@ -1,12 +1,15 @@
-"""``argofl compile`` and ``argofl run``: config → Argo manifest, and that manifest run on this machine."""
+"""``argofl compile``, ``argofl run`` and ``argofl resume``: config → Argo manifest, that manifest run on
+this machine, and a stopped local run continued from its last evaluated round."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,14 @@ import click
 from pipelines.config import ConfigError, load_config
 from steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
-__all__ = ["compile_cmd", "overrides_option", "run_cmd"]
+__all__ = [
+    "absolute_store_uri",
+    "absolute_tracking_uri",
+    "compile_cmd",
+    "overrides_option",
+    "resume_cmd",
+    "run_cmd",
+]
 
 
 class ConfigPath(click.Path):
@@ -151,7 +161,6 @@ def run_cmd(
 ) -> None:
     """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
     from pipelines.compile import manifest_for
-    from pipelines.local import run_workflow
 
     try:
         cfg = load_config(config)
@@ -165,29 +174,69 @@ def run_cmd(
         raise click.UsageError(str(exc)) from None
     root = runs_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    tracking_uri = mlflow_uri or f"sqlite:///{root / 'mlflow.db'}"
+    # steps run in their own working directories: relative paths are the user's, resolved here
+    tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
+        f"sqlite:///{root / 'mlflow.db'}"
+    )
     params = {
-        "store": store or (root / "store").as_uri(),
+        **overrides,
+        "store": absolute_store_uri(overrides.get("store") or store or "") or (root / "store").as_uri(),
         "mlflow-uri": tracking_uri,
         # where `mlflow ui` serves a local database by default, or the tracking server itself
-        "mlflow-ui": tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI,
-        **overrides,
+        "mlflow-ui": overrides.get("mlflow-ui")
+        or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI),
     }
+    data_dir = overrides.get("data-dir", cfg.settings.data_dir)
+    if data_dir:
+        params["data-dir"] = os.path.abspath(data_dir)
     manifest = manifest_for(cfg)
     if parallelism is None:
         parallelism = LOCAL_PARALLELISM + (1 if cfg.kind == "split" else 0)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    started = time.monotonic()
+    _run_locally(manifest, params, root / "workflows", parallelism)
+
+
+def absolute_store_uri(uri: str) -> str:
+    """A store URI whose local path (plain or ``file:``) is absolute; other URIs as given."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "" and uri:
+        return Path(uri).resolve().as_uri()
+    if parsed.scheme == "file" and parsed.netloc == "" and not uri.startswith("file:/"):
+        return Path(urllib.parse.unquote(parsed.path)).resolve().as_uri()  # file:relative/path
+    return uri
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI whose local database or directory is absolute: ``sqlite:///x.db`` (relative
+    to the current directory) becomes ``sqlite:////abs/x.db``; a plain path an absolute one."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        database = uri.removeprefix("sqlite:///")
+        if database and database != ":memory:":
+            return "sqlite:///" + os.path.abspath(database)
+        return uri
+    if uri and urllib.parse.urlparse(uri).scheme == "":
+        return os.path.abspath(uri)
+    return uri
+
+
+def _run_locally(
+    manifest: Mapping[str, Any], params: Mapping[str, str], runs_dir: Path, parallelism: int
+) -> None:
+    """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
+    then the summary, or what failed; exit non-zero unless it succeeded."""
+    from pipelines.local import run_workflow
     from steps.store import FileStore
 
+    started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code
     result = run_workflow(
         manifest,
         params,
-        runs_dir=root / "workflows",
-        artifact_store=FileStore(root / "artifacts"),
+        runs_dir=runs_dir,
+        artifact_store=FileStore(runs_dir.parent / "artifacts"),
         on_node=Progress(),
         parallelism=parallelism,
+        stop_on_signals=True,
     )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
@@ -198,16 +247,78 @@ def run_cmd(
             if node.get("type") == "Pod" and node.get("phase") in ("Failed", "Error"):
                 click.echo(f"  {node.get('displayName')}: {node.get('message', '')}", err=True)
         click.echo(f"logs: argofl local logs {result.run_dir}", err=True)
+        if result.stopped_by is not None:
+            click.echo(f"continue it: argofl resume {result.run_dir}", err=True)
+            sys.exit(128 + result.stopped_by)
         sys.exit(1)
-    summary_path = _save_summary(params["store"], settings["experiment"], result.name, result.run_dir, wall)
-    click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
-    from pipelines.cluster import outputs_of
+    from pipelines.cluster import outputs_of, parameters_of
 
+    values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
+    summary_path = _save_summary(values["store"], values["experiment"], result.name, result.run_dir, wall)
+    click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
     outputs = outputs_of(result.status)
     if outputs.get("mlflow-run-url"):
-        uri = params["mlflow-uri"]
+        uri = values["mlflow-uri"]
         hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"
         click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
+
+
+@click.command("resume")
+@click.argument("run_dir", metavar="RUN_DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--parallelism",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Most step processes at once on this machine [default: as argofl run].",
+)
+def resume_cmd(run_dir: Path, parallelism: int | None) -> None:
+    """Continue the stopped or failed local run in RUN_DIR (runs/workflows/NAME) in a new run, from the
+    round after its last evaluated one, as `argofl resubmit` does on a cluster."""
+    from pipelines.cluster import last_completed_round, parameters_of, resubmission_manifest
+    from pipelines.local.runlock import run_is_locked
+
+    run_dir = run_dir.resolve()
+    try:
+        old = json.loads((run_dir / "workflow.json").read_text())
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(
+            f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}",
+            param_hint="RUN_DIR",
+        ) from None
+    name = str((old.get("metadata") or {}).get("name") or run_dir.name)
+    if run_is_locked(run_dir):
+        raise click.UsageError(
+            f"{name} is still running; stop it (Ctrl-C or kill its argofl) before resuming"
+        )
+    params = parameters_of(old)
+    missing = [p for p in ("start-round", "resume-from", "experiment", "rounds") if p not in params]
+    if missing:
+        raise click.UsageError(
+            f"{name} cannot resume: its workflow declares no {', '.join(missing)} parameter, so its rounds "
+            "cannot start later; run it again with argofl run"
+        )
+    last = last_completed_round(status)
+    rounds = int(params["rounds"])
+    if last is not None and last >= rounds:
+        click.echo(f"all {rounds} rounds of {name} completed; nothing to resume")
+        return
+    if last is None:  # nothing finished: start where it started, from what it resumed (if anything)
+        start, resume = int(params["start-round"] or 1), params["resume-from"]
+    else:
+        start, resume = last + 1, f"{params['experiment']}/{name}"
+    try:
+        manifest = resubmission_manifest(old, start, resume)
+    except (KeyError, ValueError) as exc:
+        raise click.UsageError(f"{name} cannot resume: {exc}") from None
+    click.echo(
+        f"{name} {status.get('phase', '?')}: last completed round {last if last is not None else 'none'}; "
+        f"resuming from round {start}" + (f" ({resume})" if resume else "")
+    )
+    if parallelism is None:  # as argofl run: one more where a daemon (split's server) holds a slot
+        daemons = any(t.get("daemon") for t in (manifest["spec"].get("templates") or []))
+        parallelism = LOCAL_PARALLELISM + (1 if daemons else 0)
+    _run_locally(manifest, {}, run_dir.parent, parallelism)
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:

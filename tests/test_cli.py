@@ -35,6 +35,7 @@ def test_every_expected_command_exists():
     assert {
         "compile",
         "run",
+        "resume",
         "step init",
         "step distribute",
         "step train",

@@ -111,3 +111,50 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     not_yaml = tmp_path / "bad.yaml"
     not_yaml.write_text("a: [")
     assert CliRunner().invoke(local, ["run", str(not_yaml), "--runs-dir", runs]).exit_code == 2
+
+
+def test_default_runs_dir_runs_scripts_and_output_paths_from_another_directory(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """With its default (relative) --runs-dir, from a working directory of the user's: a script template
+    and a template with a declared output path both run, as with an absolute --runs-dir."""
+    manifest: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "rel-"},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {
+                    "name": "main",
+                    "steps": [
+                        [{"name": "script", "template": "script"}],
+                        [{"name": "out", "template": "out"}],
+                    ],
+                },
+                {
+                    "name": "script",
+                    "script": {"image": "python", "command": ["python"], "source": "print(6 * 7)"},
+                },
+                {
+                    "name": "out",
+                    "container": {
+                        "image": "x",
+                        "command": ["sh", "-c", "mkdir -p /tmp/o && echo hi > /tmp/o/v"],
+                    },
+                    "outputs": {"parameters": [{"name": "v", "valueFrom": {"path": "/tmp/o/v"}}]},
+                },
+            ],
+        },
+    }
+    user_dir = tmp_path / "elsewhere"
+    user_dir.mkdir()
+    _write(user_dir, manifest)
+    monkeypatch.chdir(user_dir)
+    result = CliRunner().invoke(local, ["run", "wf.yaml", "--json"])
+    status = json.loads(result.output)
+    assert result.exit_code == 0, status
+    nodes = {n["displayName"]: n for n in status["nodes"].values()}
+    assert nodes["script"]["outputs"]["result"] == "42"
+    assert nodes["out"]["outputs"]["parameters"][0]["value"] == "hi"
+    assert len(list((user_dir / "runs" / "local").glob("rel-*/status.json"))) == 1

@@ -9,8 +9,12 @@
 write the same fixed path do not clash.
 
 On disk, under ``<runs_dir>/<workflow name>/``: ``status.json`` (Argo's ``status``, rewritten atomically
-as the run progresses), ``workflow.json`` (the manifest as run), ``logs/<node-id>/attempt-<n>.log``
-(stdout+stderr) and ``.stdout``, and ``nodes/<node-id>/`` (each node's private files).
+as the run progresses), ``workflow.json`` (the manifest as run, its parameters with the values they got),
+``logs/<node-id>/attempt-<n>.log`` (stdout+stderr) and ``.stdout``, ``nodes/<node-id>/`` (each node's
+private files) and ``.lock``, held while the run runs (:mod:`.runlock`).
+
+Step processes never outlive the executor (:mod:`.lifeline`); with ``stop_on_signals``, SIGINT, SIGTERM
+and SIGHUP stop the run as ``argo stop`` does (:mod:`.signals`).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from typing import Any
 
 from pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
 from pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
+from pipelines.local.runlock import hold_run_lock
+from pipelines.local.signals import StopOnSignals
 from pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
 from steps.store import FileStore, Store
 
@@ -54,11 +60,15 @@ def run_workflow(
     env: Mapping[str, str] | None = None,
     on_node: Callable[[dict[str, Any]], None] | None = None,
     parallelism: int | None = None,
+    stop_on_signals: bool = False,
 ) -> LocalRunResult:
     """Run ``manifest`` (a Workflow, or a WorkflowTemplate as if submitted with ``--from``) to completion.
 
-    Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError` before anything runs when the
-    manifest cannot be run; a workflow that runs and fails returns a result with phase Failed or Error.
+    ``runs_dir`` is made absolute first: steps run in their own working directories. With
+    ``stop_on_signals`` (from the main thread), SIGINT/SIGTERM/SIGHUP stop the run; the result's
+    ``stopped_by`` names the signal. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError`
+    before anything runs when the manifest cannot be run; a workflow that runs and fails returns a
+    result with phase Failed or Error.
     """
     kind, metadata, spec = spec_of(manifest)
     check_supported(spec)
@@ -67,7 +77,7 @@ def run_workflow(
     if parallelism is not None and int(parallelism) < 1:
         raise WorkflowInputError(f"parallelism: {parallelism!r} must be at least 1")
     name = _workflow_name(kind, metadata)
-    runs_dir = Path(runs_dir)
+    runs_dir = Path(runs_dir).resolve()
     run_dir = runs_dir / name
     while run_dir.exists():
         if kind == "Workflow" and metadata.get("name"):
@@ -84,7 +94,7 @@ def run_workflow(
                 "apiVersion": "argoproj.io/v1alpha1",
                 "kind": "Workflow",
                 "metadata": {**metadata, "name": name},
-                "spec": spec,
+                "spec": {**spec, "arguments": {**(spec.get("arguments") or {}), "parameters": params}},
             },
             indent=1,
             default=str,
@@ -104,4 +114,10 @@ def run_workflow(
         on_node=on_node,
         parallelism=parallelism,
     )
-    return engine.run()
+    with hold_run_lock(run_dir):
+        if not stop_on_signals:
+            return engine.run()
+        with StopOnSignals(engine.interrupt) as signals:
+            result = engine.run()
+        result.stopped_by = signals.signum
+        return result

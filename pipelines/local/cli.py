@@ -66,14 +66,17 @@ def _load(path: Path) -> dict[str, Any]:
     "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
 )
 def run_cmd(workflow: Path, parameters: tuple[str, ...], runs_dir: Path, as_json: bool) -> None:
-    """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input."""
+    """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
+    signal N stopped it (130 for Ctrl-C)."""
     manifest = _load(workflow)
     params = _parse_params(parameters)
-    result = run_workflow(manifest, params, runs_dir=runs_dir)
+    result = run_workflow(manifest, params, runs_dir=runs_dir.resolve(), stop_on_signals=True)
     if as_json:
         click.echo(json.dumps(result.status, indent=2))
     else:
         click.echo(render_status(result.name, result.status), nl=False)
+    if result.stopped_by is not None:
+        sys.exit(128 + result.stopped_by)
     sys.exit(0 if result.phase == "Succeeded" else 1)
 
 

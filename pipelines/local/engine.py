@@ -21,7 +21,6 @@ import copy
 import json
 import random
 import string
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -53,6 +52,7 @@ class LocalRunResult:
     phase: str
     status: dict[str, Any]
     run_dir: Path
+    stopped_by: int | None = None  # the signal that interrupted the run (see run_workflow)
 
 
 class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
@@ -105,13 +105,20 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
             if on_exit is not None and wf_status == "Succeeded" and on_exit.failed_or_error:
                 phase, message = on_exit.phase, on_exit.message
             self._stop_daemons(None, everything=True)
+            if self.interrupted is not None:  # as `argo stop`: Failed, whatever the nodes reached
+                phase, message = "Failed", self.interrupted
+                self._finalize_nodes(self.interrupted)
             with self.lock:
                 self.phase = phase
                 self.message = message
                 self.globals["workflow.status"] = phase
                 self.finished_at = time.time()
-        except BaseException:
+        except BaseException as exc:
+            stopped = f"stopped: executor interrupted ({type(exc).__name__})"
+            for thread in self.interrupt(stopped, hard=True):
+                thread.join()
             self._stop_daemons(None, everything=True)
+            self._finalize_nodes(stopped)
             with self.lock:
                 if self.phase == "Running":
                     self.phase = "Error"
@@ -226,7 +233,12 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
                 with self.lock:
                     rnode.outputs = copy.deepcopy(child.outputs)
                 return self._set_phase(rnode, child.phase if child.phase != "Omitted" else "Succeeded", "")
-            stop = self._retry_stop_reason(policy, child, attempts, tmpl)
+            stopping = self._stopping(call)
+            stop = (
+                (child.phase, stopping)
+                if stopping
+                else self._retry_stop_reason(policy, child, attempts, tmpl)
+            )
             if stop is not None:
                 with self.lock:
                     rnode.outputs = copy.deepcopy(child.outputs)
@@ -241,7 +253,9 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
                     return self._set_phase(
                         rnode, child.phase, f"retry exceeded workflow deadline {rfc3339(self.deadline)}"
                     )
-                threading.Event().wait(max(0.0, until - time.time()))
+                self._interrupt_event.wait(max(0.0, until - time.time()))
+                if self._stopping(call) is None:  # after an interrupt, an exit handler still backs off
+                    time.sleep(max(0.0, until - time.time()))
                 self._set_phase(rnode, "Running", "")
 
     def _retry_stop_reason(

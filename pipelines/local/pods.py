@@ -117,17 +117,19 @@ class PodRunner(WorkflowState):
                 released = True
                 slots.release()
 
+        keep_slot = False
         try:
             node = self._create_for_call(call, "Pod", "Pending", tmpl, retried=retried)
             if self.deadline is not None and not call.on_exit and time.time() >= self.deadline:
                 return self._set_phase(node, "Failed", "Step exceeded its deadline")
+            stopping = self._stopping(call)
+            if stopping is not None:
+                return self._set_phase(node, "Failed", stopping)
             keep_slot = self._run_pod_process(node, call, tmpl, log_key or (node.id, 0), release)
-            if not keep_slot:
-                release()
             return node
-        except BaseException:
-            release()
-            raise
+        finally:
+            if not keep_slot:  # a daemon that keeps running releases it when it ends
+                release()
 
     def _run_pod_process(
         self,
@@ -211,6 +213,7 @@ class PodRunner(WorkflowState):
         with self.lock:
             node.process_started_at = proc.started_at
         self._set_phase(node, "Running")
+        self._pod_started(node, proc, call)
         if daemon:
             return self._daemonize(
                 node,
@@ -254,6 +257,7 @@ class PodRunner(WorkflowState):
         tmpl_deadline: float | None,
         stopped_ok: bool = False,
     ) -> None:
+        self._pod_ended(node)
         stdout = (
             log_base.with_suffix(".stdout").read_bytes().decode("utf-8", errors="replace")
             if log_base.with_suffix(".stdout").exists()
@@ -275,6 +279,8 @@ class PodRunner(WorkflowState):
             self._set_phase(node, "Succeeded", "")
         elif succeeded:
             self._set_phase(node, "Error", error)
+        elif outcome.stopped == "interrupted":
+            self._set_phase(node, "Failed", self.interrupted or "stopped")
         elif outcome.stopped == "deadline":
             own = tmpl_deadline is not None and outcome.finished_at >= tmpl_deadline
             message = (

@@ -1,7 +1,8 @@
 """Host processes for pod nodes: one process group each, logs on disk, deadlines that kill the group.
 
 The main process runs in its own session (``start_new_session``), so ``killpg`` reaches every process
-it started. Stdout goes to ``<key>.stdout`` (for ``outputs.result``) and, with stderr, to ``<key>.log``.
+it started; the group dies with the executor (:mod:`.lifeline`). Stdout goes to ``<key>.stdout`` (for
+``outputs.result``) and, with stderr, to ``<key>.log``.
 When the main process exits, whatever is left of its group is killed, as a container's processes die
 with it. Waiting blocks on the process itself; there is no polling.
 """
@@ -18,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.local import lifeline
+
 __all__ = ["ProcessOutcome", "StepProcess"]
 
 TERM_GRACE_SECONDS = 2.0
@@ -28,7 +31,7 @@ class ProcessOutcome:
     """How a process ended: its exit code (128+N for signal N) and why it was stopped, if it was."""
 
     exit_code: int
-    stopped: str | None  # "deadline", "stopped" or None when it exited on its own
+    stopped: str | None  # "deadline", "stopped", "interrupted" or None when it exited on its own
     started_at: float
     finished_at: float
 
@@ -46,7 +49,7 @@ class StepProcess:
         self._lock = threading.Lock()
         self.started_at = time.time()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = lifeline.popen(
                 list(argv),
                 env=dict(env),
                 cwd=str(cwd),
@@ -110,6 +113,7 @@ class StepProcess:
         finished = time.time()
         # the container is gone: so are the processes it left behind
         self._signal_group(signal.SIGKILL)
+        lifeline.watchdog().forget(self.proc.pid)
         self._pump_thread.join(timeout=5.0)
         code = self.proc.returncode
         exit_code = 128 - code if code < 0 else code

@@ -5,7 +5,9 @@ is assembled from (:mod:`.binding`, :mod:`.pods`, :mod:`.children`, :mod:`.step_
 holds the ``workflow.*`` variables and the workflow's global outputs, creates nodes and moves their phases
 under one lock — each change is reported to ``on_node`` and wakes a background thread that rewrites
 ``status.json`` atomically, coalescing bursts — and keeps the registry of running daemon pods, which are
-stopped when their boundary (or the workflow) finishes. :class:`Call` is one template invocation.
+stopped when their boundary (or the workflow) finishes. It also keeps every running pod, so that
+:meth:`WorkflowState.interrupt` can stop the whole run, as ``argo stop`` does. :class:`Call` is one
+template invocation.
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pipelines.local.errors import LocalExecutorError
 from pipelines.local.expressions import go_json
-from pipelines.local.model import Node, node_id, rfc3339
+from pipelines.local.model import FULFILLED, Node, node_id, rfc3339
 from pipelines.local.process import StepProcess
 from pipelines.local.slots import Slots
 from pipelines.local.templating import NONE, substitute
 from steps.store import Store
 
-__all__ = ["Call", "Daemon", "WorkflowState"]
+__all__ = ["EXIT_HANDLER_GRACE_SECONDS", "Call", "Daemon", "RunningPod", "WorkflowState"]
+
+EXIT_HANDLER_GRACE_SECONDS = 60.0
+"""After an interrupt, how long the exit handler may run before it is stopped too."""
 
 
 _LOOP_CHILD = re.compile(r"^(.*)\((\d+):[^()]*\)$")
@@ -54,6 +59,13 @@ class Call:
     @property
     def template_name(self) -> str | None:
         return self.template if isinstance(self.template, str) else self.template.get("name")
+
+
+class RunningPod(Protocol):
+    """What the executor needs of a running pod, whatever runs it: a way to stop it."""
+
+    def stop(self, reason: str) -> None:
+        """Stop every process of the pod (TERM, then KILL after a grace); ``reason`` is recorded."""
 
 
 @dataclass
@@ -111,6 +123,10 @@ class WorkflowState(ABC):
         self.output_params: list[dict[str, Any]] = []
         self.output_artifacts: list[dict[str, Any]] = []
         self.daemons: dict[str, Daemon] = {}
+        self.pods: dict[str, tuple[RunningPod, bool]] = {}  # node id -> (pod, runs the exit handler)
+        self.interrupted: str | None = None  # the message nodes end with after interrupt()
+        self.hard_stopped = False  # a second interrupt: the exit handler is stopped too
+        self._interrupt_event = threading.Event()
         self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
         self._dirty = threading.Condition()
         self._dirty_flag = False
@@ -383,6 +399,60 @@ class WorkflowState(ABC):
             daemon.proc.stop("stopped")
         for daemon in targets:
             daemon.done.wait()
+
+    # ---------------------------------------------------------------------------------- interrupts
+
+    def interrupt(self, message: str, *, hard: bool = False) -> list[threading.Thread]:
+        """Stop the run as ``argo stop`` does: every running pod is stopped and no new pod starts (its node
+        fails with ``message``); the exit handler still runs, for at most :data:`EXIT_HANDLER_GRACE_SECONDS`.
+        ``hard`` (or the grace running out) stops the exit handler too. Safe to call from any thread;
+        returns the threads stopping the pods."""
+        with self.lock:
+            first = self.interrupted is None
+            if first:
+                self.interrupted = message
+            if hard:
+                self.hard_stopped = True
+            targets = [pod for pod, on_exit in self.pods.values() if hard or not on_exit]
+        self._interrupt_event.set()
+        if first and not hard:
+            timer = threading.Timer(
+                EXIT_HANDLER_GRACE_SECONDS, self.interrupt, args=(message,), kwargs={"hard": True}
+            )
+            timer.daemon = True
+            timer.start()
+        threads = [
+            threading.Thread(target=pod.stop, args=("interrupted",), name="interrupt", daemon=True)
+            for pod in targets
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _stopping(self, call: Call) -> str | None:
+        """The interrupt message when ``call`` must not start anything new, else None."""
+        with self.lock:
+            if self.interrupted is not None and (self.hard_stopped or not call.on_exit):
+                return self.interrupted
+        return None
+
+    def _pod_started(self, node: Node, pod: RunningPod, call: Call) -> None:
+        """Register a running pod; one started while an interrupt was under way is stopped at once."""
+        with self.lock:
+            self.pods[node.id] = (pod, call.on_exit)
+        if self._stopping(call) is not None:
+            pod.stop("interrupted")
+
+    def _pod_ended(self, node: Node) -> None:
+        with self.lock:
+            self.pods.pop(node.id, None)
+
+    def _finalize_nodes(self, message: str) -> None:
+        """Every node still pending or running ends in Error with ``message`` (the run is over)."""
+        with self.lock:
+            open_nodes = [n for n in self.nodes.values() if n.phase not in FULFILLED]
+        for node in open_nodes:
+            self._set_phase(node, "Error", message)
 
     # ------------------------------------------------------------------------------ template dispatch
 

@@ -1,0 +1,97 @@
+"""``argofl resume RUN_DIR``: what it refuses before anything runs, and the paths ``argofl run`` resolves.
+
+Resuming a real run byte-identically is in ``tests/test_faults_executor.py``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from pipelines.commands import absolute_store_uri, absolute_tracking_uri
+from pipelines.compile import manifest_for
+from pipelines.config import load_config
+from pipelines.local.runlock import hold_run_lock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_dir(tmp_path: Path, config: str, nodes: dict[str, object] | None = None) -> Path:
+    """A stopped local run of ``config`` as ``argofl run`` leaves it (no round completed)."""
+    manifest = manifest_for(load_config(ROOT / "configs" / config))
+    name = f"{manifest['metadata']['generateName']}abcde"
+    manifest["metadata"] = {"name": name}
+    run_dir = tmp_path / "runs" / "workflows" / name
+    run_dir.mkdir(parents=True)
+    (run_dir / "workflow.json").write_text(json.dumps(manifest))
+    (run_dir / "status.json").write_text(json.dumps({"phase": "Failed", "nodes": nodes or {}}))
+    return run_dir
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+def test_resume_refuses_a_kind_whose_rounds_cannot_start_later(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path, "split-fmnist-torch.yaml")
+    manifest = json.loads((run_dir / "workflow.json").read_text())
+    declared = {p["name"] for p in manifest["spec"]["arguments"]["parameters"]}
+    if "start-round" in declared:
+        pytest.skip("split workflows resume now")
+    result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert f"{run_dir.name} cannot resume: its workflow declares no start-round" in line
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == [run_dir.name]  # nothing ran
+
+
+def test_resume_refuses_a_run_that_is_still_running(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    with hold_run_lock(run_dir):
+        result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert f"{run_dir.name} is still running" in line
+
+
+def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert "not a local run directory" in line
+
+
+def test_resume_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    manifest = json.loads((run_dir / "workflow.json").read_text())
+    rounds = next(p["value"] for p in manifest["spec"]["arguments"]["parameters"] if p["name"] == "rounds")
+    evaluate = {
+        "id": "e",
+        "type": "Pod",
+        "templateName": "evaluate",
+        "phase": "Succeeded",
+        "inputs": {"parameters": [{"name": "round", "value": f"round {rounds}"}]},
+    }
+    (run_dir / "status.json").write_text(json.dumps({"phase": "Succeeded", "nodes": {"e": evaluate}}))
+    result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"all {rounds} rounds of {run_dir.name} completed; nothing to resume" in result.output
+
+
+def test_relative_store_and_tracking_uris_become_absolute_from_the_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    here = os.fspath(tmp_path)
+    assert absolute_tracking_uri("sqlite:///x.db") == f"sqlite:///{here}/x.db"
+    assert absolute_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+    assert absolute_tracking_uri("mlruns") == f"{here}/mlruns"
+    assert absolute_tracking_uri("http://mlflow:5000") == "http://mlflow:5000"
+    assert absolute_store_uri("store") == (tmp_path / "store").as_uri()
+    assert absolute_store_uri("file:store") == (tmp_path / "store").as_uri()
+    assert absolute_store_uri("file:///abs/store") == "file:///abs/store"
+    assert absolute_store_uri("s3://bucket/prefix") == "s3://bucket/prefix"
