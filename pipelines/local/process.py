@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.local import forkserver
+
 __all__ = ["ProcessOutcome", "StepProcess"]
 
 TERM_GRACE_SECONDS = 2.0
@@ -46,7 +48,7 @@ class StepProcess:
         self._lock = threading.Lock()
         self.started_at = time.time()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = forkserver.popen(  # a fresh process, or forked from a preloaded one
                 list(argv),
                 env=dict(env),
                 cwd=str(cwd),
