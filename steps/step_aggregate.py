@@ -116,11 +116,12 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
     to_log = {f"train_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy")}
     to_log.update({"clients_aggregated": float(len(accepted)), "clients_rejected": float(len(rejected))})
-    for update in accepted:
-        for key in ("loss", "accuracy"):
-            if key in update.metrics:
-                to_log[f"client_{update.client}_train_{key}"] = update.metrics[key]
+    for key in ("loss", "accuracy"):  # the spread across clients; each client's values in the table
+        values = [u.metrics[key] for u in accepted if key in u.metrics]
+        to_log.update(tracking.distribution(f"client_train_{key}", values))
     tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
+    table = tracking.client_table(((u.client, u.examples, u.metrics) for u in accepted), rejected)
+    tracking.log_dict(record.mlflow_run_id, table, f"clients/round-{round:04d}.json")
     return metrics
 
 
