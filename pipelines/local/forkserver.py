@@ -76,6 +76,8 @@ PRELOAD = (
     "mlflow.tracking",
     "mlflow.entities",
     "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.pytorch",  # finalize logs the model with it
+    "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
     "pipelines.cli",
     "steps.cli",
     "steps.frameworks.torch_backend",
