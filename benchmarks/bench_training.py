@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         flush=True,
     )
     backend = _backend(args.framework, device)
-    backend.configure(threads=args.workers, deterministic=True)
+    # evaluation threads: the evaluate step's (bench_rounds passes them), else one per worker
+    backend.configure(threads=getattr(args, "eval_threads", None) or args.workers, deterministic=True)
     train = load_dataset(args.dataset, "train", limit=args.limit)
     test = load_dataset(args.dataset, "test")
     model = backend.build_model(
