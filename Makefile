@@ -50,7 +50,8 @@ compile: install
 	for c in configs/*.yaml; do $(BIN)/argofl compile $$c; done
 
 bench: install data
-	$(BIN)/python benchmarks/bench_rounds.py
+	$(BIN)/python benchmarks/bench_rounds.py --target 1.15
+	$(BIN)/python benchmarks/bench_rounds.py -p clients=50 -p rounds=3 --target 1.3
 	$(BIN)/python benchmarks/bench_aggregate.py
 	$(BIN)/python benchmarks/bench_checkpoint.py
 	$(BIN)/python benchmarks/bench_training.py

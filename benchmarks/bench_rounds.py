@@ -1,12 +1,17 @@
-"""Wall time per round and the share of it that is orchestration, plus step process start-up time.
+"""Wall time of a run against its compute floor, per round, its share of orchestration, step start-up,
+and the size of its node status as Argo stores it.
 
 Runs a config with `argofl run` (local executor, file:// store, local MLflow), then reads the run's
 Argo-shaped status: for each round, wall time of the round node, and the time spent inside client
 training (reported by each train step); orchestration = everything else (process start-up, imports,
 data loading, checkpoint I/O, aggregation, evaluation, scheduling), computed as
-1 - (training seconds / parallelism) / round wall time.
+1 - (training seconds / parallelism) / round wall time. In the same run it measures the compute floor
+(the same clients, rounds and hyperparameters trained and evaluated in-process by
+`bench_training.py`, `parallelism` workers) and prints the run's wall time as a multiple of it beside
+`--target`; and the node status (JSON → gzip → base64, as Argo compresses it) per round, projected to
+`--project-clients` single-client pods × `--project-rounds` rounds against Argo's 1 MiB.
 
-    python benchmarks/bench_rounds.py [CONFIG] [-p rounds=2 ...] [--parallelism 2]
+    python benchmarks/bench_rounds.py [CONFIG] [-p rounds=2 ...] [--parallelism 2] [--target 1.15]
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+for _path in (ROOT, ROOT / "benchmarks"):  # runnable without installing argofl
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def _ts(value: str) -> float:
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def startup_times(repeat: int = 5) -> dict[str, float]:
+def startup_times(repeat: int = 5) -> dict[str, float | None]:
     """Median seconds for step-process start-up pieces."""
     cases = {
         "argofl_step_help_s": [str(BIN / "argofl"), "step", "train", "--help"],
@@ -45,7 +54,7 @@ def startup_times(repeat: int = 5) -> dict[str, float]:
             "from steps.data import load_dataset; load_dataset('fashion-mnist', 'train')",
         ],
     }
-    out = {}
+    out: dict[str, float | None] = {}
     for name, cmd in cases.items():
         runs = []
         for _ in range(repeat):
@@ -53,7 +62,107 @@ def startup_times(repeat: int = 5) -> dict[str, float]:
             subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
             runs.append(time.perf_counter() - t0)
         out[name] = round(statistics.median(runs), 3)
+    out["forked_argofl_step_train_help_s"] = _forked_startup(repeat)
     return out
+
+
+def _forked_startup(repeat: int) -> float | None:
+    """Median seconds of `argofl step train --help` forked from the local executor's fork server."""
+    import os
+
+    from pipelines.local import forkserver
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    server = forkserver.ForkServer(env)
+    try:
+        if not server.wait_ready(300):
+            print(f"fork server unavailable: {server.failure}", file=sys.stderr)
+            return None
+        runs = []
+        with tempfile.TemporaryFile() as err:
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                proc = server.spawn(
+                    [str(BIN / "argofl"), "step", "train", "--help"],
+                    env=env,
+                    cwd=str(ROOT),
+                    stderr=err.fileno(),
+                )
+                if proc is None or proc.stdout is None:
+                    return None
+                proc.stdout.read()
+                proc.wait()
+                runs.append(time.perf_counter() - t0)
+        return round(statistics.median(runs), 3)
+    finally:
+        server.close()
+
+
+def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str, float]:
+    """The run's training and evaluation compute, in-process (`bench_training.run`)."""
+    import argparse as _argparse
+
+    import bench_training
+
+    from pipelines.config import load_config
+    from steps.settings import Settings
+
+    overrides = dict(p.split("=", 1) for p in params)
+    base = {k: str(v) for k, v in load_config(config).settings.to_dict().items() if v is not None}
+    merged = {**base, **{k.replace("-", "_"): v for k, v in overrides.items()}}
+    s = Settings.from_mapping(merged, where="bench_rounds -p", strings=True)
+    if s.fraction < 1.0:
+        print(
+            "note: the floor trains every client each round (fraction < 1 is not modelled)", file=sys.stderr
+        )
+    args = _argparse.Namespace(
+        framework=s.framework,
+        model=s.model,
+        dataset=s.dataset,
+        clients=s.clients,
+        rounds=s.rounds,
+        epochs=s.local_epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        momentum=s.momentum,
+        workers=parallelism,
+        threads=s.threads or 1,
+        eval_threads=s.threads or 1,
+        seed=s.seed,
+        limit=s.data_limit or None,
+        skip_startup=True,
+        device="auto",
+    )
+    figures: dict[str, float] = bench_training.run(args)
+    figures["floor_s"] = figures["train_wall_s"] + figures["eval_wall_s"]
+    return figures
+
+
+def node_status_figures(status: dict[str, Any], clients: int, rounds: int) -> dict[str, Any]:
+    """Node-status size of the run, per round, and projected to ``clients`` one-client pods × ``rounds``."""
+    from pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, measure, per_round, project
+
+    total = measure(status.get("nodes") or {})
+    by_round = per_round(status)
+    projection = project(by_round, total, pods=clients, rounds_count=rounds)
+    return {
+        "nodes": total.nodes,
+        "json_bytes": total.json_bytes,
+        "compressed_bytes": total.compressed_bytes,
+        "compressed_bytes_per_node": round(total.compressed_per_node, 1),
+        "per_round": [
+            {"round": r.round, "nodes": r.size.nodes, "compressed_bytes": r.size.compressed_bytes}
+            for r in by_round
+        ],
+        "projected": {
+            "clients": clients,
+            "rounds": rounds,
+            "nodes": projection.nodes,
+            "compressed_bytes": projection.compressed_bytes,
+            "limit_bytes": ARGO_MAX_WORKFLOW_SIZE,
+            "share_of_limit": round(projection.share_of_limit, 2),
+        },
+    }
 
 
 def main() -> None:
@@ -61,6 +170,10 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"))
     parser.add_argument("-p", dest="params", action="append", default=[])
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--target", type=float, default=1.15, help="target wall time ÷ compute floor")
+    parser.add_argument("--no-floor", action="store_true", help="skip measuring the compute floor")
+    parser.add_argument("--project-clients", type=int, default=1000)
+    parser.add_argument("--project-rounds", type=int, default=100)
     args = parser.parse_args()
     print(json.dumps({"startup": startup_times()}, indent=2), flush=True)
     with tempfile.TemporaryDirectory(prefix="argofl-bench-") as tmp:
@@ -119,8 +232,35 @@ def main() -> None:
                 ),
             },
             indent=2,
-        )
+        ),
+        flush=True,
     )
+    sizes = node_status_figures(status, args.project_clients, args.project_rounds)
+    print(json.dumps({"node_status": sizes}, indent=2), flush=True)
+    floor = None if args.no_floor else compute_floor(args.config, args.params, args.parallelism)
+    projected = sizes["projected"]
+    lines = [
+        (
+            "node status, projected "
+            f"{projected['clients']} clients x {projected['rounds']} rounds (1 client per pod)",
+            f"{projected['compressed_bytes'] / 1e6:.1f} MB compressed = {projected['share_of_limit']}x "
+            "Argo's 1 MiB",
+            "< 1x (without offloading)",
+        ),
+    ]
+    if floor is not None:
+        lines.insert(
+            0,
+            (
+                f"{Path(args.config).stem} {' '.join(args.params)} wall time",
+                f"{total:.1f} s = {total / floor['floor_s']:.2f}x its compute floor {floor['floor_s']:.1f} s "
+                f"(accuracy {summary['final_accuracy']:.4f} vs {floor['accuracy']:.4f} in-process)",
+                f"<= {args.target}x",
+            ),
+        )
+    print("\nfigure | measured | target")
+    for name, value, target in lines:
+        print(f"{name} | {value} | {target}")
 
 
 if __name__ == "__main__":

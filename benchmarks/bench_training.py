@@ -5,10 +5,13 @@ from the global weights, then a weighted average of the weights by examples and 
 10k test set; repeated for ``--rounds`` rounds. Clients run in ``--workers`` spawned processes of
 ``--threads`` threads each, like the Argo train steps (2 at once on a 2-core machine).
 
-Prints per-round test accuracy, seconds per client-epoch, images/s, the start-up cost of a train step
-process (import the backend and load the data) and an estimate of the whole flagship run's wall time.
+Prints per-round test accuracy, seconds per client-epoch (the first one each worker trains, with its
+warm-up — cuDNN, kernels, allocator — apart from the warm ones), images/s, the start-up cost of a train
+step process (import the backend and load the data) and an estimate of the whole flagship run's wall
+time. ``--device cuda`` trains (and evaluates) the torch model on the GPU.
 
     python benchmarks/bench_training.py --framework torch
+    python benchmarks/bench_training.py --framework torch --device cuda --workers 1
     python benchmarks/bench_training.py --framework tensorflow --rounds 3
 """
 
@@ -48,13 +51,23 @@ Weights = dict[str, np.ndarray]
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(framework: str, model: str, threads: int, dataset: str, seed: int) -> None:
-    backend = get_backend(framework)
+def _backend(framework: str, device: str) -> Any:
+    """The framework's backend; for torch on ``device`` (``auto``: the GPU when there is one)."""
+    if framework == "torch" and device != "auto":
+        from steps.frameworks.torch_backend import TorchBackend
+
+        return TorchBackend(device)
+    return get_backend(framework)
+
+
+def _init_worker(framework: str, model: str, threads: int, dataset: str, seed: int, device: str) -> None:
+    backend = _backend(framework, device)
     backend.configure(threads=threads, deterministic=True)
     train = load_dataset(dataset, "train")
     _WORKER.update(
         backend=backend,
         train=train,
+        calls=0,
         model=backend.build_model(
             model, input_shape=train.input_shape, num_classes=train.num_classes, seed=seed
         ),
@@ -63,13 +76,16 @@ def _init_worker(framework: str, model: str, threads: int, dataset: str, seed: i
 
 def _train_client(
     weights: Weights, indices: np.ndarray, hparams: dict[str, Any], seed: int
-) -> tuple[Weights, dict[str, float], float]:
+) -> tuple[Weights, dict[str, float], float, bool]:
+    """Train one client; its weights, metrics, seconds, and whether it was this worker's first."""
     backend, model, train = _WORKER["backend"], _WORKER["model"], _WORKER["train"]
+    first = _WORKER["calls"] == 0
+    _WORKER["calls"] += 1
     start = time.perf_counter()
     backend.set_weights(model, weights)
     metrics = backend.train(model, train.x[indices], train.y[indices], seed=seed, **hparams)
     updated = backend.get_weights(model)
-    return updated, metrics, time.perf_counter() - start
+    return updated, metrics, time.perf_counter() - start, first
 
 
 # ------------------------------------------------------------------------------------------- FedAvg
@@ -97,19 +113,23 @@ def startup_seconds(framework: str, dataset: str) -> float:
     return time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> float:
-    """Run the simulation; returns the final test accuracy."""
+def run(args: argparse.Namespace) -> dict[str, float]:
+    """Run the simulation; returns its figures (``accuracy``, ``train_wall_s``, ``eval_wall_s``,
+    ``client_epoch_s``, ``first_client_epoch_s``, ``warm_client_epoch_s``)."""
+    device = getattr(args, "device", "auto")
     hparams = {**FLAGSHIP[args.framework], "epochs": args.epochs}
     for key in ("batch_size", "lr", "momentum"):
         if getattr(args, key) is not None:
             hparams[key] = getattr(args, key)
     print(
         f"== {args.framework} {args.model} on {args.dataset}: {args.clients} IID clients, "
-        f"{args.rounds} rounds, {hparams}, {args.workers} workers x {args.threads} thread(s)",
+        f"{args.rounds} rounds, {hparams}, {args.workers} workers x {args.threads} thread(s), "
+        f"device {device}",
         flush=True,
     )
-    backend = get_backend(args.framework)
-    backend.configure(threads=args.workers, deterministic=True)
+    backend = _backend(args.framework, device)
+    # evaluation threads: the evaluate step's (bench_rounds passes them), else one per worker
+    backend.configure(threads=getattr(args, "eval_threads", None) or args.workers, deterministic=True)
     train = load_dataset(args.dataset, "train", limit=args.limit)
     test = load_dataset(args.dataset, "test")
     model = backend.build_model(
@@ -119,10 +139,12 @@ def run(args: argparse.Namespace) -> float:
     parts = partition(train.y, args.clients, "iid", seed=args.seed)
 
     client_seconds: list[float] = []
+    first_seconds: list[float] = []
     train_wall = 0.0
+    eval_wall = 0.0
     accuracy = 0.0
     ctx = get_context("spawn")
-    init = (args.framework, args.model, args.threads, args.dataset, args.seed)
+    init = (args.framework, args.model, args.threads, args.dataset, args.seed, device)
     with ProcessPoolExecutor(args.workers, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
         list(pool.map(time.sleep, [0.0] * args.workers))  # start the workers before timing
         for rnd in range(1, args.rounds + 1):
@@ -134,25 +156,35 @@ def run(args: argparse.Namespace) -> float:
             results = [f.result() for f in futures]
             wall = time.perf_counter() - start
             train_wall += wall
-            client_seconds += [s / args.epochs for _, _, s in results]
-            global_weights = fedavg([(w, m["examples"]) for w, m, _ in results])
+            client_seconds += [s / args.epochs for _, _, s, first in results if not first]
+            first_seconds += [s / args.epochs for _, _, s, first in results if first]
+            global_weights = fedavg([(w, m["examples"]) for w, m, _, _ in results])
+            started = time.perf_counter()
             backend.set_weights(model, global_weights)
             ev = backend.evaluate(model, test.x, test.y, batch_size=1000)
+            eval_wall += time.perf_counter() - started
             accuracy = ev["accuracy"]
-            train_loss = np.mean([m["loss"] for _, m, _ in results])
+            train_loss = np.mean([m["loss"] for _, m, _, _ in results])
             print(
                 f"round {rnd}: test accuracy {accuracy:.4f} loss {ev['loss']:.4f} | client train loss "
                 f"{train_loss:.4f} | round {wall:.1f}s, {len(train) * args.epochs / wall:.0f} images/s",
                 flush=True,
             )
 
-    per_client = float(np.mean(client_seconds))
+    per_client = float(np.mean(client_seconds or first_seconds))
+    first_epoch = float(np.mean(first_seconds))
     images = len(train) / args.clients
     total_rate = len(train) * args.epochs * args.rounds / train_wall
     print(
         f"{args.framework}: {per_client:.2f} s per client-epoch ({images:.0f} images, "
         f"{images / per_client:.0f} images/s per process); {total_rate:.0f} images/s over {args.workers} "
         f"processes; one epoch over all {len(train)} images takes {train_wall / args.rounds:.1f}s",
+        flush=True,
+    )
+    print(
+        f"{args.framework} on {device}: first client-epoch of each worker (warm-up) {first_epoch:.2f} s; "
+        f"warm client-epochs {per_client:.2f} s (mean of {len(client_seconds)}); evaluation "
+        f"{eval_wall / args.rounds:.2f} s per round",
         flush=True,
     )
     if not args.skip_startup:
@@ -165,7 +197,14 @@ def run(args: argparse.Namespace) -> float:
             f"{args.workers})",
             flush=True,
         )
-    return accuracy
+    return {
+        "accuracy": accuracy,
+        "train_wall_s": train_wall,
+        "eval_wall_s": eval_wall,
+        "client_epoch_s": per_client,
+        "first_client_epoch_s": first_epoch,
+        "warm_client_epoch_s": float(np.mean(client_seconds)) if client_seconds else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +225,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use only the first N training images")
     parser.add_argument("--skip-startup", action="store_true", help="do not time a train step's start-up")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="torch only: where to train (auto: the GPU when one is present, as the train step does)",
+    )
     args = parser.parse_args(argv)
+    if args.device != "auto" and args.framework != "torch":
+        parser.error(f"--device {args.device} needs --framework torch (got {args.framework})")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("error: --device cuda: no CUDA GPU is visible here; use --device cpu", file=sys.stderr)
+            return 2
     if args.framework == "both":  # one process per framework: neither imports the other
         rest = sys.argv[1:] if argv is None else argv
         status = 0

@@ -2,8 +2,10 @@
 
 Argo names a loop child ``task(index:item)``, so the items themselves carry readable labels: the rounds
 loop yields ``round 3`` (a ``withSequence`` with :data:`ROUND_FORMAT`) and each round fans out over
-``round 3 / client 7`` or ``round 3 / clients 6,7`` (one pod training a group). Steps receive these
-labels as ``--round`` / ``--clients`` and parse them here; plain numbers (``3``, ``6,7``) are accepted
+``round 3 / client 7`` or ``round 3 / clients 6,7`` (one pod training a group). Runs of three or more
+consecutive ids are written as ranges, so a label stays short at any group size:
+``round 1 / clients 500-599``, ``round 2 / clients 0-2,5,8-11``. Steps receive these labels as
+``--round`` / ``--clients`` and parse them here; plain numbers (``3``, ``6,7``, ``0-9``) are accepted
 too, for running a step by hand.
 """
 
@@ -19,6 +21,7 @@ __all__ = [
     "LabelError",
     "client_sequence_format",
     "clients_label",
+    "format_ids",
     "parse_clients",
     "parse_round",
     "round_label",
@@ -28,7 +31,9 @@ ROUND_FORMAT = "round %d"
 """printf format of the rounds loop (``withSequence.format``)."""
 
 _ROUND = re.compile(r"(?:round )?(\d+)")
-_CLIENTS = re.compile(r"(?:round (\d+) / clients? )?(\d+(?:,\d+)*)")
+_CLIENTS = re.compile(r"(?:round (\d+) / clients? )?(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)")
+MAX_RANGE = 1_000_000
+"""The most ids one ``A-B`` range of a label may expand to."""
 
 
 class LabelError(BadInputError, ValueError):
@@ -45,7 +50,24 @@ def clients_label(round: int, clients: Sequence[int | str]) -> str:
     if not clients:
         raise LabelError(f"round {round}: a client label needs at least one client")
     noun = "client" if len(clients) == 1 else "clients"
-    return f"{round_label(round)} / {noun} {','.join(str(c) for c in clients)}"
+    return f"{round_label(round)} / {noun} {format_ids(clients)}"
+
+
+def format_ids(clients: Sequence[int | str]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` → ``0-2,5,7,8``: ascending runs of three or more consecutive ids as ranges."""
+    ids = [int(c) for c in clients]
+    parts: list[str] = []
+    start = 0
+    while start < len(ids):
+        end = start
+        while end + 1 < len(ids) and ids[end + 1] == ids[end] + 1:
+            end += 1
+        if end - start >= 2:
+            parts.append(f"{ids[start]}-{ids[end]}")
+        else:
+            parts.extend(str(i) for i in ids[start : end + 1])
+        start = end + 1
+    return ",".join(parts)
 
 
 def client_sequence_format(round_value: str) -> str:
@@ -62,18 +84,30 @@ def parse_round(text: str) -> int:
 
 
 def parse_clients(text: str, *, round: int | None = None) -> list[str]:
-    """``"round 3 / clients 6,7"`` or ``"6,7"`` → ``["6", "7"]``.
+    """``"round 3 / clients 6,7"`` or ``"6,7"`` → ``["6", "7"]``; ``"4-6"`` → ``["4", "5", "6"]``.
 
     A label naming a round other than ``round`` is refused: the pod would train for the wrong round.
     """
     found = _CLIENTS.fullmatch(text.strip())
     if found is None:
         raise LabelError(
-            f"bad clients {text!r}: expected 'round N / client C', 'round N / clients C,D' or 'C,D'"
+            f"bad clients {text!r}: expected 'round N / client C', 'round N / clients C,D-E' or 'C,D-E'"
         )
     labelled_round, ids = found.groups()
     if labelled_round is not None and round is not None and int(labelled_round) != round:
         raise LabelError(
             f"clients {text!r} belong to round {labelled_round}, but this step runs round {round}"
         )
-    return [str(int(c)) for c in ids.split(",")]
+    out: list[str] = []
+    for part in ids.split(","):
+        first, sep, last = part.partition("-")
+        if not sep:
+            out.append(str(int(first)))
+            continue
+        lo, hi = int(first), int(last)
+        if hi < lo or hi - lo >= MAX_RANGE:
+            raise LabelError(
+                f"bad clients {text!r}: range {part} must run upwards and span at most {MAX_RANGE} ids"
+            )
+        out.extend(str(i) for i in range(lo, hi + 1))
+    return out

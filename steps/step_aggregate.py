@@ -120,7 +120,10 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         round=round,
         examples=int(metrics["examples"]),
         metrics=metrics,
-        extra={"clients": ",".join(u.client for u in accepted)},
+        extra={
+            "clients": ",".join(u.client for u in accepted),
+            "rejected": json.dumps(rejected, sort_keys=True),
+        },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
     return _log_round(store, layout, round, record.mlflow_run_id)
@@ -148,12 +151,16 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
     to_log.update(
         {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
     )
+    rows = []
     for client in clients:
-        client_metrics = load_manifest(store, layout.update_key(round, client)).metrics
-        for key in ("loss", "accuracy"):
-            if key in client_metrics:
-                to_log[f"client_{client}_train_{key}"] = client_metrics[key]
+        client_manifest = load_manifest(store, layout.update_key(round, client))
+        rows.append((client, client_manifest.examples, client_manifest.metrics))
+    for key in ("loss", "accuracy"):  # the spread across clients; each client's values in the table
+        values = [row_metrics[key] for _, _, row_metrics in rows if key in row_metrics]
+        to_log.update(tracking.distribution(f"client_train_{key}", values))
     tracking.log_metrics(run_id, to_log, step=round)
+    rejected = json.loads(manifest.extra.get("rejected", "{}"))
+    tracking.log_dict(run_id, tracking.client_table(rows, rejected), f"clients/round-{round:04d}.json")
     return metrics
 
 

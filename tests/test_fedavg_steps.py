@@ -7,6 +7,7 @@ bad updates are rejected with reasons, too few valid updates fail the round, not
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +352,27 @@ def test_local_mlflow_artifacts_live_beside_the_database_not_in_the_step_cwd(env
     assert experiment is not None
     assert experiment.artifact_location == (tmp_path / "mlartifacts" / "steps-test").as_uri()
     assert not (scratch / "mlruns").exists()
+
+
+def test_mlflow_gets_client_distributions_and_a_table_not_metrics_per_client(env, tmp_path):
+    """A round logs a fixed set of metric keys whatever the number of clients; each client's values
+    are in the round's table artifact."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    s = settings(clients=4, min_clients=4, rounds=1, clients_per_pod=3)
+    run_rounds(s, "steps-test/dist", 1)
+    run_id = json.loads(env.get_bytes(RunLayout("steps-test/dist").record_key))["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    metrics = client.get_run(run_id).data.metrics
+    assert not [k for k in metrics if k.startswith("client_") and k.split("_")[1].isdigit()]
+    assert metrics["client_train_loss_count"] == 4
+    assert metrics["client_train_accuracy_min"] <= metrics["client_train_accuracy_median"]
+    assert metrics["client_train_accuracy_median"] <= metrics["client_train_accuracy_max"]
+    table_path = client.download_artifacts(run_id, "clients/round-0001.json", str(tmp_path / "dl"))
+    table = json.loads(Path(table_path).read_text())
+    assert [row[0] for row in table["data"]] == ["0", "1", "2", "3"]
+    losses = [row[table["columns"].index("train_loss")] for row in table["data"]]
+    assert metrics["client_train_loss_mean"] == pytest.approx(float(np.mean(losses)))
+    assert metrics["client_train_loss_std"] == pytest.approx(float(np.std(losses)))

@@ -62,3 +62,19 @@ def test_step_cli_round_option_names_the_bad_value(value, message):
     result = CliRunner().invoke(step_cli, ["distribute", "--run-key", "e/r", "--round", value])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_large_groups_get_short_labels_with_id_ranges():
+    assert clients_label(1, list(range(500, 600))) == "round 1 / clients 500-599"
+    assert clients_label(2, [0, 1, 2, 5, 8, 9, 10, 11]) == "round 2 / clients 0-2,5,8-11"
+    assert clients_label(2, [3, 4]) == "round 2 / clients 3,4"  # two ids read better than a range
+    for ids in ([7], [6, 7], list(range(1000)), [0, 2, 3, 4, 9, 11, 12], [5, 3, 4]):
+        assert parse_clients(clients_label(4, ids), round=4) == [str(i) for i in ids]
+    assert len(clients_label(1, list(range(1000, 2000)))) < 30
+    assert parse_clients("0-3") == ["0", "1", "2", "3"]
+
+
+@pytest.mark.parametrize("bad", ["5-3", "0-9999999", "1-", "-2", "1--2", "1-2-3"])
+def test_bad_client_ranges_are_refused_with_the_value(bad):
+    with pytest.raises(LabelError, match=r"bad clients"):
+        parse_clients(f"round 1 / clients {bad}")

@@ -101,7 +101,7 @@ def test_pipeline_against_s3_and_mlflow_server(
     history = client.get_metric_history(run.info.run_id, "test_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
     assert {m.step: m.value for m in history}[2] == pytest.approx(summary["final_accuracy"])
-    assert len(client.get_metric_history(run.info.run_id, "client_1_train_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "client_train_loss_mean")) == 2
 
     # the run's MLflow page: init's global output, printed by `argofl run`, served by the MLflow UI
     url = f"{mlflow_server.uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.local import lifeline
+from pipelines.local import forkserver, lifeline
 
 __all__ = ["ProcessOutcome", "StepProcess"]
 
@@ -49,7 +49,8 @@ class StepProcess:
         self._lock = threading.Lock()
         self.started_at = time.time()
         try:
-            self.proc = lifeline.popen(
+            # forked from the preloaded server when it serves argv, else a fresh process that dies with us
+            self.proc = forkserver.popen(
                 list(argv),
                 env=dict(env),
                 cwd=str(cwd),
@@ -58,7 +59,9 @@ class StepProcess:
                 stderr=self._log,
                 start_new_session=True,
                 close_fds=True,
+                fallback=lifeline.popen,
             )
+            lifeline.watchdog().watch(self.proc.pid)  # its group, also for a forked step
         except BaseException:
             self._log.close()
             self._stdout.close()

@@ -1,0 +1,615 @@
+"""Fork server: ``argofl step …`` processes forked from an interpreter that has already imported them.
+
+A fresh step process spends seconds importing Python, numpy, torch and MLflow before it does any work.
+The fork server is one such interpreter, started once per executor process: it imports the step CLI and
+the heavy libraries (:data:`PRELOAD`), then, per request, forks a child that becomes the step — its own
+session and process group (like ``start_new_session``), stdin ``/dev/null``, stdout and stderr on the
+descriptors the executor passed, the request's working directory, environment and ``argv``, default
+signal dispositions — and runs ``argofl``'s ``main``. The child exits with ``main``'s exit code (an
+uncaught ``KeyboardInterrupt`` by SIGINT, as Python does), and the server reports the status back, so the
+executor waits on and kills a forked step exactly as it does a :class:`subprocess.Popen` (a
+:class:`ForkedProcess` has the same ``pid``/``stdout``/``wait``/``poll``/``returncode``).
+
+Only what the server can serve is forked (:func:`popen` runs everything else as a normal process):
+
+* the command is ``argofl step …`` of this installation (``argofl`` found on the request's ``PATH`` is the
+  script beside :data:`sys.executable`);
+* every environment variable read when an interpreter or the preloaded libraries start
+  (:func:`startup_environment`: ``PYTHON*``, ``LD_*``, ``LC_*``/``LANG``, ``TZ``, ``HOME``, the thread-count
+  variables of OpenMP/MKL/OpenBLAS, ``CUDA_*``/``NVIDIA_*``, ``TORCH*``/``PYTORCH_*``, …) has the value the
+  server started with; a step with, say, its own ``OMP_NUM_THREADS`` or ``CUDA_VISIBLE_DEVICES`` runs as a
+  fresh process;
+* ``ARGOFL_FORKSERVER`` is not ``0``/``false``/``off``/``no`` (the escape hatch; in the executor's
+  environment or the step's).
+
+Safety: the server never initialises CUDA, torch's intra-/inter-op thread pools or deterministic mode
+(each step's ``configure`` sets threads and determinism itself); it refuses to serve (and every step runs
+as a normal process) if a preload started a Python thread or CUDA. Native threads that libraries start at
+load and that are fork-safe through ``pthread_atfork`` (OpenBLAS's workers, pyarrow's jemalloc) are
+allowed, as with ``multiprocessing``'s fork start method. Forked children share the server's hash seed
+and the preloaded module state; ``random`` and numpy's global generator are reseeded and ``tempfile``
+forgets its cached directory in each child.
+
+Lifetime: the server dies with the executor (``PR_SET_PDEATHSIG`` to the long-lived thread that started
+it, and the end of its control socket), and each forked step dies with the server (its own
+``PR_SET_PDEATHSIG``). Requests made while the server is still importing run as normal processes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = [
+    "DISABLE_VARIABLE",
+    "PRELOAD",
+    "ForkServer",
+    "ForkedProcess",
+    "default_server",
+    "popen",
+    "startup_environment",
+]
+
+DISABLE_VARIABLE = "ARGOFL_FORKSERVER"
+"""Set to ``0`` (or ``false``/``off``/``no``) to run every step as a fresh process."""
+
+PRELOAD = (
+    "numpy",
+    "safetensors.numpy",
+    "torch",
+    "minio",
+    "mlflow",
+    "mlflow.tracking",
+    "mlflow.entities",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.pytorch",  # finalize logs the model with it
+    "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
+    "pipelines.cli",
+    "steps.cli",
+    "steps.frameworks.torch_backend",
+    "steps.step_init",
+    "steps.step_distribute",
+    "steps.step_train",
+    "steps.step_aggregate",
+    "steps.step_evaluate",
+    "steps.step_finalize",
+    "steps.tracking",
+)
+"""Modules the server imports before forking (those not installed are skipped)."""
+
+_STARTUP_PREFIXES = (
+    "PYTHON",
+    "LD_",
+    "LC_",
+    "OMP_",
+    "MKL_",
+    "OPENBLAS_",
+    "GOTO",
+    "VECLIB_",
+    "KMP_",
+    "NUMEXPR_",
+    "CUDA_",
+    "NVIDIA_",
+    "TORCH",
+    "PYTORCH_",
+    "MALLOC_",
+    "JE_",
+    "ARROW_",
+)
+_STARTUP_NAMES = frozenset(
+    {"LANG", "LANGUAGE", "TZ", "HOME", "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL"}
+)
+_OFF = frozenset({"0", "false", "off", "no"})
+_PR_SET_PDEATHSIG = 1
+
+
+def startup_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that an interpreter or a preloaded library reads when it starts."""
+    return {k: v for k, v in env.items() if k in _STARTUP_NAMES or k.startswith(_STARTUP_PREFIXES)}
+
+
+def _set_parent_death_signal(sig: int) -> None:
+    """Ask Linux to send ``sig`` to this process when the thread that created it ends."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+# ------------------------------------------------------------------------------------- executor side
+
+
+class ForkedProcess:
+    """A step forked by the server: the part of :class:`subprocess.Popen` the executor uses."""
+
+    def __init__(self, args: list[str], pid: int, channel: socket.socket, stdout: IO[bytes]) -> None:
+        self.args = args
+        self.pid = pid
+        self.stdout: IO[bytes] | None = stdout
+        self.returncode: int | None = None
+        self._channel = channel
+        self._done = threading.Event()
+        threading.Thread(target=self._await_status, name=f"forked-{pid}", daemon=True).start()
+
+    def _await_status(self) -> None:
+        data = b""
+        try:
+            while not data.endswith(b"\n"):
+                chunk = self._channel.recv(64)
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass
+        finally:
+            self._channel.close()
+        word, _, value = data.decode("ascii", "replace").strip().partition(" ")
+        # no status: the server died, and its children with it (PR_SET_PDEATHSIG = SIGKILL)
+        self.returncode = int(value) if word == "exit" else -signal.SIGKILL
+        self._done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode if self._done.is_set() else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._done.wait(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        return self.returncode if self.returncode is not None else -signal.SIGKILL
+
+    def send_signal(self, sig: int) -> None:
+        if not self._done.is_set():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The executor's handle on one server process; :meth:`spawn` forks a step from it."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        *,
+        script: Path | None = None,
+        entry: str = "pipelines.cli:main",
+        preload: Sequence[str] = PRELOAD,
+    ) -> None:
+        """Start a server with environment ``env`` that serves ``<script> step …`` by calling ``entry``
+        (``module:function``, given ``argv[1:]``) after importing ``preload``."""
+        self.env = dict(env)
+        self.startup = startup_environment(env)
+        self.script = script or _argofl_script()
+        self.entry = entry
+        self.preload = tuple(preload)
+        self.forked = 0  # steps forked so far (tests and benchmarks read it)
+        self.failure: str | None = None
+        self._ready = threading.Event()
+        self._finished = threading.Event()
+        self._stop = threading.Event()
+        self._settled = threading.Event()  # ready or finished
+        self._lock = threading.Lock()
+        self._control: socket.socket | None = None
+        # the thread that starts the server lives as long as the server may: PR_SET_PDEATHSIG fires
+        # when the creating thread (not the process) ends
+        self._keeper = threading.Thread(target=self._keep, name="argofl-forkserver", daemon=True)
+        self._keeper.start()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and not self._finished.is_set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the server serves (True) or has failed or ``timeout`` passed (False)."""
+        self._settled.wait(timeout)
+        return self.ready
+
+    def _keep(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's own stderr (import warnings, a crash)
+        code = (
+            "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); "
+            "from pipelines.local.forkserver import _serve; "
+            "_serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[1], sys.argv[4], sys.argv[5])"
+        )
+        try:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    code,
+                    str(self.script),
+                    str(theirs.fileno()),
+                    str(os.getpid()),
+                    self.entry,
+                    json.dumps(self.preload),
+                ],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                pass_fds=(theirs.fileno(),),
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self.failure = f"cannot start: {exc}"
+            self._finished.set()
+            self._settled.set()
+            ours.close()
+            theirs.close()
+            log.close()
+            return
+        theirs.close()
+        try:
+            hello = ours.recv(4096)
+            if hello == b"ready":
+                self._control = ours
+                self._ready.set()
+                self._settled.set()
+                self._stop.wait()
+            else:
+                self.failure = hello.decode(errors="replace") or "exited while importing"
+        finally:
+            self._finished.set()
+            self._settled.set()
+            with self._lock:
+                self._control = None
+                ours.close()  # the server sees the end of its control socket and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.seek(0)
+            lines = log.read().decode(errors="replace").strip().splitlines()
+            log.close()
+            if self.failure and lines:
+                self.failure += ": " + lines[-1]
+
+    def close(self) -> None:
+        """Stop the server (its running children get SIGKILL) and wait for it."""
+        self._stop.set()
+        self._keeper.join(timeout=15)
+
+    def serves(self, argv: Sequence[str], env: Mapping[str, str]) -> bool:
+        """Whether ``argv`` with ``env`` can be forked from this server (it may still be starting)."""
+        if len(argv) < 2 or argv[1] != "step" or _disabled(env):
+            return False
+        found = argv[0] if os.sep in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
+        if found is None or os.path.realpath(found) != os.path.realpath(self.script):
+            return False
+        return startup_environment(env) == self.startup
+
+    def spawn(
+        self, argv: Sequence[str], *, env: Mapping[str, str], cwd: str, stderr: int
+    ) -> ForkedProcess | None:
+        """Fork ``argv``; None when the server is not serving (the caller starts a normal process)."""
+        if not self.ready:
+            return None
+        if not os.path.isdir(cwd):
+            raise FileNotFoundError(2, f"no such directory: {cwd}", cwd)
+        channel, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        read_end, write_end = os.pipe()
+        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+        try:
+            with self._lock:
+                if self._control is None:
+                    return None
+                socket.send_fds(self._control, [request], [remote.fileno(), write_end, stderr])
+        except OSError:
+            channel.close()
+            os.close(read_end)
+            return None
+        finally:
+            remote.close()
+            os.close(write_end)
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = channel.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+        word, _, value = reply.decode("ascii", "replace").strip().partition(" ")
+        if word != "pid":
+            channel.close()
+            os.close(read_end)
+            raise OSError(0, f"fork server refused: {reply.decode(errors='replace').strip() or 'no reply'}")
+        self.forked += 1
+        return ForkedProcess(list(argv), int(value), channel, os.fdopen(read_end, "rb", buffering=0))
+
+
+def _argofl_script() -> Path:
+    return Path(sys.executable).parent / "argofl"
+
+
+def _disabled(env: Mapping[str, str]) -> bool:
+    return any(str(source.get(DISABLE_VARIABLE, "")).strip().lower() in _OFF for source in (os.environ, env))
+
+
+_default: ForkServer | None = None
+_default_lock = threading.Lock()
+
+
+def default_server(env: Mapping[str, str] | None = None) -> ForkServer | None:
+    """This process's fork server, started (with ``env``) on the first call that passes one."""
+    global _default
+    with _default_lock:
+        if _default is None and env is not None and sys.platform.startswith("linux"):
+            if not _argofl_script().exists():
+                return None
+            _default = ForkServer(env)
+            atexit.register(_default.close)
+        return _default
+
+
+def shutdown() -> None:
+    """Stop this process's fork server (a later request starts a new one)."""
+    global _default
+    with _default_lock:
+        server, _default = _default, None
+    if server is not None:
+        server.close()
+
+
+def popen(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str,
+    stderr: int | IO[Any],
+    fallback: Callable[..., Any] = subprocess.Popen,
+    **kwargs: Any,
+) -> Any:
+    """Fork ``argv`` from the fork server when it can serve it, else ``fallback(argv, …, **kwargs)``.
+
+    ``kwargs`` are :class:`subprocess.Popen`'s (the executor passes ``stdin=DEVNULL``, ``stdout=PIPE``,
+    ``start_new_session=True``, ``close_fds=True``: what a forked step gets too).
+    """
+    argv = list(argv)
+    if len(argv) >= 2 and argv[1] == "step" and not _disabled(env):
+        server = default_server(env)
+        if server is not None and server.serves(argv, env):
+            fd = stderr if isinstance(stderr, int) else stderr.fileno()
+            forked = server.spawn(argv, env=env, cwd=cwd, stderr=fd)
+            if forked is not None:
+                return forked
+    return fallback(argv, env=dict(env), cwd=cwd, stderr=stderr, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- server side
+
+
+def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload: str) -> None:
+    """The server process: preload, then fork one child per request until the control socket ends."""
+    _set_parent_death_signal(signal.SIGKILL)
+    control = socket.socket(fileno=control_fd)
+    if os.getppid() != executor_pid:
+        os._exit(1)
+    problem = _preload([str(m) for m in json.loads(preload)])
+    if problem:
+        control.send(problem.encode())
+        os._exit(1)
+    import gc
+
+    gc.collect()
+    gc.freeze()  # fewer copy-on-write pages in the children
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    channels: dict[int, socket.socket] = {}
+    selector = selectors.DefaultSelector()
+    selector.register(control, selectors.EVENT_READ, "control")
+    selector.register(wake_r, selectors.EVENT_READ, "child")
+    control.send(b"ready")
+    server_fds = [control.fileno(), wake_r, wake_w]
+    while True:
+        for key, _ in selector.select():
+            if key.data == "child":
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    os.read(wake_r, 4096)
+                _reap(channels)
+                continue
+            try:
+                message, fds, _, _ = socket.recv_fds(control, 1 << 20, 3)
+            except InterruptedError:
+                continue
+            if not message:  # the executor closed the control socket or died: stop everything
+                for pid in channels:
+                    with contextlib.suppress(OSError):
+                        os.killpg(pid, signal.SIGKILL)
+                os._exit(0)
+            _fork_step(message, fds, channels, server_fds, selector, (script, entry))
+        _reap(channels)
+
+
+def _preload(modules: Sequence[str]) -> str:
+    """Import ``modules``; a non-empty reason when forking from here would be unsafe."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+    if threading.active_count() != 1:
+        names = sorted(t.name for t in threading.enumerate())
+        return f"refused: importing started Python threads {names}"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "refused: importing initialised CUDA"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return ""
+
+
+def _reap(channels: dict[int, socket.socket]) -> None:
+    while channels:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        channel = channels.pop(pid, None)
+        if channel is None:
+            continue
+        code = os.waitstatus_to_exitcode(status)  # -N for signal N, as Popen.returncode
+        with contextlib.suppress(OSError):
+            channel.sendall(f"exit {code}\n".encode())
+        channel.close()
+
+
+def _fork_step(
+    message: bytes,
+    fds: list[int],
+    channels: dict[int, socket.socket],
+    server_fds: list[int],
+    selector: selectors.BaseSelector,
+    serving: tuple[str, str],
+) -> None:
+    if len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        return
+    channel = socket.socket(fileno=fds[0])
+    stdout_fd, stderr_fd = fds[1], fds[2]
+    try:
+        request = json.loads(message)
+        argv, env, cwd = list(request["argv"]), dict(request["env"]), str(request["cwd"])
+    except (ValueError, KeyError, TypeError) as exc:
+        with contextlib.suppress(OSError):
+            channel.sendall(f"error bad request: {exc}\n".encode())
+        channel.close()
+        os.close(stdout_fd)
+        os.close(stderr_fd)
+        return
+    server_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the step
+        code = 1
+        try:
+            selector.close()
+            for other in channels.values():
+                other.close()
+            _become_step(server_pid, channel, stdout_fd, stderr_fd, server_fds, env, cwd)
+            sys.argv = [serving[0], *argv[1:]]
+            code = _run_main(serving[1], argv[1:])
+        finally:
+            os._exit(code)
+    os.close(stdout_fd)
+    os.close(stderr_fd)
+    channels[pid] = channel
+    with contextlib.suppress(OSError):
+        channel.sendall(f"pid {pid}\n".encode())
+
+
+def _become_step(
+    server_pid: int,
+    channel: socket.socket,
+    stdout_fd: int,
+    stderr_fd: int,
+    server_fds: list[int],
+    env: dict[str, str],
+    cwd: str,
+) -> None:
+    """In the child: what a fresh ``Popen(start_new_session=True, stdin=DEVNULL, …)`` process has."""
+    os.setsid()
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != server_pid:
+        os._exit(128 + signal.SIGKILL)
+    signal.set_wakeup_fd(-1)
+    for sig in (
+        signal.SIGCHLD,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    channel.close()
+    for fd in server_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stderr_fd, 2)
+    for fd in {devnull, stdout_fd, stderr_fd} - {0, 1, 2}:
+        os.close(fd)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    import tempfile
+
+    tempfile.tempdir = None
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
+        numpy_random.seed()  # a fresh process's global generator is seeded from the OS
+
+
+def _run_main(entry: str, args: list[str]) -> int:
+    """Call ``entry`` (``module:function``) with ``args`` and shut down as the interpreter would; the
+    exit code."""
+    import importlib
+    import traceback
+
+    code = 0
+    interrupted = False
+    try:
+        module, _, function = entry.partition(":")
+        code = _exit_code(getattr(importlib.import_module(module), function)(args))  # sys.exit(main())
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        interrupted = True
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    shutdown_threads = getattr(threading, "_shutdown", None)
+    if shutdown_threads is not None:
+        with contextlib.suppress(BaseException):
+            shutdown_threads()
+    with contextlib.suppress(BaseException):
+        atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:
+            code = code or 120
+    if interrupted:  # as CPython does: end by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    with contextlib.suppress(BaseException):
+        print(value, file=sys.stderr)
+    return 1

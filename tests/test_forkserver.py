@@ -1,0 +1,302 @@
+"""The fork server: a forked step is indistinguishable from a fresh process (exit codes, stdout/stderr,
+env, cwd, signals, deadlines), dies with the executor, and a tiny FedAvg run writes the same bytes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipelines.local import forkserver, run_workflow
+
+PROBE = """
+import json, os, signal, subprocess, sys, tempfile, threading, time
+
+
+def main(args):
+    action = args[1]
+    if action == "report":
+        with open("written-here.txt", "w") as f:
+            f.write("x")
+        print("to stderr", file=sys.stderr)
+        names = ("SIGINT", "SIGTERM", "SIGCHLD", "SIGPIPE", "SIGHUP", "SIGUSR1")
+        print(json.dumps({
+            "argv": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+            "cwd": os.getcwd(),
+            "cwd_file": os.path.exists(os.path.join(os.getcwd(), "written-here.txt")),
+            "probe_var": os.environ.get("PROBE_VAR"),
+            "env_keys": sorted(os.environ),
+            "tempdir": tempfile.gettempdir(),
+            "stdin": sys.stdin.read(),
+            "own_group": os.getpgid(0) == os.getpid(),
+            "own_session": os.getsid(0) == os.getpid(),
+            "signals": {n: str(signal.getsignal(getattr(signal, n))) for n in names},
+            "blocked": sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+            "threads": threading.active_count(),
+            "stdout_tty": sys.stdout.isatty(),
+            "stderr_line_buffering": sys.stderr.line_buffering,
+        }))
+        return 0
+    if action == "exit":
+        print("out")
+        print("err", file=sys.stderr)
+        return int(args[2])
+    if action == "raise":
+        raise RuntimeError("boom")
+    if action == "interrupt":
+        raise KeyboardInterrupt
+    if action == "message":
+        sys.exit("bye")
+    if action == "sleep":
+        child = subprocess.Popen(["sleep", "60"])
+        print(child.pid, flush=True)
+        time.sleep(60)
+    return 5
+"""
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Path:
+    """An executable ``probe`` script whose ``main`` lives in ``probe_main.py`` beside it."""
+    directory = tmp_path / "probe-bin"
+    directory.mkdir()
+    (directory / "probe_main.py").write_text(textwrap.dedent(PROBE))
+    script = directory / "probe"
+    script.write_text(
+        f"#!{sys.executable}\nimport sys\nfrom probe_main import main\nsys.exit(main(sys.argv[1:]))\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture
+def server(probe: Path) -> Iterator[forkserver.ForkServer]:
+    fs = forkserver.ForkServer(dict(os.environ), script=probe, entry="probe_main:main", preload=("json",))
+    assert fs.wait_ready(60), fs.failure
+    yield fs
+    fs.close()
+
+
+def _run(how: Any, argv: list[str], env: dict[str, str], cwd: Path, tmp: Path) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` with ``how`` (``subprocess.Popen`` or a fork server) as the executor does."""
+    err_path = tmp / f"err-{time.monotonic_ns()}"
+    with open(err_path, "wb") as err:
+        if how is subprocess.Popen:
+            proc: Any = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=str(cwd),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                start_new_session=True,
+                close_fds=True,
+            )
+        else:
+            proc = how.spawn(argv, env=env, cwd=str(cwd), stderr=err.fileno())
+            assert isinstance(proc, forkserver.ForkedProcess)
+        out = proc.stdout.read()
+        code = proc.wait(timeout=60)
+    return code, out, err_path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "action",
+    [["report"], ["exit", "0"], ["exit", "3"], ["raise"], ["interrupt"], ["message"]],
+    ids=lambda a: "-".join(a),
+)
+def test_forked_step_matches_a_fresh_process(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path, action: list[str]
+) -> None:
+    env = {**os.environ, "PROBE_VAR": f"value-{action[0]}", "TMPDIR": str(tmp_path)}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    results: list[tuple[int, bytes, list[bytes]]] = []
+    for how in (subprocess.Popen, server):
+        cwd = tmp_path / f"cwd-{len(results)}"
+        cwd.mkdir()
+        code, out, err = _run(how, [str(probe), "step", *action], env, cwd, tmp_path)
+        if action == ["report"]:
+            report = json.loads(out)
+            assert report["cwd"] == str(cwd)
+            report["cwd"] = "<cwd>"
+            out = json.dumps(report).encode()
+        # tracebacks differ in their frames, not in what they report
+        results.append((code, out, err.splitlines()[-1:]))
+    assert server.forked == 1
+    assert results[0] == results[1]
+    code, out, last_err = results[0]
+    expected = {"report": 0, "raise": 1, "interrupt": -signal.SIGINT, "message": 1}
+    assert code == (int(action[1]) if action[0] == "exit" else expected[action[0]])
+    if action == ["report"]:
+        report = json.loads(out)
+        assert report["probe_var"] == "value-report"
+        assert report["tempdir"] == str(tmp_path)
+        assert report["stdin"] == ""
+        assert report["own_group"]
+        assert report["own_session"]
+        assert report["cwd_file"]
+        assert last_err == [b"to stderr"]
+    if action[0] == "exit":
+        assert (out, last_err) == (b"out\n", [b"err"])
+
+
+def test_startup_environment_or_the_escape_hatch_run_a_normal_process(
+    server: forkserver.ForkServer, probe: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = dict(os.environ)
+    assert server.serves([str(probe), "step", "report"], env)
+    assert not server.serves([str(probe), "run", "x"], env)
+    assert not server.serves(["/bin/echo", "step"], env)
+    assert not server.serves([str(probe), "step"], {**env, "OMP_NUM_THREADS": "7"})
+    assert not server.serves([str(probe), "step"], {**env, "CUDA_VISIBLE_DEVICES": "3"})
+    assert not server.serves([str(probe), "step"], {**env, forkserver.DISABLE_VARIABLE: "0"})
+    monkeypatch.setattr(forkserver, "_default", server)
+    calls: list[list[str]] = []
+
+    def fallback(argv: list[str], **_: Any) -> str:
+        calls.append(argv)
+        return "fresh"
+
+    monkeypatch.setenv(forkserver.DISABLE_VARIABLE, "off")
+    assert (
+        forkserver.popen([str(probe), "step", "exit", "0"], env=env, cwd="/", stderr=2, fallback=fallback)
+        == "fresh"
+    )
+    assert calls == [[str(probe), "step", "exit", "0"]]
+    assert server.forked == 0
+
+
+def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(forkserver, "_default", server)
+    wf = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "fork-"},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {
+                    "name": "main",
+                    "steps": [
+                        [{"name": "sleeper", "template": "sleep"}, {"name": "failer", "template": "fail"}]
+                    ],
+                },
+                {
+                    "name": "sleep",
+                    "activeDeadlineSeconds": 3,
+                    "container": {"image": "x", "command": [str(probe), "step", "sleep"]},
+                },
+                {"name": "fail", "container": {"image": "x", "command": [str(probe), "step", "exit", "3"]}},
+            ],
+        },
+    }
+    result = run_workflow(wf, runs_dir=tmp_path / "runs")
+    nodes = {n["displayName"]: n for n in result.status["nodes"].values()}
+    assert server.forked == 2
+    sleeper, failer = nodes["sleeper"], nodes["failer"]
+    assert sleeper["phase"] == "Failed"
+    assert sleeper["message"] == "Pod was active on the node longer than the specified deadline"
+    grandchild = int(sleeper["outputs"]["result"])
+    assert not _alive(grandchild)
+    assert failer["phase"] == "Failed"
+    assert failer["outputs"]["exitCode"] == "3"
+    assert failer["outputs"]["result"] == "out"
+    log = (result.run_dir / "logs" / failer["id"] / "attempt-0.log").read_text()
+    assert sorted(log.split()) == ["err", "out"]
+
+
+def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path: Path) -> None:
+    executor = textwrap.dedent(
+        f"""
+        import os, signal, subprocess
+        from pipelines.local import forkserver
+        fs = forkserver.ForkServer(dict(os.environ), script={str(probe)!r}, entry="probe_main:main",
+                                   preload=("json",))
+        assert fs.wait_ready(60), fs.failure
+        err = open({str(tmp_path / "err")!r}, "wb")
+        step = fs.spawn([{str(probe)!r}, "step", "sleep"], env=dict(os.environ), cwd="/", stderr=err.fileno())
+        grandchild = step.stdout.readline().decode().strip()
+        def parent(p):
+            return open(f"/proc/{{p}}/stat").read().rsplit(")", 1)[1].split()[1]
+        server = [p for p in os.listdir("/proc") if p.isdigit() and parent(p) == str(os.getpid())]
+        print(step.pid, grandchild, *server, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", executor], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    step_pid, grandchild, *servers = (int(p) for p in proc.stdout.split())
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(grandchild, signal.SIGKILL)  # orphaned with its step's group, like any step's child
+    assert servers, "the fork server was not a child of the executor"
+    for pid in [step_pid, *servers]:
+        for _ in range(200):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+        assert not _alive(pid), f"process {pid} outlived the executor"
+
+
+@pytest.mark.slow
+def test_tiny_fedavg_writes_the_same_bytes_with_and_without_the_fork_server(
+    tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.cli import cli
+
+    config = tmp_path / "fork-fedavg.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "fork-fedavg",
+                "data_limit": 300,
+                "clients": 3,
+                "min_clients": 2,
+                "rounds": 2,
+                "seed": 5,
+            }
+        )
+    )
+    blobs: dict[str, list[bytes]] = {}
+    for mode in ("fresh", "forked"):
+        monkeypatch.setenv(forkserver.DISABLE_VARIABLE, "0" if mode == "fresh" else "1")
+        before = 0
+        if mode == "forked":
+            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+            server = forkserver.default_server(env)
+            assert server is not None
+            assert server.wait_ready(180), server.failure
+            before = server.forked
+        runs = tmp_path / mode
+        result = CliRunner().invoke(
+            cli, ["run", str(config), "--runs-dir", str(runs), "-p", f"data-dir={fmnist_dir}"]
+        )
+        assert result.exit_code == 0, result.output
+        if mode == "forked":
+            assert server is not None
+            assert server.forked > before
+        found = sorted(runs.rglob("round-*/global.safetensors"))
+        assert len(found) == 3  # rounds 0, 1, 2 in the store (plus no exported copies under this name)
+        blobs[mode] = [p.read_bytes() for p in found]
+    assert blobs["fresh"] == blobs["forked"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
