@@ -90,9 +90,9 @@ def _stages(path: Path) -> list[Stage]:
     defaults: dict[str, str] = {}
     for instruction in _instructions(path):
         if instruction.keyword == "ARG" and not stages:
-            name, sep, value = instruction.arguments.partition("=")
-            assert sep, f"{path.name}:{instruction.line}: ARG {name} before FROM needs a default"
-            defaults[name.strip()] = value.strip()
+            arg, sep, value = instruction.arguments.partition("=")
+            assert sep, f"{path.name}:{instruction.line}: ARG {arg} before FROM needs a default"
+            defaults[arg.strip()] = value.strip()
             continue
         if instruction.keyword == "FROM":
             arguments = re.sub(
