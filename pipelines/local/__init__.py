@@ -20,12 +20,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.local.containers import DockerOptions, DockerRuntime
 from pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
 from pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
 from pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
 from steps.store import FileStore, Store
 
 __all__ = [
+    "DockerOptions",
     "LocalExecutorError",
     "LocalRunResult",
     "UnsupportedWorkflow",
@@ -54,11 +56,14 @@ def run_workflow(
     env: Mapping[str, str] | None = None,
     on_node: Callable[[dict[str, Any]], None] | None = None,
     parallelism: int | None = None,
+    containers: DockerOptions | None = None,
 ) -> LocalRunResult:
     """Run ``manifest`` (a Workflow, or a WorkflowTemplate as if submitted with ``--from``) to completion.
 
     Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError` before anything runs when the
     manifest cannot be run; a workflow that runs and fails returns a result with phase Failed or Error.
+    With ``containers`` each pod runs as a container of its image (:mod:`.containers`); the run's
+    containers and network are removed at the end, also when it is interrupted.
     """
     kind, metadata, spec = spec_of(manifest)
     check_supported(spec)
@@ -104,4 +109,12 @@ def run_workflow(
         on_node=on_node,
         parallelism=parallelism,
     )
-    return engine.run()
+    if containers is None:
+        return engine.run()
+    runtime = DockerRuntime(containers, name, run_dir)
+    try:
+        runtime.open()
+        engine.containers = runtime
+        return engine.run()
+    finally:
+        runtime.close()
