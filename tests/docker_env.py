@@ -42,3 +42,49 @@ def require_image(cli: str, image: str = STEP_IMAGE) -> str:
     if done.returncode != 0:
         _unavailable(f"image {image} is not built; run `make images`")
     return image
+
+
+LOCAL_BASE = "argofl/base-python:3.11-bookworm"
+TOOLS_IMAGE = "argofl/test-tools:local"
+
+
+def tools_image(cli: str) -> str:
+    """A small image with sh, bash, coreutils and python for workflows in containers (built once).
+
+    It is built from the locally bootstrapped Debian base (``images/build.sh local-base``), or from the
+    step image when that base is absent.
+    """
+    if (
+        subprocess.run([cli, "image", "inspect", TOOLS_IMAGE], capture_output=True, check=False).returncode
+        == 0
+    ):
+        return TOOLS_IMAGE
+    for base in (LOCAL_BASE, STEP_IMAGE):
+        if subprocess.run([cli, "image", "inspect", base], capture_output=True, check=False).returncode == 0:
+            break
+    else:
+        _unavailable(f"neither {LOCAL_BASE} nor {STEP_IMAGE} is built; run `images/build.sh local-base`")
+    dockerfile = f'FROM {base}\nUSER 0\nLABEL org.opencontainers.image.title="argofl test tools"\n'
+    done = subprocess.run(
+        [cli, "build", "-q", "-t", TOOLS_IMAGE, "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    if done.returncode != 0:
+        _unavailable(f"cannot build {TOOLS_IMAGE}: {done.stderr.strip()[-300:]}")
+    return TOOLS_IMAGE
+
+
+def leftovers(cli: str, run_name: str) -> list[str]:
+    """Containers and networks of ``run_name`` that are still there."""
+    label = f"label=argofl.run={run_name}"
+    containers = subprocess.run(
+        [cli, "ps", "--all", "--quiet", "--filter", label], capture_output=True, text=True, check=True
+    ).stdout.split()
+    networks = subprocess.run(
+        [cli, "network", "ls", "--quiet", "--filter", label], capture_output=True, text=True, check=True
+    ).stdout.split()
+    return containers + networks

@@ -49,7 +49,8 @@ def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "image_map",
             multiple=True,
             metavar="FROM=TO",
-            help="With --runtime docker: run image FROM as the local image TO; repeatable.",
+            help="With --runtime docker: run image FROM as the local image TO (FROM * maps every other "
+            "image); repeatable.",
         ),
         click.option(
             "--mount",

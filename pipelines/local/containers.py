@@ -69,7 +69,8 @@ class DockerOptions:
 
 
 def parse_image_map(values: Sequence[str]) -> dict[str, str]:
-    """``FROM=TO`` items (``--image-map``) as a mapping; a bad item is one line naming it."""
+    """``FROM=TO`` items (``--image-map``) as a mapping (``*=TO``: every image not mapped otherwise);
+    a bad item is one line naming it."""
     out: dict[str, str] = {}
     for value in values:
         source, sep, target = value.partition("=")
@@ -308,7 +309,8 @@ class DockerRuntime:
 
     def image(self, name: str) -> str:
         """``name`` after ``--image-map``; a missing image is one line on how to get it."""
-        image = self.options.image_map.get(name, name)
+        mapping = self.options.image_map
+        image = mapping.get(name) or mapping.get("*") or name
         if image in self._images:
             return image
         info = self.inspect_image(image)
