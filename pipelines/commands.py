@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from pipelines.config import ConfigError, load_config
+from pipelines.local.cli import container_options, runtime_options
 from steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["compile_cmd", "overrides_option", "run_cmd"]
@@ -118,6 +121,7 @@ class Progress:
 )
 @click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
 @click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
+@runtime_options
 def run_cmd(
     config: Path,
     overrides: dict[str, str],
@@ -125,8 +129,16 @@ def run_cmd(
     parallelism: int | None,
     mlflow_uri: str | None,
     store: str | None,
+    runtime: str,
+    image_map: tuple[str, ...],
+    mounts: tuple[Path, ...],
+    ignore_gpu: bool,
 ) -> None:
-    """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
+    """Compile CONFIG and run the workflow on this machine (no cluster needed).
+
+    With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
+    runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
+    """
     from pipelines.compile import manifest_for
     from pipelines.local import LocalExecutorError, run_workflow
 
@@ -139,8 +151,12 @@ def run_cmd(
         Settings.from_mapping(settings, where="parameters", strings=True)
     except (ConfigError, SettingsError) as exc:
         raise click.UsageError(str(exc)) from None
+    containers = container_options(runtime, image_map, mounts, ignore_gpu)
     root = runs_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    if containers is not None:
+        containers = replace(containers, binds=(*containers.binds, str(root)))
+        share_with_containers(root)
     tracking_uri = mlflow_uri or f"sqlite:///{root / 'mlflow.db'}"
     params = {
         "store": store or (root / "store").as_uri(),
@@ -164,6 +180,7 @@ def run_cmd(
             artifact_store=FileStore(root / "artifacts"),
             on_node=Progress(),
             parallelism=parallelism,
+            containers=containers,
         )
     except LocalExecutorError as exc:
         raise click.UsageError(str(exc)) from None
@@ -186,6 +203,28 @@ def run_cmd(
         uri = params["mlflow-uri"]
         hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"
         click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
+
+
+SHARED_DIRS = ("store", "mlartifacts")
+"""What steps write below the runs directory: the default file store and MLflow's artifacts."""
+
+
+def share_with_containers(root: Path) -> None:
+    """Let the step images' user (UID 10001) write the runs directory's store and MLflow database.
+
+    Directories become world-writable (an emptyDir's mode) and an existing ``mlflow.db`` writable by all;
+    files the containers write stay theirs (remove them as root, or with ``docker run``).
+    """
+    directories = [root]
+    for name in SHARED_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        directories += [Path(d) for d, _, _ in os.walk(root / name)]
+    for path in directories:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o777)
+    for db in root.glob("mlflow.db*"):
+        if db.stat().st_uid == os.getuid():
+            db.chmod(0o666)
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
