@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CONFIG ?= configs/fedavg-fmnist-torch.yaml
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: install data browser run test lint typecheck unit compile bench clean
+.PHONY: install data browser run test lint typecheck unit compile bench clean images images-all
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,16 @@ unit: install
 
 test: install data browser lint typecheck
 	$(BIN)/pytest -q
+
+# Step images with the local Docker engine (images/build.sh; README, "Step images"). IMAGE_FLAGS passes
+# options, e.g. IMAGE_FLAGS="--local-base --torch-wheels /opt/wheels --ca-bundle /etc/ssl/certs/ca-certificates.crt"
+# where no registry is reachable. The GPU images build where their bases can be pulled.
+IMAGE_FLAGS ?=
+images:
+	images/build.sh $(IMAGE_FLAGS) torch-cpu
+
+images-all:
+	images/build.sh $(IMAGE_FLAGS) torch-cpu tf-cpu torch-cuda tf-gpu
 
 compile: install
 	for c in configs/*.yaml; do $(BIN)/argofl compile $$c; done

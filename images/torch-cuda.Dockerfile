@@ -1,25 +1,36 @@
-# syntax=docker/dockerfile:1
 # argofl step image: PyTorch with CUDA 12.6 (NVIDIA driver >= 525 on the node).
 #
-#   docker build -f images/torch-cuda.Dockerfile -t argofl/step-torch-cuda:0.1.0 .
+#   make images-all      (images/build.sh torch-cuda; see README, "Step images")
+#   DOCKER_BUILDKIT=1 docker build -f images/torch-cuda.Dockerfile -t argofl/step-torch-cuda:0.1.0 .
 #
 # Build from the repository root (the context is filtered by /.dockerignore). Needs BuildKit
-# (the default builder since Docker 23) for `RUN --mount`. Based on the official PyTorch runtime
+# (the default builder since Docker 23) for `RUN --mount`; no `# syntax=` line, so the builder's own
+# Dockerfile frontend is used and nothing is pulled for it. Based on the official PyTorch runtime
 # image, which already holds torch 2.13.0 with its CUDA and cuDNN libraries; the node only has to
 # provide the driver (NVIDIA device plugin / container toolkit). See docs/kubernetes.md.
+#
+# Build arguments (the defaults are what a user with Docker Hub and PyPI builds):
+#   BASE_IMAGE       the Python base of the builder (Debian bookworm with `python` and pip)
+#   CUDA_BASE_IMAGE  the final stage's base, which brings torch with CUDA
+# and one build secret, `ca-bundle`: a PEM bundle pip trusts instead of its own (networks that
+# intercept TLS). Secrets are mounted for one RUN only and never become part of a layer.
+ARG BASE_IMAGE=python:3.11.15-slim-bookworm
+ARG CUDA_BASE_IMAGE=pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
 
 # ---- builder: the argofl wheel, and Fashion-MNIST from Debian's package ----------------------------
-FROM python:3.11.15-slim-bookworm AS builder
+FROM ${BASE_IMAGE} AS builder
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && printf 'argofl[torch] @ file://%s\n' /wheels/argofl-*.whl > /wheels/requirements.txt
 
 # ---- final ----------------------------------------------------------------------------------------
-FROM pytorch/pytorch:2.13.0-cuda12.6-cudnn9-runtime
+FROM ${CUDA_BASE_IMAGE}
 LABEL org.opencontainers.image.title="argofl/step-torch-cuda" \
       org.opencontainers.image.description="argofl workflow step image (PyTorch, CUDA 12.6)" \
       org.opencontainers.image.licenses="Apache-2.0"
@@ -27,7 +38,9 @@ LABEL org.opencontainers.image.title="argofl/step-torch-cuda" \
 # The base image's torch 2.13.0 satisfies the `torch` extra, so only argofl and its other
 # dependencies are added. The wheels are bind-mounted from the builder (never a layer here).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    python -m pip install --no-cache-dir --requirement /wheels/requirements.txt \
+    --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+    && python -m pip install --no-cache-dir --requirement /wheels/requirements.txt \
     && argofl --version
 
 COPY --from=builder /usr/share/datasets/fashion-mnist /usr/share/datasets/fashion-mnist

@@ -10,12 +10,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
 from pipelines.config import ConfigError, load_config
+from pipelines.local.cli import container_options, runtime_options
+from pipelines.local.containers import DockerOptions
 from steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
 __all__ = [
@@ -151,6 +154,7 @@ def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None
 )
 @click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
 @click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
+@runtime_options
 def run_cmd(
     config: Path,
     overrides: dict[str, str],
@@ -158,8 +162,16 @@ def run_cmd(
     parallelism: int | None,
     mlflow_uri: str | None,
     store: str | None,
+    runtime: str,
+    image_map: tuple[str, ...],
+    mounts: tuple[Path, ...],
+    ignore_gpu: bool,
 ) -> None:
-    """Compile CONFIG and run the workflow on this machine (no cluster needed)."""
+    """Compile CONFIG and run the workflow on this machine (no cluster needed).
+
+    With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
+    runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
+    """
     from pipelines.compile import manifest_for
 
     try:
@@ -174,6 +186,7 @@ def run_cmd(
         raise click.UsageError(str(exc)) from None
     root = runs_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
+    containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
     # steps run in their own working directories: relative paths are the user's, resolved here
     tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
         f"sqlite:///{root / 'mlflow.db'}"
@@ -193,7 +206,7 @@ def run_cmd(
     if parallelism is None:
         parallelism = LOCAL_PARALLELISM + (1 if cfg.kind == "split" else 0)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    _run_locally(manifest, params, root / "workflows", parallelism)
+    _run_locally(manifest, params, root / "workflows", parallelism, containers)
 
 
 def absolute_store_uri(uri: str) -> str:
@@ -219,8 +232,20 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
+def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
+    """``containers`` with the runs directory ``root`` bind-mounted and writable by the step images."""
+    if containers is None:
+        return None
+    share_with_containers(root)
+    return replace(containers, binds=(*containers.binds, str(root)))
+
+
 def _run_locally(
-    manifest: Mapping[str, Any], params: Mapping[str, str], runs_dir: Path, parallelism: int
+    manifest: Mapping[str, Any],
+    params: Mapping[str, str],
+    runs_dir: Path,
+    parallelism: int,
+    containers: DockerOptions | None = None,
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
@@ -237,6 +262,7 @@ def _run_locally(
         on_node=Progress(),
         parallelism=parallelism,
         stop_on_signals=True,
+        containers=containers,
     )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
@@ -271,7 +297,15 @@ def _run_locally(
     type=click.IntRange(min=1),
     help="Most step processes at once on this machine [default: as argofl run].",
 )
-def resume_cmd(run_dir: Path, parallelism: int | None) -> None:
+@runtime_options
+def resume_cmd(
+    run_dir: Path,
+    parallelism: int | None,
+    runtime: str,
+    image_map: tuple[str, ...],
+    mounts: tuple[Path, ...],
+    ignore_gpu: bool,
+) -> None:
     """Continue the stopped or failed local run in RUN_DIR (runs/workflows/NAME) in a new run, from the
     round after its last evaluated one, as `argofl resubmit` does on a cluster."""
     from pipelines.cluster import last_completed_round, parameters_of, resubmission_manifest
@@ -318,7 +352,32 @@ def resume_cmd(run_dir: Path, parallelism: int | None) -> None:
     if parallelism is None:  # as argofl run: one more where a daemon (split's server) holds a slot
         daemons = any(t.get("daemon") for t in (manifest["spec"].get("templates") or []))
         parallelism = LOCAL_PARALLELISM + (1 if daemons else 0)
-    _run_locally(manifest, {}, run_dir.parent, parallelism)
+    containers = _containers_for(
+        run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
+    )
+    _run_locally(manifest, {}, run_dir.parent, parallelism, containers)
+
+
+SHARED_DIRS = ("store", "mlartifacts")
+"""What steps write below the runs directory: the default file store and MLflow's artifacts."""
+
+
+def share_with_containers(root: Path) -> None:
+    """Let the step images' user (UID 10001) write the runs directory's store and MLflow database.
+
+    Directories become world-writable (an emptyDir's mode) and an existing ``mlflow.db`` writable by all;
+    files the containers write stay theirs (remove them as root, or with ``docker run``).
+    """
+    directories = [root]
+    for name in SHARED_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        directories += [Path(d) for d, _, _ in os.walk(root / name)]
+    for path in directories:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o777)
+    for db in root.glob("mlflow.db*"):
+        if db.stat().st_uid == os.getuid():
+            db.chmod(0o666)
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:

@@ -717,7 +717,7 @@ def test_a_policy_open_to_every_address_would_fail_the_check() -> None:
     minio = _pod_labels("StatefulSet", "minio")
     stranger = {"app": "something-else"}
     assert not _ingress_allowed(stranger, NAMESPACE, minio, 9000)
-    open_policy = {
+    open_policy: dict[str, Any] = {
         "kind": "NetworkPolicy",
         "metadata": {"name": "open", "namespace": NAMESPACE},
         "spec": {

@@ -20,10 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.local import LocalRunResult, run_workflow
+from pipelines.local import DockerOptions, LocalRunResult, run_workflow
 from pipelines.local.artifacts import load_artifact
 from pipelines.local.logs import log_files
 from steps.store import FileStore
+from tests.docker_env import docker_cli, tools_image
 
 SUITE = Path(__file__).resolve().parents[2] / "shared" / "argo-conformance"
 EXPECTATIONS: dict[str, Any] = (
@@ -344,18 +345,19 @@ INVARIANTS: dict[str, Callable[[Run], None]] = {
 }
 
 
-def _run(name: str, runs_dir: Path) -> Run:
+def _run(name: str, runs_dir: Path, containers: DockerOptions | None = None) -> Run:
     manifest = yaml.safe_load((SUITE / "workflows" / name).read_text())
     store = FileStore(runs_dir / "artifacts")
-    result = run_workflow(manifest, runs_dir=runs_dir, artifact_store=store)
+    result = run_workflow(manifest, runs_dir=runs_dir, artifact_store=store, containers=containers)
     return Run(result, store)
 
 
 class _Runs:
     """Starts every workflow once, concurrently, and hands out the futures."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, containers: DockerOptions | None = None) -> None:
         self.base = base
+        self.containers = containers
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, len(EXPECTATIONS)), thread_name_prefix="conformance"
         )
@@ -366,7 +368,8 @@ class _Runs:
         with self.lock:
             for name in EXPECTATIONS:
                 if name not in self.futures:
-                    self.futures[name] = self.pool.submit(_run, name, self.base / name.removesuffix(".yaml"))
+                    runs_dir = self.base / name.removesuffix(".yaml")
+                    self.futures[name] = self.pool.submit(_run, name, runs_dir, self.containers)
 
     def get(self, name: str) -> Run:
         self.start_all()
@@ -380,16 +383,36 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     runner.pool.shutdown(wait=True)
 
 
-@pytest.mark.parametrize("workflow", NAMES)
-def test_conformance(workflow: str, runs: _Runs, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def docker_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The same workflows under ``--runtime docker``, every image mapped to a small local image."""
     if not EXPECTATIONS:
         pytest.skip(f"the Argo conformance suite is not at {SUITE}")
+    image = tools_image(docker_cli())
+    runner = _Runs(tmp_path_factory.mktemp("conformance-docker"), DockerOptions(image_map={"*": image}))
+    yield runner
+    runner.pool.shutdown(wait=True)
+
+
+def _check_run(workflow: str, run: Run, tmp_path: Path, containers: DockerOptions | None = None) -> None:
     expected = EXPECTATIONS[workflow]
-    run = runs.get(workflow)
     if run.result.phase != expected["phase"] and not expected.get("deterministic_phase", True):
-        run = _run(workflow, tmp_path)  # a random workflow may, rarely, end otherwise: retry once
+        run = _run(workflow, tmp_path, containers)  # a random workflow may, rarely, end otherwise: retry once
     assert run.result.phase == expected["phase"], (
         f"{workflow}: phase {run.result.phase} ({run.status.get('message')}), want {expected['phase']}"
     )
     for check in expected["checks"]:
         _check(run, check, workflow)
+
+
+@pytest.mark.parametrize("workflow", NAMES)
+def test_conformance(workflow: str, runs: _Runs, tmp_path: Path) -> None:
+    if not EXPECTATIONS:
+        pytest.skip(f"the Argo conformance suite is not at {SUITE}")
+    _check_run(workflow, runs.get(workflow), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workflow", NAMES)
+def test_conformance_in_containers(workflow: str, docker_runs: _Runs, tmp_path: Path) -> None:
+    _check_run(workflow, docker_runs.get(workflow), tmp_path, docker_runs.containers)

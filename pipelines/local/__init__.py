@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.local.containers import DockerOptions, DockerRuntime
 from pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
 from pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
 from pipelines.local.runlock import hold_run_lock
@@ -32,6 +33,7 @@ from pipelines.local.validate import check_structure, check_supported, global_pa
 from steps.store import FileStore, Store
 
 __all__ = [
+    "DockerOptions",
     "LocalExecutorError",
     "LocalRunResult",
     "UnsupportedWorkflow",
@@ -61,14 +63,17 @@ def run_workflow(
     on_node: Callable[[dict[str, Any]], None] | None = None,
     parallelism: int | None = None,
     stop_on_signals: bool = False,
+    containers: DockerOptions | None = None,
 ) -> LocalRunResult:
     """Run ``manifest`` (a Workflow, or a WorkflowTemplate as if submitted with ``--from``) to completion.
 
     ``runs_dir`` is made absolute first: steps run in their own working directories. With
     ``stop_on_signals`` (from the main thread), SIGINT/SIGTERM/SIGHUP stop the run; the result's
-    ``stopped_by`` names the signal. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError`
-    before anything runs when the manifest cannot be run; a workflow that runs and fails returns a
-    result with phase Failed or Error.
+    ``stopped_by`` names the signal. With ``containers`` each pod runs as a container of its image
+    (:mod:`.containers`); the run's containers and network are removed at the end, also when it is
+    interrupted. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError` before anything
+    runs when the manifest cannot be run; a workflow that runs and fails returns a result with phase
+    Failed or Error.
     """
     kind, metadata, spec = spec_of(manifest)
     check_supported(spec)
@@ -114,10 +119,18 @@ def run_workflow(
         on_node=on_node,
         parallelism=parallelism,
     )
+    runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     with hold_run_lock(run_dir):
-        if not stop_on_signals:
-            return engine.run()
-        with StopOnSignals(engine.interrupt) as signals:
-            result = engine.run()
-        result.stopped_by = signals.signum
-        return result
+        try:
+            if runtime is not None:
+                runtime.open()
+                engine.containers = runtime
+            if not stop_on_signals:
+                return engine.run()
+            with StopOnSignals(engine.interrupt) as signals:
+                result = engine.run()
+            result.stopped_by = signals.signum
+            return result
+        finally:
+            if runtime is not None:
+                runtime.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ import click
 import yaml
 
 from pipelines.exits import ArgoflGroup
-from pipelines.local import run_workflow
+from pipelines.local import DockerOptions, WorkflowInputError, run_workflow
+from pipelines.local.containers import parse_image_map
 from pipelines.local.logs import find_nodes, log_files
 from pipelines.local.render import render_status
 
-__all__ = ["local"]
+__all__ = ["container_options", "local", "runtime_options"]
 
 
 @click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,6 +33,64 @@ def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint="-p/--parameter")
         params[name] = text
     return params
+
+
+def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--runtime``, ``--image-map``, ``--mount`` and ``--ignore-gpu``, shared by the run commands."""
+    options = [
+        click.option(
+            "--runtime",
+            type=click.Choice(["process", "docker"]),
+            default="process",
+            show_default=True,
+            help="Run each pod as a host process, or as a container of its image (local Docker engine).",
+        ),
+        click.option(
+            "--image-map",
+            "image_map",
+            multiple=True,
+            metavar="FROM=TO",
+            help="With --runtime docker: run image FROM as the local image TO (FROM * maps every other "
+            "image); repeatable.",
+        ),
+        click.option(
+            "--mount",
+            "mounts",
+            multiple=True,
+            type=click.Path(exists=True, path_type=Path),
+            metavar="PATH",
+            help="With --runtime docker: bind-mount host PATH at the same path in every container.",
+        ),
+        click.option(
+            "--ignore-gpu",
+            is_flag=True,
+            help="With --runtime docker: run pods that request nvidia.com/gpu without a GPU when the "
+            "engine has none (instead of failing them).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def container_options(
+    runtime: str, image_map: tuple[str, ...], mounts: tuple[Path, ...], ignore_gpu: bool
+) -> DockerOptions | None:
+    """The Docker runtime's options from the command line (None for the process runtime)."""
+    if runtime != "docker":
+        if image_map or mounts or ignore_gpu:
+            raise click.BadParameter(
+                "--image-map, --mount and --ignore-gpu apply to --runtime docker only; add --runtime docker",
+                param_hint="--runtime",
+            )
+        return None
+    try:
+        mapping = parse_image_map(image_map)
+    except WorkflowInputError as exc:
+        raise click.BadParameter(str(exc), param_hint="--image-map") from None
+    return DockerOptions(
+        image_map=mapping, binds=tuple(str(m.resolve()) for m in mounts), ignore_gpu=ignore_gpu
+    )
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -65,12 +125,25 @@ def _load(path: Path) -> dict[str, Any]:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
 )
-def run_cmd(workflow: Path, parameters: tuple[str, ...], runs_dir: Path, as_json: bool) -> None:
+@runtime_options
+def run_cmd(
+    workflow: Path,
+    parameters: tuple[str, ...],
+    runs_dir: Path,
+    as_json: bool,
+    runtime: str,
+    image_map: tuple[str, ...],
+    mounts: tuple[Path, ...],
+    ignore_gpu: bool,
+) -> None:
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
     signal N stopped it (130 for Ctrl-C)."""
     manifest = _load(workflow)
     params = _parse_params(parameters)
-    result = run_workflow(manifest, params, runs_dir=runs_dir.resolve(), stop_on_signals=True)
+    containers = container_options(runtime, image_map, mounts, ignore_gpu)
+    result = run_workflow(
+        manifest, params, runs_dir=runs_dir.resolve(), stop_on_signals=True, containers=containers
+    )
     if as_json:
         click.echo(json.dumps(result.status, indent=2))
     else:

@@ -8,11 +8,14 @@ parameters and artifacts are collected from the node's files and the phase is se
 A ``daemon`` template returns once its ``readinessProbe`` passes and keeps running (and holding its slot)
 until it exits or its boundary finishes.
 
-Local approximations: the image is ignored and ``python``/``python3`` run the current interpreter; a daemon
-gets a loopback address (``127.0.0.2`` upwards) as its pod IP; ``env[].valueFrom.fieldRef`` knows
-``status.podIP``, ``metadata.name``, ``metadata.namespace`` and ``spec.nodeName`` (``localhost``);
-``secretKeyRef``/``configMapKeyRef`` read the environment variable of the same name (``env=`` first, then
-this process's environment).
+With a :class:`~.containers.DockerRuntime` in ``containers`` (``--runtime docker``) each pod is a
+container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the same.
+
+Local approximations of the process runtime: the image is ignored and ``python``/``python3`` run the
+current interpreter; a daemon gets a loopback address (``127.0.0.2`` upwards) as its pod IP.
+Both runtimes: ``env[].valueFrom.fieldRef`` knows ``status.podIP``, ``metadata.name``,
+``metadata.namespace`` and ``spec.nodeName`` (``localhost``); ``secretKeyRef``/``configMapKeyRef`` read
+the environment variable of the same name (``env=`` first, then this process's environment).
 """
 
 from __future__ import annotations
@@ -29,7 +32,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
-from pipelines.local.errors import WorkflowInputError
+from pipelines.local.containers import (
+    ContainerOutcome,
+    ContainerProcess,
+    ContainerStartError,
+    DockerRuntime,
+    exec_in_container,
+)
+from pipelines.local.errors import LocalExecutorError, WorkflowInputError
 from pipelines.local.expressions import format_value
 from pipelines.local.model import Node
 from pipelines.local.probes import wait_ready
@@ -45,7 +55,9 @@ SCRIPT_PATH = "/argo/staging/script"
 
 
 class PodRunner(WorkflowState):
-    """Runs container and script templates as host processes."""
+    """Runs container and script templates as host processes, or as containers with ``containers``."""
+
+    containers: DockerRuntime | None = None
 
     def _allocate_ip(self) -> str:
         with self.lock:
@@ -56,10 +68,19 @@ class PodRunner(WorkflowState):
         return ip
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
+        """A host process's environment: this process's, ``env=``, and the template's (paths rewritten)."""
         env = dict(os.environ)
         env.update(self.extra_env)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        env.update(self._template_env(ctr, node, ip, view.rewrite))
+        return env
+
+    def _template_env(
+        self, ctr: Mapping[str, Any], node: Node, ip: str | None, rewrite: Callable[[str], str]
+    ) -> dict[str, str]:
+        """The variables Argo sets and the template's ``env`` (``valueFrom`` resolved locally)."""
+        env: dict[str, str] = {}
         env.update(
             {
                 "ARGO_WORKFLOW_NAME": self.name,
@@ -100,7 +121,7 @@ class PodRunner(WorkflowState):
                             "not set; pass it in env="
                         )
                     value = found
-            env[name] = view.rewrite(value)
+            env[name] = rewrite(value)
         return env
 
     def _run_pod(
@@ -172,6 +193,8 @@ class PodRunner(WorkflowState):
                 self._set_phase(node, "Error", str(exc))
                 return False
         argv = [format_value(a) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
+        if self.containers is not None:
+            return self._run_container(node, call, tmpl, ctr, view, argv, log_key, release)
         if script is not None:
             script_file = view.private(SCRIPT_PATH)
             script_file.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +255,91 @@ class PodRunner(WorkflowState):
         self._complete_pod(node, tmpl, view, outcome, log_dir / f"attempt-{log_key[1]}", tmpl_deadline)
         return False
 
+    def _run_container(
+        self,
+        node: Node,
+        call: Call,
+        tmpl: dict[str, Any],
+        ctr: dict[str, Any],
+        view: PathView,
+        argv: list[str],
+        log_key: tuple[str, int],
+        release: Callable[[], None],
+    ) -> bool:
+        """The Docker runtime's :meth:`_run_pod_process` (:mod:`.containers`): the same phases and status."""
+        runtime = self.containers
+        if runtime is None:
+            raise LocalExecutorError("no container runtime")
+        inputs = tmpl.get("inputs") or {}
+        outputs_spec = tmpl.get("outputs") or {}
+        mounts: list[tuple[Path, str, bool]] = []
+        for art in inputs.get("artifacts") or []:
+            source = view.private(str(art["path"])) if art.get("path") else None
+            if source is not None and source.exists():
+                mounts.append((source, str(art["path"]), False))
+        if tmpl.get("script") is not None:
+            script_file = view.private(SCRIPT_PATH)
+            script_file.parent.mkdir(parents=True, exist_ok=True)
+            script_file.write_text(str(ctr.get("source") or ""))
+            script_file.chmod(0o755)
+            mounts.append((script_file, SCRIPT_PATH, True))
+            argv.append(SCRIPT_PATH)
+        outputs = [str(a["path"]) for a in outputs_spec.get("artifacts") or [] if a.get("path")]
+        outputs += [
+            str((p.get("valueFrom") or {})["path"])
+            for p in outputs_spec.get("parameters") or []
+            if (p.get("valueFrom") or {}).get("path")
+        ]
+        daemon = bool(tmpl.get("daemon"))
+        log_dir = self.run_dir / "logs" / log_key[0]
+        try:
+            ip = runtime.allocate_ip()
+            if daemon:
+                with self.lock:
+                    node.pod_ip = ip
+            env = dict(self.extra_env)
+            env.update(self._template_env(ctr, node, ip, str))
+            container = runtime.create(
+                node_id=node.id,
+                spec=self.spec,
+                tmpl=tmpl,
+                ctr=ctr,
+                argv=argv,
+                env=env,
+                ip=ip,
+                mounts=mounts,
+                volumes_dir=self.run_dir / "nodes" / node.id / "volumes",
+            )
+            proc = ContainerProcess(
+                runtime,
+                container,
+                outputs=[(path, view.private(path)) for path in outputs],
+                log_path=log_dir / f"attempt-{log_key[1]}.log",
+                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+            )
+        except ContainerStartError as exc:
+            with self.lock:
+                node.outputs = {"exitCode": "128"}
+            self._set_phase(node, "Error", f"main: StartError: {exc}")
+            return False
+        tmpl_deadline = self._pod_deadline(tmpl, node, call)
+        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
+        deadline = min(limits) if limits else None
+        with self.lock:
+            node.process_started_at = proc.started_at
+        self._set_phase(node, "Running")
+        log_base = log_dir / f"attempt-{log_key[1]}"
+        if daemon:
+            probed = exec_in_container(tmpl, runtime.docker, container)
+            cwd = view.workdir
+            cwd.mkdir(parents=True, exist_ok=True)
+            return self._daemonize(
+                node, call, probed, proc, view, env, cwd, deadline, log_base, release, tmpl_deadline
+            )
+        outcome = proc.wait(deadline)
+        self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+        return False
+
     def _pod_deadline(self, tmpl: Mapping[str, Any], node: Node, call: Call) -> float | None:
         candidates: list[float] = []
         if tmpl.get("activeDeadlineSeconds") not in (None, ""):
@@ -290,9 +398,10 @@ class PodRunner(WorkflowState):
             )
             self._set_phase(node, "Failed", message)
         else:
-            message = f"main: Error (exit code {outcome.exit_code})"
-            reason = termination_message(log_base.with_suffix(".log"))
-            self._set_phase(node, "Failed", f"{message}: {reason}" if reason else message)
+            reason = outcome.reason if isinstance(outcome, ContainerOutcome) else "Error"
+            message = f"main: {reason} (exit code {outcome.exit_code})"
+            error_line = termination_message(log_base.with_suffix(".log"))
+            self._set_phase(node, "Failed", f"{message}: {error_line}" if error_line else message)
 
     def _collect_outputs(
         self, node: Node, tmpl: Mapping[str, Any], view: PathView, outputs: dict[str, Any], strict: bool
