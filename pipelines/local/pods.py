@@ -328,6 +328,7 @@ class PodRunner(WorkflowState):
         with self.lock:
             node.process_started_at = proc.started_at
         self._set_phase(node, "Running")
+        self._pod_started(node, proc, call)
         log_base = log_dir / f"attempt-{log_key[1]}"
         if daemon:
             probed = exec_in_container(tmpl, runtime.docker, container)
