@@ -70,7 +70,7 @@ def test_adaptive_clipping_moves_the_clip_towards_the_target_quantile():
     assert again.metrics["dp_clip"] == out.state["dp/clip"][0]
     # z_Δ = (z⁻² − (2σ_b)⁻²)^(−½) with σ_b = n/20
     assert dp.update_noise(10) == pytest.approx((0.5**-2 - 1.0**-2) ** -0.5)
-    with pytest.raises(AggregationError, match="needs dp_noise < 2·σ_b = 0.4, got 0.5"):
+    with pytest.raises(AggregationError, match=r"needs dp_noise < 2·σ_b = 0\.4, got 0\.5"):
         dp.update_noise(4)
 
 

@@ -176,8 +176,10 @@ def test_strategy_and_attack_settings_are_one_line_naming_the_key(overrides, mes
 def test_get_strategy_builds_each_registered_strategy_with_its_options():
     s = Settings(experiment="x", strategy="krum", clients=10, min_clients=7, krum_f=2, krum_m=3)
     krum = get_strategy(s.strategy, **s.server_options())
-    assert isinstance(krum, Krum) and (krum.f, krum.m) == (2, 3)
+    assert isinstance(krum, Krum)
+    assert (krum.f, krum.m) == (2, 3)
     for name in STRATEGIES:
         strategy = get_strategy(name, noise_seed=1)
         assert strategy.name == name
-        assert isinstance(strategy.per_tensor, bool) and isinstance(strategy.stateful, bool)
+        assert isinstance(strategy.per_tensor, bool)
+        assert isinstance(strategy.stateful, bool)
