@@ -26,6 +26,7 @@ Integer tensors (counters) keep the global value. The privacy spent is computed 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -226,7 +227,13 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: 
         event = dp_accounting.PoissonSampledDpEvent(sample_rate, event)
     accountant = RdpAccountant()
     accountant.compose(event, rounds)
-    return float(accountant.get_epsilon(delta))
+    quiet = logging.getLogger("absl")  # warns for each small RDP order it skips (large q): not news
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return float(accountant.get_epsilon(delta))
+    finally:
+        quiet.setLevel(level)
 
 
 def _check(
