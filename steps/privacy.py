@@ -220,7 +220,7 @@ def epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: 
     except ImportError as exc:
         raise AggregationError(
             f"dp-fedavg's privacy accounting needs the dp-accounting package ({exc}): "
-            "pip install 'argofl[dp]'"
+            "pip install dp-accounting"
         ) from None
     event: Any = dp_accounting.GaussianDpEvent(noise_multiplier)
     if sample_rate < 1:
