@@ -32,7 +32,7 @@ def backend_for(framework: str) -> Backend:
 
 def trained(backend: Backend, data: tuple[np.ndarray, np.ndarray], **extra: Any) -> dict[str, np.ndarray]:
     model = backend.build_model("mlp", input_shape=(28, 28, 1), num_classes=10, seed=0)
-    backend.train(model, *data, **HPARAMS, **extra)
+    backend.train(model, data[0], data[1], **HPARAMS, **extra)
     return backend.get_weights(model)
 
 
@@ -90,4 +90,4 @@ def test_negative_prox_mu_is_refused(framework, data):
     backend = backend_for(framework)
     model = backend.build_model("mlp", input_shape=(28, 28, 1), num_classes=10, seed=0)
     with pytest.raises(FrameworkError, match=r"prox_mu=-1\.0 must be a finite number >= 0"):
-        backend.train(model, *data, **HPARAMS, prox_mu=-1.0)
+        backend.train(model, data[0], data[1], **HPARAMS, prox_mu=-1.0)

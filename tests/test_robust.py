@@ -45,7 +45,7 @@ def test_median_ignores_claimed_example_counts():
 
 def test_trimmed_mean_cuts_floor_beta_n_at_each_end_with_ties():
     # n = 5, β = 0.2 → one value cut at each end; ties at both ends of column 0, at the top of column 1
-    values = [[1, 0], [1, 7], [2, 7], [9, 7], [9, -30]]
+    values: list[list[float]] = [[1, 0], [1, 7], [2, 7], [9, 7], [9, -30]]
     out = TrimmedMean(trim_beta=0.2).aggregate({}, updates(*values))
     np.testing.assert_array_equal(out.weights["w"], np.array([(1 + 2 + 9) / 3, (0 + 7 + 7) / 3], np.float32))
     # β below 1/n cuts nothing: the plain (unweighted) mean
