@@ -183,3 +183,26 @@ def test_get_strategy_builds_each_registered_strategy_with_its_options():
         assert strategy.name == name
         assert isinstance(strategy.per_tensor, bool)
         assert isinstance(strategy.stateful, bool)
+
+
+def test_lazy_checkpoints_are_verified_like_eager_ones(tmp_path):
+    from steps.checkpoint import CheckpointCorrupt, CheckpointMismatch, TensorSpec, checkpoint_keys
+
+    store = FileStore(tmp_path / "store")
+    save_checkpoint(store, "u/0", {"w": np.array([1.0, 2.0], np.float32)}, round=1, client="0", examples=3)
+    manifest, arrays = open_checkpoint(store, "u/0", tmp_path / "scratch")
+    assert manifest.examples == 3
+    assert list(arrays) == ["w"]
+    assert arrays["w"].tolist() == [1.0, 2.0]
+    with pytest.raises(CheckpointMismatch, match=r"w"):
+        open_checkpoint(store, "u/0", tmp_path / "scratch", like={"w": TensorSpec("float32", (3,))})
+    blob_key, _ = checkpoint_keys("u/0")
+    store.put_bytes(blob_key, store.get_bytes(blob_key)[:-1] + b"\1")
+    with pytest.raises(CheckpointCorrupt, match="sha256 mismatch"):
+        open_checkpoint(store, "u/0", tmp_path / "scratch")
+    # a NaN is refused before any strategy sees the update
+    save_checkpoint(
+        store, "u/nan", {"w": np.array([1.0, np.nan], np.float32)}, round=1, client="1", examples=3
+    )
+    with pytest.raises(CheckpointCorrupt, match=r"1 non-finite \(NaN/Inf\) values in w"):
+        open_checkpoint(store, "u/nan", tmp_path / "scratch")
