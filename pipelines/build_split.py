@@ -78,6 +78,8 @@ def split_config(
         raise ConfigError(f"{where}: split: expected a mapping, got {type(split).__name__}")
     if settings.strategy != "fedavg":
         raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
+    if settings.attack != "none":
+        raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
     try:
         options = SplitOptions.from_mapping(split, where=where)
     except SettingsError as exc:

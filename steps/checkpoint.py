@@ -21,8 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ __all__ = [
     "CheckpointManifest",
     "CheckpointMismatch",
     "CheckpointNotFound",
+    "LazyArrays",
     "TensorSpec",
     "checkpoint_exists",
     "checkpoint_keys",
@@ -47,6 +49,7 @@ __all__ = [
     "encode_arrays",
     "load_checkpoint",
     "load_manifest",
+    "open_checkpoint",
     "save_checkpoint",
     "specs_of",
 ]
@@ -250,15 +253,21 @@ def encode_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
     return save(normalized)
 
 
-def _parse_header(data: bytes, where: str) -> dict[str, tuple[TensorSpec, int, int]]:
-    """Validate the safetensors header of ``data``; return ``{name: (spec, begin, end)}``."""
-    if len(data) < 8:
-        raise CheckpointCorrupt(f"{where} is not safetensors: expected at least 8 bytes, found {len(data)}")
+def _parse_header(
+    data: bytes, where: str, *, size: int | None = None
+) -> dict[str, tuple[TensorSpec, int, int]]:
+    """Validate the safetensors header of ``data``; return ``{name: (spec, begin, end)}``.
+
+    ``size``: the blob's size when ``data`` holds only its first bytes (at least the header).
+    """
+    size = len(data) if size is None else size
+    if size < 8:
+        raise CheckpointCorrupt(f"{where} is not safetensors: expected at least 8 bytes, found {size}")
     n = int.from_bytes(data[:8], "little")
-    if n > _MAX_HEADER_BYTES or n > len(data) - 8:
+    if n > _MAX_HEADER_BYTES or n > size - 8:
         raise CheckpointCorrupt(
             f"{where} is not safetensors: header length {n} exceeds "
-            f"{'the 100 MB limit' if n > _MAX_HEADER_BYTES else f'the {len(data) - 8} bytes after it'}"
+            f"{'the 100 MB limit' if n > _MAX_HEADER_BYTES else f'the {size - 8} bytes after it'}"
         )
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -272,7 +281,7 @@ def _parse_header(data: bytes, where: str) -> dict[str, tuple[TensorSpec, int, i
     meta = header.pop("__metadata__", {})
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise CheckpointCorrupt(f"{where} has malformed safetensors __metadata__: expected a str → str map")
-    body = len(data) - 8 - n
+    body = size - 8 - n
     entries: dict[str, tuple[TensorSpec, int, int]] = {}
     for name, entry in header.items():
         if not name:
@@ -605,3 +614,94 @@ def load_checkpoint(
                         "expected finite values"
                     )
     return Checkpoint(arrays=arrays, manifest=manifest)
+
+
+class LazyArrays(Mapping[str, np.ndarray]):
+    """The tensors of a verified local safetensors file, each read from disk on access (``safe_open``):
+    holding one costs nothing, reading one costs that tensor only."""
+
+    def __init__(self, path: Path, specs: Mapping[str, TensorSpec]) -> None:
+        self.path = path
+        self.specs = dict(specs)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.specs:
+            raise KeyError(name)
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="numpy") as f:
+            array: np.ndarray = f.get_tensor(name)
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def open_checkpoint(
+    store: Store,
+    key: str,
+    directory: Path,
+    *,
+    like: Mapping[str, TensorSpec] | None = None,
+    blob_size: int | None = None,
+) -> tuple[CheckpointManifest, LazyArrays]:
+    """Download the checkpoint at ``key`` into ``directory`` and verify it like :func:`load_checkpoint`
+    (manifest, ``like``, size before download, sha256, header, specs, finite floats), holding one
+    tensor in memory at a time; its arrays are then read lazily, one tensor per access."""
+    blob_key, _ = checkpoint_keys(key)
+    manifest = load_manifest(store, key)
+    uri = store.key_uri(blob_key)
+    if like is not None:
+        expected = {name: TensorSpec(spec.dtype, spec.shape) for name, spec in like.items()}
+        problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
+        if problem:
+            raise CheckpointMismatch(problem)
+    _check_blob_size(store, blob_key, manifest, blob_size)
+    path = directory / (hashlib.sha256(key.encode()).hexdigest()[:16] + BLOB_SUFFIX)
+    try:
+        store.get_file(blob_key, path)
+    except ObjectNotFound:
+        raise CheckpointNotFound(f"checkpoint blob {uri} is missing although its manifest exists") from None
+    size = path.stat().st_size
+    if size != manifest.size:
+        raise CheckpointCorrupt(
+            f"size mismatch for {uri}: manifest says {manifest.size} bytes, blob has {size}"
+        )
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+        f.seek(0)
+        head = f.read(8)
+        head += f.read(min(int.from_bytes(head[:8], "little"), _MAX_HEADER_BYTES)) if len(head) == 8 else b""
+    if digest.hexdigest() != manifest.sha256:
+        raise CheckpointCorrupt(
+            f"sha256 mismatch for {uri}: manifest says {manifest.sha256[:16]}…, "
+            f"blob is {digest.hexdigest()[:16]}…"
+        )
+    specs = {name: spec for name, (spec, _, _) in _parse_header(head, uri, size=size).items()}
+    problem = _spec_difference(
+        specs, manifest.tensors, f"blob {uri}", reference="its manifest", expected_word="manifest says"
+    )
+    if problem:
+        raise CheckpointCorrupt(problem)
+    arrays = LazyArrays(path, specs)
+    for name, spec in sorted(specs.items()):
+        try:
+            arr = arrays[name]
+        except Exception as exc:  # SafetensorError and friends: anything our checks missed
+            raise CheckpointCorrupt(f"{uri} could not be decoded as safetensors: {_one_line(exc)}") from None
+        if TensorSpec(arr.dtype.name, arr.shape) != spec:
+            raise CheckpointCorrupt(f"{uri}: safetensors decoded {name} differently from its header")
+        if arr.dtype.name in _FLOAT_DTYPES:
+            bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise CheckpointCorrupt(
+                    f"{_subject(manifest, uri)} has {bad} non-finite (NaN/Inf) values in {name}, "
+                    "expected finite values"
+                )
+        del arr
+    return manifest, arrays

@@ -12,7 +12,15 @@ from steps.errors import BadInputError
 from steps.settings import Settings
 from steps.store import ObjectNotFound, Store, join_key, open_store
 
-__all__ = ["RunError", "RunLayout", "RunRecord", "load_record", "store_from_env", "write_json"]
+__all__ = [
+    "RunError",
+    "RunLayout",
+    "RunRecord",
+    "load_record",
+    "load_secret",
+    "store_from_env",
+    "write_json",
+]
 
 STORE_ENV = "ARGOFL_STORE"
 
@@ -56,6 +64,11 @@ class RunLayout:
 
     def eval_key(self, round: int) -> str:
         return join_key(self.round_prefix(round), "eval.json")
+
+    @property
+    def secret_key(self) -> str:
+        """The run's noise secret (dp-fedavg): read by steps, never logged, copied on resubmission."""
+        return join_key(self.run_key, "noise-secret")
 
     @property
     def record_key(self) -> str:
@@ -112,6 +125,16 @@ def load_record(store: Store, layout: RunLayout) -> RunRecord:
     except ObjectNotFound:
         raise RunError(f"no run record at {where}: the init step has not completed for this run") from None
     return RunRecord.from_json(data, where=where)
+
+
+def load_secret(store: Store, layout: RunLayout) -> bytes:
+    """The run's noise secret that init wrote; RunError when there is none."""
+    try:
+        return store.get_bytes(layout.secret_key)
+    except ObjectNotFound:
+        raise RunError(
+            f"no noise secret at {store.key_uri(layout.secret_key)}: the init step has not written it"
+        ) from None
 
 
 def write_json(store: Store, key: str, doc: Any) -> str:

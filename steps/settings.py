@@ -15,8 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from steps.attacks import ATTACKS
 from steps.errors import BadInputError
 from steps.mapping import dataclass_from_mapping
+from steps.strategies import STRATEGIES
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
 
@@ -50,6 +52,20 @@ def _momentum(value: Any) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _open_unit(value: Any) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
+def _half(value: Any) -> str | None:
+    return None if 0 <= value < 0.5 else "must be in [0, 0.5)"
+
+
+def _client_list(value: Any) -> str | None:
+    if value == "" or re.match(r"^\d+(,\d+)*$", value):
+        return None
+    return "must be client indices separated by commas, e.g. '0,1' (or empty)"
+
+
 def _dns_name(value: Any) -> str | None:
     if _NAME_RE.match(value):
         return None
@@ -60,9 +76,6 @@ def _model(value: Any) -> str | None:
     if value in ("cnn", "mlp") or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
         return None
     return "must be a built-in model (cnn, mlp) or 'package.module:factory'"
-
-
-FEDADAM_MAX_SERVER_LR = 0.5
 
 
 @dataclass(frozen=True)
@@ -126,8 +139,8 @@ class Settings:
     strategy: str = field(
         default="fedavg",
         metadata={
-            "help": "aggregation: fedavg, fedavgm (server momentum) or fedadam (server Adam)",
-            "check": _choice("fedavg", "fedavgm", "fedadam"),
+            "help": "aggregation (README's strategy table): " + ", ".join(STRATEGIES),
+            "check": _choice(*STRATEGIES),
         },
     )
     server_lr: float = field(
@@ -151,6 +164,69 @@ class Settings:
             "check": _at_least(0),
         },
     )
+    prox_mu: float = field(
+        default=0.01, metadata={"help": "fedprox's proximal weight μ (0 = FedAvg)", "check": _at_least(0)}
+    )
+    trim_beta: float = field(
+        default=0.1,
+        metadata={"help": "trimmed-mean: fraction cut at each end per coordinate", "check": _half},
+    )
+    krum_f: int = field(
+        default=1, metadata={"help": "krum: assumed number of malicious clients f", "check": _at_least(0)}
+    )
+    krum_m: int = field(
+        default=1,
+        metadata={"help": "krum: updates averaged (1 = Krum, > 1 = Multi-Krum)", "check": _at_least(1)},
+    )
+    dp_clip: float = field(
+        default=1.0,
+        metadata={
+            "help": "dp-fedavg: L2 clip norm C of each update (adaptive: C at first)",
+            "check": _positive,
+        },
+    )
+    dp_noise: float = field(
+        default=1.0, metadata={"help": "dp-fedavg: noise multiplier z (noise std z·C)", "check": _positive}
+    )
+    dp_mode: str = field(
+        default="central",
+        metadata={
+            "help": "dp-fedavg: noise added by the server (central) or each client (local)",
+            "check": _choice("central", "local"),
+        },
+    )
+    dp_clipping: str = field(
+        default="fixed",
+        metadata={
+            "help": "dp-fedavg: fixed or adaptive (Andrew et al. 2021) clipping",
+            "check": _choice("fixed", "adaptive"),
+        },
+    )
+    dp_quantile: float = field(
+        default=0.5,
+        metadata={"help": "dp-fedavg adaptive clipping: target quantile γ of norms", "check": _open_unit},
+    )
+    dp_clip_lr: float = field(
+        default=0.2, metadata={"help": "dp-fedavg adaptive clipping: learning rate η_C", "check": _positive}
+    )
+    dp_delta: float = field(
+        default=1e-5, metadata={"help": "dp-fedavg: δ at which ε is reported", "check": _open_unit}
+    )
+    attack: str = field(
+        default="none",
+        metadata={
+            "help": "TEST FEATURE: what attack_clients do: " + ", ".join(ATTACKS),
+            "check": _choice(*ATTACKS),
+        },
+    )
+    attack_clients: str = field(
+        default="",
+        metadata={"help": "TEST FEATURE: malicious client indices, e.g. '0,1'", "check": _client_list},
+    )
+    attack_scale: float = field(
+        default=10.0,
+        metadata={"help": "TEST FEATURE: sign-flip/scale factor, gaussian noise std", "check": _positive},
+    )
     threads: int = field(
         default=1,
         metadata={"help": "CPU threads per training process (fixed for determinism)", "check": _at_least(1)},
@@ -170,20 +246,27 @@ class Settings:
                 raise SettingsError(f"{f.name}: {problem}, got {value!r}")
         if self.min_clients > self.clients:
             raise SettingsError(f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}")
-        if self.strategy == "fedadam" and self.server_lr > FEDADAM_MAX_SERVER_LR:
+        problem = STRATEGIES[self.strategy].check(dataclasses.asdict(self))
+        if problem:
+            raise SettingsError(problem)
+        attackers = self.attackers()
+        if any(int(c) >= self.clients for c in attackers):
             raise SettingsError(
-                f"server_lr: fedadam moves every weight by about server_lr per round, so use 0.001–0.1 "
-                f"(at most {FEDADAM_MAX_SERVER_LR}), got {self.server_lr!r}"
+                f"attack_clients: expected indices 0..{self.clients - 1}, got {self.attack_clients!r}"
+            )
+        if (self.attack == "none") != (not attackers):
+            raise SettingsError(
+                f"attack_clients: attack {self.attack!r} needs "
+                f"{'no' if self.attack == 'none' else 'some'} attack_clients, got {self.attack_clients!r}"
             )
 
-    def server_options(self) -> dict[str, float]:
-        """The server optimizer's options, as :func:`steps.strategies.get_strategy` takes them."""
-        return {
-            "server_lr": self.server_lr,
-            "server_momentum": self.server_momentum,
-            "server_beta2": self.server_beta2,
-            "server_tau": self.server_tau,
-        }
+    def server_options(self) -> dict[str, Any]:
+        """The strategy's options, as :func:`steps.strategies.get_strategy` takes them."""
+        return {name: getattr(self, name) for name in STRATEGIES[self.strategy].options}
+
+    def attackers(self) -> list[str]:
+        """TEST FEATURE: the malicious clients (``attack_clients`` as client ids)."""
+        return [str(int(c)) for c in self.attack_clients.split(",")] if self.attack_clients else []
 
     @classmethod
     def from_mapping(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -17,18 +18,22 @@ import numpy as np
 from steps import tracking
 from steps.checkpoint import (
     CheckpointError,
+    CheckpointManifest,
     CheckpointNotFound,
+    TensorSpec,
     checkpoint_exists,
     checkpoint_keys,
     load_checkpoint,
     load_manifest,
+    open_checkpoint,
     save_checkpoint,
     specs_of,
 )
 from steps.client_limits import example_limit
-from steps.runinfo import RunError, RunLayout, open_run
+from steps.privacy import noise_seed
+from steps.runinfo import RunError, RunLayout, load_secret, open_run
 from steps.store import Store
-from steps.strategies import AggregationError, ClientUpdate, Strategy, get_strategy
+from steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +64,19 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     limit = example_limit(s)
     rejected: dict[str, str] = {}
     accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
+    seed = None
+    if STRATEGIES[s.strategy].secret:
+        seed = noise_seed(load_secret(store, layout), "round", str(round), "server")
+    strategy = get_strategy(s.strategy, noise_seed=seed, **s.server_options())
+    # a per-tensor strategy gets lazy arrays: each update's blob is verified into scratch and read
+    # one tensor at a time (memory O(clients × largest tensor)); others fold whole updates (O(model))
+    scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-") if strategy.per_tensor else None
 
     def updates() -> Iterator[ClientUpdate]:
         for client in clients:
             try:
-                ckpt = load_checkpoint(
-                    store, layout.update_key(round, client), like=like, blob_size=previous.manifest.size
+                ckpt = _load_update(
+                    store, layout.update_key(round, client), like, scratch, previous.manifest.size
                 )
             except CheckpointNotFound:
                 rejected[client] = "no update (its train step failed or did not run)"
@@ -93,7 +105,6 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             if client in rejected:
                 log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
 
-    strategy = get_strategy(s.strategy, **s.server_options())
     state = _load_state(store, layout, round, strategy, previous.arrays)
     try:
         weights, metrics, new_state = strategy.aggregate(previous.arrays, updates(), state)
@@ -102,6 +113,9 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             weights, metrics, new_state = {}, {}, {}
         else:
             raise AggregationError(f"round {round}: {exc}") from None
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
     if len(accepted) < s.min_clients:
         raise NotEnoughUpdates(
             f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, "
@@ -109,6 +123,9 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
             f"{s.min_clients}; global checkpoint not written (rejected: {sorted(rejected, key=int)})"
         )
     metrics["rejected"] = float(len(rejected))
+    account = getattr(strategy, "epsilon", None)
+    if account is not None:  # dp-fedavg: the privacy spent after this round
+        metrics["dp_epsilon"] = account(rounds=round, sample_rate=len(clients) / s.clients)
     if strategy.stateful and not checkpoint_exists(store, layout.server_state_key(round)):
         # before the global checkpoint: a committed global always has its state (a retried step
         # that finds the state already written recomputes the same bytes and keeps it)
@@ -151,6 +168,7 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
     to_log.update(
         {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
     )
+    to_log.update({k: v for k, v in metrics.items() if k.startswith("dp_")})
     rows = []
     for client in clients:
         client_manifest = load_manifest(store, layout.update_key(round, client))
@@ -170,8 +188,10 @@ def _load_state(
     """The server optimizer's state after ``round - 1`` (empty before the first round)."""
     if not strategy.stateful or round == 1:
         return {}
-    specs = specs_of(global_weights)
-    like = {name: specs[name.split("/", 1)[1]] for name in strategy.state_names(global_weights)}
+    like = {
+        name: TensorSpec(dtype, shape)
+        for name, (dtype, shape) in strategy.state_specs(global_weights).items()
+    }
     key = layout.server_state_key(round - 1)
     try:
         return dict(load_checkpoint(store, key, like=like).arrays)
@@ -180,6 +200,28 @@ def _load_state(
             f"round {round} ({strategy.name}) needs the server state of round {round - 1} at "
             f"{store.key_uri(key)}, which does not exist"
         ) from None
+
+
+class _Loaded:
+    """An update as the aggregate step reads it: its manifest and its (possibly lazy) arrays."""
+
+    def __init__(self, manifest: CheckpointManifest, arrays: Mapping[str, np.ndarray]) -> None:
+        self.manifest = manifest
+        self.arrays = arrays
+
+
+def _load_update(
+    store: Store,
+    key: str,
+    like: Mapping[str, TensorSpec],
+    scratch: tempfile.TemporaryDirectory[str] | None,
+    blob_size: int,
+) -> _Loaded:
+    """An update, verified; refused unread when its blob is not ``blob_size`` bytes (the global's)."""
+    if scratch is None:
+        ckpt = load_checkpoint(store, key, like=like, blob_size=blob_size)
+        return _Loaded(ckpt.manifest, ckpt.arrays)
+    return _Loaded(*open_checkpoint(store, key, Path(scratch.name), like=like, blob_size=blob_size))
 
 
 def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:

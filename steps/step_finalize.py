@@ -10,11 +10,12 @@ import logging
 from typing import Any
 
 from steps import tracking
-from steps.checkpoint import load_checkpoint
+from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest
 from steps.data import load_dataset
 from steps.frameworks import get_backend
-from steps.runinfo import RunError, now, open_run, write_json
-from steps.store import ObjectNotFound
+from steps.runinfo import RunError, RunLayout, now, open_run, write_json
+from steps.settings import Settings
+from steps.store import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,34 @@ def run(*, run_key: str) -> dict[str, Any]:
         "final_checkpoint": store.key_uri(layout.global_key(s.rounds) + ".safetensors"),
         "wall_time_s": round(now() - record.created_at, 3),
     }
+    privacy = _privacy(store, layout, s, final.manifest.metrics)
+    if privacy:
+        summary["privacy"] = privacy
     uri = write_json(store, layout.summary_key, summary)
     tracking.log_dict(record.mlflow_run_id, summary, "summary.json")
     tracking.end_run(record.mlflow_run_id, "FINISHED")
     log.info("summary written to %s; final test accuracy %.4f", uri, summary["final_accuracy"])
     return summary
+
+
+def _privacy(store: Store, layout: RunLayout, s: Settings, final: dict[str, float]) -> dict[str, Any]:
+    """dp-fedavg's privacy spent: ε at δ after the last round and after each round this run holds."""
+    if "dp_epsilon" not in final:
+        return {}
+    per_round = {}
+    for r in range(1, s.rounds + 1):
+        if checkpoint_exists(store, layout.global_key(r)):
+            metrics = load_manifest(store, layout.global_key(r)).metrics
+            if "dp_epsilon" in metrics:
+                per_round[str(r)] = metrics["dp_epsilon"]
+    return {
+        "epsilon": final["dp_epsilon"],
+        "delta": s.dp_delta,
+        "mode": s.dp_mode,
+        "noise_multiplier": s.dp_noise,
+        "clipping": s.dp_clipping,
+        "epsilon_per_round": per_round,
+    }
 
 
 def finish(*, run_key: str, status: str) -> None:

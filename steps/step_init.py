@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,8 +30,8 @@ from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
 from steps.settings import Settings
-from steps.store import Store
-from steps.strategies import get_strategy
+from steps.store import ObjectNotFound, Store
+from steps.strategies import STRATEGIES, get_strategy
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ def run(
     else:
         uri = save_or_verify(store, layout.global_key(0), weights, round=0)
         log.info("round-0 global checkpoint at %s", uri)
+    if STRATEGIES[settings.strategy].secret:
+        _write_secret(store, layout, RunLayout(resume_from) if start_round > 1 else None)
     ref = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
@@ -90,6 +93,27 @@ def run(
     url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
     log.info("MLflow run %s created for experiment %s %s", ref.run_id, settings.experiment, url)
     return {"mlflow-run-id": ref.run_id, "mlflow-run-url": url, "global": uri}
+
+
+def _write_secret(store: Store, layout: RunLayout, previous: RunLayout | None) -> None:
+    """The run's noise secret: fresh, or the resumed run's (so that its later rounds draw the same noise).
+    An earlier attempt's secret is kept (init is retried)."""
+    if store.exists(layout.secret_key):
+        log.info("noise secret kept from an earlier attempt")
+        return
+    if previous is None:
+        store.put_bytes(layout.secret_key, secrets.token_bytes(32))
+        log.info("noise secret written")
+        return
+    try:
+        secret = store.get_bytes(previous.secret_key)
+    except ObjectNotFound:
+        raise RunError(
+            f"cannot resume from {previous.run_key}: it has no noise secret at "
+            f"{store.key_uri(previous.secret_key)} (was it run with another strategy?)"
+        ) from None
+    store.put_bytes(layout.secret_key, secret)
+    log.info("noise secret copied from %s", previous.run_key)
 
 
 def _resume_server_state(store: Store, layout: RunLayout, previous: RunLayout, last: int, name: str) -> None:

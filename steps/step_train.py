@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-from steps import labels
+from steps import attacks, labels, privacy
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.partition import client_seed, partition
-from steps.runinfo import RunError, open_run
+from steps.runinfo import RunError, load_secret, open_run
+from steps.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 
@@ -50,25 +51,44 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
     model = backend.build_model(
         s.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed
     )
+    prox_mu = s.prox_mu if STRATEGIES[s.strategy].proximal else 0.0
+    local_dp = STRATEGIES[s.strategy].secret and s.dp_mode == "local"
+    secret = load_secret(store, layout) if local_dp else b""
+    attackers = s.attackers()
     for client in todo:
         backend.set_weights(model, start.arrays)
         idx = parts[int(client)]
+        attack = s.attack if client in attackers else "none"
         started = time.perf_counter()
         metrics = backend.train(
             model,
             data.x[idx],
-            data.y[idx],
+            attacks.poison_labels(attack, data.y[idx], data.num_classes),
             epochs=s.local_epochs,
             batch_size=s.batch_size,
             lr=s.lr,
             momentum=s.momentum,
             seed=client_seed(s.seed, round, client),
+            prox_mu=prox_mu,
         )
         seconds += time.perf_counter() - started
+        weights = backend.get_weights(model)
+        if attack != "none":  # TEST FEATURE: a malicious client sends what it likes, without DP
+            log.warning("client %s: TEST FEATURE attack %r (attack_clients)", client, attack)
+            seed = client_seed(s.seed, round, client)
+            weights = attacks.poison_update(attack, weights, start.arrays, scale=s.attack_scale, seed=seed)
+        elif local_dp:
+            weights = privacy.privatize(
+                weights,
+                start.arrays,
+                clip=s.dp_clip,
+                noise=s.dp_noise,
+                seed=privacy.noise_seed(secret, "round", str(round), "client", client),
+            )
         uri = save_checkpoint(
             store,
             layout.update_key(round, client),
-            backend.get_weights(model),
+            weights,
             round=round,
             client=client,
             examples=len(idx),

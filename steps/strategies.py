@@ -10,13 +10,19 @@ iteration order; callers sort updates (e.g. by client id) for reproducible bytes
   server steps the global model along it with momentum or Adam. Their optimizer state (named arrays
   ``m/<tensor>``, ``v/<tensor>``) goes in and out of :meth:`Strategy.aggregate`, so the caller decides
   where it lives between rounds. Non-float tensors (counters) take the plain mean.
+* ``fedprox`` — Li et al. 2020: FedAvg on the server; the clients add ``μ/2·‖w − w_global‖²``.
+* ``median``, ``trimmed-mean``, ``krum`` — robust aggregation (:mod:`steps.robust`): they need every
+  update at once per coordinate, so they read the updates tensor by tensor (``per_tensor``).
+* ``dp-fedavg`` — client-level differential privacy (:mod:`steps.privacy`).
+
+:data:`STRATEGIES` is the one list of strategies: settings, the CLI help and the steps read it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -31,7 +37,9 @@ __all__ = [
     "FedAvg",
     "FedAvgM",
     "Strategy",
+    "StrategyInfo",
     "WeightedAverage",
+    "client_metrics",
     "fedavg",
     "get_strategy",
 ]
@@ -128,6 +136,9 @@ class Strategy(Protocol):
 
     name: str
     stateful: bool
+    per_tensor: bool
+    """True: ``aggregate`` needs all updates at once and reads their arrays one tensor at a time (the
+    caller may pass lazy mappings); False: it folds each update in and drops it (memory O(model))."""
 
     def aggregate(
         self,
@@ -138,8 +149,8 @@ class Strategy(Protocol):
         """The new global weights, the aggregated client metrics and the state for the next round."""
         ...
 
-    def state_names(self, global_weights: Mapping[str, np.ndarray]) -> list[str]:
-        """Names of the state tensors kept between rounds (none for a stateless strategy)."""
+    def state_specs(self, global_weights: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        """State tensor name → (dtype name, shape) kept between rounds (none for a stateless strategy)."""
         ...
 
 
@@ -148,6 +159,7 @@ class FedAvg:
 
     name = "fedavg"
     stateful = False
+    per_tensor = False
 
     def aggregate(
         self,
@@ -168,8 +180,8 @@ class FedAvg:
         metrics["clients"] = float(mean.count)
         return Aggregate(weights, metrics, {})
 
-    def state_names(self, global_weights: Mapping[str, np.ndarray]) -> list[str]:
-        return []
+    def state_specs(self, global_weights: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {}
 
 
 class _ServerOptimizer:
@@ -177,6 +189,7 @@ class _ServerOptimizer:
 
     name = ""
     stateful = True
+    per_tensor = False
     slots: tuple[str, ...] = ()
 
     def aggregate(
@@ -215,6 +228,15 @@ class _ServerOptimizer:
             for name, value in global_weights.items()
             if np.issubdtype(value.dtype, np.floating)
         ]
+
+    def state_specs(self, global_weights: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
+        return {
+            name: (
+                global_weights[name.split("/", 1)[1]].dtype.name,
+                tuple(global_weights[name.split("/", 1)[1]].shape),
+            )
+            for name in self.state_names(global_weights)
+        }
 
     def _step(
         self, delta: np.ndarray, previous: Mapping[str, np.ndarray | None]
@@ -298,22 +320,153 @@ def _check_hyper(**values: float) -> None:
             raise AggregationError(f"{name} must be {expected}, got {value!r}")
 
 
-STRATEGIES: dict[str, type[FedAvg] | type[FedAvgM] | type[FedAdam]] = {
-    "fedavg": FedAvg,
-    "fedavgm": FedAvgM,
-    "fedadam": FedAdam,
+def client_metrics(updates: Iterable[ClientUpdate]) -> dict[str, float]:
+    """The example-weighted mean of the clients' metrics, plus ``examples`` and ``clients``."""
+    sums: dict[str, float] = {}
+    total = 0.0
+    count = 0
+    for update in updates:
+        for key, value in update.metrics.items():
+            if key != "examples":
+                sums[key] = sums.get(key, 0.0) + float(value) * update.examples
+        total += update.examples
+        count += 1
+    metrics = {key: value / total for key, value in sums.items()} if total > 0 else {}
+    metrics["examples"] = total
+    metrics["clients"] = float(count)
+    return metrics
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al. 2020): FedAvg on the server; each client minimises its loss plus
+    ``μ/2·‖w − w_global‖²`` (the backends' ``prox_mu``). With ``μ = 0`` it is FedAvg, bit for bit."""
+
+    name = "fedprox"
+
+
+# ------------------------------------------------------------------------------------ the registry
+
+Options = Mapping[str, Any]
+"""Strategy options by setting name (``server_lr``, ``trim_beta``, …), as :class:`Settings` holds them."""
+
+FEDADAM_MAX_SERVER_LR = 0.5
+
+
+def _no_check(settings: Options) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    """One strategy as the rest of argofl sees it.
+
+    ``options`` are the settings it reads; ``check(settings)`` returns ``"key: problem, got value"`` for a
+    combination of settings it cannot run with; ``build(options, noise_seed)`` makes the strategy
+    (``noise_seed`` derives from the run's secret, for strategies with ``secret``); ``proximal``: the
+    clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store.
+    """
+
+    summary: str
+    build: Callable[[Options, int | None], Strategy]
+    options: tuple[str, ...] = ()
+    check: Callable[[Options], str | None] = _no_check
+    proximal: bool = False
+    secret: bool = False
+
+
+def _pick(options: Options, *names: str) -> dict[str, Any]:
+    return {name: options[name] for name in names if name in options}
+
+
+def _check_fedadam(s: Options) -> str | None:
+    if s["server_lr"] > FEDADAM_MAX_SERVER_LR:
+        return (
+            f"server_lr: fedadam moves every weight by about server_lr per round, so use 0.001–0.1 "
+            f"(at most {FEDADAM_MAX_SERVER_LR}), got {s['server_lr']!r}"
+        )
+    return None
+
+
+def _robust(name: str, options: Options) -> Strategy:
+    from steps import robust
+
+    if name == "median":
+        return robust.Median()
+    if name == "trimmed-mean":
+        return robust.TrimmedMean(**_pick(options, "trim_beta"))
+    return robust.Krum(**_pick(options, "krum_f", "krum_m"))
+
+
+def _check_krum(s: Options) -> str | None:
+    from steps import robust
+
+    return robust.check_krum(s)
+
+
+def _dp(options: Options, noise_seed: int | None) -> Strategy:
+    from steps import privacy
+
+    return privacy.DPFedAvg(noise_seed=noise_seed, **_pick(options, *privacy.OPTIONS))
+
+
+def _check_dp(s: Options) -> str | None:
+    from steps import privacy
+
+    return privacy.check_settings(s)
+
+
+STRATEGIES: dict[str, StrategyInfo] = {
+    "fedavg": StrategyInfo("example-weighted mean of the client weights", lambda o, _: FedAvg()),
+    "fedavgm": StrategyInfo(
+        "FedAvg, then server momentum on the pseudo-gradient",
+        lambda o, _: FedAvgM(**_pick(o, "server_lr", "server_momentum")),
+        ("server_lr", "server_momentum"),
+    ),
+    "fedadam": StrategyInfo(
+        "FedAvg, then server Adam on the pseudo-gradient",
+        lambda o, _: FedAdam(**_pick(o, "server_lr", "server_momentum", "server_beta2", "server_tau")),
+        ("server_lr", "server_momentum", "server_beta2", "server_tau"),
+        check=_check_fedadam,
+    ),
+    "fedprox": StrategyInfo(
+        "FedAvg with a proximal term on the clients", lambda o, _: FedProx(), ("prox_mu",), proximal=True
+    ),
+    "median": StrategyInfo("coordinate-wise median", lambda o, _: _robust("median", o)),
+    "trimmed-mean": StrategyInfo(
+        "coordinate-wise mean without the trim_beta largest and smallest values",
+        lambda o, _: _robust("trimmed-mean", o),
+        ("trim_beta",),
+    ),
+    "krum": StrategyInfo(
+        "(Multi-)Krum: the mean of the krum_m updates closest to their neighbours",
+        lambda o, _: _robust("krum", o),
+        ("krum_f", "krum_m"),
+        check=_check_krum,
+    ),
+    "dp-fedavg": StrategyInfo(
+        "FedAvg of clipped updates with Gaussian noise (client-level DP)",
+        _dp,
+        (
+            "dp_clip",
+            "dp_noise",
+            "dp_mode",
+            "dp_clipping",
+            "dp_quantile",
+            "dp_clip_lr",
+            "dp_delta",
+        ),
+        check=_check_dp,
+        secret=True,
+    ),
 }
 
 
-def get_strategy(name: str, **options: float) -> Strategy:
-    """The strategy called ``name``, with the server options it takes (others are ignored)."""
-    if name not in STRATEGIES:
+def get_strategy(name: str, *, noise_seed: int | None = None, **options: Any) -> Strategy:
+    """The strategy called ``name``, with the options it takes (others are ignored)."""
+    info = STRATEGIES.get(name)
+    if info is None:
         raise AggregationError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
-    if name == "fedavg":
-        return FedAvg()
-    if name == "fedavgm":
-        return FedAvgM(**{k: v for k, v in options.items() if k in ("server_lr", "server_momentum")})
-    return FedAdam(**options)
+    return info.build(options, noise_seed)
 
 
 def fedavg(updates: Iterable[tuple[Mapping[str, np.ndarray], int]]) -> dict[str, np.ndarray]:

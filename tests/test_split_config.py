@@ -51,6 +51,10 @@ def test_default_kind_is_fedavg():
             {**_doc(mode="splitfed"), "strategy": "fedavgm"},
             r"t\.yaml: strategy: split learning averages SplitFed bottoms with FedAvg: only strategy fedavg",
         ),
+        (
+            {**_doc(mode="vanilla"), "attack": "label-flip", "attack_clients": "0"},
+            r"t\.yaml: attack: split learning simulates no attacks, got 'label-flip'",
+        ),
     ],
 )
 def test_bad_split_configs_are_refused_with_the_key(doc, fragment):

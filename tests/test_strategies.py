@@ -89,8 +89,8 @@ def test_non_positive_weight_and_empty_input_are_refused():
         WeightedAverage().add({"w": np.zeros(1)}, 0)
     with pytest.raises(AggregationError, match="no updates"):
         fedavg([])
-    with pytest.raises(AggregationError, match="unknown strategy 'fedprox'"):
-        get_strategy("fedprox")
+    with pytest.raises(AggregationError, match="unknown strategy 'fedsgd'"):
+        get_strategy("fedsgd")
 
 
 def test_peak_memory_of_streaming_many_updates_stays_near_one_model():

@@ -89,8 +89,14 @@ class Backend(Protocol):
         lr: float,
         momentum: float,
         seed: int,
+        prox_mu: float = 0.0,
     ) -> dict[str, float]:
-        """SGD with momentum; ``{"loss", "accuracy", "examples"}`` of the last epoch."""
+        """SGD with momentum; ``{"loss", "accuracy", "examples"}`` of the last epoch.
+
+        ``prox_mu > 0`` adds FedProx's ``μ/2·‖w − w_start‖²`` over the trainable weights to the loss
+        (its gradient ``μ·(w − w_start)`` joins each batch's gradient; the reported loss leaves it out);
+        ``prox_mu = 0`` is plain training, bit for bit.
+        """
         ...
 
     def evaluate(self, model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int) -> dict[str, float]:
@@ -174,7 +180,14 @@ def check_data(x: np.ndarray, y: np.ndarray) -> None:
 
 
 def check_train_args(
-    x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, momentum: float
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    prox_mu: float = 0.0,
 ) -> None:
     """Validate training data and hyperparameters (FrameworkError naming the bad value)."""
     check_data(x, y)
@@ -186,6 +199,8 @@ def check_train_args(
         raise FrameworkError(f"lr={lr} must be a finite number > 0")
     if not 0 <= momentum < 1:
         raise FrameworkError(f"momentum={momentum} must be in [0, 1)")
+    if not (prox_mu >= 0 and np.isfinite(prox_mu)):
+        raise FrameworkError(f"prox_mu={prox_mu} must be a finite number >= 0")
 
 
 def epoch_orders(n: int, epochs: int, seed: int) -> Iterator[np.ndarray]:

@@ -168,18 +168,25 @@ class KerasBackend:
         lr: float,
         momentum: float,
         seed: int,
+        prox_mu: float = 0.0,
     ) -> dict[str, float]:
-        check_train_args(x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum)
+        check_train_args(
+            x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, prox_mu=prox_mu
+        )
         xs, ys = scale_images(x), np.asarray(y, dtype=np.int64)
         _compile(model, lr=lr, momentum=momentum)  # a fresh optimizer: no momentum from earlier rounds
         keras.utils.set_random_seed(seed)  # dropout and other in-model randomness
+        step = _proximal_step(model, prox_mu) if prox_mu > 0 else None
         loss_sum = correct = 0.0
         for epoch, order in enumerate(epoch_orders(len(ys), epochs, seed), start=1):
             # train_on_batch reports the batch's own metrics: the epoch's means are summed here
             loss_sum = correct = 0.0
             for batch, start in enumerate(range(0, len(order), batch_size), start=1):
                 idx = order[start : start + batch_size]
-                logs = model.train_on_batch(xs[idx], ys[idx], return_dict=True)
+                if step is None:
+                    logs = model.train_on_batch(xs[idx], ys[idx], return_dict=True)
+                else:
+                    logs = step(xs[idx], ys[idx])
                 loss_sum += float(logs["loss"]) * len(idx)
                 correct += float(logs["accuracy"]) * len(idx)
                 if not math.isfinite(logs["loss"]):
@@ -226,6 +233,28 @@ class KerasBackend:
             pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
         )
         return str(info.model_uri)
+
+
+def _proximal_step(model: keras.Model, mu: float) -> Any:
+    """FedProx: a training step on ``loss + μ/2·‖w − w_start‖²`` (trainable weights; ``w_start`` now)."""
+    variables = model.trainable_variables
+    anchors = [tf.constant(v.numpy()) for v in variables]
+    loss_fn, optimizer = model.loss, model.optimizer
+
+    def step(xb: np.ndarray, yb: np.ndarray) -> dict[str, float]:
+        with tf.GradientTape() as tape:
+            out = model(xb, training=True)
+            loss = loss_fn(yb, out)
+            prox = tf.add_n(
+                [tf.reduce_sum(tf.square(v.value - a)) for v, a in zip(variables, anchors, strict=True)]
+            )
+            total = loss + (mu / 2) * prox
+        grads = tape.gradient(total, [v.value for v in variables])
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        accuracy = float(np.mean(np.argmax(out.numpy(), axis=1) == yb))
+        return {"loss": float(loss), "accuracy": accuracy}
+
+    return step
 
 
 def create_backend() -> Backend:

@@ -160,11 +160,16 @@ class TorchBackend:
         lr: float,
         momentum: float,
         seed: int,
+        prox_mu: float = 0.0,
     ) -> dict[str, float]:
-        check_train_args(x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum)
+        check_train_args(
+            x, y, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, prox_mu=prox_mu
+        )
         xt, yt = self._tensors(x, y)
         n = len(yt)
         optimizer = MomentumSGD(model.parameters(), lr=lr, momentum=momentum)
+        # FedProx: the gradient of μ/2·‖w − w_start‖² is μ·(w − w_start), added to each batch's gradient
+        anchors = [p.detach().clone() for p in optimizer.params] if prox_mu > 0 else []
         loss_fn = nn.CrossEntropyLoss()
         model.train()
         loss_sum, correct = 0.0, 0
@@ -184,6 +189,8 @@ class TorchBackend:
                             f"(lr={lr}, batch_size={batch_size}): lower the learning rate"
                         )
                     loss.backward()
+                    if anchors:
+                        _add_proximal(optimizer.params, anchors, prox_mu)
                     optimizer.step()
                     loss_sum += value * len(idx)
                     correct += int((logits.argmax(1) == yb).sum())
@@ -223,6 +230,13 @@ class TorchBackend:
         )
         model.to(self.device)
         return str(info.model_uri)
+
+
+@torch.no_grad()
+def _add_proximal(params: list[torch.nn.Parameter], anchors: list[torch.Tensor], mu: float) -> None:
+    for p, anchor in zip(params, anchors, strict=True):
+        if p.grad is not None:
+            p.grad.add_(p.detach() - anchor, alpha=mu)
 
 
 def _batches(order: np.ndarray, batch_size: int, device: torch.device) -> Iterator[torch.Tensor]:

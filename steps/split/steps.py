@@ -44,6 +44,8 @@ def _check_framework(s: Settings) -> None:
         raise RunError(f"split learning supports frameworks torch and tensorflow, got {s.framework!r}")
     if s.strategy != "fedavg":
         raise RunError(f"strategy: {SPLIT_STRATEGY_NOTE}, got {s.strategy!r}")
+    if s.attack != "none":
+        raise RunError(f"attack: split learning simulates no attacks, got {s.attack!r}")
 
 
 def halves(framework: str) -> Any:
