@@ -14,7 +14,13 @@ import pytest
 
 import steps.runinfo
 from steps import step_aggregate, step_distribute, step_init, step_train
-from steps.checkpoint import checkpoint_keys, load_checkpoint, load_manifest, save_checkpoint
+from steps.checkpoint import (
+    MAX_MANIFEST_BYTES,
+    checkpoint_keys,
+    load_checkpoint,
+    load_manifest,
+    save_checkpoint,
+)
 from steps.runinfo import RunLayout
 from steps.settings import Settings
 from steps.store import FileStore
@@ -123,3 +129,16 @@ def test_min_clients_decides_after_the_refusals(store):
     with pytest.raises(step_aggregate.NotEnoughUpdates, match="2 valid updates of 3 sampled clients"):
         step_aggregate.run(run_key="guards/min", round=1)
     assert not store.exists(layout.global_key(1) + ".json")
+
+
+def test_an_oversized_manifest_is_refused_without_being_read(store, caplog):
+    layout = _round_one("guards/manifest")
+    manifest_key = checkpoint_keys(layout.update_key(1, "0"))[1]
+    with open(store._path(manifest_key), "ab") as manifest:
+        manifest.truncate(100 * 1024 * 1024)  # sparse: no disk used
+    store.opened.clear()
+    metrics = step_aggregate.run(run_key="guards/manifest", round=1)
+    assert metrics["rejected"] == 1
+    assert manifest_key not in store.opened
+    line = next(r.getMessage() for r in caplog.records if "rejected client 0" in r.getMessage())
+    assert f"{100 * 1024 * 1024} bytes, expected at most {MAX_MANIFEST_BYTES}; not read" in line

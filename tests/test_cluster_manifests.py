@@ -717,22 +717,20 @@ def test_a_policy_open_to_every_address_would_fail_the_check() -> None:
     minio = _pod_labels("StatefulSet", "minio")
     stranger = {"app": "something-else"}
     assert not _ingress_allowed(stranger, NAMESPACE, minio, 9000)
-    open_policy: dict[str, Any] = {
-        "kind": "NetworkPolicy",
-        "metadata": {"name": "open", "namespace": NAMESPACE},
-        "spec": {
-            "podSelector": {},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}],
-        },
-    }
-    with_open = (*_objects(), ("open.yaml", open_policy))
+
+    def policy(block: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        spec = {"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{"from": [{"ipBlock": block}]}]}
+        return "open.yaml", {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "open", "namespace": NAMESPACE},
+            "spec": spec,
+        }
+
+    with_open = (*_objects(), policy({"cidr": "0.0.0.0/0"}))
     assert _ingress_allowed(stranger, NAMESPACE, minio, 9000, with_open)
     assert _ingress_allowed(stranger, "default", minio, 9001, with_open)
-    fenced = {**open_policy, "spec": {**open_policy["spec"], "ingress": [
-        {"from": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}}]}
-    ]}}  # fmt: skip
-    assert not _ingress_allowed(stranger, NAMESPACE, minio, 9000, (*_objects(), ("f.yaml", fenced)))
+    fenced = (*_objects(), policy({"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}))
+    assert not _ingress_allowed(stranger, NAMESPACE, minio, 9000, fenced)
 
 
 # ---------------------------------------------------------------------------------------------------
