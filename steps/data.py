@@ -10,11 +10,15 @@
 The directory is ``data_dir`` if given, else ``$ARGOFL_DATA_DIR``, else the default; each may hold the
 files themselves or a ``<name>/`` sub-directory with them. Datasets downloaded earlier are found in
 ``~/.cache/argofl/datasets/<name>``; with ``download=True`` (or ``ARGOFL_DOWNLOAD=1``) missing files are
-downloaded there. Parsed arrays are cached per process and returned read-only.
+downloaded there. Parsed arrays are cached per process and returned read-only; decompressed IDX files
+are kept in ``~/.cache/argofl/decoded/`` (keyed by the file's path, size and modification time), so later
+processes skip the inflate (most of a train step's data loading).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -77,10 +81,41 @@ _IDX_UBYTE = 0x08
 
 
 def _read_gz(path: Path) -> bytes:
+    decoded = _decoded_path(path)
+    if decoded is not None:
+        with contextlib.suppress(OSError):
+            return decoded.read_bytes()
     try:
-        return zlib.decompress(path.read_bytes(), 31)  # 31: gzip container
+        data = zlib.decompress(path.read_bytes(), 31)  # 31: gzip container
     except (OSError, zlib.error) as exc:
         raise DatasetError(f"cannot read {path}: {exc}; delete it and get the dataset again") from exc
+    if decoded is not None:
+        _write_quietly(decoded, data)
+    return data
+
+
+def _decoded_path(path: Path) -> Path | None:
+    """Where the decompressed ``path`` is cached: named by its resolved path, size and mtime."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    return Path.home() / ".cache" / "argofl" / "decoded" / f"{hashlib.sha256(key).hexdigest()}.bin"
+
+
+def _write_quietly(target: Path, data: bytes) -> None:
+    """Write ``data`` to ``target`` atomically; a cache that cannot be written is skipped."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except OSError as exc:
+        log.debug("not caching %s: %s", target, exc)
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:

@@ -185,3 +185,33 @@ def test_cache_is_keyed_by_directory(tmp_path: Path) -> None:
     assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "b"))) == 4
     shutil.rmtree(tmp_path / "a")
     assert len(load_dataset("mnist", "test", data_dir=str(tmp_path / "b"))) == 4
+
+
+def test_decompressed_files_are_reused_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later process skips the inflate: the decompressed IDX files are cached under the home."""
+    import zlib
+
+    import steps.data as data
+
+    write_mnist_like(tmp_path / "mnist", n_test=3)
+    first = load_dataset("mnist", "test", str(tmp_path))
+    assert len(list((tmp_path / "home" / ".cache" / "argofl" / "decoded").glob("*.bin"))) == 2
+    data.clear_cache()
+    inflated: list[int] = []
+    real = zlib.decompress
+
+    def counting(data: bytes, wbits: int = 15) -> bytes:
+        inflated.append(len(data))
+        return real(data, wbits)
+
+    monkeypatch.setattr(data.zlib, "decompress", counting)
+    again = load_dataset("mnist", "test", str(tmp_path))
+    assert inflated == []
+    assert again.x.tobytes() == first.x.tobytes()
+    assert again.y.tolist() == first.y.tolist()
+    data.clear_cache()
+    write_mnist_like(tmp_path / "mnist", n_test=4)  # new content: new size and mtime, a new key
+    assert len(load_dataset("mnist", "test", str(tmp_path))) == 4
+    assert len(inflated) == 2
