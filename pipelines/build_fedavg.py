@@ -32,6 +32,8 @@ from pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
+from steps.client_data import DataOptions
+from steps.step_evaluate import FEDERATED_OUTPUTS
 
 __all__ = ["CHECKPOINT_DIR", "build_workflow"]
 
@@ -42,8 +44,11 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
     """The experiment workflow for ``cfg`` (not yet serialised)."""
     c = cfg.cluster
     settings = cfg.settings.to_params()
+    # a config without a data: section compiles as before: the partition source, central evaluation
+    data = cfg.data.to_params() if cfg.data != DataOptions() else {}
     arguments = [
         *(Parameter(name=k, value=v) for k, v in settings.items()),
+        *(Parameter(name=k, value=v) for k, v in data.items()),
         *common_parameters(c),
         Parameter(name="start-round", value="1", description="first round to run (resubmissions)"),
         Parameter(name="resume-from", value="", description="<experiment>/<run> a resubmission continues"),
@@ -76,7 +81,8 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 "--resume-from",
                 wp("resume-from"),
             ]
-            + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
+            + [a for k in settings for a in ("--param", f"{k}={wp(k)}")]
+            + [a for k in data for a in ("--data", f"{k.removeprefix('data-')}={wp(k)}")],
             outputs=tuple(INIT_OUTPUTS),
             global_outputs=INIT_OUTPUTS,
         )
@@ -107,10 +113,10 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         evaluate = step_container(
             cfg,
             "evaluate",
-            "Global model on the test set",
+            "Global model on the test set" + (", and the clients' federated evaluation" if data else ""),
             round_arg,
             inputs=round_in,
-            outputs=("loss", "accuracy"),
+            outputs=("loss", "accuracy", *(FEDERATED_OUTPUTS if data else ())),
         )
         finalize = finish_and_finalize(cfg)
 
@@ -122,7 +128,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 Parameter(
                     name=n, value_from=ValueFrom(parameter=f"{{{{tasks.evaluate.outputs.parameters.{n}}}}}")
                 )
-                for n in ("loss", "accuracy")
+                for n in ("loss", "accuracy", *(FEDERATED_OUTPUTS if data else ()))
             ],
             annotations={"workflows.argoproj.io/description": "One FedAvg round"},
         ) as round_dag:

@@ -12,6 +12,7 @@ import click
 # command name -> "module:attribute" of a click command; imported only when invoked or listed.
 _COMMANDS: dict[str, str] = {
     "compile": "pipelines.commands:compile_cmd",
+    "data": "pipelines.data_commands:data",
     "run": "pipelines.commands:run_cmd",
     "step": "steps.cli:step",
     "local": "pipelines.local.cli:local",

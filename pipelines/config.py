@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from steps.client_data import DataOptions
 from steps.mapping import dataclass_from_mapping
 from steps.settings import Settings, SettingsError
 
@@ -101,6 +102,7 @@ class ExperimentConfig:
     cluster: ClusterOptions
     source: Path | None = None
     kind: str = "fedavg"
+    data: DataOptions = field(default_factory=DataOptions)
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -125,6 +127,7 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if kind not in KINDS:
         raise ConfigError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     split_doc = values.pop("split", None) if kind == "split" else None
+    data_doc = values.pop("data", None)
     cluster_doc = values.pop("cluster", {}) or {}
     if not isinstance(cluster_doc, dict):
         raise ConfigError(f"{where}: cluster: expected a mapping, got {type(cluster_doc).__name__}")
@@ -135,10 +138,25 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     cluster = ClusterOptions.from_mapping(cluster_doc, where=where)
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
+    data = _data_options(data_doc, kind=kind, where=where)
     if kind == "split":
         from pipelines.build_split import split_config
 
         return split_config(
             name=name, settings=settings, cluster=cluster, source=source, split=split_doc or {}, where=where
         )
-    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source)
+    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source, data=data)
+
+
+def _data_options(doc: Any, *, kind: str, where: str) -> DataOptions:
+    """The ``data:`` section (where clients get their data); only FedAvg experiments have one."""
+    if doc is None:
+        return DataOptions()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: data: expected a mapping, got {type(doc).__name__}")
+    if kind != "fedavg":
+        raise ConfigError(f"{where}: data: only kind fedavg reads per-client data sources, not kind {kind}")
+    try:
+        return DataOptions.from_mapping(doc, where=where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None

@@ -21,6 +21,7 @@ from steps.settings import Settings, SettingsError
 
 def _bad_input_errors() -> tuple[type[BaseException], ...]:
     from steps.checkpoint import CheckpointError
+    from steps.client_data import ClientDataError
     from steps.data import DatasetError
     from steps.frameworks.base import FrameworkError, TrainingDiverged
     from steps.partition import PartitionError
@@ -32,6 +33,7 @@ def _bad_input_errors() -> tuple[type[BaseException], ...]:
     return (
         SettingsError,
         CheckpointError,
+        ClientDataError,
         DatasetError,
         FrameworkError,
         PartitionError,
@@ -137,6 +139,14 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
     metavar="NAME=VALUE",
     help="A setting, e.g. rounds=5 (Argo parameter names).",
 )
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    callback=_settings_params,
+    metavar="NAME=VALUE",
+    help="A data option, e.g. source=per-client (data.NAME; default: partition the dataset).",
+)
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
@@ -145,6 +155,7 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
 @_outputs_option
 def init_cmd(
     params: dict[str, str],
+    data: dict[str, str],
     run_key: str,
     workflow_name: str,
     workflow_uid: str,
@@ -154,9 +165,11 @@ def init_cmd(
 ) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
     from steps import step_init
+    from steps.client_data import DataOptions
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
+        options = DataOptions.from_mapping(data, where="workflow parameters", strings=True)
         _write_outputs(
             outputs,
             step_init.run(
@@ -166,6 +179,7 @@ def init_cmd(
                 workflow_uid=workflow_uid,
                 start_round=start_round,
                 resume_from=resume_from,
+                data=options,
             ),
         )
 

@@ -1,4 +1,10 @@
-"""``train``: local training of one client (or a group) from the previous round's global weights."""
+"""``train``: local training of one client (or a group) from the previous round's global weights.
+
+Each client first evaluates the incoming global model on its local test split, when it has one
+(federated evaluation, ``round-NNNN/client-eval/client-N.json``), then trains on its train split. A
+client whose data is missing or invalid is skipped with a one-line error; the others of the pod go
+on, and the step fails at the end so the round sees the client as failed (``min_clients`` decides).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ import time
 
 from steps import labels
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
-from steps.data import load_dataset
+from steps.client_data import ClientDataError, client_data, client_train_data, model_shape
 from steps.frameworks import get_backend
-from steps.partition import client_seed, partition
-from steps.runinfo import RunError, open_run
+from steps.partition import client_seed
+from steps.runinfo import RunError, open_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,7 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
     Returns the last client's metrics plus ``seconds``, the time spent inside training for the group.
     """
     store, layout, record = open_run(run_key)
-    s = record.settings
+    s, source = record.settings, record.data
     ids = parse_clients(clients, s.clients, round=round)
     todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
@@ -42,22 +48,40 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
         return {**load_manifest(store, layout.update_key(round, ids[-1])).metrics, "seconds": 0.0}
     metrics: dict[str, float] = {}
     seconds = 0.0
+    failed: list[ClientDataError] = []
     backend = get_backend(s.framework)
     backend.configure(threads=s.threads)
-    data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
-    parts = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
     start = load_checkpoint(store, layout.global_key(round - 1))
-    model = backend.build_model(
-        s.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed
-    )
+    input_shape, num_classes = model_shape(s)
+    model = backend.build_model(s.model, input_shape=input_shape, num_classes=num_classes, seed=s.seed)
     for client in todo:
+        try:
+            train = client_train_data(s, source, client)
+            test = client_data(s, source, client, "test") if source.federated_eval != "off" else None
+        except ClientDataError as exc:
+            log.error("%s", exc)
+            failed.append(exc)
+            continue
         backend.set_weights(model, start.arrays)
-        idx = parts[int(client)]
+        if test is not None:
+            evaluation = backend.evaluate(model, test.x, test.y, batch_size=s.eval_batch_size)
+            write_json(
+                store,
+                layout.client_eval_key(round, client),
+                {"round": round, "client": client, "model_round": round - 1, **evaluation},
+            )
+            log.info(
+                "client %s: incoming global model on %d local test examples: loss %.4f, accuracy %.4f",
+                client,
+                len(test),
+                evaluation["loss"],
+                evaluation["accuracy"],
+            )
         started = time.perf_counter()
         metrics = backend.train(
             model,
-            data.x[idx],
-            data.y[idx],
+            train.x,
+            train.y,
             epochs=s.local_epochs,
             batch_size=s.batch_size,
             lr=s.lr,
@@ -71,15 +95,21 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
             backend.get_weights(model),
             round=round,
             client=client,
-            examples=len(idx),
+            examples=len(train),
             metrics=metrics,
         )
         log.info(
             "client %s: %d examples, loss %.4f, accuracy %.4f → %s",
             client,
-            len(idx),
+            len(train),
             metrics["loss"],
             metrics["accuracy"],
             uri,
+        )
+    if len(failed) == 1 and len(todo) == 1:
+        raise failed[0]
+    if failed:
+        raise ClientDataError(
+            f"{len(failed)} of {len(todo)} clients of this pod have unusable data, first: {failed[0]}"
         )
     return {**metrics, "seconds": seconds}
