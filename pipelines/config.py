@@ -103,6 +103,7 @@ class ExperimentConfig:
     source: Path | None = None
     kind: str = "fedavg"
     data: DataOptions = field(default_factory=DataOptions)
+    placement: tuple[Any, ...] = ()  # pipelines.placement.PlacementGroup, one per client group
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -128,6 +129,7 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
         raise ConfigError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     split_doc = values.pop("split", None) if kind == "split" else None
     data_doc = values.pop("data", None)
+    placement_doc = values.pop("placement", None)
     cluster_doc = values.pop("cluster", {}) or {}
     if not isinstance(cluster_doc, dict):
         raise ConfigError(f"{where}: cluster: expected a mapping, got {type(cluster_doc).__name__}")
@@ -139,13 +141,20 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
     data = _data_options(data_doc, kind=kind, where=where)
+    if placement_doc is not None and kind != "fedavg":
+        raise ConfigError(f"{where}: placement: only kind fedavg places clients, not kind {kind}")
     if kind == "split":
         from pipelines.build_split import split_config
 
         return split_config(
             name=name, settings=settings, cluster=cluster, source=source, split=split_doc or {}, where=where
         )
-    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source, data=data)
+    from pipelines.placement import parse_placement
+
+    placement = parse_placement(placement_doc, clients=settings.clients, where=where)
+    return ExperimentConfig(
+        name=name, settings=settings, cluster=cluster, source=source, data=data, placement=placement
+    )
 
 
 def _data_options(doc: Any, *, kind: str, where: str) -> DataOptions:

@@ -189,12 +189,26 @@ def init_cmd(
 @step.command("distribute")
 @_run_key_option
 @_round_option
-def distribute_cmd(run_key: str, round_: int) -> None:
+@click.option(
+    "--placement",
+    default=None,
+    metavar="JSON",
+    help='Placement groups {"site-a": [0, 1], ...}: output clients-<group> lists each group\'s pods.',
+)
+@_outputs_option
+def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tuple[str, ...]) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
     from steps import step_distribute
 
-    groups = _guard(lambda: step_distribute.run(run_key=run_key, round=round_))
-    click.echo(json.dumps(groups))
+    def body() -> list[str]:
+        groups = step_distribute.parse_placement(placement) if placement is not None else None
+        plan = step_distribute.plan_round(run_key=run_key, round=round_, placement=groups)
+        pods = plan.get("pods", {})
+        _write_outputs(outputs, {f"clients-{name}": json.dumps(labels) for name, labels in pods.items()})
+        labels: list[str] = plan["groups"]
+        return labels
+
+    click.echo(json.dumps(_guard(body)))
 
 
 @step.command("train")
