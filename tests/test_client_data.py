@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -309,3 +310,52 @@ def test_data_section_is_validated_with_one_line_naming_the_key():
     assert DataOptions().central
     assert not DataOptions(source="per-client", uri="/d/{client}").central
     assert DataOptions(source="loader", loader="m:f", central_eval="dataset").central
+
+
+def test_data_split_into_a_bucket_reads_back_with_the_clients_own_credentials(
+    s3_env, fmnist_dir, monkeypatch
+):
+    template = f"{s3_env}/sites/{{client}}/"
+    s = settings(clients=2, data_limit=100)
+    split_dataset(SplitSpec.from_settings(s), template, test=False)
+    seen: list[str | None] = []
+    import steps.store
+
+    real = steps.store.open_store
+
+    def spy(uri):
+        seen.append(os.environ.get("ARGOFL_S3_ACCESS_KEY"))
+        return real(uri)
+
+    store_key = os.environ["ARGOFL_S3_ACCESS_KEY"]
+    monkeypatch.setenv("ARGOFL_DATA_S3_ACCESS_KEY", "site-1-key")
+    monkeypatch.setattr(steps.store, "open_store", spy)
+    shard = read_shard(shard_uri(template, "1", "train"), client="1", input_shape=(28, 28, 1), num_classes=10)
+    assert shard is not None
+    assert len(shard) == 50
+    assert seen == ["site-1-key"]  # the shard was opened with the client's credentials...
+    assert os.environ["ARGOFL_S3_ACCESS_KEY"] == store_key  # ...and the run store's are back afterwards
+    assert (
+        read_shard(
+            shard_uri(template, "1", "test"),
+            client="1",
+            input_shape=(28, 28, 1),
+            num_classes=10,
+            required=False,
+        )
+        is None
+    )
+
+
+def test_npz_sites_example_loader_reads_a_site_directory(tmp_path, monkeypatch):
+    from examples.client_loaders import npz_sites
+
+    (tmp_path / "3").mkdir()
+    x = np.zeros((5, 28, 28, 1), np.uint8)
+    np.savez(tmp_path / "3" / "train.npz", x=x, y=np.arange(5, dtype=np.int32))
+    monkeypatch.setenv("ARGOFL_SITE_DIR", str(tmp_path))
+    loaded = npz_sites("3", "train")
+    assert loaded is not None
+    assert loaded[0].shape == (5, 28, 28, 1)
+    assert loaded[1].dtype == np.int64
+    assert npz_sites("3", "test") is None

@@ -182,3 +182,22 @@ def test_placed_per_client_workflow_runs_locally_with_federated_evaluation(tmp_p
     assert evaluation["evaluated_on"] == "clients' test splits"
     assert evaluation["federated"]["clients"] == 2
     assert evaluation["accuracy"] == evaluation["federated"]["accuracy"]
+
+
+def test_watch_and_status_read_a_groups_train_template_as_train():
+    from pipelines.cluster import step_line, step_of
+
+    node = {
+        "templateName": "train-site-a",
+        "phase": "Succeeded",
+        "inputs": {
+            "parameters": [
+                {"name": "round", "value": "round 2"},
+                {"name": "clients", "value": "round 2 / client 0"},
+            ]
+        },
+        "outputs": {"parameters": [{"name": "loss", "value": "0.5"}, {"name": "accuracy", "value": "0.75"}]},
+    }
+    step = step_of(node)
+    assert step.template == "train"
+    assert step_line(step) == "round 2 / client 0 ✔ train loss 0.5000 acc 0.7500"
