@@ -86,6 +86,14 @@ def test_per_client_shards_from_data_split_give_byte_identical_checkpoints(env, 
     weighted = sum(c["accuracy"] * c["examples"] for c in clients) / sum(c["examples"] for c in clients)
     assert fed["fed-accuracy"] == pytest.approx(weighted)
     assert all(c["model_round"] == 1 for c in clients)
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    run_id = json.loads(env.get_bytes("data-test/shards/run.json"))["mlflow_run_id"]
+    history = mlflow.get_metric_history(run_id, "fed_accuracy")
+    assert [(m.step, m.value) for m in history][-1] == (2, pytest.approx(fed["fed-accuracy"]))
+    assert {m.step for m in mlflow.get_metric_history(run_id, "fed_accuracy_std")} == {1, 2}
+    assert mlflow.get_metric_history(run_id, "test_accuracy") == []  # no central test set
 
 
 def test_federated_summary_weights_by_examples_and_reports_the_spread():
