@@ -117,7 +117,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                     cfg,
                     f"train-{g.name}",
                     f"Local training of clients of placement group {g.name} (its nodes, volume, Secret)",
-                    train_args,
+                    [*train_args, "--only-clients", ",".join(map(str, g.clients))],
                     command="train",
                     inputs=train_inputs,
                     outputs=("loss", "accuracy", "seconds"),

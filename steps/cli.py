@@ -219,12 +219,25 @@ def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tu
     required=True,
     help="Clients trained in this pod: 'round 3 / clients 6,7' (the loop label) or '6,7'.",
 )
+@click.option(
+    "--only-clients",
+    default=None,
+    metavar="A,B,…",
+    help="Refuse any other client (a placement group's pods: only the group's clients).",
+)
 @_outputs_option
-def train_cmd(run_key: str, round_: int, clients: str, outputs: tuple[str, ...]) -> None:
+def train_cmd(
+    run_key: str, round_: int, clients: str, only_clients: str | None, outputs: tuple[str, ...]
+) -> None:
     """Train the given clients from the previous global model and write their updates."""
     from steps import step_train
 
-    _guard(lambda: _write_outputs(outputs, step_train.run(run_key=run_key, round=round_, clients=clients)))
+    allowed = None if only_clients is None else [c.strip() for c in only_clients.split(",") if c.strip()]
+    _guard(
+        lambda: _write_outputs(
+            outputs, step_train.run(run_key=run_key, round=round_, clients=clients, only=allowed)
+        )
+    )
 
 
 @step.command("aggregate")

@@ -33,14 +33,20 @@ def parse_clients(value: str, num_clients: int, *, round: int) -> list[str]:
     return ids
 
 
-def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
-    """Train each client of ``clients`` and write its update.
+def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None) -> dict[str, float]:
+    """Train each client of ``clients`` and write its update; ``only``: refuse clients not in it.
 
     Returns the last client's metrics plus ``seconds``, the time spent inside training for the group.
     """
     store, layout, record = open_run(run_key)
     s, source = record.settings, record.data
     ids = parse_clients(clients, s.clients, round=round)
+    strangers = [c for c in ids if only is not None and c not in only]
+    if strangers:
+        raise RunError(
+            f"clients {strangers} of {clients!r} are not this pod's to train (its placement group has "
+            f"clients {only}); nothing was read or written"
+        )
     todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
         log.info("client %s: update for round %d already committed (retried step); skipping", done, round)

@@ -201,3 +201,44 @@ def test_watch_and_status_read_a_groups_train_template_as_train():
     step = step_of(node)
     assert step.template == "train"
     assert step_line(step) == "round 2 / client 0 ✔ train loss 0.5000 acc 0.7500"
+
+
+@pytest.mark.parametrize("config", PLACED, ids=lambda p: p.name)
+def test_a_groups_train_template_refuses_other_clients(config):
+    cfg = load_config(config)
+    templates = {t["name"]: t for t in manifest_for(cfg)["spec"]["templates"]}
+    for group in cfg.placement:
+        args = templates[f"train-{group.name}"]["container"]["args"]
+        assert args[args.index("--only-clients") + 1] == ",".join(map(str, group.clients))
+
+
+def test_train_refuses_a_client_outside_its_group_before_reading_anything(tmp_path, monkeypatch):
+    from steps.cli import step as step_cli
+
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setattr("steps.step_train.open_run", lambda key: (None, None, _record()))
+    result = CliRunner().invoke(
+        step_cli,
+        [
+            "train",
+            "--run-key",
+            "x/y",
+            "--round",
+            "1",
+            "--clients",
+            "round 1 / clients 1,2",
+            "--only-clients",
+            "0,1",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "error: clients ['2'] of 'round 1 / clients 1,2' are not this pod's to train" in result.output
+
+
+def _record():
+    from steps.client_data import DataOptions
+    from steps.runinfo import RunRecord
+
+    return RunRecord(
+        Settings.from_mapping({"experiment": "x", "clients": 3}), "r", "w", "u", 0.0, DataOptions()
+    )
