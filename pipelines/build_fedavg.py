@@ -21,6 +21,7 @@ from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, 
 from hera.workflows.models import ContinueOn, ValueFrom
 
 from pipelines.config import ExperimentConfig
+from pipelines.placement import placement_arg
 from pipelines.workflow_parts import (
     INIT_OUTPUTS,
     RUN_KEY,
@@ -32,6 +33,8 @@ from pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
+from steps.client_data import DataOptions
+from steps.step_evaluate import FEDERATED_OUTPUTS
 
 __all__ = ["CHECKPOINT_DIR", "build_workflow"]
 
@@ -42,8 +45,11 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
     """The experiment workflow for ``cfg`` (not yet serialised)."""
     c = cfg.cluster
     settings = cfg.settings.to_params()
+    # a config without a data: section compiles as before: the partition source, central evaluation
+    data = cfg.data.to_params() if cfg.data != DataOptions() else {}
     arguments = [
         *(Parameter(name=k, value=v) for k, v in settings.items()),
+        *(Parameter(name=k, value=v) for k, v in data.items()),
         *common_parameters(c),
         Parameter(name="start-round", value="1", description="first round to run (resubmissions)"),
         Parameter(name="resume-from", value="", description="<experiment>/<run> a resubmission continues"),
@@ -76,22 +82,52 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 "--resume-from",
                 wp("resume-from"),
             ]
-            + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
+            + [a for k in settings for a in ("--param", f"{k}={wp(k)}")]
+            + [a for k in data for a in ("--data", f"{k.removeprefix('data-')}={wp(k)}")],
             outputs=tuple(INIT_OUTPUTS),
             global_outputs=INIT_OUTPUTS,
         )
+        groups = cfg.placement
         distribute = step_container(
-            cfg, "distribute", "Sample this round's clients (JSON list of pods)", round_arg, inputs=round_in
-        )
-        train = step_container(
             cfg,
-            "train",
-            "Local training of a client group from the previous global model",
-            [*round_arg, "--clients", "{{inputs.parameters.clients}}"],
-            inputs=[*round_in, Parameter(name="clients")],
-            outputs=("loss", "accuracy", "seconds"),
-            resources=work_resources(c),
+            "distribute",
+            "Sample this round's clients (JSON list of pods"
+            + ("; one list per placement group)" if groups else ")"),
+            round_arg + (["--placement", placement_arg(groups)] if groups else []),
+            inputs=round_in,
+            outputs=tuple(f"clients-{g.name}" for g in groups),
         )
+        train_args = [*round_arg, "--clients", "{{inputs.parameters.clients}}"]
+        train_inputs = [*round_in, Parameter(name="clients")]
+        if not groups:
+            trains = {
+                "train": step_container(
+                    cfg,
+                    "train",
+                    "Local training of a client group from the previous global model",
+                    train_args,
+                    inputs=train_inputs,
+                    outputs=("loss", "accuracy", "seconds"),
+                    resources=work_resources(c),
+                )
+            }
+        else:  # one train template per placement group: only it carries the group's volume and Secret
+            trains = {
+                f"train-{g.name}": step_container(
+                    cfg,
+                    f"train-{g.name}",
+                    f"Local training of clients of placement group {g.name} (its nodes, volume, Secret)",
+                    [*train_args, "--only-clients", ",".join(map(str, g.clients))],
+                    command="train",
+                    inputs=train_inputs,
+                    outputs=("loss", "accuracy", "seconds"),
+                    resources=work_resources(c),
+                    env=g.env(),
+                    mounts=g.mounts(),
+                    **g.template_settings(),
+                )
+                for g in groups
+            }
         aggregate = step_container(
             cfg,
             "aggregate",
@@ -107,10 +143,10 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         evaluate = step_container(
             cfg,
             "evaluate",
-            "Global model on the test set",
+            "Global model on the test set" + (", and the clients' federated evaluation" if data else ""),
             round_arg,
             inputs=round_in,
-            outputs=("loss", "accuracy"),
+            outputs=("loss", "accuracy", *(FEDERATED_OUTPUTS if data else ())),
         )
         finalize = finish_and_finalize(cfg)
 
@@ -122,28 +158,35 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 Parameter(
                     name=n, value_from=ValueFrom(parameter=f"{{{{tasks.evaluate.outputs.parameters.{n}}}}}")
                 )
-                for n in ("loss", "accuracy")
+                for n in ("loss", "accuracy", *(FEDERATED_OUTPUTS if data else ()))
             ],
             annotations={"workflows.argoproj.io/description": "One FedAvg round"},
         ) as round_dag:
             r = {"round": "{{inputs.parameters.round}}"}
             t_distribute = Task(name="distribute", template=distribute, arguments=r)
-            t_train = Task(
-                name="train",
-                template=train,
-                arguments={**r, "clients": "{{item}}"},
-                with_param="{{tasks.distribute.outputs.result}}",
-                continue_on=ContinueOn(failed=True, error=True),
-                depends="distribute",
-            )
+            for name, template in trains.items():
+                Task(
+                    name=name,
+                    template=template,
+                    arguments={**r, "clients": "{{item}}"},
+                    with_param=f"{{{{tasks.distribute.outputs.parameters.clients-{name[6:]}}}}}"
+                    if groups
+                    else "{{tasks.distribute.outputs.result}}",
+                    continue_on=ContinueOn(failed=True, error=True),
+                    depends="distribute",
+                )
+            # a placement group without sampled clients this round fans out over [] and is Skipped
+            ended = "Succeeded || {t}.Failed || {t}.Errored" + (" || {t}.Skipped" if groups else "")
             t_aggregate = Task(
                 name="aggregate",
                 template=aggregate,
                 arguments=r,
-                depends="train.Succeeded || train.Failed || train.Errored",
+                depends=" && ".join(
+                    f"({t}.{ended.format(t=t)})" if groups else f"{t}.{ended.format(t=t)}" for t in trains
+                ),
             )
             t_evaluate = Task(name="evaluate", template=evaluate, arguments=r, depends="aggregate")
-            del t_distribute, t_train, t_aggregate, t_evaluate
+            del t_distribute, t_aggregate, t_evaluate
 
         experiment_steps(
             "fedavg", init=init, round_dag=round_dag, finalize=finalize, start_round=wp("start-round")

@@ -14,6 +14,7 @@ from pipelines.exits import ArgoflGroup
 # command name -> "module:attribute" of a click command; imported only when invoked or listed.
 _COMMANDS: dict[str, str] = {
     "compile": "pipelines.commands:compile_cmd",
+    "data": "pipelines.data_commands:data",
     "run": "pipelines.commands:run_cmd",
     "resume": "pipelines.commands:resume_cmd",
     "step": "steps.cli:step",

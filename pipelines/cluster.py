@@ -368,6 +368,12 @@ class Step:
         return (str(self.node.get("id", "")), self.phase)
 
 
+def step_template(node: Mapping[str, Any]) -> str:
+    """The step a node runs: its template name, with a placement group's ``train-<group>`` read as train."""
+    name = str(node.get("templateName", ""))
+    return "train" if name.startswith("train-") else name
+
+
 def _steps(nodes: Mapping[str, Mapping[str, Any]]) -> list[Step]:
     parents = _parents(nodes)
     rounds = _round_nodes(nodes)
@@ -388,7 +394,7 @@ def _steps(nodes: Mapping[str, Mapping[str, Any]]) -> list[Step]:
         out.append(
             Step(
                 node=node,
-                template=str(node.get("templateName", "")),
+                template=step_template(node),
                 round=_round_of(merged, rounds),
                 inputs=inputs,
                 outputs=_params(node, "outputs"),
@@ -414,7 +420,7 @@ def step_of(node: Mapping[str, Any]) -> Step:
     inputs = _params(node, "inputs")
     return Step(
         node=node,
-        template=str(node.get("templateName", "")),
+        template=step_template(node),
         round=_round_number(inputs.get("round")),
         inputs=inputs,
         outputs=_params(node, "outputs"),

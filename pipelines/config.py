@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from steps.client_data import DataOptions
 from steps.errors import BadInputError
 from steps.mapping import dataclass_from_mapping
 from steps.settings import Settings, SettingsError
@@ -102,6 +103,8 @@ class ExperimentConfig:
     cluster: ClusterOptions
     source: Path | None = None
     kind: str = "fedavg"
+    data: DataOptions = field(default_factory=DataOptions)
+    placement: tuple[Any, ...] = ()  # pipelines.placement.PlacementGroup, one per client group
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
@@ -153,6 +156,8 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if kind not in KINDS:
         raise ConfigError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     split_doc = values.pop("split", None) if kind == "split" else None
+    data_doc = values.pop("data", None)
+    placement_doc = values.pop("placement", None)
     cluster_doc = values.pop("cluster", {}) or {}
     if not isinstance(cluster_doc, dict):
         raise ConfigError(f"{where}: cluster: expected a mapping, got {type(cluster_doc).__name__}")
@@ -163,10 +168,32 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     cluster = ClusterOptions.from_mapping(cluster_doc, where=where)
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
+    data = _data_options(data_doc, kind=kind, where=where)
+    if placement_doc is not None and kind != "fedavg":
+        raise ConfigError(f"{where}: placement: only kind fedavg places clients, not kind {kind}")
     if kind == "split":
         from pipelines.build_split import split_config
 
         return split_config(
             name=name, settings=settings, cluster=cluster, source=source, split=split_doc or {}, where=where
         )
-    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source)
+    from pipelines.placement import parse_placement
+
+    placement = parse_placement(placement_doc, clients=settings.clients, where=where)
+    return ExperimentConfig(
+        name=name, settings=settings, cluster=cluster, source=source, data=data, placement=placement
+    )
+
+
+def _data_options(doc: Any, *, kind: str, where: str) -> DataOptions:
+    """The ``data:`` section (where clients get their data); only FedAvg experiments have one."""
+    if doc is None:
+        return DataOptions()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: data: expected a mapping, got {type(doc).__name__}")
+    if kind != "fedavg":
+        raise ConfigError(f"{where}: data: only kind fedavg reads per-client data sources, not kind {kind}")
+    try:
+        return DataOptions.from_mapping(doc, where=where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None

@@ -118,16 +118,21 @@ def step_container(
     artifacts: list[Artifact] | None = None,
     resources: Resources | None = None,
     retries: int | None = None,
+    env: list[Any] | None = None,
+    mounts: list[VolumeMount] | None = None,
     **extra: Any,
 ) -> Container:
-    """A template running ``argofl step COMMAND`` (default: ``name``); ``retries=0`` disables retrying."""
+    """A template running ``argofl step COMMAND`` (default: ``name``); ``retries=0`` disables retrying.
+
+    ``env`` and ``mounts`` come on top of every step's environment and ``/tmp`` scratch volume.
+    """
     limit = cfg.cluster.retries if retries is None else retries
     return Container(
         name=name,
         image=wp("image"),
         command=["argofl", "step", command or name],
         args=args + output_args(*outputs),
-        env=step_env(),
+        env=step_env() + (env or []),
         inputs=inputs or [],
         outputs=[*output_params(*outputs, global_names=global_outputs), *(artifacts or [])],
         resources=resources or Resources(cpu_request="100m", memory_request="512Mi", memory_limit="2Gi"),
@@ -147,7 +152,7 @@ def step_container(
             allow_privilege_escalation=False,
             capabilities=Capabilities(drop=["ALL"]),
         ),
-        volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp")],
+        volume_mounts=[VolumeMount(name="tmp", mount_path="/tmp"), *(mounts or [])],
         **extra,
     )
 

@@ -135,6 +135,14 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
     metavar="NAME=VALUE",
     help="A setting, e.g. rounds=5 (Argo parameter names).",
 )
+@click.option(
+    "--data",
+    "data",
+    multiple=True,
+    callback=_settings_params,
+    metavar="NAME=VALUE",
+    help="A data option, e.g. source=per-client (data.NAME; default: partition the dataset).",
+)
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
@@ -143,6 +151,7 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
 @_outputs_option
 def init_cmd(
     params: dict[str, str],
+    data: dict[str, str],
     run_key: str,
     workflow_name: str,
     workflow_uid: str,
@@ -152,9 +161,11 @@ def init_cmd(
 ) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
     from steps import step_init
+    from steps.client_data import DataOptions
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
+        options = DataOptions.from_mapping(data, where="workflow parameters", strings=True)
         _write_outputs(
             outputs,
             step_init.run(
@@ -164,6 +175,7 @@ def init_cmd(
                 workflow_uid=workflow_uid,
                 start_round=start_round,
                 resume_from=resume_from,
+                data=options,
             ),
         )
 
@@ -173,12 +185,26 @@ def init_cmd(
 @step.command("distribute")
 @_run_key_option
 @_round_option
-def distribute_cmd(run_key: str, round_: int) -> None:
+@click.option(
+    "--placement",
+    default=None,
+    metavar="JSON",
+    help='Placement groups {"site-a": [0, 1], ...}: output clients-<group> lists each group\'s pods.',
+)
+@_outputs_option
+def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tuple[str, ...]) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
     from steps import step_distribute
 
-    groups = _guard(lambda: step_distribute.run(run_key=run_key, round=round_))
-    click.echo(json.dumps(groups))
+    def body() -> list[str]:
+        groups = step_distribute.parse_placement(placement) if placement is not None else None
+        plan = step_distribute.plan_round(run_key=run_key, round=round_, placement=groups)
+        pods = plan.get("pods", {})
+        _write_outputs(outputs, {f"clients-{name}": json.dumps(labels) for name, labels in pods.items()})
+        labels: list[str] = plan["groups"]
+        return labels
+
+    click.echo(json.dumps(_guard(body)))
 
 
 @step.command("train")
@@ -189,12 +215,25 @@ def distribute_cmd(run_key: str, round_: int) -> None:
     required=True,
     help="Clients trained in this pod: 'round 3 / clients 6,7' (the loop label) or '6,7'.",
 )
+@click.option(
+    "--only-clients",
+    default=None,
+    metavar="A,B,…",
+    help="Refuse any other client (a placement group's pods: only the group's clients).",
+)
 @_outputs_option
-def train_cmd(run_key: str, round_: int, clients: str, outputs: tuple[str, ...]) -> None:
+def train_cmd(
+    run_key: str, round_: int, clients: str, only_clients: str | None, outputs: tuple[str, ...]
+) -> None:
     """Train the given clients from the previous global model and write their updates."""
     from steps import step_train
 
-    _guard(lambda: _write_outputs(outputs, step_train.run(run_key=run_key, round=round_, clients=clients)))
+    allowed = None if only_clients is None else [c.strip() for c in only_clients.split(",") if c.strip()]
+    _guard(
+        lambda: _write_outputs(
+            outputs, step_train.run(run_key=run_key, round=round_, clients=clients, only=allowed)
+        )
+    )
 
 
 @step.command("aggregate")

@@ -1,16 +1,18 @@
 """How many training examples each client can have: what an update may claim at most.
 
 With partitioned data (every built-in dataset) the limit is exact: the size of the client's
-partition, recomputed here from the frozen settings exactly as ``train`` draws it. The
-``max_client_examples`` setting caps every client on top of that (for data the aggregator cannot
-see).
+partition, recomputed here from the frozen settings exactly as ``train`` draws it. Clients that own
+their data (``data.source`` per-client or loader) hold what the aggregator must never read: only the
+``max_client_examples`` setting caps them (no cap when it is 0). It caps partitioned clients too.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import cache
 
+from steps.client_data import DataOptions
 from steps.data import load_dataset
 from steps.partition import partition
 from steps.settings import Settings
@@ -18,8 +20,11 @@ from steps.settings import Settings
 __all__ = ["example_limit"]
 
 
-def example_limit(s: Settings) -> Callable[[str], tuple[int, str]]:
+def example_limit(s: Settings, data: DataOptions) -> Callable[[str], tuple[int, str]]:
     """A function ``client → (most examples it can claim, why)``; loads the labels on first use."""
+    if data.source != "partition":
+        cap = s.max_client_examples or sys.maxsize
+        return lambda client: (cap, f"max_client_examples={s.max_client_examples}")
 
     @cache
     def sizes() -> list[int]:

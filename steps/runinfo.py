@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from steps.client_data import DataOptions
 from steps.errors import BadInputError
 from steps.settings import Settings
 from steps.store import ObjectNotFound, Store, join_key, open_store
@@ -65,6 +66,10 @@ class RunLayout:
     def eval_key(self, round: int) -> str:
         return join_key(self.round_prefix(round), "eval.json")
 
+    def client_eval_key(self, round: int, client: str) -> str:
+        """A client's evaluation of the global model that entered ``round`` (federated evaluation)."""
+        return join_key(self.round_prefix(round), "client-eval", f"client-{client}.json")
+
     @property
     def secret_key(self) -> str:
         """The run's noise secret (dp-fedavg): read by steps, never logged, copied on resubmission."""
@@ -81,13 +86,14 @@ class RunLayout:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """What ``init`` froze for the run: settings, MLflow run id, workflow identity, start time."""
+    """What ``init`` froze: settings, MLflow run id, workflow identity, start time, data options."""
 
     settings: Settings
     mlflow_run_id: str
     workflow_name: str
     workflow_uid: str
     created_at: float
+    data: DataOptions = field(default_factory=DataOptions)
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -97,6 +103,7 @@ class RunRecord:
                 "workflow_name": self.workflow_name,
                 "workflow_uid": self.workflow_uid,
                 "created_at": self.created_at,
+                "data": self.data.to_dict(),
             },
             indent=2,
             sort_keys=True,
@@ -112,6 +119,7 @@ class RunRecord:
                 workflow_name=str(doc["workflow_name"]),
                 workflow_uid=str(doc["workflow_uid"]),
                 created_at=float(doc["created_at"]),
+                data=DataOptions.from_mapping(doc.get("data") or {}, where=where),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise RunError(f"run record {where} is unreadable: {exc}") from None

@@ -61,7 +61,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         ) from None
     previous = load_checkpoint(store, layout.global_key(round - 1))
     like = specs_of(previous.arrays)
-    limit = example_limit(s)
+    limit = example_limit(s, record.data)
     rejected: dict[str, str] = {}
     accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
     seed = None

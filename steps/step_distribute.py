@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,8 +29,49 @@ def group_clients(round: int, clients: list[int], per_pod: int) -> list[str]:
     return [clients_label(round, clients[i : i + per_pod]) for i in range(0, len(clients), per_pod)]
 
 
+def place_groups(
+    round: int, clients: list[int], per_pod: int, placement: Mapping[str, Sequence[int]]
+) -> dict[str, list[str]]:
+    """Placement group name → its pods' labels: each group's sampled clients, ``per_pod`` to a pod.
+
+    A pod never mixes groups, so it only ever gets its own group's volume and Secret.
+    """
+    owner = {int(c): name for name, members in placement.items() for c in members}
+    unplaced = [c for c in clients if c not in owner]
+    if unplaced:
+        raise RunError(
+            f"round {round}: clients {unplaced} are in no placement group (groups: {sorted(placement)}); "
+            "compile the config with every client placed"
+        )
+    return {
+        name: group_clients(round, [c for c in clients if owner[c] == name], per_pod) for name in placement
+    }
+
+
+def parse_placement(value: str) -> dict[str, list[int]]:
+    """``{"site-a": [0, 1], …}`` (the ``--placement`` argument) → group → clients."""
+    try:
+        doc = json.loads(value)
+        return {str(k): [int(c) for c in v] for k, v in doc.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise RunError(
+            f"--placement {value!r}: expected a JSON object of group → client indices ({exc})"
+        ) from None
+
+
 def run(*, run_key: str, round: int) -> list[str]:
     """Write ``plan.json`` for ``round`` and return the labelled client groups (Argo fans out over them)."""
+    return plan_round(run_key=run_key, round=round)["groups"]
+
+
+def plan_round(
+    *, run_key: str, round: int, placement: Mapping[str, Sequence[int]] | None = None
+) -> dict[str, Any]:
+    """Sample ``round``'s clients, write ``plan.json`` and return it.
+
+    The plan has ``clients`` (sampled), ``groups`` (pod labels) and, with ``placement``, ``pods``:
+    each placement group's pod labels.
+    """
     store, layout, record = open_run(run_key)
     settings = record.settings
     if not 1 <= round <= settings.rounds:
@@ -38,13 +82,19 @@ def run(*, run_key: str, round: int) -> list[str]:
             f"{store.key_uri(layout.global_key(round - 1))}, which does not exist"
         )
     clients = sample_clients(settings, round)
-    groups = group_clients(round, clients, settings.clients_per_pod)
-    write_json(
-        store,
-        layout.plan_key(round),
-        {"round": round, "clients": [str(c) for c in clients], "groups": groups},
-    )
+    plan: dict[str, Any] = {"round": round, "clients": [str(c) for c in clients]}
+    if placement is None:
+        plan["groups"] = group_clients(round, clients, settings.clients_per_pod)
+    else:
+        pods = place_groups(round, clients, settings.clients_per_pod, placement)
+        plan["groups"] = [label for labels in pods.values() for label in labels]
+        plan["pods"] = pods
+    write_json(store, layout.plan_key(round), plan)
     log.info(
-        "round %d: sampled %d of %d clients in %d pods", round, len(clients), settings.clients, len(groups)
+        "round %d: sampled %d of %d clients in %d pods",
+        round,
+        len(clients),
+        settings.clients,
+        len(plan["groups"]),
     )
-    return groups
+    return plan

@@ -9,8 +9,11 @@ import json
 import logging
 from typing import Any
 
+import numpy as np
+
 from steps import tracking
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest
+from steps.client_data import model_shape
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.runinfo import RunError, RunLayout, now, open_run, write_json
@@ -32,16 +35,19 @@ def run(*, run_key: str) -> dict[str, Any]:
             raise RunError(f"round {r} has no evaluation at {store.key_uri(layout.eval_key(r))}") from None
     final = load_checkpoint(store, layout.global_key(s.rounds))
     backend = get_backend(s.framework)
-    test = load_dataset(s.dataset, "test", s.data_dir or None)
-    model = backend.build_model(
-        s.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=s.seed
-    )
+    if record.data.central:
+        test = load_dataset(s.dataset, "test", s.data_dir or None)
+        input_shape, num_classes, example = test.input_shape, test.num_classes, test.x[:2]
+    else:  # clients own the data: the input example is blank images of the model's input shape
+        input_shape, num_classes = model_shape(s)
+        example = np.zeros((2, *input_shape), dtype=np.uint8)
+    model = backend.build_model(s.model, input_shape=input_shape, num_classes=num_classes, seed=s.seed)
     backend.set_weights(model, final.arrays)
 
     import mlflow
 
     with mlflow.start_run(run_id=record.mlflow_run_id):
-        model_uri = backend.log_model(model, name="model", input_example=test.x[:2])
+        model_uri = backend.log_model(model, name="model", input_example=example)
     summary = {
         "experiment": s.experiment,
         "run": record.workflow_name,

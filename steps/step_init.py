@@ -26,6 +26,7 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
+from steps.client_data import DataOptions, model_shape
 from steps.data import load_dataset
 from steps.frameworks import get_backend
 from steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
@@ -47,6 +48,7 @@ def run(
     workflow_uid: str,
     start_round: int = 1,
     resume_from: str = "",
+    data: DataOptions | None = None,
 ) -> dict[str, str]:
     """Initialise the run at ``run_key``. Safe to retry: a retry of the same workflow's init reuses
     what an earlier attempt wrote (verifying it); a run initialised by another workflow is refused."""
@@ -58,12 +60,17 @@ def run(
         raise RunError(f"start-round must be in 1..{settings.rounds} (rounds), got {start_round}")
     if start_round > 1 and not resume_from:
         raise RunError(f"start-round {start_round} needs resume-from: the <experiment>/<run> to continue")
-    # The test split is small and tells us input shape and classes (and that the dataset exists).
-    test = load_dataset(settings.dataset, "test", settings.data_dir or None)
+    data = data or DataOptions()
+    if data.source == "partition" or data.central:
+        # The test split is small and tells us input shape and classes (and that the dataset exists).
+        test = load_dataset(settings.dataset, "test", settings.data_dir or None)
+        input_shape, num_classes = test.input_shape, test.num_classes
+    else:  # clients own the data: nothing central to read
+        input_shape, num_classes = model_shape(settings)
     backend = get_backend(settings.framework)
     backend.configure(threads=settings.threads)
     model = backend.build_model(
-        settings.model, input_shape=test.input_shape, num_classes=test.num_classes, seed=settings.seed
+        settings.model, input_shape=input_shape, num_classes=num_classes, seed=settings.seed
     )
     weights = backend.get_weights(model)
     if start_round > 1:
@@ -84,11 +91,12 @@ def run(
             "argo.workflow.uid": workflow_uid,
             "argofl.store": store.key_uri(run_key),
             "argofl.framework": settings.framework,
+            "argofl.data_source": data.source,
             "argofl.start_round": str(start_round),
             "argofl.resumed_from": resume_from if start_round > 1 else "-",
         },
     )
-    record = RunRecord(settings, ref.run_id, workflow_name, workflow_uid, now())
+    record = RunRecord(settings, ref.run_id, workflow_name, workflow_uid, now(), data)
     store.put_bytes(layout.record_key, record.to_json())
     url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
     log.info("MLflow run %s created for experiment %s %s", ref.run_id, settings.experiment, url)

@@ -1,4 +1,10 @@
-"""``train``: local training of one client (or a group) from the previous round's global weights."""
+"""``train``: local training of one client (or a group) from the previous round's global weights.
+
+Each client first evaluates the incoming global model on its local test split, when it has one
+(federated evaluation, ``round-NNNN/client-eval/client-N.json``), then trains on its train split. A
+client whose data is missing or invalid is skipped with a one-line error; the others of the pod go
+on, and the step fails at the end so the round sees the client as failed (``min_clients`` decides).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,10 @@ import time
 
 from steps import attacks, labels, privacy
 from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
-from steps.data import load_dataset
+from steps.client_data import ClientDataError, client_data, client_train_data, model_shape
 from steps.frameworks import get_backend
-from steps.partition import client_seed, partition
-from steps.runinfo import RunError, load_secret, open_run
+from steps.partition import client_seed
+from steps.runinfo import RunError, load_secret, open_run, write_json
 from steps.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
@@ -28,14 +34,20 @@ def parse_clients(value: str, num_clients: int, *, round: int) -> list[str]:
     return ids
 
 
-def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
-    """Train each client of ``clients`` and write its update.
+def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None) -> dict[str, float]:
+    """Train each client of ``clients`` and write its update; ``only``: refuse clients not in it.
 
     Returns the last client's metrics plus ``seconds``, the time spent inside training for the group.
     """
     store, layout, record = open_run(run_key)
-    s = record.settings
+    s, source = record.settings, record.data
     ids = parse_clients(clients, s.clients, round=round)
+    strangers = [c for c in ids if only is not None and c not in only]
+    if strangers:
+        raise RunError(
+            f"clients {strangers} of {clients!r} are not this pod's to train (its placement group has "
+            f"clients {only}); nothing was read or written"
+        )
     todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
         log.info("client %s: update for round %d already committed (retried step); skipping", done, round)
@@ -43,27 +55,45 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
         return {**load_manifest(store, layout.update_key(round, ids[-1])).metrics, "seconds": 0.0}
     metrics: dict[str, float] = {}
     seconds = 0.0
+    failed: list[ClientDataError] = []
     backend = get_backend(s.framework)
     backend.configure(threads=s.threads)
-    data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
-    parts = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
     start = load_checkpoint(store, layout.global_key(round - 1))
-    model = backend.build_model(
-        s.model, input_shape=data.input_shape, num_classes=data.num_classes, seed=s.seed
-    )
+    input_shape, num_classes = model_shape(s)
+    model = backend.build_model(s.model, input_shape=input_shape, num_classes=num_classes, seed=s.seed)
     prox_mu = s.prox_mu if STRATEGIES[s.strategy].proximal else 0.0
     local_dp = STRATEGIES[s.strategy].secret and s.dp_mode == "local"
     secret = load_secret(store, layout) if local_dp else b""
     attackers = s.attackers()
     for client in todo:
+        try:
+            train = client_train_data(s, source, client)
+            test = client_data(s, source, client, "test") if source.federated_eval != "off" else None
+        except ClientDataError as exc:
+            log.error("%s", exc)
+            failed.append(exc)
+            continue
         backend.set_weights(model, start.arrays)
-        idx = parts[int(client)]
+        if test is not None:
+            evaluation = backend.evaluate(model, test.x, test.y, batch_size=s.eval_batch_size)
+            write_json(
+                store,
+                layout.client_eval_key(round, client),
+                {"round": round, "client": client, "model_round": round - 1, **evaluation},
+            )
+            log.info(
+                "client %s: incoming global model on %d local test examples: loss %.4f, accuracy %.4f",
+                client,
+                len(test),
+                evaluation["loss"],
+                evaluation["accuracy"],
+            )
         attack = s.attack if client in attackers else "none"
         started = time.perf_counter()
         metrics = backend.train(
             model,
-            data.x[idx],
-            attacks.poison_labels(attack, data.y[idx], data.num_classes),
+            train.x,
+            attacks.poison_labels(attack, train.y, num_classes),
             epochs=s.local_epochs,
             batch_size=s.batch_size,
             lr=s.lr,
@@ -91,15 +121,21 @@ def run(*, run_key: str, round: int, clients: str) -> dict[str, float]:
             weights,
             round=round,
             client=client,
-            examples=len(idx),
+            examples=len(train),
             metrics=metrics,
         )
         log.info(
             "client %s: %d examples, loss %.4f, accuracy %.4f → %s",
             client,
-            len(idx),
+            len(train),
             metrics["loss"],
             metrics["accuracy"],
             uri,
+        )
+    if len(failed) == 1 and len(todo) == 1:
+        raise failed[0]
+    if failed:
+        raise ClientDataError(
+            f"{len(failed)} of {len(todo)} clients of this pod have unusable data, first: {failed[0]}"
         )
     return {**metrics, "seconds": seconds}

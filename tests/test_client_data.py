@@ -1,0 +1,369 @@
+"""Clients own their data: per-client shards, ``argofl data split``, loaders, federated evaluation,
+bad client data (one line naming client and location; the round goes on per ``min_clients``) and an
+aggregator that never reads data."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipelines.cli import cli
+from pipelines.config import ConfigError, config_from_mapping
+from pipelines.data_commands import SplitSpec, split_dataset
+from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
+from steps.checkpoint import load_manifest
+from steps.cli import step as step_cli
+from steps.client_data import (
+    ClientDataError,
+    DataOptions,
+    client_example_count,
+    read_shard,
+    shard_uri,
+    write_shard,
+)
+from steps.data import load_dataset
+from steps.runinfo import RunLayout
+from steps.settings import Settings, SettingsError
+from steps.store import FileStore
+from steps.strategies import AggregationError
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, fmnist_dir):
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return FileStore(tmp_path / "store")
+
+
+def settings(**overrides) -> Settings:
+    base = {"experiment": "data-test", "data_limit": 300, "clients": 3, "min_clients": 1, "rounds": 2}
+    return Settings.from_mapping({**base, "seed": 7, **overrides})
+
+
+def run_rounds(s: Settings, run_key: str, data: DataOptions | None = None) -> list[dict[str, float]]:
+    step_init.run(s, run_key=run_key, workflow_name="w", workflow_uid="u", data=data)
+    evaluations = []
+    for r in range(1, s.rounds + 1):
+        for group in step_distribute.run(run_key=run_key, round=r):
+            step_train.run(run_key=run_key, round=r, clients=group)
+        step_aggregate.run(run_key=run_key, round=r)
+        evaluations.append(step_evaluate.run(run_key=run_key, round=r))
+    return evaluations
+
+
+def global_blob(store: FileStore, run_key: str, round: int) -> bytes:
+    return store.get_bytes(RunLayout(run_key).global_key(round) + ".safetensors")
+
+
+@pytest.mark.parametrize("partition", ["iid", "dirichlet"])
+def test_per_client_shards_from_data_split_give_byte_identical_checkpoints(env, tmp_path, partition):
+    s = settings(partition=partition, alpha=1.0)
+    run_rounds(s, "data-test/partition")
+    template = (tmp_path / "sites").as_uri() + "/{client}/"
+    counts = split_dataset(SplitSpec.from_settings(s), template)
+    assert sum(c[0] for c in counts.values()) == 300
+    assert sum(c[1] for c in counts.values()) == len(load_dataset("fashion-mnist", "test"))
+    per_client = DataOptions(source="per-client", uri=template)
+    evaluations = run_rounds(s, "data-test/shards", per_client)
+    for r in (1, 2):
+        assert global_blob(env, "data-test/shards", r) == global_blob(env, "data-test/partition", r)
+    for client in map(str, range(3)):
+        assert client_example_count(s, per_client, client) == client_example_count(s, DataOptions(), client)
+    # federated evaluation: every client evaluated the incoming model; no central test set
+    fed = evaluations[1]
+    assert fed["fed-clients"] == 3
+    assert fed["fed-examples"] == 10000
+    assert fed["accuracy"] == fed["fed-accuracy"]
+    assert fed["fed-accuracy-min"] <= fed["fed-accuracy"] <= fed["fed-accuracy-max"]
+    doc = json.loads(env.get_bytes(RunLayout("data-test/shards").eval_key(2)))
+    assert doc["evaluated_on"] == "clients' test splits"
+    clients = [json.loads(env.get_bytes(RunLayout("data-test/shards").client_eval_key(2, c))) for c in "012"]
+    weighted = sum(c["accuracy"] * c["examples"] for c in clients) / sum(c["examples"] for c in clients)
+    assert fed["fed-accuracy"] == pytest.approx(weighted)
+    assert all(c["model_round"] == 1 for c in clients)
+    from mlflow.tracking import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    run_id = json.loads(env.get_bytes("data-test/shards/run.json"))["mlflow_run_id"]
+    history = mlflow.get_metric_history(run_id, "fed_accuracy")
+    assert [(m.step, m.value) for m in history][-1] == (2, pytest.approx(fed["fed-accuracy"]))
+    assert {m.step for m in mlflow.get_metric_history(run_id, "fed_accuracy_std")} == {1, 2}
+    assert mlflow.get_metric_history(run_id, "test_accuracy") == []  # no central test set
+
+
+def test_federated_summary_weights_by_examples_and_reports_the_spread():
+    fed = step_evaluate.federated_summary(
+        [{"loss": 1.0, "accuracy": 0.5, "examples": 10}, {"loss": 3.0, "accuracy": 0.9, "examples": 30}]
+    )
+    assert fed["loss"] == pytest.approx(2.5)
+    assert fed["accuracy"] == pytest.approx(0.8)
+    assert (fed["accuracy_min"], fed["accuracy_max"]) == (0.5, 0.9)
+    assert fed["accuracy_std"] == pytest.approx(0.2)
+    assert math.isnan(step_evaluate.federated_summary([])["accuracy"])
+
+
+def test_data_split_command_writes_the_partition_of_a_config(env, tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text("experiment: x\nclients: 4\ndata_limit: 200\nseed: 3\npartition: dirichlet\n")
+    out = (tmp_path / "out").as_uri()
+    result = CliRunner().invoke(cli, ["data", "split", out, "--config", str(config), "--no-test"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 clients' shards (dirichlet, seed 3" in result.output
+    s = settings(clients=4, data_limit=200, seed=3, partition="dirichlet")
+    for client in "0123":
+        shard = read_shard(
+            shard_uri(out + "/{client}", client, "train"),
+            client=client,
+            input_shape=(28, 28, 1),
+            num_classes=10,
+        )
+        assert shard is not None
+        expected = step_train_part(s, client)
+        assert shard.x.tobytes() == expected.x.tobytes()
+        assert shard.y.tobytes() == expected.y.tobytes()
+    assert not (tmp_path / "out" / "0" / "test.safetensors").exists()
+    bad = CliRunner().invoke(cli, ["data", "split", out, "--dataset", "fashion-mnist"])
+    assert bad.exit_code != 0
+    assert "--clients" in bad.output
+
+
+def step_train_part(s: Settings, client: str):
+    from steps.client_data import partition_split
+
+    return partition_split(s, "train", client)
+
+
+def write_sites(tmp_path, sizes: dict[str, int], *, classes: int = 10) -> str:
+    rng = np.random.default_rng(0)
+    template = (tmp_path / "sites").as_uri() + "/{client}"
+    for client, n in sizes.items():
+        x = rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+        y = rng.integers(0, classes, size=n).astype(np.int64)
+        write_shard(shard_uri(template, client, "train"), x, y)
+    return template
+
+
+@pytest.mark.parametrize(
+    ("problem", "expected"),
+    [
+        ("missing", "client 1: no shard at file://"),
+        ("empty", "the shard is empty (0 examples)"),
+        ("classes", "labels in [0, 11] exceed the model's 10 outputs"),
+        ("shape", "x must be uint8 (N, 28, 28, 1) images for the model, got uint8 (4, 32, 32, 3)"),
+        ("names", "holds tensors ['images', 'y'], expected exactly x and y"),
+        ("garbage", "client 1:"),
+    ],
+)
+def test_bad_shard_fails_its_client_with_one_line_and_the_round_goes_on(env, tmp_path, problem, expected):
+    template = write_sites(tmp_path, {"0": 40, "2": 40})
+    uri = shard_uri(template, "1", "train")
+    path = tmp_path / "sites" / "1" / "train.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if problem == "empty":
+        write_shard(uri, np.zeros((0, 28, 28, 1), np.uint8), np.zeros(0, np.int64))
+    elif problem == "classes":
+        write_shard(uri, np.zeros((12, 28, 28, 1), np.uint8), np.arange(12, dtype=np.int64))
+    elif problem == "shape":
+        write_shard(uri, np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
+    elif problem == "names":
+        from steps.checkpoint import encode_arrays
+
+        path.write_bytes(encode_arrays({"images": np.zeros((1, 28, 28, 1), np.uint8), "y": np.zeros(1)}))
+    elif problem == "garbage":
+        path.write_bytes(b"not a safetensors file")
+    s = settings(min_clients=2, rounds=1)
+    data = DataOptions(source="per-client", uri=template)
+    step_init.run(s, run_key="data-test/bad", workflow_name="w", workflow_uid="u", data=data)
+    groups = step_distribute.run(run_key="data-test/bad", round=1)
+    outcomes = [
+        CliRunner().invoke(step_cli, ["train", "--run-key", "data-test/bad", "--round", "1", "--clients", g])
+        for g in groups
+    ]
+    assert [o.exit_code for o in outcomes] == [0, 2, 0]
+    errors = [line for line in outcomes[1].output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert expected in errors[0]
+    assert "client 1" in errors[0]
+    metrics = step_aggregate.run(run_key="data-test/bad", round=1)
+    assert metrics["clients"] == 2
+    assert metrics["rejected"] == 1
+    manifest = load_manifest(env, RunLayout("data-test/bad").global_key(1))
+    assert manifest.examples == 80
+
+
+def test_bad_client_below_min_clients_fails_the_round(env, tmp_path):
+    template = write_sites(tmp_path, {"0": 40})
+    s = settings(clients=2, min_clients=2, rounds=1)
+    step_init.run(
+        s,
+        run_key="data-test/few",
+        workflow_name="w",
+        workflow_uid="u",
+        data=DataOptions(source="per-client", uri=template),
+    )
+    step_distribute.run(run_key="data-test/few", round=1)
+    step_train.run(run_key="data-test/few", round=1, clients="0")
+    with pytest.raises(ClientDataError, match="client 1: no shard at"):
+        step_train.run(run_key="data-test/few", round=1, clients="1")
+    with pytest.raises(AggregationError, match="1 valid updates of 2 sampled clients, need min_clients=2"):
+        step_aggregate.run(run_key="data-test/few", round=1)
+
+
+def test_example_loader_feeds_clients_and_federated_evaluation(env):
+    s = settings(rounds=1)
+    data = DataOptions(source="loader", loader="examples.client_loaders:synthetic_sites")
+    [evaluation] = run_rounds(s, "data-test/loader", data)
+    manifest = load_manifest(env, RunLayout("data-test/loader").global_key(1))
+    from examples.client_loaders import synthetic_sites
+
+    train_sizes = [len(synthetic_sites(c, "train")[1]) for c in "012"]
+    assert manifest.examples == sum(train_sizes)
+    assert evaluation["fed-clients"] == 3
+    assert evaluation["fed-examples"] == sum(len(synthetic_sites(c, "test")[1]) for c in "012")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("raise OSError('site 1 is offline')", "raised OSError: site 1 is offline; the client is skipped"),
+        ("return 'nope'", "returned str, expected a tuple (x, y) or None"),
+        ("return np.zeros((3, 28, 28), np.uint8), np.zeros(3, np.int64)", "x must be uint8 (N, 28, 28, 1)"),
+        ("return np.zeros((3, 28, 28, 1), np.uint8), np.zeros(2, np.int64)", "y must be int64 (3,) labels"),
+        ("return None", "returned None: every client needs a train split"),
+    ],
+)
+def test_loader_that_raises_or_returns_wrong_shapes_fails_its_client(
+    env, tmp_path, monkeypatch, body, expected
+):
+    module = f"site_loader_{abs(hash(body))}"
+    (tmp_path / f"{module}.py").write_text(
+        "import numpy as np\n\n\ndef load(client, split):\n"
+        f"    if client == '1':\n        {body}\n"
+        "    return np.zeros((8, 28, 28, 1), np.uint8), np.zeros(8, np.int64)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = DataOptions(source="loader", loader=f"{module}:load")
+    step_init.run(settings(rounds=1), run_key="data-test/l", workflow_name="w", workflow_uid="u", data=data)
+    step_train.run(run_key="data-test/l", round=1, clients="0")
+    with pytest.raises(ClientDataError) as info:
+        step_train.run(run_key="data-test/l", round=1, clients="1")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"client 1: loader {module}:load('1', 'train')" in message
+    assert expected in message
+
+
+def test_aggregator_reads_updates_never_data(env, tmp_path, monkeypatch):
+    """A store that records every read: aggregate touches the run's plan, globals and updates only."""
+    template = (tmp_path / "store").as_uri() + "/site-data/{client}/"
+    s = settings(rounds=1)
+    split_dataset(SplitSpec.from_settings(s), template)
+    step_init.run(
+        s,
+        run_key="data-test/rec",
+        workflow_name="w",
+        workflow_uid="u",
+        data=DataOptions(source="per-client", uri=template),
+    )
+    for group in step_distribute.run(run_key="data-test/rec", round=1):
+        step_train.run(run_key="data-test/rec", round=1, clients=group)
+    reads: list[str] = []
+    original = FileStore.open_read
+
+    def recording_open_read(self, key):
+        reads.append(str(self._path(key)))
+        return original(self, key)
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError(f"aggregate loaded a dataset: {args}")
+
+    monkeypatch.setattr(FileStore, "open_read", recording_open_read)
+    monkeypatch.setattr("steps.data.load_dataset", no_dataset)
+    step_aggregate.run(run_key="data-test/rec", round=1)
+    run_dir = str(tmp_path / "store" / "data-test" / "rec")
+    assert reads, "the recording store saw no reads"
+    assert all(r.startswith(run_dir + "/") for r in reads), reads
+    assert not [r for r in reads if "site-data" in r]
+    touched = {r.removeprefix(run_dir + "/").split(".")[0] for r in reads}
+    assert touched <= {"run", "round-0001/plan", "round-0000/global"} | {
+        f"round-0001/updates/client-{c}" for c in "012"
+    }
+    # evaluate (no central test set) reads the clients' reported metrics, not their data
+    reads.clear()
+    step_evaluate.run(run_key="data-test/rec", round=1)
+    assert not [r for r in reads if "site-data" in r]
+
+
+def test_data_section_is_validated_with_one_line_naming_the_key():
+    base = {"experiment": "x"}
+    with pytest.raises(
+        ConfigError, match=r"data.uri: source per-client needs a URI template with \{client\}"
+    ):
+        config_from_mapping(
+            {**base, "data": {"source": "per-client", "uri": "s3://b/sites/"}}, name="x", where="x"
+        )
+    with pytest.raises(ConfigError, match=r"data\.source: must be one of partition, per-client, loader"):
+        config_from_mapping({**base, "data": {"source": "nfs"}}, name="x", where="x")
+    with pytest.raises(ConfigError, match=r"data\.loader: source loader needs a function"):
+        config_from_mapping({**base, "data": {"source": "loader", "loader": "mod"}}, name="x", where="x")
+    with pytest.raises(ConfigError, match=r"unknown key data\.url"):
+        config_from_mapping({**base, "data": {"url": "s3://x"}}, name="x", where="x")
+    with pytest.raises(SettingsError, match=r"data\.central_eval"):
+        DataOptions(central_eval="sometimes")
+    assert DataOptions().central
+    assert not DataOptions(source="per-client", uri="/d/{client}").central
+    assert DataOptions(source="loader", loader="m:f", central_eval="dataset").central
+
+
+def test_data_split_into_a_bucket_reads_back_with_the_clients_own_credentials(
+    s3_env, fmnist_dir, monkeypatch
+):
+    template = f"{s3_env}/sites/{{client}}/"
+    s = settings(clients=2, data_limit=100)
+    split_dataset(SplitSpec.from_settings(s), template, test=False)
+    seen: list[str | None] = []
+    import steps.store
+
+    real = steps.store.open_store
+
+    def spy(uri):
+        seen.append(os.environ.get("ARGOFL_S3_ACCESS_KEY"))
+        return real(uri)
+
+    store_key = os.environ["ARGOFL_S3_ACCESS_KEY"]
+    monkeypatch.setenv("ARGOFL_DATA_S3_ACCESS_KEY", "site-1-key")
+    monkeypatch.setattr(steps.store, "open_store", spy)
+    shard = read_shard(shard_uri(template, "1", "train"), client="1", input_shape=(28, 28, 1), num_classes=10)
+    assert shard is not None
+    assert len(shard) == 50
+    assert seen == ["site-1-key"]  # the shard was opened with the client's credentials...
+    assert os.environ["ARGOFL_S3_ACCESS_KEY"] == store_key  # ...and the run store's are back afterwards
+    assert (
+        read_shard(
+            shard_uri(template, "1", "test"),
+            client="1",
+            input_shape=(28, 28, 1),
+            num_classes=10,
+            required=False,
+        )
+        is None
+    )
+
+
+def test_npz_sites_example_loader_reads_a_site_directory(tmp_path, monkeypatch):
+    from examples.client_loaders import npz_sites
+
+    (tmp_path / "3").mkdir()
+    x = np.zeros((5, 28, 28, 1), np.uint8)
+    np.savez(tmp_path / "3" / "train.npz", x=x, y=np.arange(5, dtype=np.int32))
+    monkeypatch.setenv("ARGOFL_SITE_DIR", str(tmp_path))
+    loaded = npz_sites("3", "train")
+    assert loaded is not None
+    assert loaded[0].shape == (5, 28, 28, 1)
+    assert loaded[1].dtype == np.int64
+    assert npz_sites("3", "test") is None
