@@ -8,7 +8,6 @@ import os
 import sys
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +18,10 @@ import click
 from pipelines.config import ConfigError, load_config
 from pipelines.local.cli import container_options, runtime_options
 from pipelines.local.containers import DockerOptions
+from pipelines.local_params import local_parallelism, local_parameters
 from steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
 __all__ = [
-    "absolute_store_uri",
-    "absolute_tracking_uri",
     "compile_cmd",
     "overrides_option",
     "resume_cmd",
@@ -88,10 +86,6 @@ def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
         click.echo(f"wrote {out}")
-
-
-LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
-LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side on a 2-core machine
 
 
 class Progress:
@@ -188,48 +182,14 @@ def run_cmd(
     root.mkdir(parents=True, exist_ok=True)
     containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
     # steps run in their own working directories: relative paths are the user's, resolved here
-    tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
-        f"sqlite:///{root / 'mlflow.db'}"
+    params = local_parameters(
+        overrides, root, store=store, mlflow_uri=mlflow_uri, data_dir=cfg.settings.data_dir
     )
-    params = {
-        **overrides,
-        "store": absolute_store_uri(overrides.get("store") or store or "") or (root / "store").as_uri(),
-        "mlflow-uri": tracking_uri,
-        # where `mlflow ui` serves a local database by default, or the tracking server itself
-        "mlflow-ui": overrides.get("mlflow-ui")
-        or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI),
-    }
-    data_dir = overrides.get("data-dir", cfg.settings.data_dir)
-    if data_dir:
-        params["data-dir"] = os.path.abspath(data_dir)
     manifest = manifest_for(cfg)
     if parallelism is None:
-        parallelism = LOCAL_PARALLELISM + (1 if cfg.kind == "split" else 0)
+        parallelism = local_parallelism(manifest)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     _run_locally(manifest, params, root / "workflows", parallelism, containers)
-
-
-def absolute_store_uri(uri: str) -> str:
-    """A store URI whose local path (plain or ``file:``) is absolute; other URIs as given."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "" and uri:
-        return Path(uri).resolve().as_uri()
-    if parsed.scheme == "file" and parsed.netloc == "" and not uri.startswith("file:/"):
-        return Path(urllib.parse.unquote(parsed.path)).resolve().as_uri()  # file:relative/path
-    return uri
-
-
-def absolute_tracking_uri(uri: str) -> str:
-    """An MLflow tracking URI whose local database or directory is absolute: ``sqlite:///x.db`` (relative
-    to the current directory) becomes ``sqlite:////abs/x.db``; a plain path an absolute one."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        database = uri.removeprefix("sqlite:///")
-        if database and database != ":memory:":
-            return "sqlite:///" + os.path.abspath(database)
-        return uri
-    if uri and urllib.parse.urlparse(uri).scheme == "":
-        return os.path.abspath(uri)
-    return uri
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -349,9 +309,8 @@ def resume_cmd(
         f"{name} {status.get('phase', '?')}: last completed round {last if last is not None else 'none'}; "
         f"resuming from round {start}" + (f" ({resume})" if resume else "")
     )
-    if parallelism is None:  # as argofl run: one more where a daemon (split's server) holds a slot
-        daemons = any(t.get("daemon") for t in (manifest["spec"].get("templates") or []))
-        parallelism = LOCAL_PARALLELISM + (1 if daemons else 0)
+    if parallelism is None:
+        parallelism = local_parallelism(manifest)
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from tests.fake_argo import argo  # noqa: E402, F401  (fixture: a fake Argo server)
 from tests.require import require_or_skip  # noqa: E402
 from tests.servers import RunningServer, empty_bucket, start_mlflow_server, start_moto_server  # noqa: E402
 

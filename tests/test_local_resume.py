@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from pipelines.cli import cli
-from pipelines.commands import absolute_store_uri, absolute_tracking_uri
 from pipelines.compile import manifest_for
 from pipelines.config import load_config
 from pipelines.local.runlock import hold_run_lock
+from pipelines.local_params import absolute_store_uri, absolute_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

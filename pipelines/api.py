@@ -1,0 +1,196 @@
+"""argofl from Python: load an experiment, get its hera workflow, compile, run it here, submit it.
+
+A thin facade over the modules the CLI uses (as ``kfp`` is over ``kfp.dsl``/``compiler``/``client``)::
+
+    from pipelines import api
+
+    config = api.load_config("configs/fedavg-fmnist-torch.yaml")
+    workflow = api.build(config)                  # a hera Workflow: inspect or customise it
+    workflow.parallelism = 2
+    api.save(workflow, "argo/my-experiment.yaml")  # what `argo submit` takes
+    result = api.run_local(workflow, {"rounds": "2"})           # this machine, like `argofl run`
+    name = api.submit(workflow, {"rounds": "20"}, host="https://argo.example:2746", token="…")
+
+``run_local`` and ``submit`` take a hera workflow, a config (or its path) or a manifest dict. Errors are
+:class:`ArgoflError` subclasses with one-line messages; ``ApiError`` for bad arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import yaml
+
+from pipelines.config import ExperimentConfig, load_config
+from steps.errors import BadInputError
+
+if TYPE_CHECKING:
+    from hera.workflows import Workflow, WorkflowTemplate
+
+    from pipelines.local.engine import LocalRunResult
+
+__all__ = [
+    "ApiError",
+    "ExperimentConfig",
+    "build",
+    "compile_config",
+    "load_config",
+    "run_local",
+    "save",
+    "submit",
+    "to_manifest",
+]
+
+Runnable: TypeAlias = "Workflow | WorkflowTemplate | ExperimentConfig | str | Path | Mapping[str, Any]"
+
+
+class ApiError(BadInputError):
+    """An argument the API cannot use (wrong type, unknown parameter, missing server)."""
+
+
+def _config(config: ExperimentConfig | str | Path) -> ExperimentConfig:
+    return config if isinstance(config, ExperimentConfig) else load_config(config)
+
+
+def build(config: ExperimentConfig | str | Path, *, template: bool = False) -> Workflow | WorkflowTemplate:
+    """The experiment's hera ``Workflow`` (or, with ``template``, its ``WorkflowTemplate``)."""
+    from hera.workflows import Workflow, WorkflowTemplate
+
+    from pipelines.compile import manifest_for, template_manifest_for
+
+    cfg = _config(config)
+    manifest = template_manifest_for(cfg) if template else manifest_for(cfg)
+    built = (WorkflowTemplate if template else Workflow).from_dict(manifest)
+    if not isinstance(built, Workflow):  # WorkflowTemplate is a Workflow in hera
+        raise ApiError(f"hera built {type(built).__name__} from {cfg.name}, expected a Workflow")
+    return built
+
+
+def to_manifest(workflow: Runnable) -> dict[str, Any]:
+    """The manifest (a plain dict, as ``argo submit`` reads it) of a workflow, config or manifest."""
+    from hera.workflows import Workflow
+
+    if isinstance(workflow, Workflow):
+        manifest: dict[str, Any] = yaml.safe_load(workflow.to_yaml())
+        return manifest
+    if isinstance(workflow, Mapping):
+        return yaml.safe_load(yaml.safe_dump(dict(workflow)))  # a deep, plain copy
+    if isinstance(workflow, ExperimentConfig | str | Path):
+        from pipelines.compile import manifest_for
+
+        return manifest_for(_config(workflow))
+    raise ApiError(
+        f"expected a hera Workflow, an ExperimentConfig, a config path or a manifest dict, got "
+        f"{type(workflow).__name__}"
+    )
+
+
+def compile_config(config: str | Path, out_dir: str | Path = "argo") -> Path:
+    """``argofl compile``: write ``out_dir/<name>.yaml`` and ``out_dir/templates/<name>.yaml``."""
+    from pipelines.compile import compile_config as compile_to
+
+    return compile_to(config, out_dir)
+
+
+def save(workflow: Runnable, path: str | Path) -> Path:
+    """Write ``workflow``'s manifest as YAML to ``path`` (for ``argo submit`` or ``kubectl apply``)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(to_manifest(workflow), sort_keys=False))
+    return target
+
+
+def _declared(manifest: Mapping[str, Any]) -> dict[str, str]:
+    from pipelines.cluster import parameters_of
+
+    return parameters_of(manifest)
+
+
+def _check_parameters(manifest: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, str]:
+    declared = _declared(manifest)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ApiError(
+            f"unknown workflow parameter {unknown[0]!r}; the workflow declares: {', '.join(declared)}"
+        )
+    return {name: str(value) for name, value in parameters.items()}
+
+
+def run_local(
+    workflow: Runnable,
+    parameters: Mapping[str, str] | None = None,
+    *,
+    runs_dir: str | Path = "runs",
+    store: str | None = None,
+    mlflow_uri: str | None = None,
+    parallelism: int | None = None,
+) -> LocalRunResult:
+    """Run on this machine with the local executor, as ``argofl run`` does: store and MLflow default to
+    ``runs_dir`` (a ``file://`` store and a SQLite database), relative paths are resolved here.
+
+    Returns the run's result (``phase``, Argo-shaped ``status``, ``run_dir``); a failed run is a result
+    with phase Failed or Error, not an exception.
+    """
+    from pipelines.local import run_workflow
+    from pipelines.local_params import local_parallelism, local_parameters
+    from steps.store import FileStore
+
+    manifest = to_manifest(workflow)
+    given = _check_parameters(manifest, parameters or {})
+    declared = _declared(manifest)
+    root = Path(runs_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    params = given
+    if {"store", "mlflow-uri"} <= set(declared):  # an argofl experiment: local store and MLflow
+        local = local_parameters(
+            given, root, store=store, mlflow_uri=mlflow_uri, data_dir=declared.get("data-dir", "")
+        )
+        params = {k: v for k, v in local.items() if k in declared}
+    return run_workflow(
+        manifest,
+        params,
+        runs_dir=root / "workflows",
+        artifact_store=FileStore(root / "artifacts"),
+        parallelism=parallelism or local_parallelism(manifest),
+    )
+
+
+def submit(
+    workflow: Runnable,
+    parameters: Mapping[str, str] | None = None,
+    *,
+    host: str | None = None,
+    token: str | None = None,
+    namespace: str | None = None,
+    verify: bool | None = None,
+) -> str:
+    """Create the workflow on an Argo server through hera's ``WorkflowsService``; return its name.
+
+    ``host``, ``token`` and ``namespace`` default to ``ARGO_SERVER``, ``ARGO_TOKEN`` and
+    ``ARGO_NAMESPACE`` (then ``argofl``), as for ``argofl submit``.
+    """
+    from pipelines.cluster import ClusterTarget, env_secure, env_verify, normalize_host, set_parameters
+
+    manifest = to_manifest(workflow)
+    set_parameters(manifest, _check_parameters(manifest, parameters or {}))
+    server = host or os.environ.get("ARGO_SERVER", "")
+    if not server.strip():
+        raise ApiError("no Argo server given: pass host='https://HOST:2746' or set ARGO_SERVER=HOST:PORT")
+    try:
+        url = normalize_host(server, secure=env_secure())
+    except ValueError as exc:
+        raise ApiError(f"host {server!r}: {exc}") from None
+    target = ClusterTarget(
+        host=url,
+        namespace=(namespace or os.environ.get("ARGO_NAMESPACE") or "argofl").strip(),
+        token=token if token is not None else os.environ.get("ARGO_TOKEN"),
+        verify=env_verify() if verify is None else verify,
+    )
+    created = target.create(manifest)
+    name = str((created.get("metadata") or {}).get("name") or "")
+    if not name:
+        raise ApiError(f"Argo server at {target.host} created a workflow but returned no name")
+    return name

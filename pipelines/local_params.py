@@ -1,0 +1,85 @@
+"""What a workflow needs to run on this machine: local store, MLflow database and absolute paths.
+
+Shared by ``argofl run`` and the Python API (:mod:`pipelines.api`). Steps run in their own working
+directories, so every path a user gives is made absolute here, against the user's working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = [
+    "LOCAL_MLFLOW_UI",
+    "LOCAL_PARALLELISM",
+    "absolute_store_uri",
+    "absolute_tracking_uri",
+    "local_parallelism",
+    "local_parameters",
+]
+
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
+LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side on a 2-core machine
+
+
+def absolute_store_uri(uri: str) -> str:
+    """A store URI whose local path (plain or ``file:``) is absolute; other URIs as given."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "" and uri:
+        return Path(uri).resolve().as_uri()
+    if parsed.scheme == "file" and parsed.netloc == "" and not uri.startswith("file:/"):
+        return Path(urllib.parse.unquote(parsed.path)).resolve().as_uri()  # file:relative/path
+    return uri
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """An MLflow tracking URI whose local database or directory is absolute: ``sqlite:///x.db`` (relative
+    to the current directory) becomes ``sqlite:////abs/x.db``; a plain path an absolute one."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        database = uri.removeprefix("sqlite:///")
+        if database and database != ":memory:":
+            return "sqlite:///" + os.path.abspath(database)
+        return uri
+    if uri and urllib.parse.urlparse(uri).scheme == "":
+        return os.path.abspath(uri)
+    return uri
+
+
+def local_parameters(
+    overrides: Mapping[str, str],
+    root: Path,
+    *,
+    store: str | None = None,
+    mlflow_uri: str | None = None,
+    data_dir: str = "",
+) -> dict[str, str]:
+    """The workflow parameters of a local run under ``root`` (the runs directory, absolute).
+
+    ``overrides`` win; the store defaults to ``root/store``, MLflow to ``root/mlflow.db``; ``data_dir``
+    (the config's, unless overridden) is made absolute.
+    """
+    tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
+        f"sqlite:///{root / 'mlflow.db'}"
+    )
+    params = {
+        **overrides,
+        "store": absolute_store_uri(overrides.get("store") or store or "") or (root / "store").as_uri(),
+        "mlflow-uri": tracking_uri,
+        # where `mlflow ui` serves a local database by default, or the tracking server itself
+        "mlflow-ui": overrides.get("mlflow-ui")
+        or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI),
+    }
+    data_dir = overrides.get("data-dir", data_dir)
+    if data_dir:
+        params["data-dir"] = os.path.abspath(data_dir)
+    return params
+
+
+def local_parallelism(manifest: Mapping[str, object]) -> int:
+    """Default step processes at once: one more where a daemon (split's server) holds a slot all round."""
+    spec = manifest.get("spec")
+    templates = spec.get("templates") if isinstance(spec, Mapping) else None
+    daemons = any(isinstance(t, Mapping) and t.get("daemon") for t in (templates or []))
+    return LOCAL_PARALLELISM + (1 if daemons else 0)

@@ -1,0 +1,107 @@
+"""A fake Argo server on loopback: answers create/get like the Argo API and records every request."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+__all__ = ["FakeArgo", "Recorded", "argo"]
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeArgo:
+    """Answers like the Argo server: create echoes the workflow with a name and a status; get returns
+    the next of the canned workflows for that name (the last one repeats)."""
+
+    url: str = ""
+    requests: list[Recorded] = field(default_factory=list)
+    workflows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    refuse: int | None = None
+    created: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def posts(self) -> list[Recorded]:
+        return [r for r in self.requests if r.method == "POST"]
+
+
+def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _answer(self, code: int, body: Any) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _record(self) -> Recorded:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            entry = Recorded(
+                self.command, self.path, dict(self.headers.items()), json.loads(raw) if raw else None
+            )
+            with fake.lock:
+                fake.requests.append(entry)
+            return entry
+
+        def do_POST(self) -> None:
+            entry = self._record()
+            if fake.refuse:
+                self._answer(fake.refuse, {"code": 7, "message": "workflows.argoproj.io is forbidden"})
+                return
+            workflow = copy.deepcopy(entry.body["workflow"])
+            with fake.lock:
+                fake.created += 1
+                name = workflow["metadata"]["generateName"] + f"x{fake.created:04d}"
+            workflow["metadata"].update(
+                name=name, namespace=self.path.rsplit("/", 1)[-1], uid=f"uid-{name}", resourceVersion="1"
+            )
+            workflow["status"] = {"phase": "Pending"}
+            self._answer(200, workflow)
+
+        def do_GET(self) -> None:
+            entry = self._record()
+            if fake.refuse:
+                self._answer(fake.refuse, {"code": 7, "message": "forbidden"})
+                return
+            name = entry.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            with fake.lock:
+                queue = fake.workflows.get(name)
+                if not queue:
+                    self._answer(404, {"code": 5, "message": f'workflows.argoproj.io "{name}" not found'})
+                    return
+                workflow = queue.pop(0) if len(queue) > 1 else queue[0]
+            self._answer(200, workflow)
+
+    return Handler
+
+
+@pytest.fixture
+def argo() -> Iterator[FakeArgo]:
+    fake = FakeArgo()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(fake))
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(5)

@@ -1,0 +1,108 @@
+"""The Python API (``pipelines.api``): hera objects out, the same manifests as ``argofl compile``, local
+runs like ``argofl run``, submission through hera's WorkflowsService, and the end-to-end example."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hera.workflows import Workflow, WorkflowTemplate
+
+from pipelines import api
+from pipelines.compile import manifest_for, template_manifest_for
+from pipelines.config import load_config
+from steps.errors import BadInputError
+from tests.fake_argo import FakeArgo
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
+TINY = {"rounds": "1", "clients": "2", "min-clients": "2", "data-limit": "300", "local-epochs": "1"}
+
+
+def test_build_gives_hera_objects_whose_manifest_is_what_compile_writes() -> None:
+    workflow = api.build(CONFIG)
+    assert isinstance(workflow, Workflow)
+    assert not isinstance(workflow, WorkflowTemplate)
+    assert api.to_manifest(workflow) == manifest_for(load_config(CONFIG))
+    template = api.build(load_config(CONFIG), template=True)
+    assert isinstance(template, WorkflowTemplate)
+    assert api.to_manifest(template) == template_manifest_for(load_config(CONFIG))
+
+
+def test_a_customised_workflow_is_saved_with_its_changes(tmp_path: Path) -> None:
+    workflow = api.build(CONFIG)
+    workflow.labels = {"team": "federated"}
+    workflow.parallelism = 3
+    path = api.save(workflow, tmp_path / "out" / "x.yaml")
+    saved = yaml.safe_load(path.read_text())
+    assert saved["metadata"]["labels"] == {"team": "federated"}
+    assert saved["spec"]["parallelism"] == 3
+    assert saved["spec"]["templates"] == manifest_for(load_config(CONFIG))["spec"]["templates"]
+
+
+def test_compile_config_writes_workflow_and_template(tmp_path: Path) -> None:
+    path = api.compile_config(CONFIG, tmp_path)
+    assert path == tmp_path / "fedavg-fmnist-torch.yaml"
+    assert yaml.safe_load(path.read_text()) == manifest_for(load_config(CONFIG))
+    assert (tmp_path / "templates" / "fedavg-fmnist-torch.yaml").is_file()
+
+
+def test_bad_arguments_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(api.ApiError, match=r"expected a hera Workflow.*got int"):
+        api.to_manifest(42)  # type: ignore[arg-type]
+    with pytest.raises(api.ApiError, match="unknown workflow parameter 'roundz'"):
+        api.run_local(CONFIG, {"roundz": "2"})
+    monkeypatch.delenv("ARGO_SERVER", raising=False)
+    with pytest.raises(BadInputError, match="no Argo server given"):
+        api.submit(CONFIG)
+
+
+def test_submit_sends_the_customised_workflow_through_hera(argo: FakeArgo) -> None:
+    workflow = api.build(CONFIG)
+    workflow.labels = {"team": "federated"}
+    name = api.submit(workflow, {"rounds": "20"}, host=argo.url, token="tok", namespace="ml")
+    assert name == "fedavg-fmnist-torch-x0001"
+    [request] = argo.posts()
+    assert request.path == "/api/v1/workflows/ml"
+    assert request.headers["Authorization"] == "Bearer tok"
+    sent = request.body["workflow"]
+    assert sent["metadata"]["labels"] == {"team": "federated"}
+    params = {p["name"]: p.get("value") for p in sent["spec"]["arguments"]["parameters"]}
+    assert params["rounds"] == "20"
+
+
+@pytest.mark.slow
+def test_run_local_runs_a_workflow_like_argofl_run(
+    fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # relative runs_dir: resolved against the caller's directory
+    result = api.run_local(api.build(CONFIG), TINY, runs_dir="runs")
+    assert result.phase == "Succeeded", json.dumps(result.status.get("message"))
+    assert result.run_dir == tmp_path / "runs" / "workflows" / result.name
+    globals_ = list((tmp_path / "runs" / "store").glob("*/*/round-0001/global.safetensors"))
+    assert len(globals_) == 1
+    assert (tmp_path / "runs" / "mlflow.db").is_file()
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_end_to_end(fmnist_dir: Path, tmp_path: Path, argo: FakeArgo) -> None:
+    env = {**os.environ, "ARGO_SERVER": argo.url, "ARGO_TOKEN": "tok", "ARGO_NAMESPACE": "argofl"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "python_api.py"), "--submit"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Succeeded" in done.stdout
+    manifest = yaml.safe_load((tmp_path / "argo-out" / "fedavg-fmnist-torch.yaml").read_text())
+    assert manifest["metadata"]["labels"]["team"] == "federated"
+    [request] = argo.posts()
+    assert request.body["workflow"]["spec"]["parallelism"] == 4
