@@ -197,7 +197,7 @@ def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
                 },
                 {
                     "name": "sleep",
-                    "activeDeadlineSeconds": 3,
+                    "activeDeadlineSeconds": 5,
                     "container": {"image": "x", "command": [str(probe), "step", "sleep"]},
                 },
                 {"name": "fail", "container": {"image": "x", "command": [str(probe), "step", "exit", "3"]}},
@@ -211,7 +211,7 @@ def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
     assert sleeper["phase"] == "Failed"
     assert sleeper["message"] == "Pod was active on the node longer than the specified deadline"
     grandchild = int(sleeper["outputs"]["result"])
-    assert not _alive(grandchild)
+    assert not _alive(grandchild), f"{grandchild}, started by the timed-out step, is still running"
     assert failer["phase"] == "Failed"
     assert failer["outputs"]["exitCode"] == "3"
     assert failer["outputs"]["result"] == "out"
@@ -249,6 +249,22 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
                 break
             time.sleep(0.05)
         assert not _alive(pid), f"process {pid} outlived the executor"
+
+
+def test_steps_run_as_normal_processes_once_the_server_is_gone(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path
+) -> None:
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    for _ in range(200):
+        if not server.ready:
+            break
+        time.sleep(0.05)
+    assert not server.ready
+    assert (
+        server.spawn([str(probe), "step", "exit", "0"], env=dict(os.environ), cwd=str(tmp_path), stderr=2)
+        is None
+    )
 
 
 @pytest.mark.slow

@@ -200,13 +200,15 @@ class ForkServer:
         self.entry = entry
         self.preload = tuple(preload)
         self.forked = 0  # steps forked so far (tests and benchmarks read it)
+        self.pid: int | None = None  # the server process
         self.failure: str | None = None
         self._ready = threading.Event()
         self._finished = threading.Event()
-        self._stop = threading.Event()
         self._settled = threading.Event()  # ready or finished
         self._lock = threading.Lock()
-        self._control: socket.socket | None = None
+        self._control: socket.socket | None = None  # set while serving
+        self._socket: socket.socket | None = None  # our end of the control socket, from the start
+        self._closing = False
         # the thread that starts the server lives as long as the server may: PR_SET_PDEATHSIG fires
         # when the creating thread (not the process) ends
         self._keeper = threading.Thread(target=self._keep, name="argofl-forkserver", daemon=True)
@@ -224,6 +226,8 @@ class ForkServer:
     def _keep(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's own stderr (import warnings, a crash)
+        with self._lock:
+            self._socket = ours
         code = (
             "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); "
             "from pipelines.local.forkserver import _serve; "
@@ -257,20 +261,29 @@ class ForkServer:
             log.close()
             return
         theirs.close()
+        self.pid = proc.pid
         try:
-            hello = ours.recv(4096)
-            if hello == b"ready":
-                self._control = ours
+            try:
+                hello = ours.recv(4096)
+            except OSError:
+                hello = b""
+            with self._lock:
+                serving = hello == b"ready" and not self._closing
+                if serving:
+                    self._control = ours
+            if serving:
                 self._ready.set()
                 self._settled.set()
-                self._stop.wait()
-            else:
+                # nothing more comes from the server: this returns when it dies or close() shuts it
+                with contextlib.suppress(OSError):
+                    ours.recv(1)
+            elif not self._closing:
                 self.failure = hello.decode(errors="replace") or "exited while importing"
         finally:
             self._finished.set()
             self._settled.set()
             with self._lock:
-                self._control = None
+                self._control = self._socket = None
                 ours.close()  # the server sees the end of its control socket and exits
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
@@ -285,7 +298,11 @@ class ForkServer:
 
     def close(self) -> None:
         """Stop the server (its running children get SIGKILL) and wait for it."""
-        self._stop.set()
+        with self._lock:
+            self._closing = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
         self._keeper.join(timeout=15)
 
     def serves(self, argv: Sequence[str], env: Mapping[str, str]) -> bool:
