@@ -251,6 +251,24 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
         assert not _alive(pid), f"process {pid} outlived the executor"
 
 
+def test_preloading_leaves_cuda_threads_and_determinism_to_each_step() -> None:
+    """What the real server imports starts no Python thread, no CUDA, no deterministic mode."""
+    code = (
+        "import json, sys, threading\n"
+        "from pipelines.local import forkserver\n"
+        "problem = forkserver._preload(forkserver.PRELOAD)\n"
+        "import torch\n"
+        "print(json.dumps({'problem': problem, 'threads': threading.active_count(),\n"
+        "    'cuda': torch.cuda.is_initialized(),\n"
+        "    'deterministic': torch.are_deterministic_algorithms_enabled(),\n"
+        "    'loaded': all(m in sys.modules for m in ('torch', 'mlflow', 'steps.cli', 'torch.export'))}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"problem": "", "threads": 1, "cuda": False, "deterministic": False, "loaded": True}
+
+
 def test_steps_run_as_normal_processes_once_the_server_is_gone(
     server: forkserver.ForkServer, probe: Path, tmp_path: Path
 ) -> None:
