@@ -78,6 +78,8 @@ PRELOAD = (
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.pytorch",  # finalize logs the model with it
     "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
+    # the installed-packages map MLflow builds to check a logged model's requirements (seconds)
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     "pipelines.cli",
     "steps.cli",
     "steps.frameworks.torch_backend",
@@ -89,7 +91,8 @@ PRELOAD = (
     "steps.step_finalize",
     "steps.tracking",
 )
-"""Modules the server imports before forking (those not installed are skipped)."""
+"""Modules the server imports before forking, or ``module:function`` to call once imported (what is not
+installed, or fails, is skipped: the step then pays for it itself)."""
 
 _STARTUP_PREFIXES = (
     "PYTHON",
@@ -463,9 +466,12 @@ def _preload(modules: Sequence[str]) -> str:
     import importlib
 
     for name in modules:
+        module, _, function = name.partition(":")
         try:
-            importlib.import_module(name)
-        except ImportError:
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception:  # a warm-up that fails is only a missed saving
             continue
     if threading.active_count() != 1:
         names = sorted(t.name for t in threading.enumerate())
