@@ -25,8 +25,9 @@ Only what the server can serve is forked (:func:`popen` runs everything else as 
 Safety: the server never initialises CUDA, torch's intra-/inter-op thread pools or deterministic mode
 (each step's ``configure`` sets threads and determinism itself); it refuses to serve (and every step runs
 as a normal process) if a preload started a Python thread or CUDA. Native threads that libraries start at
-load and that are fork-safe through ``pthread_atfork`` (OpenBLAS's workers, pyarrow's jemalloc) are
-allowed, as with ``multiprocessing``'s fork start method. Forked children share the server's hash seed
+load and make fork-safe with their own ``pthread_atfork`` handlers (OpenBLAS's workers, the jemalloc
+background thread of pyarrow, which ``import mlflow`` loads through pandas) are allowed, as they are under
+``multiprocessing``'s fork start method. Forked children share the server's hash seed
 and the preloaded module state; ``random`` and numpy's global generator are reseeded and ``tempfile``
 forgets its cached directory in each child.
 
@@ -536,6 +537,13 @@ def _fork_step(
             _become_step(server_pid, channel, stdout_fd, stderr_fd, server_fds, env, cwd)
             sys.argv = [serving[0], *argv[1:]]
             code = _run_main(serving[1], argv[1:])
+        except BaseException:  # setting up the step failed (a Popen would not have started it)
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+            code = 127
         finally:
             os._exit(code)
     os.close(stdout_fd)
