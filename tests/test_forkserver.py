@@ -211,6 +211,7 @@ def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
     assert sleeper["phase"] == "Failed"
     assert sleeper["message"] == "Pod was active on the node longer than the specified deadline"
     grandchild = int(sleeper["outputs"]["result"])
+    _wait_gone(grandchild)
     assert not _alive(grandchild), f"{grandchild}, started by the timed-out step, is still running"
     assert failer["phase"] == "Failed"
     assert failer["outputs"]["exitCode"] == "3"
@@ -244,10 +245,7 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
         os.kill(grandchild, signal.SIGKILL)  # orphaned with its step's group, like any step's child
     assert servers, "the fork server was not a child of the executor"
     for pid in [step_pid, *servers]:
-        for _ in range(200):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
+        _wait_gone(pid)
         assert not _alive(pid), f"process {pid} outlived the executor"
 
 
@@ -274,9 +272,8 @@ def test_steps_run_as_normal_processes_once_the_server_is_gone(
 ) -> None:
     assert server.pid is not None
     os.kill(server.pid, signal.SIGKILL)
-    for _ in range(200):
-        if not server.ready:
-            break
+    end = time.monotonic() + 10
+    while server.ready and time.monotonic() < end:  # until the executor has seen the server end
         time.sleep(0.05)
     assert not server.ready
     assert (
@@ -334,3 +331,10 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> None:
+    """Give a process that has been sent SIGKILL the moment it takes to die (a bounded wait)."""
+    end = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)
