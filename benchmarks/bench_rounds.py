@@ -175,7 +175,8 @@ def main() -> None:
     parser.add_argument("--project-clients", type=int, default=1000)
     parser.add_argument("--project-rounds", type=int, default=100)
     args = parser.parse_args()
-    print(json.dumps({"startup": startup_times()}, indent=2), flush=True)
+    startup = startup_times()
+    print(json.dumps({"startup": startup}, indent=2), flush=True)
     with tempfile.TemporaryDirectory(prefix="argofl-bench-") as tmp:
         cmd = [
             str(BIN / "argofl"),
@@ -240,6 +241,12 @@ def main() -> None:
     floor = None if args.no_floor else compute_floor(args.config, args.params, args.parallelism)
     projected = sizes["projected"]
     lines = [
+        (
+            "step process start-up (argofl step train --help)",
+            f"fresh {startup['argofl_step_help_s']} s, forked {startup['forked_argofl_step_train_help_s']} s "
+            f"(a fresh torch step also imports torch: {startup['import_torch_backend_s']} s)",
+            "nearly free",
+        ),
         (
             "node status, projected "
             f"{projected['clients']} clients x {projected['rounds']} rounds (1 client per pod)",

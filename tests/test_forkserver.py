@@ -197,7 +197,7 @@ def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
                 },
                 {
                     "name": "sleep",
-                    "activeDeadlineSeconds": 3,
+                    "activeDeadlineSeconds": 5,
                     "container": {"image": "x", "command": [str(probe), "step", "sleep"]},
                 },
                 {"name": "fail", "container": {"image": "x", "command": [str(probe), "step", "exit", "3"]}},
@@ -211,7 +211,8 @@ def test_executor_kills_a_forked_step_and_its_group_at_the_deadline(
     assert sleeper["phase"] == "Failed"
     assert sleeper["message"] == "Pod was active on the node longer than the specified deadline"
     grandchild = int(sleeper["outputs"]["result"])
-    assert not _alive(grandchild)
+    _wait_gone(grandchild)
+    assert not _alive(grandchild), f"{grandchild}, started by the timed-out step, is still running"
     assert failer["phase"] == "Failed"
     assert failer["outputs"]["exitCode"] == "3"
     assert failer["outputs"]["result"] == "out"
@@ -244,11 +245,41 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
         os.kill(grandchild, signal.SIGKILL)  # orphaned with its step's group, like any step's child
     assert servers, "the fork server was not a child of the executor"
     for pid in [step_pid, *servers]:
-        for _ in range(200):
-            if not _alive(pid):
-                break
-            time.sleep(0.05)
+        _wait_gone(pid)
         assert not _alive(pid), f"process {pid} outlived the executor"
+
+
+def test_preloading_leaves_cuda_threads_and_determinism_to_each_step() -> None:
+    """What the real server imports starts no Python thread, no CUDA, no deterministic mode."""
+    code = (
+        "import json, sys, threading\n"
+        "from pipelines.local import forkserver\n"
+        "problem = forkserver._preload(forkserver.PRELOAD)\n"
+        "import torch\n"
+        "print(json.dumps({'problem': problem, 'threads': threading.active_count(),\n"
+        "    'cuda': torch.cuda.is_initialized(),\n"
+        "    'deterministic': torch.are_deterministic_algorithms_enabled(),\n"
+        "    'loaded': all(m in sys.modules for m in ('torch', 'mlflow', 'steps.cli', 'torch.export'))}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report == {"problem": "", "threads": 1, "cuda": False, "deterministic": False, "loaded": True}
+
+
+def test_steps_run_as_normal_processes_once_the_server_is_gone(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path
+) -> None:
+    assert server.pid is not None
+    os.kill(server.pid, signal.SIGKILL)
+    end = time.monotonic() + 10
+    while server.ready and time.monotonic() < end:  # until the executor has seen the server end
+        time.sleep(0.05)
+    assert not server.ready
+    assert (
+        server.spawn([str(probe), "step", "exit", "0"], env=dict(os.environ), cwd=str(tmp_path), stderr=2)
+        is None
+    )
 
 
 @pytest.mark.slow
@@ -300,3 +331,10 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_gone(pid: int, seconds: float = 10.0) -> None:
+    """Give a process that has been sent SIGKILL the moment it takes to die (a bounded wait)."""
+    end = time.monotonic() + seconds
+    while _alive(pid) and time.monotonic() < end:
+        time.sleep(0.05)

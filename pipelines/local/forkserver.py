@@ -25,8 +25,9 @@ Only what the server can serve is forked (:func:`popen` runs everything else as 
 Safety: the server never initialises CUDA, torch's intra-/inter-op thread pools or deterministic mode
 (each step's ``configure`` sets threads and determinism itself); it refuses to serve (and every step runs
 as a normal process) if a preload started a Python thread or CUDA. Native threads that libraries start at
-load and that are fork-safe through ``pthread_atfork`` (OpenBLAS's workers, pyarrow's jemalloc) are
-allowed, as with ``multiprocessing``'s fork start method. Forked children share the server's hash seed
+load and make fork-safe with their own ``pthread_atfork`` handlers (OpenBLAS's workers, the jemalloc
+background thread of pyarrow, which ``import mlflow`` loads through pandas) are allowed, as they are under
+``multiprocessing``'s fork start method. Forked children share the server's hash seed
 and the preloaded module state; ``random`` and numpy's global generator are reseeded and ``tempfile``
 forgets its cached directory in each child.
 
@@ -78,6 +79,8 @@ PRELOAD = (
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.pytorch",  # finalize logs the model with it
     "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
+    # the installed-packages map MLflow builds to check a logged model's requirements (seconds)
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     "pipelines.cli",
     "steps.cli",
     "steps.frameworks.torch_backend",
@@ -89,7 +92,8 @@ PRELOAD = (
     "steps.step_finalize",
     "steps.tracking",
 )
-"""Modules the server imports before forking (those not installed are skipped)."""
+"""Modules the server imports before forking, or ``module:function`` to call once imported (what is not
+installed, or fails, is skipped: the step then pays for it itself)."""
 
 _STARTUP_PREFIXES = (
     "PYTHON",
@@ -200,13 +204,15 @@ class ForkServer:
         self.entry = entry
         self.preload = tuple(preload)
         self.forked = 0  # steps forked so far (tests and benchmarks read it)
+        self.pid: int | None = None  # the server process
         self.failure: str | None = None
         self._ready = threading.Event()
         self._finished = threading.Event()
-        self._stop = threading.Event()
         self._settled = threading.Event()  # ready or finished
         self._lock = threading.Lock()
-        self._control: socket.socket | None = None
+        self._control: socket.socket | None = None  # set while serving
+        self._socket: socket.socket | None = None  # our end of the control socket, from the start
+        self._closing = False
         # the thread that starts the server lives as long as the server may: PR_SET_PDEATHSIG fires
         # when the creating thread (not the process) ends
         self._keeper = threading.Thread(target=self._keep, name="argofl-forkserver", daemon=True)
@@ -224,6 +230,8 @@ class ForkServer:
     def _keep(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         log = tempfile.TemporaryFile()  # noqa: SIM115 - the server's own stderr (import warnings, a crash)
+        with self._lock:
+            self._socket = ours
         code = (
             "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); "
             "from pipelines.local.forkserver import _serve; "
@@ -257,20 +265,29 @@ class ForkServer:
             log.close()
             return
         theirs.close()
+        self.pid = proc.pid
         try:
-            hello = ours.recv(4096)
-            if hello == b"ready":
-                self._control = ours
+            try:
+                hello = ours.recv(4096)
+            except OSError:
+                hello = b""
+            with self._lock:
+                serving = hello == b"ready" and not self._closing
+                if serving:
+                    self._control = ours
+            if serving:
                 self._ready.set()
                 self._settled.set()
-                self._stop.wait()
-            else:
+                # nothing more comes from the server: this returns when it dies or close() shuts it
+                with contextlib.suppress(OSError):
+                    ours.recv(1)
+            elif not self._closing:
                 self.failure = hello.decode(errors="replace") or "exited while importing"
         finally:
             self._finished.set()
             self._settled.set()
             with self._lock:
-                self._control = None
+                self._control = self._socket = None
                 ours.close()  # the server sees the end of its control socket and exits
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
@@ -285,7 +302,11 @@ class ForkServer:
 
     def close(self) -> None:
         """Stop the server (its running children get SIGKILL) and wait for it."""
-        self._stop.set()
+        with self._lock:
+            self._closing = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
         self._keeper.join(timeout=15)
 
     def serves(self, argv: Sequence[str], env: Mapping[str, str]) -> bool:
@@ -446,9 +467,12 @@ def _preload(modules: Sequence[str]) -> str:
     import importlib
 
     for name in modules:
+        module, _, function = name.partition(":")
         try:
-            importlib.import_module(name)
-        except ImportError:
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception:  # a warm-up that fails is only a missed saving
             continue
     if threading.active_count() != 1:
         names = sorted(t.name for t in threading.enumerate())
@@ -513,6 +537,13 @@ def _fork_step(
             _become_step(server_pid, channel, stdout_fd, stderr_fd, server_fds, env, cwd)
             sys.argv = [serving[0], *argv[1:]]
             code = _run_main(serving[1], argv[1:])
+        except BaseException:  # setting up the step failed (a Popen would not have started it)
+            with contextlib.suppress(BaseException):
+                import traceback
+
+                traceback.print_exc()
+                sys.stderr.flush()
+            code = 127
         finally:
             os._exit(code)
     os.close(stdout_fd)
