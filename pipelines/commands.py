@@ -305,8 +305,11 @@ def resume_cmd(
         manifest = resubmission_manifest(old, start, resume)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
+    phase = str(status.get("phase") or "?")
+    if phase == "Running":  # not locked: its executor was killed before it could record the end
+        phase = "stopped (its executor was killed)"
     click.echo(
-        f"{name} {status.get('phase', '?')}: last completed round {last if last is not None else 'none'}; "
+        f"{name} {phase}: last completed round {last if last is not None else 'none'}; "
         f"resuming from round {start}" + (f" ({resume})" if resume else "")
     )
     if parallelism is None:

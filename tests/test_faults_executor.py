@@ -146,11 +146,11 @@ def _store_snapshot(ws: Path) -> dict[str, tuple[int, int]]:
     }
 
 
-def _resume(ws: Path, run_dir: Path) -> str:
+def _resume(ws: Path, run_dir: Path, was: str) -> str:
     before = _runs(ws)
     code, out = _run(ws, "resume", str(run_dir.relative_to(ws)))
     assert code == 0, out
-    assert "resuming from round 2" in out, out
+    assert f"{run_dir.name} {was}: last completed round 1; resuming from round 2" in out, out
     (new,) = _runs(ws) - before
     return new.name
 
@@ -222,7 +222,7 @@ def test_sigkill_of_the_executor_leaves_nothing_running_and_resumes_byte_identic
     snapshot = _store_snapshot(workspace)
     threading.Event().wait(2.0)
     assert _store_snapshot(workspace) == snapshot, "something still writes into the store"
-    resumed = _resume(workspace, run_dir)
+    resumed = _resume(workspace, run_dir, "stopped (its executor was killed)")
     assert _final_bytes(workspace, resumed) == undisturbed
 
 
@@ -251,5 +251,5 @@ def test_sigint_of_the_executor_ends_the_run_with_final_phases_and_resumes_byte_
     with sqlite3.connect(workspace / "mlflow.db") as db:
         (state,) = db.execute("SELECT status FROM runs WHERE name = ?", (run_dir.name,)).fetchone()
     assert state == "FAILED"
-    resumed = _resume(workspace, run_dir)
+    resumed = _resume(workspace, run_dir, "Failed")
     assert _final_bytes(workspace, resumed) == undisturbed

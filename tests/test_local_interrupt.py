@@ -236,3 +236,36 @@ def test_steps_refused_after_an_interrupt_give_their_pod_slot_back(tmp_path: Pat
     assert proc.returncode == 130
     phases = {n["displayName"]: n["phase"] for n in status["nodes"].values()}
     assert phases == {name: "Failed", "nap": "Failed", "queued": "Failed", "after": "Failed"}, phases
+
+
+def test_a_second_signal_stops_the_exit_handler_too(tmp_path: Path) -> None:
+    manifest: dict[str, Any] = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "slow-exit-"},
+        "spec": {
+            "entrypoint": "nap",
+            "onExit": "nap",
+            "templates": [{"name": "nap", "container": {"image": "x", "command": ["sleep", "600"]}}],
+        },
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(manifest))
+    proc = subprocess.Popen(
+        [*ARGOFL, "local", "run", "s.yaml", "--json"], cwd=tmp_path, env=argofl_env(), stdout=subprocess.PIPE
+    )
+    wait_for(lambda: any((tmp_path / "runs" / "local").glob("*/status.json")), "the run directory")
+    run_dir = next((tmp_path / "runs" / "local").glob("*/status.json")).parent
+    wait_for(lambda: len(run_processes(run_dir.name)) == 1, "the step to start")
+    proc.send_signal(signal.SIGINT)
+
+    def exit_handler_running() -> bool:
+        nodes = (json.loads((run_dir / "status.json").read_text()).get("nodes") or {}).values()
+        return any(n["name"].endswith(".onExit") and n["phase"] == "Running" for n in nodes)
+
+    wait_for(exit_handler_running, "the exit handler to start")
+    proc.send_signal(signal.SIGINT)
+    status = json.loads(proc.communicate(timeout=120)[0])
+    assert proc.returncode == 130
+    assert not run_processes(run_dir.name)
+    phases = {n["displayName"]: (n["phase"], n.get("message")) for n in status["nodes"].values()}
+    assert phases[f"{run_dir.name}.onExit"] == ("Failed", "stopped: executor interrupted (SIGINT)"), phases

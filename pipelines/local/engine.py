@@ -125,6 +125,8 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
                     self.finished_at = time.time()
             raise
         finally:
+            if self._exit_grace is not None:
+                self._exit_grace.cancel()
             with self._dirty:
                 self._stop_writer = True
                 self._dirty.notify()

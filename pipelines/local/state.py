@@ -127,6 +127,7 @@ class WorkflowState(ABC):
         self.interrupted: str | None = None  # the message nodes end with after interrupt()
         self.hard_stopped = False  # a second interrupt: the exit handler is stopped too
         self._interrupt_event = threading.Event()
+        self._exit_grace: threading.Timer | None = None
         self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
         self._dirty = threading.Condition()
         self._dirty_flag = False
@@ -416,11 +417,11 @@ class WorkflowState(ABC):
             targets = [pod for pod, on_exit in self.pods.values() if hard or not on_exit]
         self._interrupt_event.set()
         if first and not hard:
-            timer = threading.Timer(
+            self._exit_grace = threading.Timer(
                 EXIT_HANDLER_GRACE_SECONDS, self.interrupt, args=(message,), kwargs={"hard": True}
             )
-            timer.daemon = True
-            timer.start()
+            self._exit_grace.daemon = True
+            self._exit_grace.start()
         threads = [
             threading.Thread(target=pod.stop, args=("interrupted",), name="interrupt", daemon=True)
             for pod in targets
