@@ -117,7 +117,7 @@ def test_aggregate_logs_the_rounds_metrics_on_retry_after_mlflow_failed(env, mon
     retried = CliRunner().invoke(step_cli, ["aggregate", "--run-key", run_key, "--round", "1"])
     assert retried.exit_code == 0, retried.output
     assert tracking.has_metric(out["mlflow-run-id"], "clients_aggregated", step=1)
-    assert tracking.has_metric(out["mlflow-run-id"], "client_0_train_loss", step=1)
+    assert tracking.has_metric(out["mlflow-run-id"], "client_train_loss_mean", step=1)
     # once logged, a further retry logs nothing twice
     step_aggregate.run(run_key=run_key, round=1)
     from mlflow.tracking import MlflowClient
@@ -161,7 +161,7 @@ def test_an_unexpected_exception_is_one_error_line_and_exit_1(env, monkeypatch):
     def boom(**_: Any) -> None:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(step_distribute, "run", boom)
+    monkeypatch.setattr(step_distribute, "plan_round", boom)
     result = CliRunner().invoke(step_cli, ["distribute", "--run-key", "x/y", "--round", "1"])
     assert result.exit_code == 1
     assert _errors(result.output) == ["error: ZeroDivisionError: division by zero"]
