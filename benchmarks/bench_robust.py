@@ -24,8 +24,10 @@ from typing import Any
 
 from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
 from steps.checkpoint import load_manifest
+from steps.frameworks.base import TrainingDiverged
 from steps.runinfo import RunLayout
 from steps.settings import Settings
+from steps.step_aggregate import NotEnoughUpdates
 from steps.store import open_store
 
 
@@ -66,19 +68,29 @@ def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, stor
     run_key = f"bench-robust/{name}"
     started = time.perf_counter()
     step_init.run(s, run_key=run_key, workflow_name=name, workflow_uid=name)
-    accuracy = []
+    accuracy: list[float] = []
+    failed_round = None
     for r in range(1, s.rounds + 1):
         for group in step_distribute.run(run_key=run_key, round=r):
-            step_train.run(run_key=run_key, round=r, clients=group)
-        step_aggregate.run(run_key=run_key, round=r)
+            try:  # as in a workflow: a client whose training diverges fails; min_clients decides
+                step_train.run(run_key=run_key, round=r, clients=group)
+            except TrainingDiverged:
+                pass
+        try:
+            step_aggregate.run(run_key=run_key, round=r)
+        except NotEnoughUpdates:
+            failed_round = r
+            break
         accuracy.append(round(step_evaluate.run(run_key=run_key, round=r)["accuracy"], 4))
-    metrics = load_manifest(open_store(store_uri), RunLayout(run_key).global_key(s.rounds)).metrics
+    last = s.rounds if failed_round is None else failed_round - 1
+    metrics = load_manifest(open_store(store_uri), RunLayout(run_key).global_key(last)).metrics
     row = {
         "row": name,
         "strategy": s.strategy,
         "attack": f"{s.attack} ×{s.attack_scale:g} by {s.attack_clients}" if s.attack != "none" else "none",
-        "final_accuracy": accuracy[-1],
+        "final_accuracy": accuracy[-1] if accuracy else None,
         "accuracy_per_round": accuracy,
+        "failed_in_round": failed_round,
         "seconds": round(time.perf_counter() - started, 1),
     }
     if "dp_epsilon" in metrics:
@@ -98,7 +110,11 @@ def table(rows: list[dict[str, Any]]) -> str:
             row["row"] if row["strategy"] != "dp-fedavg" else f"dp-fedavg z={row['noise_multiplier']:g}"
         )
         epsilon = f"{row['epsilon']:.2f}" if "epsilon" in row else "—"
-        lines.append(f"| {strategy} | {row['attack']} | {row['final_accuracy']:.4f} | {epsilon} |")
+        if row.get("failed_in_round"):  # every honest client diverged: the workflow would fail there
+            outcome = f"run fails in round {row['failed_in_round']} (clients diverge)"
+        else:
+            outcome = f"{row['final_accuracy']:.4f}"
+        lines.append(f"| {strategy} | {row['attack']} | {outcome} | {epsilon} |")
     return "\n".join(lines)
 
 
