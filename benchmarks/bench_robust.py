@@ -14,6 +14,7 @@ store, exactly as a workflow's pods run them (one after another).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -72,10 +73,9 @@ def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, stor
     failed_round = None
     for r in range(1, s.rounds + 1):
         for group in step_distribute.run(run_key=run_key, round=r):
-            try:  # as in a workflow: a client whose training diverges fails; min_clients decides
+            # as in a workflow: a client whose training diverges fails; min_clients decides
+            with contextlib.suppress(TrainingDiverged):
                 step_train.run(run_key=run_key, round=r, clients=group)
-            except TrainingDiverged:
-                pass
         try:
             step_aggregate.run(run_key=run_key, round=r)
         except NotEnoughUpdates:
