@@ -9,7 +9,7 @@ A ``daemon`` template returns once its ``readinessProbe`` passes and keeps runni
 until it exits or its boundary finishes.
 
 Local approximations: the image is ignored and ``python``/``python3`` run the current interpreter; a daemon
-gets a loopback address (``127.0.0.2`` upwards) as its pod IP; ``env[].valueFrom.fieldRef`` knows
+gets a loopback address of its own as its pod IP (:mod:`.addresses`); ``env[].valueFrom.fieldRef`` knows
 ``status.podIP``, ``metadata.name``, ``metadata.namespace`` and ``spec.nodeName`` (``localhost``);
 ``secretKeyRef``/``configMapKeyRef`` read the environment variable of the same name (``env=`` first, then
 this process's environment).
@@ -18,7 +18,6 @@ this process's environment).
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 import sys
@@ -48,12 +47,7 @@ class PodRunner(WorkflowState):
     """Runs container and script templates as host processes."""
 
     def _allocate_ip(self) -> str:
-        with self.lock:
-            ip = str(ipaddress.IPv4Address(self._next_ip))
-            self._next_ip += 1
-            if self._next_ip > int(ipaddress.IPv4Address("127.255.255.254")):
-                self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
-        return ip
+        return self.addresses.allocate()
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
         env = dict(os.environ)

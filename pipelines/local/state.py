@@ -11,7 +11,6 @@ stopped when their boundary (or the workflow) finishes. :class:`Call` is one tem
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.local.addresses import AddressPool
 from pipelines.local.errors import LocalExecutorError
 from pipelines.local.expressions import go_json
 from pipelines.local.model import Node, node_id, rfc3339
@@ -111,7 +111,7 @@ class WorkflowState(ABC):
         self.output_params: list[dict[str, Any]] = []
         self.output_artifacts: list[dict[str, Any]] = []
         self.daemons: dict[str, Daemon] = {}
-        self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
+        self.addresses = AddressPool()
         self._dirty = threading.Condition()
         self._dirty_flag = False
         self._stop_writer = False
