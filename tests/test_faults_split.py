@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,7 +127,7 @@ class _KillServer:
             return
         with self.lock:
             if self.killed is None:
-                pid = _server_pid(str(node["name"]).split(".")[0], self.round)
+                pid = _server_pid(re.split(r"[.\[]", str(node["name"]))[0], self.round)
                 if pid is not None:
                     os.kill(pid, signal.SIGKILL)
                     self.killed = pid
