@@ -28,6 +28,8 @@ from pipelines.workflow_parts import (
     common_parameters,
     experiment_steps,
     finish_and_finalize,
+    resume_args,
+    resume_parameters,
     step_container,
     work_resources,
     workflow_settings,
@@ -51,8 +53,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
         *(Parameter(name=k, value=v) for k, v in settings.items()),
         *(Parameter(name=k, value=v) for k, v in data.items()),
         *common_parameters(c),
-        Parameter(name="start-round", value="1", description="first round to run (resubmissions)"),
-        Parameter(name="resume-from", value="", description="<experiment>/<run> a resubmission continues"),
+        *resume_parameters(),
     ]
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
@@ -77,10 +78,7 @@ def build_workflow(cfg: ExperimentConfig) -> Workflow:
                 "{{workflow.name}}",
                 "--workflow-uid",
                 "{{workflow.uid}}",
-                "--start-round",
-                wp("start-round"),
-                "--resume-from",
-                wp("resume-from"),
+                *resume_args(),
             ]
             + [a for k in settings for a in ("--param", f"{k}={wp(k)}")]
             + [a for k in data for a in ("--data", f"{k.removeprefix('data-')}={wp(k)}")],

@@ -41,14 +41,16 @@ from pipelines.workflow_parts import (
     common_parameters,
     experiment_steps,
     finish_and_finalize,
+    resume_args,
+    resume_parameters,
     step_container,
     work_resources,
     workflow_settings,
     wp,
 )
 from steps.labels import client_sequence_format
-from steps.settings import Settings, SettingsError
-from steps.split.settings import SPLIT_STRATEGY_NOTE, SplitOptions
+from steps.settings import Settings, SettingsError, param_name
+from steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
 
 __all__ = ["SplitExperimentConfig", "build_split_workflow", "split_config"]
 
@@ -98,11 +100,13 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
     if not isinstance(cfg, SplitExperimentConfig):
         raise ConfigError(f"{cfg.name}: not a split-learning config (kind: split)")
     c, o = cfg.cluster, cfg.split
-    settings = cfg.settings.to_params()
+    unused = {param_name(k) for k in UNUSED_SETTINGS}
+    settings = {k: v for k, v in cfg.settings.to_params().items() if k not in unused}
     arguments = (
         [Parameter(name=k, value=v) for k, v in settings.items()]
         + [Parameter(name=_param(k), value=str(getattr(o, k))) for k in SPLIT_PARAMS]
         + common_parameters(c)
+        + resume_parameters()
     )
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
@@ -133,6 +137,7 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 f"mode={o.mode}",
                 "--split",
                 f"port={port}",
+                *resume_args(),
             ]
             + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={wp(_param(k))}")]
             + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
@@ -152,7 +157,19 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
             # exec, not httpGet: httpGet.port is an IntOrString that Argo's schema wants as a string, which
             # Kubernetes would then read as a (invalid) port name; the command GETs /healthz itself.
             readiness_probe=Probe(
-                exec=ExecAction(command=["argofl", "step", "split-health", "--port", str(port)]),
+                exec=ExecAction(
+                    command=[
+                        "argofl",
+                        "step",
+                        "split-health",
+                        "--port",
+                        str(port),
+                        "--run-key",
+                        RUN_KEY,
+                        "--round",
+                        "{{inputs.parameters.round}}",
+                    ]
+                ),
                 initial_delay_seconds=1,
                 period_seconds=2,
                 timeout_seconds=2,
@@ -181,10 +198,10 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
         evaluate = step_container(
             cfg,
             "evaluate",
-            "Bottom ∪ top of the round → global model; test metrics",
-            round_arg,
+            "Bottom ∪ top of the round → global model; test metrics (fails at once if the server is gone)",
+            [*round_arg, "--server", "{{inputs.parameters.server}}"],
             command="split-evaluate",
-            inputs=round_in,
+            inputs=[*round_in, Parameter(name="server")],
             outputs=("loss", "accuracy"),
         )
         finalize = finish_and_finalize(cfg)
@@ -249,9 +266,11 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
             Task(
                 name="evaluate",
                 template=evaluate,
-                arguments=r,
+                arguments={**r, "server": server_url},
                 depends="clients.Succeeded || clients.Failed || clients.Errored",
             )
 
-        experiment_steps("split", init=init, round_dag=round_dag, finalize=finalize, start_round="1")
+        experiment_steps(
+            "split", init=init, round_dag=round_dag, finalize=finalize, start_round=wp("start-round")
+        )
     return wf

@@ -37,6 +37,7 @@ __all__ = [
     "outputs_of",
     "parameters_of",
     "resubmission_manifest",
+    "resume_problem",
     "round_views",
     "set_parameters",
     "step_line",
@@ -266,11 +267,36 @@ def set_parameters(
 _KEEP_ANNOTATIONS = ("workflows.argoproj.io/description", "workflows.argoproj.io/title")
 
 
+_RESUME_PARAMETERS = ("start-round", "resume-from")
+
+
+def resume_problem(workflow: Mapping[str, Any]) -> str | None:
+    """Why ``workflow`` cannot continue from a later round (None when it can).
+
+    It can when its templates use the ``start-round`` and ``resume-from`` parameters (the round loop
+    starts at one, init copies the earlier run's state from the other); setting them on a workflow that
+    ignores them would silently rerun it from round 1."""
+    templates = json.dumps((workflow.get("spec") or {}).get("templates") or [])
+    missing = [p for p in _RESUME_PARAMETERS if "{{workflow.parameters." + p + "}}" not in templates]
+    if not missing:
+        return None
+    name = (workflow.get("metadata") or {}).get("name") or "the workflow"
+    return (
+        f"{name} cannot resume from a later round: its templates do not use the parameter(s) "
+        f"{', '.join(missing)} (a kind that cannot resume, or compiled by an older argofl); "
+        "nothing was submitted; recompile its config and submit it again"
+    )
+
+
 def resubmission_manifest(old: Mapping[str, Any], start_round: int, resume_from: str) -> dict[str, Any]:
     """A new workflow from ``old``'s spec continuing at ``start_round`` from run ``resume_from``.
 
     Keeps the user's labels and annotations (not the ones the controller manages), drops ``status`` and
-    server-assigned metadata, and uses ``generateName`` so the server picks a fresh name."""
+    server-assigned metadata, and uses ``generateName`` so the server picks a fresh name. A workflow that
+    cannot resume (:func:`resume_problem`) raises :class:`ClusterError`."""
+    problem = resume_problem(old)
+    if problem is not None:
+        raise ClusterError(problem)
     meta = old.get("metadata") or {}
     name = str(meta.get("name") or "")
     generate = meta.get("generateName") or (re.sub(r"-[a-z0-9]{5}$", "", name) + "-" if name else "argofl-")
@@ -296,7 +322,7 @@ def resubmission_manifest(old: Mapping[str, Any], start_round: int, resume_from:
     set_parameters(
         manifest,
         {"start-round": str(start_round), "resume-from": resume_from},
-        add=("start-round", "resume-from"),
+        add=_RESUME_PARAMETERS,
     )
     return manifest
 

@@ -31,6 +31,7 @@ from pipelines.cluster import (
     outputs_of,
     parameters_of,
     resubmission_manifest,
+    resume_problem,
     round_views,
     set_parameters,
     step_line,
@@ -325,6 +326,9 @@ def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) ->
     )
     if not experiment:
         raise CommandError(f"workflow {name} has no 'experiment' parameter; is it an argofl workflow?")
+    problem = resume_problem(old)
+    if problem is not None:  # never "resubmit" a workflow whose rounds would silently start over
+        raise CommandError(problem)
     _apply_overrides(resubmission_manifest(old, 1, ""), overrides)  # bad -p values fail before anything
     last = last_completed_round(status)
     total = _total_rounds({**params, **overrides})

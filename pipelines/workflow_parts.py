@@ -51,6 +51,8 @@ __all__ = [
     "finish_and_finalize",
     "output_args",
     "output_params",
+    "resume_args",
+    "resume_parameters",
     "step_container",
     "work_resources",
     "workflow_settings",
@@ -200,6 +202,19 @@ def common_parameters(c: ClusterOptions) -> list[Parameter]:
             description="MLflow UI address as browsers reach it, for the run link (mlflow-run-url output)",
         ),
     ]
+
+
+def resume_parameters() -> list[Parameter]:
+    """``start-round`` and ``resume-from``: where a resubmitted workflow continues (init copies its state)."""
+    return [
+        Parameter(name="start-round", value="1", description="first round to run (resubmissions)"),
+        Parameter(name="resume-from", value="", description="<experiment>/<run> a resubmission continues"),
+    ]
+
+
+def resume_args() -> list[str]:
+    """init's arguments for :func:`resume_parameters`; the round loop starts at ``wp("start-round")``."""
+    return ["--start-round", wp("start-round"), "--resume-from", wp("resume-from")]
 
 
 def workflow_settings(cfg: ExperimentConfig, *, entrypoint: str, description: str) -> dict[str, Any]:

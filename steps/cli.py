@@ -58,6 +58,15 @@ class RoundType(click.ParamType):
         return number
 
 
+def _resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--resume-from", default="", help="<experiment>/<run> a resubmission continues from.")(
+        fn
+    )
+    return click.option(
+        "--start-round", type=click.IntRange(min=1), default=1, help="First round (resubmissions)."
+    )(fn)
+
+
 def _round_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--round", "round_", type=RoundType(), required=True, help="Round number or label ('round 3')."
@@ -146,8 +155,7 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
-@click.option("--start-round", type=click.IntRange(min=1), default=1, help="First round (resubmissions).")
-@click.option("--resume-from", default="", help="<experiment>/<run> a resubmission continues from.")
+@_resume_options
 @_outputs_option
 def init_cmd(
     params: dict[str, str],
@@ -310,6 +318,7 @@ def finish_cmd(run_key: str, status: str) -> None:
 @_run_key_option
 @click.option("--workflow-name", required=True)
 @click.option("--workflow-uid", default="")
+@_resume_options
 @_outputs_option
 def split_init_cmd(
     params: dict[str, str],
@@ -317,6 +326,8 @@ def split_init_cmd(
     run_key: str,
     workflow_name: str,
     workflow_uid: str,
+    start_round: int,
+    resume_from: str,
     outputs: tuple[str, ...],
 ) -> None:
     """Split learning: init (round-0 model, MLflow run), plus the split options and the run token."""
@@ -327,7 +338,13 @@ def split_init_cmd(
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
         options = SplitOptions.from_mapping(split, where="workflow parameters", strings=True)
         result = split_steps.init(
-            settings, options, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid
+            settings,
+            options,
+            run_key=run_key,
+            workflow_name=workflow_name,
+            workflow_uid=workflow_uid,
+            start_round=start_round,
+            resume_from=resume_from,
         )
         _write_outputs(outputs, result)
 
@@ -368,26 +385,49 @@ def split_client_cmd(
 @step.command("split-evaluate")
 @_run_key_option
 @_round_option
+@click.option(
+    "--server", "server_url", default=None, help="http://HOST:PORT of the round's server (fail fast if gone)."
+)
 @_outputs_option
-def split_evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
+def split_evaluate_cmd(run_key: str, round_: int, server_url: str | None, outputs: tuple[str, ...]) -> None:
     """Split learning: reassemble bottom + top of the round and evaluate it on the test set."""
     from steps.split import steps as split_steps
 
-    _guard(lambda: _write_outputs(outputs, split_steps.evaluate(run_key=run_key, round=round_)))
+    _guard(
+        lambda: _write_outputs(
+            outputs, split_steps.evaluate(run_key=run_key, round=round_, server_url=server_url)
+        )
+    )
 
 
 @step.command("split-health")
 @click.option("--port", type=click.IntRange(1, 65535), required=True)
 @click.option("--host", default=None, help="Default: $POD_IP, else 127.0.0.1.")
-def split_health_cmd(port: int, host: str | None) -> None:
-    """Readiness probe of the split server: exit 0 when GET /healthz answers 200."""
+@click.option("--run-key", default=None, help="Ready only when the server is this run's (and --round's).")
+@click.option("--round", "round_", type=RoundType(), default=None, help="The round it must serve.")
+def split_health_cmd(port: int, host: str | None, run_key: str | None, round_: int | None) -> None:
+    """Readiness probe of the split server: exit 0 when GET /healthz answers 200 (with --run-key: from
+    this run's server of --round, serving)."""
     import os
     import urllib.request
 
     address = host or os.environ.get("POD_IP") or "127.0.0.1"
+    url = f"http://{address}:{port}"
+    if run_key is None:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                ok = response.status == 200
+        except OSError:
+            ok = False
+        sys.exit(0 if ok else 1)
+    from steps.runinfo import store_from_env
+    from steps.split.client import probe
+    from steps.split.steps import load_token
+
     try:
-        with urllib.request.urlopen(f"http://{address}:{port}/healthz", timeout=2) as response:
-            ok = response.status == 200
-    except OSError:
-        ok = False
-    sys.exit(0 if ok else 1)
+        token = load_token(store_from_env(), run_key)
+        state = probe(url, run=run_key, round=round_ or 0, token=token, timeout=2)
+    except Exception as exc:  # a probe: whatever fails (store, token, server) means "not ready"
+        click.echo(f"not ready: {exc}", err=True)
+        sys.exit(1)
+    sys.exit(0 if state == "serving" else 1)

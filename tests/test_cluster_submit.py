@@ -169,9 +169,11 @@ class StatusBuilder:
         return out
 
 
-def old_workflow(name: str, outcomes: list[str], phase: str, total: int | None = None) -> dict[str, Any]:
+def old_workflow(
+    name: str, outcomes: list[str], phase: str, total: int | None = None, config: Path = CONFIG
+) -> dict[str, Any]:
     """The compiled manifest as the server returns it after running: name, labels, a status."""
-    workflow = compiled()
+    workflow = manifest_for(load_config(config))
     total = total or len(outcomes)
     for p in workflow["spec"]["arguments"]["parameters"]:
         if p["name"] == "rounds":
@@ -515,6 +517,44 @@ def test_resubmit_with_no_completed_round_starts_where_the_old_one_did(
     assert result.exit_code == 0, result.output
     got = params(argo.posts()[0].body["workflow"])
     assert (got["start-round"], got["resume-from"]) == ("1", "")
+
+
+def test_resubmit_continues_a_split_workflow_from_its_next_round(argo: FakeArgo, env: dict[str, str]) -> None:
+    name = "split-fmnist-torch-old07"
+    config = ROOT / "configs" / "split-fmnist-torch.yaml"
+    argo.workflows[name] = [old_workflow(name, ["done", "done", "failed"], "Failed", total=4, config=config)]
+    result = invoke(["resubmit", name], env)
+    assert result.exit_code == 0, result.output
+    new = argo.posts()[0].body["workflow"]
+    assert (params(new)["start-round"], params(new)["resume-from"]) == ("3", f"split-fmnist-torch/{name}")
+    templates = {t["name"]: t for t in new["spec"]["templates"]}
+    [loop] = [s for group in templates["split"]["steps"] for s in group if s["name"] == "round"]
+    assert loop["withSequence"]["start"] == "{{workflow.parameters.start-round}}"
+    init_args = templates["split-init"]["container"]["args"]
+    assert init_args[init_args.index("--resume-from") + 1] == "{{workflow.parameters.resume-from}}"
+    assert not {"strategy", "server-lr"} & set(params(new))  # split refuses them: not parameters
+
+
+def test_resubmit_refuses_a_workflow_whose_rounds_would_start_over(
+    argo: FakeArgo, env: dict[str, str]
+) -> None:
+    # a split workflow compiled before split runs could resume: its round loop starts at 1, always
+    name = "split-fmnist-torch-old08"
+    config = ROOT / "configs" / "split-fmnist-torch.yaml"
+    old = old_workflow(name, ["done", "failed"], "Failed", total=3, config=config)
+    text = json.dumps(old).replace('"{{workflow.parameters.start-round}}"', '"1"')
+    text = text.replace('"--resume-from", "{{workflow.parameters.resume-from}}", ', "")
+    old = json.loads(text)
+    old["spec"]["arguments"]["parameters"] = [
+        p for p in old["spec"]["arguments"]["parameters"] if p["name"] not in ("start-round", "resume-from")
+    ]
+    argo.workflows[name] = [old]
+    result = invoke(["resubmit", name], env)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {name} cannot resume from a later round")
+    assert "start-round, resume-from" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert argo.posts() == []
 
 
 # ------------------------------------------------------------------------------------------- client

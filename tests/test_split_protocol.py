@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +23,10 @@ from tests.require import require_module
 torch = require_module("torch")
 
 from steps.frameworks import get_backend  # noqa: E402
-from steps.split.client import SplitClient, SplitClientError, train_split  # noqa: E402
+from steps.split.client import ServerGone, SplitClient, SplitClientError, probe, train_split  # noqa: E402
 from steps.split.server import SplitServer, SplitServerError  # noqa: E402
 from steps.split.torch_split import TorchBottom, TorchTop, activation_shape, split_model  # noqa: E402
-from steps.split.wire import decode, encode  # noqa: E402
+from steps.split.wire import decode, encode, token_fingerprint  # noqa: E402
 
 TOKEN = "test-token-1234"
 SHAPE = (28, 28, 1)
@@ -115,11 +116,69 @@ def test_one_client_split_equals_centralized_training(one_client):
     assert result.clients == ["0"]
 
 
-def test_healthz_needs_no_token(one_client):
+def test_healthz_needs_no_token_and_tells_whose_server_it_is_without_the_token():
+    _x, y = _data(32)
+    server, _ = _server(y, np.zeros(len(y), np.int64), clients=["0"], mode="vanilla", run="e/run-a", round=2)
+    try:
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
+            assert response.status == 200
+            raw = response.read()
+        assert json.loads(raw) == {
+            "status": "serving",
+            "run": "e/run-a",
+            "round": 2,
+            "token": token_fingerprint(TOKEN),
+        }
+        assert TOKEN.encode() not in raw
+    finally:
+        server.close()
+
+
+def test_a_client_meeting_a_server_of_another_run_fails_fast_naming_it():
+    _x, y = _data(32)
+    server, _ = _server(y, np.zeros(len(y), np.int64), clients=["0"], mode="vanilla", run="e/run-a", round=1)
+    try:
+        assert probe(server.url, run="e/run-a", round=1, token=TOKEN) == "serving"
+        mine = SplitClient(server.url, TOKEN, client="0", timeout=5)
+        mine.check_server(run="e/run-a", round=1)
+        with pytest.raises(SplitClientError, match=r"is not run e/run-b's server .*'e/run-a'") as info:
+            mine.check_server(run="e/run-b", round=1)
+        assert server.url in str(info.value)
+        assert "\n" not in str(info.value)
+        with pytest.raises(SplitClientError, match="another token"):
+            SplitClient(server.url, "a-token-of-a-rerun", client="0").check_server(run="e/run-a", round=1)
+        with pytest.raises(SplitClientError, match="round 2"):
+            mine.check_server(run="e/run-a", round=2)
+        assert all(c.seen == 0 for c in server.clients.values())
+    finally:
+        server.close()
+    with pytest.raises(ServerGone, match=f"split server {server.url} is not running"):
+        SplitClient(server.url, TOKEN, client="0", timeout=2).check_server(run="e/run-a", round=1)
+
+
+def test_after_the_round_the_server_says_ending_and_refuses_round_requests_until_closed(one_client):
     server = one_client[0]
+    server.idle_timeout = 0.1
+    with pytest.raises(SplitServerError, match="0 of 1 clients finished"):
+        server.wait(poll=0.05, close=False)
     with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as response:
-        assert response.status == 200
-        assert json.loads(response.read()) == {"status": "ok"}
+        assert json.loads(response.read())["status"] == "ending"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/octet-stream"}
+    body = encode({"activations": np.zeros((1, 32, 7, 7), np.float32), "indices": np.arange(1)})
+    code, doc = _post(f"{server.url}/v1/forward?client=0&epoch=1", body, auth)
+    assert code == 410
+    assert "over" in doc["error"]
+    code, _ = _post(f"{server.url}/v1/done?client=0", b"{}", {**auth, "Content-Type": "application/json"})
+    assert code == 410
+    assert server.clients["0"].seen == 0
+
+
+def test_stop_ends_the_round_without_a_result(one_client):
+    server = one_client[0]
+    server.idle_timeout = 3600
+    threading.Timer(0.2, server.stop, args=("stopped by SIGTERM",)).start()
+    with pytest.raises(SplitServerError, match="stopped by SIGTERM"):
+        server.wait(poll=0.05)
 
 
 @pytest.mark.parametrize(
@@ -266,3 +325,25 @@ def test_bad_cut_is_refused_with_the_layer_names():
 
     with pytest.raises(FrameworkError, match="conv1"):
         split_model(_model(), "logits")
+
+
+def test_evaluate_waits_for_a_live_server_and_fails_at_once_when_it_is_gone(tmp_path):
+    from steps.checkpoint import save_checkpoint
+    from steps.runinfo import RunError
+    from steps.split.settings import SplitOptions, token_key, top_key
+    from steps.split.steps import GONE_CHECKS, _await_top
+    from steps.store import FileStore
+
+    store, run = FileStore(tmp_path), "e/run-a"
+    store.put_bytes(token_key(run), TOKEN.encode())
+    options = SplitOptions(idle_timeout=3600)  # never the reason evaluate stops waiting
+    _x, y = _data(32)
+    server, _ = _server(y, np.zeros(len(y), np.int64), clients=["0"], mode="vanilla", run=run, round=1)
+    # alive: evaluate waits (longer than it takes to deem a dead server gone) until the half is stored
+    half = {"w": np.ones(2, np.float32)}
+    threading.Timer(GONE_CHECKS + 2.0, save_checkpoint, (store, top_key(run, 1), half), {"round": 1}).start()
+    _await_top(store, run, 1, options, server.url, 120)
+    # gone (and round 2's half never stored): evaluate gives up after a few checks, naming the server
+    server.close()
+    with pytest.raises(RunError, match=f"round 2: .*never appear.*split server {server.url} is not running"):
+        _await_top(store, run, 2, options, server.url, 120)

@@ -12,7 +12,7 @@ With a :class:`~.containers.DockerRuntime` in ``containers`` (``--runtime docker
 container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the same.
 
 Local approximations of the process runtime: the image is ignored and ``python``/``python3`` run the
-current interpreter; a daemon gets a loopback address (``127.0.0.2`` upwards) as its pod IP.
+current interpreter; a daemon gets a loopback address of its own as its pod IP (:mod:`.addresses`).
 Both runtimes: ``env[].valueFrom.fieldRef`` knows ``status.podIP``, ``metadata.name``,
 ``metadata.namespace`` and ``spec.nodeName`` (``localhost``); ``secretKeyRef``/``configMapKeyRef`` read
 the environment variable of the same name (``env=`` first, then this process's environment).
@@ -21,7 +21,6 @@ the environment variable of the same name (``env=`` first, then this process's e
 from __future__ import annotations
 
 import copy
-import ipaddress
 import json
 import os
 import sys
@@ -60,12 +59,7 @@ class PodRunner(WorkflowState):
     containers: DockerRuntime | None = None
 
     def _allocate_ip(self) -> str:
-        with self.lock:
-            ip = str(ipaddress.IPv4Address(self._next_ip))
-            self._next_ip += 1
-            if self._next_ip > int(ipaddress.IPv4Address("127.255.255.254")):
-                self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
-        return ip
+        return self.addresses.allocate()
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
         """A host process's environment: this process's, ``env=``, and the template's (paths rewritten)."""

@@ -13,7 +13,6 @@ template invocation.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipelines.local.addresses import AddressPool
 from pipelines.local.errors import LocalExecutorError
 from pipelines.local.expressions import go_json
 from pipelines.local.model import FULFILLED, Node, node_id, rfc3339
@@ -128,7 +128,7 @@ class WorkflowState(ABC):
         self.hard_stopped = False  # a second interrupt: the exit handler is stopped too
         self._interrupt_event = threading.Event()
         self._exit_grace: threading.Timer | None = None
-        self._next_ip = int(ipaddress.IPv4Address("127.0.0.2"))
+        self.addresses = AddressPool()
         self._dirty = threading.Condition()
         self._dirty_flag = False
         self._stop_writer = False

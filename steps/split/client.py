@@ -3,6 +3,10 @@
 Per batch: forward the bottom half, send the activations and the batch's training-set indices to the
 server, receive the gradient w.r.t. the activations, backpropagate it and step the bottom optimizer.
 The sample order is the one FedAvg's local training uses (:func:`steps.frameworks.base.epoch_orders`).
+
+Before training, a client checks with :func:`probe` that the server at its address is its own run's
+(run key, round and token fingerprint on ``/healthz``) and still serving: a server left behind by
+another run, or no server at all, fails the client at once with one line naming the server.
 """
 
 from __future__ import annotations
@@ -18,15 +22,57 @@ import numpy as np
 
 from steps.errors import ArgoflError
 from steps.frameworks.base import epoch_orders
-from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect
+from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SplitClient", "SplitClientError", "train_split"]
+__all__ = ["ServerGone", "SplitClient", "SplitClientError", "probe", "train_split"]
 
 
 class SplitClientError(ArgoflError, RuntimeError):
     """The server refused a request, could not be reached, or answered something malformed."""
+
+
+class ServerGone(SplitClientError):
+    """Nothing answers at the server's address."""
+
+
+def probe(url: str, *, run: str, round: int, token: str, timeout: float = 5.0) -> str:
+    """The state (``serving``, ``ending``) of run ``run``'s split server of ``round`` at ``url``.
+
+    :class:`SplitClientError` (one line naming the server) when nothing answers there, or a server of
+    another run or round does."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise SplitClientError(f"server URL {url!r} must be http://HOST:PORT")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
+    try:
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        data = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServerGone(
+            f"split server {url} is not running ({type(exc).__name__}: {exc}): the split-server step of "
+            f"round {round} failed or ended; see its log"
+        ) from None
+    finally:
+        conn.close()
+    try:
+        doc = json.loads(data) if response.status == 200 else {}
+    except ValueError:
+        doc = {}
+    if not isinstance(doc, dict):
+        doc = {}
+    theirs = (doc.get("run"), doc.get("round"), doc.get("token"))
+    if theirs != (run, round, token_fingerprint(token)):
+        seen = f"run {theirs[0]!r} round {theirs[1]!r}" if theirs[0] else f"HTTP {response.status}"
+        if theirs[:2] == (run, round):
+            seen += " with another token"
+        raise SplitClientError(
+            f"split server {url} is not run {run}'s server of round {round} (it answers as {seen}): "
+            "a server of another run holds this address; this step stops"
+        )
+    return str(doc.get("status", ""))
 
 
 class SplitClient:
@@ -42,6 +88,23 @@ class SplitClient:
         self.timeout = timeout
         self._headers = {"Authorization": f"Bearer {token}"}
         self._conn: http.client.HTTPConnection | None = None
+
+    def check_server(self, *, run: str, round: int) -> None:
+        """Fail fast unless the server at :attr:`url` is run ``run``'s, serving ``round``."""
+        token = self._headers["Authorization"].removeprefix("Bearer ")
+        for attempt in range(1, 4):
+            try:
+                state = probe(self.url, run=run, round=round, token=token, timeout=self.timeout)
+                break
+            except ServerGone:
+                if attempt == 3:
+                    raise
+                time.sleep(0.5 * attempt)
+        if state != "serving":
+            raise SplitClientError(
+                f"split server {self.url} has already ended round {round} ({state}); client {self.client} "
+                "came too late"
+            )
 
     def close(self) -> None:
         if self._conn is not None:
@@ -64,7 +127,8 @@ class SplitClient:
                     time.sleep(0.5 * attempt)
                     continue
                 raise SplitClientError(
-                    f"split server {self.url} failed on {path.split('?')[0]}: {type(exc).__name__}: {exc}"
+                    f"split server {self.url} failed on {path.split('?')[0]}: {type(exc).__name__}: {exc} "
+                    "(is its split-server step still running? see its log)"
                 ) from None
             if response.status != 200:
                 try:

@@ -2,7 +2,10 @@
 
 Endpoints (all but ``/healthz`` need ``Authorization: Bearer <run token>``: missing → 401, wrong → 403):
 
-* ``GET /healthz`` → ``{"status": "ok"}`` (the readinessProbe);
+* ``GET /healthz`` → ``{"status": "serving" | "ending", "run": RUN_KEY, "round": R, "token": FINGERPRINT}``
+  (the readinessProbe; clients and ``split-evaluate`` check that the server is their run's, see
+  :func:`steps.split.client.probe`). ``ending``: the round is over and the server is storing its half
+  (or failing); it stops listening once that is done, so a server that does not answer is gone;
 * ``POST /v1/forward?client=C&epoch=E`` — body: safetensors with ``activations`` (float32, ``(N, *cut)``)
   and ``indices`` (int64, ``(N,)``: the batch's indices in the training set, all in client C's
   partition). The server looks up the labels itself, runs the top half, steps its optimizer and
@@ -12,11 +15,13 @@ Endpoints (all but ``/healthz`` need ``Authorization: Bearer <run token>``: miss
   expected client is done (vanilla: also when the last client in turn is done) the server writes its
   half and stops.
 
-Bad input is a 4xx with ``{"error": "..."}``. The server ends on its own after ``idle_timeout``
-seconds without a request: the round completes if at least ``min_clients`` clients are done, otherwise
-the step fails with a one-line error. Modes: ``vanilla`` keeps one top half for all clients (they take
-turns); ``splitfed`` (SplitFed v1) keeps one copy of the top half per client and averages the copies of
-the finished clients, weighted by examples.
+Bad input is a 4xx with ``{"error": "..."}``; round requests after the round ended get 410. The server
+ends on its own after ``idle_timeout`` seconds without a request: the round completes if at least
+``min_clients`` clients are done, otherwise the step fails with a one-line error.
+:meth:`SplitServer.stop` (the step's SIGTERM/SIGINT handler) and the death of the process that started
+the server end it at once, without a result. Modes: ``vanilla`` keeps one top half for all clients (they
+take turns); ``splitfed`` (SplitFed v1) keeps one copy of the top half per client and averages the
+copies of the finished clients, weighted by examples.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import threading
 import time
 import urllib.parse
@@ -36,13 +42,15 @@ from typing import Any
 import numpy as np
 
 from steps.errors import ArgoflError
-from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect
+from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServerResult", "SplitServer", "SplitServerError"]
+__all__ = ["ENDING", "SERVING", "ServerResult", "SplitServer", "SplitServerError"]
 
 MAX_BODY = 256 * 1024 * 1024
+SERVING = "serving"
+ENDING = "ending"
 
 
 class SplitServerError(ArgoflError, RuntimeError):
@@ -99,12 +107,16 @@ class SplitServer:
         on_epoch: Callable[[str, int, Mapping[str, float]], None] | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        run: str = "",
+        round: int = 0,
     ) -> None:
         if not token:
             raise SplitServerError("the run token is empty: refusing to serve without authentication")
         self.make_top = make_top
         self.labels_of = labels_of
         self._token = token.encode()
+        self.identity = {"run": run, "round": round, "token": token_fingerprint(token)}
+        self.state = SERVING
         self.order = list(clients)
         self.mode = mode
         self.shape = tuple(activation_shape)
@@ -122,7 +134,10 @@ class SplitServer:
         try:
             self.httpd = ThreadingHTTPServer((host, port), _handler(self))
         except OSError as exc:
-            raise SplitServerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            raise SplitServerError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (another process holds this "
+                "address, e.g. the split server of another run): this round's server does not start"
+            ) from None
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -143,13 +158,27 @@ class SplitServer:
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
+        """Stop listening (idempotent)."""
+        if self._thread is not None:
+            self.httpd.shutdown()
+            self._thread = None
         self.httpd.server_close()
 
-    def wait(self, *, poll: float = 0.5) -> ServerResult:
-        """Block until the round is finished or idle for ``idle_timeout``; then stop serving."""
+    def stop(self, reason: str) -> None:
+        """End the round now, without a result (safe from a signal handler: :meth:`wait` does the rest)."""
+        self.error = self.error or reason
+        self.finished.set()
+
+    def wait(self, *, poll: float = 0.5, close: bool = True, parent: int | None = None) -> ServerResult:
+        """Block until the round is finished or idle for ``idle_timeout``, or the process ``parent`` is gone.
+
+        Then round requests get 410 and ``/healthz`` says ``ending``; with ``close`` the server also stops
+        listening (else the caller closes it once the half is stored)."""
         try:
             while not self.finished.wait(poll):
+                if parent is not None and os.getppid() != parent:
+                    self.stop(f"the process that started the server (pid {parent}) has exited")
+                    break
                 idle = time.monotonic() - self.last_activity
                 if idle >= self.idle_timeout:
                     with self.lock:
@@ -173,7 +202,9 @@ class SplitServer:
                             )
                             self.finished.set()
         finally:
-            self.close()
+            self.state = ENDING
+            if close:
+                self.close()
         if self.result is None:
             raise SplitServerError(self.error or "the server stopped without a result")
         return self.result
@@ -282,6 +313,8 @@ class SplitServer:
         with self.lock:
             if name in self.clients and self.clients[name].done:  # a retried client says it again
                 return {"ok": True, "round_complete": self.finished.is_set()}
+            if self.finished.is_set():
+                raise _HTTPError(HTTPStatus.GONE, f"round {self.identity['round']} is over on this server")
             state = self._client(query)
             if state.examples == 0:
                 raise _HTTPError(HTTPStatus.CONFLICT, f"client {name} finished no epoch; nothing to accept")
@@ -373,7 +406,7 @@ def _handler(server: SplitServer) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             url = urllib.parse.urlsplit(self.path)
             if url.path == "/healthz":
-                self._json(HTTPStatus.OK, {"status": "ok"})
+                self._json(HTTPStatus.OK, {"status": server.state, **server.identity})
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: GET {url.path}"})
 
@@ -383,6 +416,8 @@ def _handler(server: SplitServer) -> type[BaseHTTPRequestHandler]:
             try:
                 server.authorize(self.headers.get("Authorization"))
                 body = self._body()
+                if server.finished.is_set() and url.path != "/v1/done":
+                    raise _HTTPError(HTTPStatus.GONE, f"round {server.identity['round']} is over here")
                 server.last_activity = time.monotonic()
                 if url.path == "/v1/forward":
                     if self.headers.get("Content-Type", "") != CONTENT_TYPE:

@@ -26,6 +26,7 @@ from steps.store import join_key
 __all__ = [
     "MODES",
     "SPLIT_STRATEGY_NOTE",
+    "UNUSED_SETTINGS",
     "SplitOptions",
     "bottom_key",
     "options_key",
@@ -37,6 +38,8 @@ MODES = ("vanilla", "splitfed")
 
 
 SPLIT_STRATEGY_NOTE = "split learning averages SplitFed bottoms with FedAvg: only strategy fedavg applies"
+UNUSED_SETTINGS = ("strategy", "server_lr", "server_momentum", "server_beta2", "server_tau")
+"""Settings split learning has no use for (it always averages with FedAvg): not workflow parameters."""
 
 
 @dataclass(frozen=True)

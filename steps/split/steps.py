@@ -4,6 +4,19 @@ Store layout (beside FedAvg's): ``<run>/split.json`` (options), ``<run>/split-to
 secret), ``round-NNNN/top`` (the server's half), ``round-NNNN/updates/client-N`` (each client's
 half) and ``round-NNNN/global`` (bottom ∪ top, written by ``split-evaluate``; round 0 by ``split-init``),
 so ``finalize`` and the next round read the same keys as in FedAvg.
+
+A run resumes like FedAvg (``start-round``/``resume-from``): round r needs nothing of round r-1 but its
+global model (the server's top and every client's bottom start from it; no optimizer state crosses a
+round), so ``split-init`` copies that checkpoint and the evaluations before it (:mod:`steps.step_init`).
+
+The server is a daemon whose end nobody awaits: Argo counts a running daemon as a resolved dependency
+(``.Daemoned``), so no ``depends`` can make ``evaluate`` wait for the server's half. Instead
+``evaluate`` waits for the half while asking the server's ``/healthz`` whether it is still this run's
+server of this round (serving, or ``ending``: storing its half). The server keeps answering until its
+half is stored and only then stops listening, so a server that no longer answers (killed, failed, or
+replaced by another run's) and left no half means the half will never come: ``evaluate`` fails at once
+with one line naming the server, instead of waiting out a timeout. The server ends on SIGTERM/SIGINT and
+when the process that started it dies (a killed local executor), so it never outlives its run.
 """
 
 from __future__ import annotations
@@ -12,6 +25,8 @@ import json
 import logging
 import os
 import secrets
+import signal
+import threading
 import time
 from typing import Any
 
@@ -81,16 +96,31 @@ def load_token(store: Store, run_key: str) -> str:
 
 
 def init(
-    settings: Settings, options: SplitOptions, *, run_key: str, workflow_name: str, workflow_uid: str
+    settings: Settings,
+    options: SplitOptions,
+    *,
+    run_key: str,
+    workflow_name: str,
+    workflow_uid: str,
+    start_round: int = 1,
+    resume_from: str = "",
 ) -> dict[str, str]:
-    """FedAvg's init (round-0 checkpoint, MLflow run, run.json), then the split options and token."""
+    """FedAvg's init (round-0 checkpoint or a resumed run's, MLflow run, run.json), then the split options
+    and token."""
     from steps import step_init
 
     _check_framework(settings)
     store = store_from_env()
     test = load_dataset(settings.dataset, "test", settings.data_dir or None)
     _halves(settings, options, test.input_shape, test.num_classes)  # fail early on a bad cut
-    out = step_init.run(settings, run_key=run_key, workflow_name=workflow_name, workflow_uid=workflow_uid)
+    out = step_init.run(
+        settings,
+        run_key=run_key,
+        workflow_name=workflow_name,
+        workflow_uid=workflow_uid,
+        start_round=start_round,
+        resume_from=resume_from,
+    )
     store.put_bytes(options_key(run_key), options.to_json())
     store.put_bytes(token_key(run_key), secrets.token_urlsafe(32).encode())
     log.info("split learning (%s, cut after %s): options and run token written", options.mode, options.cut)
@@ -170,6 +200,8 @@ def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, fl
         on_epoch=on_epoch,
         host=bind,
         port=o.port,
+        run=run_key,
+        round=round,
     ).start()
     log.info(
         "round %d: split server (%s) on %s for %d clients, activations %s",
@@ -179,16 +211,20 @@ def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, fl
         s.clients,
         shape,
     )
-    result = srv.wait()
-    uri = save_checkpoint(
-        store,
-        top_key(run_key, round),
-        result.weights,
-        round=round,
-        examples=result.examples,
-        metrics=result.metrics,
-        extra={"clients": ",".join(result.clients), "mode": o.mode},
-    )
+    try:
+        result = _serve(srv, round)
+        # still answering /healthz ("ending") while the half is stored: evaluate knows it is coming
+        uri = save_checkpoint(
+            store,
+            top_key(run_key, round),
+            result.weights,
+            round=round,
+            examples=result.examples,
+            metrics=result.metrics,
+            extra={"clients": ",".join(result.clients), "mode": o.mode},
+        )
+    finally:
+        srv.close()
     tracking.log_metrics(
         record.mlflow_run_id,
         {
@@ -200,6 +236,22 @@ def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, fl
     )
     log.info("round %d: server half written to %s (clients %s)", round, uri, result.clients)
     return result.metrics
+
+
+def _serve(srv: Any, round: int) -> Any:
+    """Wait for the round's result; SIGTERM, SIGINT or the death of our parent end it at once."""
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        srv.stop(f"round {round}: the split server was stopped by {signal.Signals(signum).name}")
+
+    main = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    parent = os.getppid()
+    try:
+        return srv.wait(close=False, parent=parent if parent > 1 else None)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _start_bottom(
@@ -251,6 +303,7 @@ def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[st
         fw.load_weights(bottom, start)
         log.info("client %s: %d examples, starting from %s, server %s", client, len(idx), origin, server_url)
         half = fw.Bottom(bottom, lr=s.lr, momentum=s.momentum)
+        channel.check_server(run=run_key, round=round)
         started = time.perf_counter()
         metrics = train_split(
             half,
@@ -272,8 +325,46 @@ def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[st
     return metrics
 
 
-def evaluate(*, run_key: str, round: int, wait: float | None = None) -> dict[str, float]:
-    """Reassemble bottom + top of ``round`` into the global model, evaluate it on the test set."""
+GONE_CHECKS = 3
+"""Consecutive failed ``/healthz`` checks (one a second) after which evaluate deems the server gone."""
+
+
+def _await_top(
+    store: Store, run_key: str, round: int, o: SplitOptions, server_url: str | None, wait: float | None
+) -> None:
+    """Return once the server's half of ``round`` is stored; fail fast when its server is gone."""
+    from steps.split.client import SplitClientError, probe
+
+    tkey = top_key(run_key, round)
+    token = load_token(store, run_key) if server_url else ""
+    deadline = time.monotonic() + (wait if wait is not None else o.idle_timeout + 60)
+    misses = 0
+    while not checkpoint_exists(store, tkey):
+        if server_url:
+            try:
+                probe(server_url, run=run_key, round=round, token=token, timeout=o.request_timeout)
+                misses = 0
+            except SplitClientError as exc:
+                misses += 1
+                if misses >= GONE_CHECKS and not checkpoint_exists(store, tkey):
+                    raise RunError(
+                        f"round {round}: the server's half will never appear at {store.key_uri(tkey)}: {exc}"
+                    ) from None
+        if time.monotonic() > deadline:
+            raise RunError(
+                f"round {round}: the server's half never appeared at {store.key_uri(tkey)} "
+                "(the server step failed or timed out; see its log)"
+            )
+        time.sleep(1.0)
+
+
+def evaluate(
+    *, run_key: str, round: int, server_url: str | None = None, wait: float | None = None
+) -> dict[str, float]:
+    """Reassemble bottom + top of ``round`` into the global model, evaluate it on the test set.
+
+    With ``server_url`` (the round's server) a server that is gone without storing its half fails
+    evaluate at once; without it, evaluate waits up to ``wait`` (default ``idle_timeout`` + 60 s)."""
     from steps.frameworks import get_backend
     from steps.strategies import fedavg
 
@@ -281,14 +372,7 @@ def evaluate(*, run_key: str, round: int, wait: float | None = None) -> dict[str
     s = record.settings
     o = load_options(store, run_key)
     tkey = top_key(run_key, round)
-    deadline = time.monotonic() + (wait if wait is not None else o.idle_timeout + 60)
-    while not checkpoint_exists(store, tkey):
-        if time.monotonic() > deadline:
-            raise RunError(
-                f"round {round}: the server's half never appeared at {store.key_uri(tkey)} "
-                "(the server step failed or timed out; see its log)"
-            )
-        time.sleep(1.0)
+    _await_top(store, run_key, round, o, server_url, wait)
     top = load_checkpoint(store, tkey)
     done = [c for c in top.manifest.extra.get("clients", "").split(",") if c]
     if not done:

@@ -8,6 +8,7 @@ Errors are JSON objects ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from steps.checkpoint import CheckpointError, decode_arrays, encode_arrays
 from steps.errors import ArgoflError
 
-__all__ = ["CONTENT_TYPE", "WireError", "decode", "encode", "expect"]
+__all__ = ["CONTENT_TYPE", "WireError", "decode", "encode", "expect", "token_fingerprint"]
 
 CONTENT_TYPE = "application/octet-stream"
 
@@ -55,3 +56,8 @@ def expect(
         ):
             shown = "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
             raise WireError(f"{where}: tensor {name} must have shape {shown}, got {tuple(arr.shape)}")
+
+
+def token_fingerprint(token: str) -> str:
+    """A short digest of the run token that the server shows on ``/healthz``: identifies, reveals nothing."""
+    return hashlib.sha256(b"argofl-split-token:" + token.encode()).hexdigest()[:16]
