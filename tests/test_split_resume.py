@@ -3,6 +3,7 @@ round-1 global model and ends byte-identical to the uninterrupted run (vanilla a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,34 @@ def test_a_split_run_resumed_at_round_2_ends_byte_identical_to_an_uninterrupted_
     assert checkpoint_exists(store, RunLayout(b).global_key(1))
     assert not checkpoint_exists(store, top_key(b, 1))
     assert not checkpoint_exists(store, bottom_key(b, 1, "0"))
+
+
+def test_argofl_resume_continues_a_stopped_split_run_byte_identical(tmp_path, fmnist_dir):
+    """``argofl resume RUN_DIR`` for split: the run's round 2 is marked as stopped (its evaluate Failed),
+    resume starts a new run at round 2 from round 1's global model, with the same round-2 bytes."""
+    config, runs = _config(tmp_path, "vanilla"), tmp_path / "runs"
+    first = _run(config, runs, fmnist_dir)
+    run_dir = runs / "workflows" / first
+    status = json.loads((run_dir / "status.json").read_text())
+    round_2 = [
+        n
+        for n in status["nodes"].values()
+        if n.get("templateName") == "evaluate" and "(1:round 2)" in n["name"]
+    ]
+    assert round_2
+    for node in round_2:  # the retry node and its pod
+        node["phase"] = "Failed"
+    status["phase"] = "Failed"
+    (run_dir / "status.json").write_text(json.dumps(status))
+
+    result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "resuming from round 2" in result.output
+    resumed = Path(
+        next(ln for ln in result.output.splitlines() if "summary: " in ln).split("summary: ")[1]
+    ).parent.name
+    store = open_store((runs / "store").as_uri())
+    a, b = f"resume-vanilla/{first}", f"resume-vanilla/{resumed}"
+    assert resumed != first
+    assert _blobs(store, b, 2) == _blobs(store, a, 2)
+    assert not checkpoint_exists(store, top_key(b, 1))
