@@ -8,7 +8,6 @@ README.md; ``invariant`` checks are implemented per workflow below.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections import defaultdict
@@ -388,14 +387,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def docker_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """The same workflows under ``--runtime docker``, every image mapped to a small local image.
 
-    Opt-in (``ARGOFL_DOCKER_CONFORMANCE=1``) for now: with all 37 workflows at once, Docker 20.10's daemon
-    stopped starting containers on a loaded 2-core machine (``docker start`` hung), so this variant is
-    not yet part of ``make test``.
+    Four workflows at a time: with all 37 at once on a loaded 2-core machine, Docker 20.10's daemon once
+    stopped starting containers (``docker start`` hung until it was restarted).
     """
     if not EXPECTATIONS:
         pytest.skip(f"the Argo conformance suite is not at {SUITE}")
-    if os.environ.get("ARGOFL_DOCKER_CONFORMANCE") != "1":
-        pytest.skip("the conformance suite in containers is opt-in: ARGOFL_DOCKER_CONFORMANCE=1")
     image = tools_image(docker_cli())
     runner = _Runs(tmp_path_factory.mktemp("conformance-docker"), DockerOptions(image_map={"*": image}), 4)
     yield runner
