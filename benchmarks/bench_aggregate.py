@@ -24,11 +24,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from steps import tracking  # noqa: E402
-from steps.checkpoint import save_checkpoint  # noqa: E402
-from steps.runinfo import RunLayout, RunRecord, write_json  # noqa: E402
-from steps.settings import Settings  # noqa: E402
-from steps.store import FileStore  # noqa: E402
+from argofl.steps import tracking  # noqa: E402
+from argofl.steps.checkpoint import save_checkpoint  # noqa: E402
+from argofl.steps.runinfo import RunLayout, RunRecord, write_json  # noqa: E402
+from argofl.steps.settings import Settings  # noqa: E402
+from argofl.steps.store import FileStore  # noqa: E402
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from steps.checkpoint import decode_arrays, encode_arrays, load_checkpoint, save_checkpoint  # noqa: E402
-from steps.store import FileStore, Store, open_store  # noqa: E402
+from argofl.steps.checkpoint import decode_arrays, encode_arrays, load_checkpoint, save_checkpoint  # noqa: E402
+from argofl.steps.store import FileStore, Store, open_store  # noqa: E402
 
 
 def model(total_mb: int) -> dict[str, np.ndarray]:

@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
-from steps.checkpoint import load_manifest
-from steps.frameworks.base import TrainingDiverged
-from steps.runinfo import RunLayout
-from steps.settings import Settings
-from steps.step_aggregate import NotEnoughUpdates
-from steps.store import open_store
+from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
+from argofl.steps.checkpoint import load_manifest
+from argofl.steps.frameworks.base import TrainingDiverged
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.settings import Settings
+from argofl.steps.step_aggregate import NotEnoughUpdates
+from argofl.steps.store import open_store
 
 
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -45,13 +45,13 @@ def startup_times(repeat: int = 5) -> dict[str, float | None]:
         "import_torch_backend_s": [
             sys.executable,
             "-c",
-            "from steps.frameworks import get_backend; get_backend('torch')",
+            "from argofl.steps.frameworks import get_backend; get_backend('torch')",
         ],
         "import_mlflow_s": [sys.executable, "-c", "import mlflow"],
         "load_fmnist_train_s": [
             sys.executable,
             "-c",
-            "from steps.data import load_dataset; load_dataset('fashion-mnist', 'train')",
+            "from argofl.steps.data import load_dataset; load_dataset('fashion-mnist', 'train')",
         ],
     }
     out: dict[str, float | None] = {}
@@ -70,7 +70,7 @@ def _forked_startup(repeat: int) -> float | None:
     """Median seconds of `argofl step train --help` forked from the local executor's fork server."""
     import os
 
-    from pipelines.local import forkserver
+    from argofl.pipelines.local import forkserver
 
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = forkserver.ForkServer(env)
@@ -104,8 +104,8 @@ def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str,
 
     import bench_training
 
-    from pipelines.config import load_config
-    from steps.settings import Settings
+    from argofl.pipelines.config import load_config
+    from argofl.steps.settings import Settings
 
     overrides = dict(p.split("=", 1) for p in params)
     base = {k: str(v) for k, v in load_config(config).settings.to_dict().items() if v is not None}
@@ -140,7 +140,7 @@ def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str,
 
 def node_status_figures(status: dict[str, Any], clients: int, rounds: int) -> dict[str, Any]:
     """Node-status size of the run, per round, and projected to ``clients`` one-client pods × ``rounds``."""
-    from pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, measure, per_round, project
+    from argofl.pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, measure, per_round, project
 
     total = measure(status.get("nodes") or {})
     by_round = per_round(status)

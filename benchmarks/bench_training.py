@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable without installing argofl
     sys.path.insert(0, str(ROOT))
 
-from steps.data import load_dataset  # noqa: E402
-from steps.frameworks import get_backend  # noqa: E402
-from steps.partition import client_seed, partition  # noqa: E402
+from argofl.steps.data import load_dataset  # noqa: E402
+from argofl.steps.frameworks import get_backend  # noqa: E402
+from argofl.steps.partition import client_seed, partition  # noqa: E402
 
 # The flagship hyperparameters per framework (1 local epoch, 10 IID clients, 5 rounds).
 FLAGSHIP: dict[str, dict[str, Any]] = {
@@ -54,7 +54,7 @@ _WORKER: dict[str, Any] = {}
 def _backend(framework: str, device: str) -> Any:
     """The framework's backend; for torch on ``device`` (``auto``: the GPU when there is one)."""
     if framework == "torch" and device != "auto":
-        from steps.frameworks.torch_backend import TorchBackend
+        from argofl.steps.frameworks.torch_backend import TorchBackend
 
         return TorchBackend(device)
     return get_backend(framework)
@@ -104,7 +104,7 @@ def fedavg(updates: list[tuple[Weights, float]]) -> Weights:
 def startup_seconds(framework: str, dataset: str) -> float:
     """Wall time of a fresh process that imports the backend and loads the train split."""
     code = (
-        "from steps.frameworks import get_backend; from steps.data import load_dataset; "
+        "from argofl.steps.frameworks import get_backend; from argofl.steps.data import load_dataset; "
         f"get_backend({framework!r}).configure(threads=1); load_dataset({dataset!r}, 'train')"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

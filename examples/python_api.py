@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines import api
+from argofl import api
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
 TINY = {"rounds": "1", "clients": "2", "min-clients": "2", "data-limit": "400", "local-epochs": "1"}

@@ -2,7 +2,7 @@
 
 A thin facade over the modules the CLI uses (as ``kfp`` is over ``kfp.dsl``/``compiler``/``client``)::
 
-    from pipelines import api
+    from argofl import api
 
     config = api.load_config("configs/fedavg-fmnist-torch.yaml")
     workflow = api.build(config)                  # a hera Workflow: inspect or customise it
@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import yaml
 
-from pipelines.config import ExperimentConfig, load_config
-from steps.errors import BadInputError
+from argofl.pipelines.config import ExperimentConfig, load_config
+from argofl.steps.errors import BadInputError
 
 if TYPE_CHECKING:
     from hera.workflows import Workflow, WorkflowTemplate
 
-    from pipelines.local.engine import LocalRunResult
+    from argofl.pipelines.local.engine import LocalRunResult
 
 __all__ = [
     "ApiError",
@@ -59,7 +59,7 @@ def build(config: ExperimentConfig | str | Path, *, template: bool = False) -> W
     """The experiment's hera ``Workflow`` (or, with ``template``, its ``WorkflowTemplate``)."""
     from hera.workflows import Workflow, WorkflowTemplate
 
-    from pipelines.compile import manifest_for, template_manifest_for
+    from argofl.pipelines.compile import manifest_for, template_manifest_for
 
     cfg = _config(config)
     manifest = template_manifest_for(cfg) if template else manifest_for(cfg)
@@ -79,7 +79,7 @@ def to_manifest(workflow: Runnable) -> dict[str, Any]:
     if isinstance(workflow, Mapping):
         return yaml.safe_load(yaml.safe_dump(dict(workflow)))  # a deep, plain copy
     if isinstance(workflow, ExperimentConfig | str | Path):
-        from pipelines.compile import manifest_for
+        from argofl.pipelines.compile import manifest_for
 
         return manifest_for(_config(workflow))
     raise ApiError(
@@ -90,7 +90,7 @@ def to_manifest(workflow: Runnable) -> dict[str, Any]:
 
 def compile_config(config: str | Path, out_dir: str | Path = "argo") -> Path:
     """``argofl compile``: write ``out_dir/<name>.yaml`` and ``out_dir/templates/<name>.yaml``."""
-    from pipelines.compile import compile_config as compile_to
+    from argofl.pipelines.compile import compile_config as compile_to
 
     return compile_to(config, out_dir)
 
@@ -104,7 +104,7 @@ def save(workflow: Runnable, path: str | Path) -> Path:
 
 
 def _declared(manifest: Mapping[str, Any]) -> dict[str, str]:
-    from pipelines.cluster import parameters_of
+    from argofl.pipelines.cluster import parameters_of
 
     return parameters_of(manifest)
 
@@ -134,9 +134,9 @@ def run_local(
     Returns the run's result (``phase``, Argo-shaped ``status``, ``run_dir``); a failed run is a result
     with phase Failed or Error, not an exception.
     """
-    from pipelines.local import run_workflow
-    from pipelines.local_params import local_parallelism, local_parameters
-    from steps.store import FileStore
+    from argofl.pipelines.local import run_workflow
+    from argofl.pipelines.local_params import local_parallelism, local_parameters
+    from argofl.steps.store import FileStore
 
     manifest = to_manifest(workflow)
     given = _check_parameters(manifest, parameters or {})
@@ -172,7 +172,7 @@ def submit(
     ``host``, ``token`` and ``namespace`` default to ``ARGO_SERVER``, ``ARGO_TOKEN`` and
     ``ARGO_NAMESPACE`` (then ``argofl``), as for ``argofl submit``.
     """
-    from pipelines.cluster import ClusterTarget, env_secure, env_verify, normalize_host, set_parameters
+    from argofl.pipelines.cluster import ClusterTarget, env_secure, env_verify, normalize_host, set_parameters
 
     manifest = to_manifest(workflow)
     set_parameters(manifest, _check_parameters(manifest, parameters or {}))

@@ -20,9 +20,9 @@ from __future__ import annotations
 from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, Workflow
 from hera.workflows.models import ContinueOn, ValueFrom
 
-from pipelines.config import ExperimentConfig
-from pipelines.placement import placement_arg
-from pipelines.workflow_parts import (
+from argofl.pipelines.config import ExperimentConfig
+from argofl.pipelines.placement import placement_arg
+from argofl.pipelines.workflow_parts import (
     INIT_OUTPUTS,
     RUN_KEY,
     common_parameters,
@@ -35,8 +35,8 @@ from pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
-from steps.client_data import DataOptions
-from steps.step_evaluate import FEDERATED_OUTPUTS
+from argofl.steps.client_data import DataOptions
+from argofl.steps.step_evaluate import FEDERATED_OUTPUTS
 
 __all__ = ["CHECKPOINT_DIR", "build_workflow"]
 

@@ -34,8 +34,8 @@ from hera.workflows.models import (
     ValueFrom,
 )
 
-from pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
-from pipelines.workflow_parts import (
+from argofl.pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
+from argofl.pipelines.workflow_parts import (
     INIT_OUTPUTS,
     RUN_KEY,
     common_parameters,
@@ -48,9 +48,9 @@ from pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
-from steps.labels import client_sequence_format
-from steps.settings import Settings, SettingsError, param_name
-from steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
+from argofl.steps.labels import client_sequence_format
+from argofl.steps.settings import Settings, SettingsError, param_name
+from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
 
 __all__ = ["SplitExperimentConfig", "build_split_workflow", "split_config"]
 

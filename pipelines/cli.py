@@ -9,20 +9,20 @@ from typing import Any
 
 import click
 
-from pipelines.exits import ArgoflGroup
+from argofl.pipelines.exits import ArgoflGroup
 
 # command name -> "module:attribute" of a click command; imported only when invoked or listed.
 _COMMANDS: dict[str, str] = {
-    "compile": "pipelines.commands:compile_cmd",
-    "data": "pipelines.data_commands:data",
-    "run": "pipelines.commands:run_cmd",
-    "resume": "pipelines.commands:resume_cmd",
-    "step": "steps.cli:step",
-    "local": "pipelines.local.cli:local",
-    "submit": "pipelines.cluster_commands:submit_cmd",
-    "status": "pipelines.cluster_commands:status_cmd",
-    "watch": "pipelines.cluster_commands:watch_cmd",
-    "resubmit": "pipelines.cluster_commands:resubmit_cmd",
+    "compile": "argofl.pipelines.commands:compile_cmd",
+    "data": "argofl.pipelines.data_commands:data",
+    "run": "argofl.pipelines.commands:run_cmd",
+    "resume": "argofl.pipelines.commands:resume_cmd",
+    "step": "argofl.steps.cli:step",
+    "local": "argofl.pipelines.local.cli:local",
+    "submit": "argofl.pipelines.cluster_commands:submit_cmd",
+    "status": "argofl.pipelines.cluster_commands:status_cmd",
+    "watch": "argofl.pipelines.cluster_commands:watch_cmd",
+    "resubmit": "argofl.pipelines.cluster_commands:resubmit_cmd",
 }
 
 

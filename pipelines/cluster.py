@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from steps.errors import ArgoflError
-from steps.labels import LabelError, parse_round
+from argofl.steps.errors import ArgoflError
+from argofl.steps.labels import LabelError, parse_round
 
 if TYPE_CHECKING:
     import requests

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from pipelines.cluster import (
+from argofl.pipelines.cluster import (
     DEFAULT_NAMESPACE,
     DONE_PHASES,
     ClusterError,
@@ -36,10 +36,10 @@ from pipelines.cluster import (
     set_parameters,
     step_line,
 )
-from pipelines.commands import ConfigPath, overrides_option
-from pipelines.config import ConfigError, load_config
-from steps.errors import ArgoflError
-from steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.pipelines.commands import ConfigPath, overrides_option
+from argofl.pipelines.config import ConfigError, load_config
+from argofl.steps.errors import ArgoflError
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
 
@@ -171,7 +171,7 @@ def submit_cmd(
     target: ClusterTarget, config: Path, overrides: dict[str, str], wait: bool, interval: float
 ) -> None:
     """Compile CONFIG and submit the workflow to an Argo server."""
-    from pipelines.compile import manifest_for
+    from argofl.pipelines.compile import manifest_for
 
     try:
         cfg = load_config(config)

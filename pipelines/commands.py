@@ -15,11 +15,11 @@ from typing import Any
 
 import click
 
-from pipelines.config import ConfigError, load_config
-from pipelines.local.cli import container_options, runtime_options
-from pipelines.local.containers import DockerOptions
-from pipelines.local_params import local_parallelism, local_parameters
-from steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
+from argofl.pipelines.config import ConfigError, load_config
+from argofl.pipelines.local.cli import container_options, runtime_options
+from argofl.pipelines.local.containers import DockerOptions
+from argofl.pipelines.local_params import local_parallelism, local_parameters
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
 __all__ = [
     "compile_cmd",
@@ -78,7 +78,7 @@ def overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
 )
 def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
     """Compile experiment CONFIGS into Argo Workflow manifests (argo/NAME.yaml)."""
-    from pipelines.compile import compile_config
+    from argofl.pipelines.compile import compile_config
 
     for config in configs:
         try:
@@ -98,7 +98,7 @@ class Progress:
         self.start = time.monotonic()
 
     def __call__(self, node: dict[str, Any]) -> None:
-        from pipelines.cluster import step_line, step_of
+        from argofl.pipelines.cluster import step_line, step_of
 
         phase = node.get("phase", "")
         if phase not in ("Succeeded", "Failed", "Error") or node.get("type") != "Pod":
@@ -116,7 +116,7 @@ def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None
     """Refuse a ``-p`` name the workflow does not declare, before any value is checked."""
     import difflib
 
-    from pipelines.cluster import parameters_of
+    from argofl.pipelines.cluster import parameters_of
 
     declared = list(parameters_of(manifest))
     for name in overrides:
@@ -166,7 +166,7 @@ def run_cmd(
     With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
-    from pipelines.compile import manifest_for
+    from argofl.pipelines.compile import manifest_for
 
     try:
         cfg = load_config(config)
@@ -209,8 +209,8 @@ def _run_locally(
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
-    from pipelines.local import run_workflow
-    from steps.store import FileStore
+    from argofl.pipelines.local import run_workflow
+    from argofl.steps.store import FileStore
 
     started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code
@@ -237,7 +237,7 @@ def _run_locally(
             click.echo(f"continue it: argofl resume {result.run_dir}", err=True)
             sys.exit(128 + result.stopped_by)
         sys.exit(1)
-    from pipelines.cluster import outputs_of, parameters_of
+    from argofl.pipelines.cluster import outputs_of, parameters_of
 
     values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
     summary_path = _save_summary(values["store"], values["experiment"], result.name, result.run_dir, wall)
@@ -268,8 +268,8 @@ def resume_cmd(
 ) -> None:
     """Continue the stopped or failed local run in RUN_DIR (runs/workflows/NAME) in a new run, from the
     round after its last evaluated one, as `argofl resubmit` does on a cluster."""
-    from pipelines.cluster import last_completed_round, parameters_of, resubmission_manifest
-    from pipelines.local.runlock import run_is_locked
+    from argofl.pipelines.cluster import last_completed_round, parameters_of, resubmission_manifest
+    from argofl.pipelines.local.runlock import run_is_locked
 
     run_dir = run_dir.resolve()
     try:
@@ -343,8 +343,8 @@ def share_with_containers(root: Path) -> None:
 
 
 def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
-    from steps.runinfo import RunLayout
-    from steps.store import open_store
+    from argofl.steps.runinfo import RunLayout
+    from argofl.steps.store import open_store
 
     store = open_store(store_uri)
     summary = json.loads(store.get_bytes(RunLayout(f"{experiment}/{run}").summary_key))

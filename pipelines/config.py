@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
-from steps.client_data import DataOptions
-from steps.errors import BadInputError
-from steps.mapping import dataclass_from_mapping
-from steps.settings import Settings, SettingsError
+from argofl.steps.client_data import DataOptions
+from argofl.steps.errors import BadInputError
+from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.settings import Settings, SettingsError
 
 __all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig", "load_config"]
 
@@ -172,12 +172,12 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if placement_doc is not None and kind != "fedavg":
         raise ConfigError(f"{where}: placement: only kind fedavg places clients, not kind {kind}")
     if kind == "split":
-        from pipelines.build_split import split_config
+        from argofl.pipelines.build_split import split_config
 
         return split_config(
             name=name, settings=settings, cluster=cluster, source=source, split=split_doc or {}, where=where
         )
-    from pipelines.placement import parse_placement
+    from argofl.pipelines.placement import parse_placement
 
     placement = parse_placement(placement_doc, clients=settings.clients, where=where)
     return ExperimentConfig(

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import click
 
-from steps.client_data import CLIENT_PLACEHOLDER, shard_uri, write_shard
-from steps.data import DatasetError, load_dataset
-from steps.partition import SCHEMES, PartitionError, partition
-from steps.settings import Settings, SettingsError
-from steps.store import StoreError
+from argofl.steps.client_data import CLIENT_PLACEHOLDER, shard_uri, write_shard
+from argofl.steps.data import DatasetError, load_dataset
+from argofl.steps.partition import SCHEMES, PartitionError, partition
+from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.store import StoreError
 
 __all__ = ["SplitSpec", "data", "split_dataset"]
 
@@ -97,7 +97,7 @@ def split_cmd(
     """
     try:
         if config is not None:
-            from pipelines.config import ConfigError, load_config
+            from argofl.pipelines.config import ConfigError, load_config
 
             try:
                 spec = SplitSpec.from_settings(load_config(config).settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from steps.errors import ArgoflError, one_line
+from argofl.steps.errors import ArgoflError, one_line
 
 __all__ = ["ArgoflGroup"]
 

@@ -37,8 +37,8 @@ from hera.workflows.models import (
     VolumeMount,
 )
 
-from pipelines.config import ConfigError
-from steps.mapping import dataclass_from_mapping
+from argofl.pipelines.config import ConfigError
+from argofl.steps.mapping import dataclass_from_mapping
 
 __all__ = ["DATA_VOLUME", "PlacementGroup", "parse_placement", "placement_arg"]
 

@@ -36,9 +36,9 @@ from hera.workflows.models import (
     VolumeMount,
 )
 
-from pipelines.config import ClusterOptions, ExperimentConfig
-from steps.errors import EXIT_TRANSIENT
-from steps.labels import ROUND_FORMAT
+from argofl.pipelines.config import ClusterOptions, ExperimentConfig
+from argofl.steps.errors import EXIT_TRANSIENT
+from argofl.steps.labels import ROUND_FORMAT
 
 __all__ = [
     "INIT_OUTPUTS",

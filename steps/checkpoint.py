@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from steps.errors import BadInputError
-from steps.store import ObjectNotFound, Store
+from argofl.steps.errors import BadInputError
+from argofl.steps.store import ObjectNotFound, Store
 
 __all__ = [
     "FORMAT",

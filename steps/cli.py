@@ -18,8 +18,8 @@ from typing import Any
 
 import click
 
-from steps.errors import EXIT_FAILURE, ArgoflError, one_line
-from steps.settings import Settings
+from argofl.steps.errors import EXIT_FAILURE, ArgoflError, one_line
+from argofl.steps.settings import Settings
 
 
 def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,7 +44,7 @@ class RoundType(click.ParamType):
     name = "round"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from steps.labels import LabelError, parse_round
+        from argofl.steps.labels import LabelError, parse_round
 
         if isinstance(value, int):
             number = value
@@ -168,8 +168,8 @@ def init_cmd(
     outputs: tuple[str, ...],
 ) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
-    from steps import step_init
-    from steps.client_data import DataOptions
+    from argofl.steps import step_init
+    from argofl.steps.client_data import DataOptions
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
@@ -202,7 +202,7 @@ def init_cmd(
 @_outputs_option
 def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tuple[str, ...]) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
-    from steps import step_distribute
+    from argofl.steps import step_distribute
 
     def body() -> list[str]:
         groups = step_distribute.parse_placement(placement) if placement is not None else None
@@ -234,7 +234,7 @@ def train_cmd(
     run_key: str, round_: int, clients: str, only_clients: str | None, outputs: tuple[str, ...]
 ) -> None:
     """Train the given clients from the previous global model and write their updates."""
-    from steps import step_train
+    from argofl.steps import step_train
 
     allowed = None if only_clients is None else [c.strip() for c in only_clients.split(",") if c.strip()]
     _guard(
@@ -256,7 +256,7 @@ def train_cmd(
 )
 def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...], checkpoint_out: Path | None) -> None:
     """Validate the round's updates and write the new global checkpoint."""
-    from steps import step_aggregate
+    from argofl.steps import step_aggregate
 
     def body() -> None:
         metrics = step_aggregate.run(run_key=run_key, round=round_)
@@ -273,7 +273,7 @@ def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...], checkpoin
 @_outputs_option
 def evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
     """Evaluate the round's global model on the test set."""
-    from steps import step_evaluate
+    from argofl.steps import step_evaluate
 
     _guard(lambda: _write_outputs(outputs, step_evaluate.run(run_key=run_key, round=round_)))
 
@@ -283,7 +283,7 @@ def evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
 @_outputs_option
 def finalize_cmd(run_key: str, outputs: tuple[str, ...]) -> None:
     """Write summary.json, log the final model, close the MLflow run."""
-    from steps import step_finalize
+    from argofl.steps import step_finalize
 
     def body() -> None:
         summary = step_finalize.run(run_key=run_key)
@@ -297,7 +297,7 @@ def finalize_cmd(run_key: str, outputs: tuple[str, ...]) -> None:
 @click.option("--status", required=True, help="{{workflow.status}}")
 def finish_cmd(run_key: str, status: str) -> None:
     """Exit handler: mark the MLflow run failed if the workflow did not succeed."""
-    from steps import step_finalize
+    from argofl.steps import step_finalize
 
     _guard(lambda: step_finalize.finish(run_key=run_key, status=status))
 
@@ -331,8 +331,8 @@ def split_init_cmd(
     outputs: tuple[str, ...],
 ) -> None:
     """Split learning: init (round-0 model, MLflow run), plus the split options and the run token."""
-    from steps.split import steps as split_steps
-    from steps.split.settings import SplitOptions
+    from argofl.steps.split import steps as split_steps
+    from argofl.steps.split.settings import SplitOptions
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
@@ -358,7 +358,7 @@ def split_init_cmd(
 @_outputs_option
 def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple[str, ...]) -> None:
     """Split learning: serve the top half for one round (a daemon step)."""
-    from steps.split import steps as split_steps
+    from argofl.steps.split import steps as split_steps
 
     _guard(lambda: _write_outputs(outputs, split_steps.server(run_key=run_key, round=round_, host=host)))
 
@@ -373,7 +373,7 @@ def split_client_cmd(
     run_key: str, round_: int, client: str, server_url: str, outputs: tuple[str, ...]
 ) -> None:
     """Split learning: train one client's bottom half against the server."""
-    from steps.split import steps as split_steps
+    from argofl.steps.split import steps as split_steps
 
     _guard(
         lambda: _write_outputs(
@@ -391,7 +391,7 @@ def split_client_cmd(
 @_outputs_option
 def split_evaluate_cmd(run_key: str, round_: int, server_url: str | None, outputs: tuple[str, ...]) -> None:
     """Split learning: reassemble bottom + top of the round and evaluate it on the test set."""
-    from steps.split import steps as split_steps
+    from argofl.steps.split import steps as split_steps
 
     _guard(
         lambda: _write_outputs(
@@ -420,9 +420,9 @@ def split_health_cmd(port: int, host: str | None, run_key: str | None, round_: i
         except OSError:
             ok = False
         sys.exit(0 if ok else 1)
-    from steps.runinfo import store_from_env
-    from steps.split.client import probe
-    from steps.split.steps import load_token
+    from argofl.steps.runinfo import store_from_env
+    from argofl.steps.split.client import probe
+    from argofl.steps.split.steps import load_token
 
     try:
         token = load_token(store_from_env(), run_key)

@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from steps.errors import BadInputError
-from steps.mapping import dataclass_from_mapping
-from steps.settings import Settings, SettingsError
+from argofl.steps.errors import BadInputError
+from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.settings import Settings, SettingsError
 
 __all__ = [
     "CLIENT_PLACEHOLDER",
@@ -172,7 +172,7 @@ def _data_credentials() -> Iterator[None]:
 
 def _read_bytes(uri: str) -> bytes | None:
     """The object at ``uri``, or None when it does not exist."""
-    from steps.store import ObjectNotFound, open_uri
+    from argofl.steps.store import ObjectNotFound, open_uri
 
     with _data_credentials():
         store, key = open_uri(uri)
@@ -216,8 +216,8 @@ def read_shard(
     uri: str, *, client: str, input_shape: tuple[int, ...], num_classes: int, required: bool = True
 ) -> ClientData | None:
     """Read and validate the shard at ``uri``; None if it is absent and not ``required``."""
-    from steps.checkpoint import CheckpointError, decode_arrays
-    from steps.store import StoreError
+    from argofl.steps.checkpoint import CheckpointError, decode_arrays
+    from argofl.steps.store import StoreError
 
     try:
         data = _read_bytes(uri)
@@ -245,8 +245,8 @@ def read_shard(
 
 def write_shard(uri: str, x: np.ndarray, y: np.ndarray) -> str:
     """Write ``x`` and ``y`` as a safetensors shard at ``uri``; returns the URI."""
-    from steps.checkpoint import encode_arrays
-    from steps.store import open_uri
+    from argofl.steps.checkpoint import encode_arrays
+    from argofl.steps.store import open_uri
 
     with _data_credentials():
         store, key = open_uri(uri)
@@ -259,8 +259,8 @@ def write_shard(uri: str, x: np.ndarray, y: np.ndarray) -> str:
 
 @functools.lru_cache(maxsize=2)
 def _partition_parts(settings: Settings, split: str) -> tuple[Any, list[np.ndarray]]:
-    from steps.data import load_dataset
-    from steps.partition import partition
+    from argofl.steps.data import load_dataset
+    from argofl.steps.partition import partition
 
     limit = (settings.data_limit or None) if split == "train" else None
     data = load_dataset(settings.dataset, split, settings.data_dir or None, limit=limit)
@@ -277,7 +277,7 @@ def partition_split(settings: Settings, split: str, client: str) -> ClientData:
 
 
 def _from_loader(ref: str, client: str, split: str, *, input_shape: tuple[int, ...], num_classes: int) -> Any:
-    from steps.frameworks.base import FrameworkError, load_factory
+    from argofl.steps.frameworks.base import FrameworkError, load_factory
 
     where = f"loader {ref}({client!r}, {split!r})"
     try:

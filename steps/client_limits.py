@@ -12,10 +12,10 @@ import sys
 from collections.abc import Callable
 from functools import cache
 
-from steps.client_data import DataOptions
-from steps.data import load_dataset
-from steps.partition import partition
-from steps.settings import Settings
+from argofl.steps.client_data import DataOptions
+from argofl.steps.data import load_dataset
+from argofl.steps.partition import partition
+from argofl.steps.settings import Settings
 
 __all__ = ["example_limit"]
 

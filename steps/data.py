@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from steps.errors import BadInputError
+from argofl.steps.errors import BadInputError
 
 __all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetError", "clear_cache", "load_dataset"]
 

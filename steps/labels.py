@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from steps.errors import BadInputError
+from argofl.steps.errors import BadInputError
 
 __all__ = [
     "ROUND_FORMAT",

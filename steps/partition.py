@@ -15,7 +15,7 @@ import hashlib
 
 import numpy as np
 
-from steps.errors import BadInputError
+from argofl.steps.errors import BadInputError
 
 __all__ = ["SCHEMES", "PartitionError", "client_seed", "partition"]
 

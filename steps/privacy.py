@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from steps.strategies import Aggregate, AggregationError, ClientUpdate, client_metrics
+from argofl.steps.strategies import Aggregate, AggregationError, ClientUpdate, client_metrics
 
 __all__ = ["OPTIONS", "DPFedAvg", "check_settings", "clip_factor", "epsilon", "noise_seed", "privatize"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from steps.strategies import Aggregate, AggregationError, ClientUpdate, client_metrics
+from argofl.steps.strategies import Aggregate, AggregationError, ClientUpdate, client_metrics
 
 __all__ = ["Krum", "Median", "TrimmedMean", "check_krum", "stack_tensor", "tensor_names"]
 

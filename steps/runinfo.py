@@ -8,10 +8,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from steps.client_data import DataOptions
-from steps.errors import BadInputError
-from steps.settings import Settings
-from steps.store import ObjectNotFound, Store, join_key, open_store
+from argofl.steps.client_data import DataOptions
+from argofl.steps.errors import BadInputError
+from argofl.steps.settings import Settings
+from argofl.steps.store import ObjectNotFound, Store, join_key, open_store
 
 __all__ = [
     "RunError",

@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from steps.attacks import ATTACKS
-from steps.errors import BadInputError
-from steps.mapping import dataclass_from_mapping
-from steps.strategies import STRATEGIES
+from argofl.steps.attacks import ATTACKS
+from argofl.steps.errors import BadInputError
+from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.strategies import STRATEGIES
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steps import tracking
-from steps.checkpoint import (
+from argofl.steps import tracking
+from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
     CheckpointNotFound,
@@ -29,11 +29,11 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
-from steps.client_limits import example_limit
-from steps.privacy import noise_seed
-from steps.runinfo import RunError, RunLayout, load_secret, open_run
-from steps.store import Store
-from steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
+from argofl.steps.client_limits import example_limit
+from argofl.steps.privacy import noise_seed
+from argofl.steps.runinfo import RunError, RunLayout, load_secret, open_run
+from argofl.steps.store import Store
+from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
 
 log = logging.getLogger(__name__)
 

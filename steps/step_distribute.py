@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from steps.checkpoint import checkpoint_exists
-from steps.labels import clients_label
-from steps.runinfo import RunError, open_run, write_json
-from steps.settings import Settings
+from argofl.steps.checkpoint import checkpoint_exists
+from argofl.steps.labels import clients_label
+from argofl.steps.runinfo import RunError, open_run, write_json
+from argofl.steps.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
-from steps import tracking
-from steps.checkpoint import load_checkpoint
-from steps.data import load_dataset
-from steps.frameworks import get_backend
-from steps.runinfo import RunLayout, open_run, write_json
-from steps.store import ObjectNotFound, Store
+from argofl.steps import tracking
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.data import load_dataset
+from argofl.steps.frameworks import get_backend
+from argofl.steps.runinfo import RunLayout, open_run, write_json
+from argofl.steps.store import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 

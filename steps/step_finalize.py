@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from steps import tracking
-from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest
-from steps.client_data import model_shape
-from steps.data import load_dataset
-from steps.frameworks import get_backend
-from steps.runinfo import RunError, RunLayout, now, open_run, write_json
-from steps.settings import Settings
-from steps.store import ObjectNotFound, Store
+from argofl.steps import tracking
+from argofl.steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest
+from argofl.steps.client_data import model_shape
+from argofl.steps.data import load_dataset
+from argofl.steps.frameworks import get_backend
+from argofl.steps.runinfo import RunError, RunLayout, now, open_run, write_json
+from argofl.steps.settings import Settings
+from argofl.steps.store import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 

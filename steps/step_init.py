@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from steps import tracking
-from steps.checkpoint import (
+from argofl.steps import tracking
+from argofl.steps.checkpoint import (
     CheckpointNotFound,
     checkpoint_exists,
     checkpoint_keys,
@@ -26,13 +26,13 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
-from steps.client_data import DataOptions, model_shape
-from steps.data import load_dataset
-from steps.frameworks import get_backend
-from steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
-from steps.settings import Settings
-from steps.store import ObjectNotFound, Store
-from steps.strategies import STRATEGIES, get_strategy
+from argofl.steps.client_data import DataOptions, model_shape
+from argofl.steps.data import load_dataset
+from argofl.steps.frameworks import get_backend
+from argofl.steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
+from argofl.steps.settings import Settings
+from argofl.steps.store import ObjectNotFound, Store
+from argofl.steps.strategies import STRATEGIES, get_strategy
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from steps import attacks, labels, privacy
-from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
-from steps.client_data import ClientDataError, client_data, client_train_data, model_shape
-from steps.frameworks import get_backend
-from steps.partition import client_seed
-from steps.runinfo import RunError, load_secret, open_run, write_json
-from steps.strategies import STRATEGIES
+from argofl.steps import attacks, labels, privacy
+from argofl.steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
+from argofl.steps.client_data import ClientDataError, client_data, client_train_data, model_shape
+from argofl.steps.frameworks import get_backend
+from argofl.steps.partition import client_seed
+from argofl.steps.runinfo import RunError, load_secret, open_run, write_json
+from argofl.steps.strategies import STRATEGIES
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from steps.errors import BadInputError, TransientError
+from argofl.steps.errors import BadInputError, TransientError
 
 __all__ = [
     "FileStore",

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
-from steps.errors import BadInputError
+from argofl.steps.errors import BadInputError
 
 __all__ = [
     "STRATEGIES",
@@ -388,7 +388,7 @@ def _check_fedadam(s: Options) -> str | None:
 
 
 def _robust(name: str, options: Options) -> Strategy:
-    from steps import robust
+    from argofl.steps import robust
 
     if name == "median":
         return robust.Median()
@@ -398,19 +398,19 @@ def _robust(name: str, options: Options) -> Strategy:
 
 
 def _check_krum(s: Options) -> str | None:
-    from steps import robust
+    from argofl.steps import robust
 
     return robust.check_krum(s)
 
 
 def _dp(options: Options, noise_seed: int | None) -> Strategy:
-    from steps import privacy
+    from argofl.steps import privacy
 
     return privacy.DPFedAvg(noise_seed=noise_seed, **_pick(options, *privacy.OPTIONS))
 
 
 def _check_dp(s: Options) -> str | None:
-    from steps import privacy
+    from argofl.steps import privacy
 
     return privacy.check_settings(s)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from steps.errors import BadInputError, TransientError
+from argofl.steps.errors import BadInputError, TransientError
 
 __all__ = [
     "QUANTILES",

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ARGOFL = [sys.executable, "-c", "from pipelines.cli import main; main()"]
+ARGOFL = [sys.executable, "-c", "from argofl.pipelines.cli import main; main()"]
 """``argofl`` as a subprocess command, running this checkout's code whatever the working directory."""
 
 ROOT = Path(__file__).resolve().parents[1]

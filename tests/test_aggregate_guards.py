@@ -12,18 +12,18 @@ from typing import BinaryIO
 
 import pytest
 
-import steps.runinfo
-from steps import step_aggregate, step_distribute, step_init, step_train
-from steps.checkpoint import (
+import argofl.steps.runinfo
+from argofl.steps import step_aggregate, step_distribute, step_init, step_train
+from argofl.steps.checkpoint import (
     MAX_MANIFEST_BYTES,
     checkpoint_keys,
     load_checkpoint,
     load_manifest,
     save_checkpoint,
 )
-from steps.runinfo import RunLayout
-from steps.settings import Settings
-from steps.store import FileStore
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.settings import Settings
+from argofl.steps.store import FileStore
 
 HUGE = 800 * 1024 * 1024
 
@@ -45,7 +45,7 @@ def store(tmp_path, monkeypatch, fmnist_dir) -> RecordingStore:
     monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     recording = RecordingStore(tmp_path / "store")
-    monkeypatch.setattr(steps.runinfo, "store_from_env", lambda: recording)
+    monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: recording)
     return recording
 
 

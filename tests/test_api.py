@@ -13,10 +13,10 @@ import pytest
 import yaml
 from hera.workflows import Workflow, WorkflowTemplate
 
-from pipelines import api
-from pipelines.compile import manifest_for, template_manifest_for
-from pipelines.config import load_config
-from steps.errors import BadInputError
+from argofl import api
+from argofl.pipelines.compile import manifest_for, template_manifest_for
+from argofl.pipelines.config import load_config
+from argofl.steps.errors import BadInputError
 from tests.fake_argo import FakeArgo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from steps.checkpoint import (
+from argofl.steps.checkpoint import (
     FORMAT,
     SUPPORTED_DTYPES,
     CheckpointCorrupt,
@@ -33,7 +33,7 @@ from steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
-from steps.store import FileStore, Store, open_store
+from argofl.steps.store import FileStore, Store, open_store
 
 KEY = "exp/run-1/round-0003/updates/3"
 BLOB, MANIFEST = KEY + ".safetensors", KEY + ".json"

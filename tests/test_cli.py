@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
+from argofl.pipelines.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_run_missing_config():
 
 def test_step_process_does_not_import_tensorflow_or_mlflow_or_hera():
     code = (
-        "import sys; from pipelines.cli import main\n"
+        "import sys; from argofl.pipelines.cli import main\n"
         "try:\n    main(['step', 'train', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('tensorflow', 'mlflow', 'hera', 'torch') if m in sys.modules))"
     )
@@ -125,7 +125,7 @@ def test_step_process_does_not_import_tensorflow_or_mlflow_or_hera():
 def test_run_progress_prints_one_line_per_finished_pod_like_watch():
     import io
 
-    from pipelines.commands import Progress
+    from argofl.pipelines.commands import Progress
 
     def pod(template, phase, inputs, outputs=None, message="", nid=None):
         return {

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.config import ConfigError, config_from_mapping
-from pipelines.data_commands import SplitSpec, split_dataset
-from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
-from steps.checkpoint import load_manifest
-from steps.cli import step as step_cli
-from steps.client_data import (
+from argofl.pipelines.cli import cli
+from argofl.pipelines.config import ConfigError, config_from_mapping
+from argofl.pipelines.data_commands import SplitSpec, split_dataset
+from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
+from argofl.steps.checkpoint import load_manifest
+from argofl.steps.cli import step as step_cli
+from argofl.steps.client_data import (
     ClientDataError,
     DataOptions,
     client_example_count,
@@ -26,11 +26,11 @@ from steps.client_data import (
     shard_uri,
     write_shard,
 )
-from steps.data import load_dataset
-from steps.runinfo import RunLayout
-from steps.settings import Settings, SettingsError
-from steps.store import FileStore
-from steps.strategies import AggregationError
+from argofl.steps.data import load_dataset
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.store import FileStore
+from argofl.steps.strategies import AggregationError
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_data_split_command_writes_the_partition_of_a_config(env, tmp_path):
 
 
 def step_train_part(s: Settings, client: str):
-    from steps.client_data import partition_split
+    from argofl.steps.client_data import partition_split
 
     return partition_split(s, "train", client)
 
@@ -171,7 +171,7 @@ def test_bad_shard_fails_its_client_with_one_line_and_the_round_goes_on(env, tmp
     elif problem == "shape":
         write_shard(uri, np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
     elif problem == "names":
-        from steps.checkpoint import encode_arrays
+        from argofl.steps.checkpoint import encode_arrays
 
         path.write_bytes(encode_arrays({"images": np.zeros((1, 28, 28, 1), np.uint8), "y": np.zeros(1)}))
     elif problem == "garbage":
@@ -328,9 +328,9 @@ def test_data_split_into_a_bucket_reads_back_with_the_clients_own_credentials(
     s = settings(clients=2, data_limit=100)
     split_dataset(SplitSpec.from_settings(s), template, test=False)
     seen: list[str | None] = []
-    import steps.store
+    import argofl.steps.store
 
-    real = steps.store.open_store
+    real = argofl.steps.store.open_store
 
     def spy(uri):
         seen.append(os.environ.get("ARGOFL_S3_ACCESS_KEY"))
@@ -338,7 +338,7 @@ def test_data_split_into_a_bucket_reads_back_with_the_clients_own_credentials(
 
     store_key = os.environ["ARGOFL_S3_ACCESS_KEY"]
     monkeypatch.setenv("ARGOFL_DATA_S3_ACCESS_KEY", "site-1-key")
-    monkeypatch.setattr(steps.store, "open_store", spy)
+    monkeypatch.setattr(argofl.steps.store, "open_store", spy)
     shard = read_shard(shard_uri(template, "1", "train"), client="1", input_shape=(28, 28, 1), num_classes=10)
     assert shard is not None
     assert len(shard) == 50

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.compile import manifest_for
-from pipelines.config import load_config
+from argofl.pipelines.cli import cli
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import load_config
 from tests.fake_argo import FakeArgo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -561,7 +561,7 @@ def test_resubmit_refuses_a_workflow_whose_rounds_would_start_over(
 
 
 def test_tls_verification_follows_flag_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.cluster_commands import _target
+    from argofl.pipelines.cluster_commands import _target
 
     monkeypatch.delenv("ARGO_INSECURE_SKIP_VERIFY", raising=False)
     monkeypatch.delenv("ARGO_SECURE", raising=False)

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps import data
-from steps.data import Dataset, DatasetError, load_dataset
+from argofl.steps import data
+from argofl.steps.data import Dataset, DatasetError, load_dataset
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(
@@ -193,7 +193,7 @@ def test_decompressed_files_are_reused_until_the_file_changes(
     """A later process skips the inflate: the decompressed IDX files are cached under the home."""
     import zlib
 
-    import steps.data as data
+    import argofl.steps.data as data
 
     write_mnist_like(tmp_path / "mnist", n_test=3)
     first = load_dataset("mnist", "test", str(tmp_path))

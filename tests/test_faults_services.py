@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from pipelines.compile import manifest_for
-from pipelines.config import config_from_mapping
-from pipelines.local import LocalRunResult, run_workflow
-from steps.checkpoint import load_checkpoint
-from steps.errors import EXIT_TRANSIENT
-from steps.runinfo import RunLayout
-from steps.store import open_store
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import config_from_mapping
+from argofl.pipelines.local import LocalRunResult, run_workflow
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.errors import EXIT_TRANSIENT
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.store import open_store
 from tests.servers import RunningServer, free_port, start_mlflow_server
 
 pytestmark = pytest.mark.slow
@@ -181,7 +181,7 @@ def test_mlflow_unreachable_at_start_fails_init_with_its_own_error(tmp_path, fmn
         assert node["outputs"]["exitCode"] == str(EXIT_TRANSIENT)
         assert node["message"].startswith(f"main: Error (exit code 75): error: MLflow at {dead} failed")
         assert "already" not in node["message"]
-    from pipelines.cluster import finished_steps, step_line
+    from argofl.pipelines.cluster import finished_steps, step_line
 
     lines = [step_line(s) for s in finished_steps(result.status) if s.template == "init"]
     assert len(lines) == 1

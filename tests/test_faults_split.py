@@ -20,16 +20,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.build_split import SplitExperimentConfig
-from pipelines.cli import cli
-from pipelines.cluster import last_completed_round, resubmission_manifest
-from pipelines.compile import manifest_for
-from pipelines.config import load_config
-from pipelines.local import LocalRunResult, run_workflow
-from steps.checkpoint import checkpoint_exists
-from steps.runinfo import RunLayout
-from steps.split.server import SplitServer
-from steps.store import FileStore, open_store
+from argofl.pipelines.build_split import SplitExperimentConfig
+from argofl.pipelines.cli import cli
+from argofl.pipelines.cluster import last_completed_round, resubmission_manifest
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import load_config
+from argofl.pipelines.local import LocalRunResult, run_workflow
+from argofl.steps.checkpoint import checkpoint_exists
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.split.server import SplitServer
+from argofl.steps.store import FileStore, open_store
 
 pytestmark = pytest.mark.slow
 
@@ -208,9 +208,9 @@ def test_split_server_killed_mid_round_fails_fast_naming_it_and_the_run_resumes_
 @pytest.fixture
 def serving(tmp_path, fmnist_dir, monkeypatch) -> Any:
     """An initialised split run and the command line of its round-1 server (on a free loopback port)."""
-    from steps.settings import Settings
-    from steps.split import steps as split_steps
-    from steps.split.settings import SplitOptions
+    from argofl.steps.settings import Settings
+    from argofl.steps.split import steps as split_steps
+    from argofl.steps.split.settings import SplitOptions
 
     env = {
         "ARGOFL_STORE": (tmp_path / "store").as_uri(),
@@ -232,7 +232,7 @@ def serving(tmp_path, fmnist_dir, monkeypatch) -> Any:
 
 
 def _await_serving(url: str, token: str, proc: subprocess.Popen[bytes]) -> None:
-    from steps.split.client import SplitClientError, probe
+    from argofl.steps.split.client import SplitClientError, probe
 
     for _ in range(600):  # a hang guard, not a timing assertion
         assert proc.poll() is None, "the server exited before serving"
@@ -252,7 +252,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_the_split_server_exits_on_sigterm_saying_so(serving):
-    from steps.split.client import ServerGone, probe
+    from argofl.steps.split.client import ServerGone, probe
 
     argv, url, token = serving
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
@@ -269,7 +269,7 @@ def test_the_split_server_exits_on_sigterm_saying_so(serving):
 
 
 def test_the_split_server_dies_with_the_process_that_started_it(serving):
-    from steps.split.client import ServerGone, probe
+    from argofl.steps.split.client import ServerGone, probe
 
     argv, url, token = serving
     launcher = (

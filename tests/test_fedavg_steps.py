@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
-from steps.checkpoint import CheckpointExists, load_checkpoint, save_checkpoint
-from steps.cli import step as step_cli
-from steps.data import DatasetError, load_dataset
-from steps.frameworks import get_backend
-from steps.partition import client_seed
-from steps.runinfo import RunError, RunLayout
-from steps.settings import Settings, SettingsError
-from steps.store import FileStore
+from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
+from argofl.steps.checkpoint import CheckpointExists, load_checkpoint, save_checkpoint
+from argofl.steps.cli import step as step_cli
+from argofl.steps.data import DatasetError, load_dataset
+from argofl.steps.frameworks import get_backend
+from argofl.steps.partition import client_seed
+from argofl.steps.runinfo import RunError, RunLayout
+from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.store import FileStore
 
 
 @pytest.fixture

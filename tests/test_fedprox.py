@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from steps.data import DatasetError, load_dataset
-from steps.frameworks import Backend, FrameworkError, get_backend
+from argofl.steps.data import DatasetError, load_dataset
+from argofl.steps.frameworks import Backend, FrameworkError, get_backend
 
 FRAMEWORKS = ["torch", pytest.param("tensorflow", marks=pytest.mark.tensorflow)]
 HPARAMS: dict[str, Any] = {"epochs": 1, "batch_size": 32, "lr": 0.05, "momentum": 0.9, "seed": 3}

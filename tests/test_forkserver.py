@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.local import forkserver, run_workflow
+from argofl.pipelines.local import forkserver, run_workflow
 
 PROBE = """
 import json, os, signal, subprocess, sys, tempfile, threading, time
@@ -226,7 +226,7 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
     executor = textwrap.dedent(
         f"""
         import os, signal, subprocess
-        from pipelines.local import forkserver
+        from argofl.pipelines.local import forkserver
         fs = forkserver.ForkServer(dict(os.environ), script={str(probe)!r}, entry="probe_main:main",
                                    preload=("json",))
         assert fs.wait_ready(60), fs.failure
@@ -255,13 +255,14 @@ def test_preloading_leaves_cuda_threads_and_determinism_to_each_step() -> None:
     """What the real server imports starts no Python thread, no CUDA, no deterministic mode."""
     code = (
         "import json, sys, threading\n"
-        "from pipelines.local import forkserver\n"
+        "from argofl.pipelines.local import forkserver\n"
         "problem = forkserver._preload(forkserver.PRELOAD)\n"
         "import torch\n"
         "print(json.dumps({'problem': problem, 'threads': threading.active_count(),\n"
         "    'cuda': torch.cuda.is_initialized(),\n"
         "    'deterministic': torch.are_deterministic_algorithms_enabled(),\n"
-        "    'loaded': all(m in sys.modules for m in ('torch', 'mlflow', 'steps.cli', 'torch.export'))}))\n"
+        "    'loaded': all(m in sys.modules\n"
+        "                  for m in ('torch', 'mlflow', 'argofl.steps.cli', 'torch.export'))}))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -288,7 +289,7 @@ def test_steps_run_as_normal_processes_once_the_server_is_gone(
 def test_tiny_fedavg_writes_the_same_bytes_with_and_without_the_fork_server(
     tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.cli import cli
+    from argofl.pipelines.cli import cli
 
     config = tmp_path / "fork-fedavg.yaml"
     config.write_text(

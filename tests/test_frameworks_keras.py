@@ -16,8 +16,8 @@ from tests.require import require_module
 
 require_module("tensorflow")
 
-from steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
-from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
+from argofl.steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
+from argofl.steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
 
 pytestmark = pytest.mark.tensorflow
 
@@ -262,7 +262,7 @@ def run_isolated(code: str) -> str:
 def test_tensorflow_process_never_imports_torch() -> None:
     out = run_isolated(
         "import sys, numpy as np\n"
-        "from steps.frameworks import get_backend\n"
+        "from argofl.steps.frameworks import get_backend\n"
         "b = get_backend('tensorflow'); b.configure(threads=1)\n"
         "m = b.build_model('mlp', input_shape=(28, 28, 1), num_classes=10, seed=0)\n"
         "x = np.zeros((8, 28, 28, 1), np.uint8); y = np.zeros(8, np.int64)\n"

@@ -16,8 +16,8 @@ from tests.require import require_module
 
 require_module("torch")
 
-from steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
-from steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
+from argofl.steps.data import Dataset, DatasetError, load_dataset  # noqa: E402
+from argofl.steps.frameworks import Backend, FrameworkError, TrainingDiverged, WeightsMismatch, get_backend  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HPARAMS: dict[str, Any] = {"epochs": 1, "batch_size": 32, "lr": 0.03, "momentum": 0.9}
@@ -267,7 +267,7 @@ def test_package_import_loads_no_framework() -> None:
 def test_torch_process_never_imports_tensorflow() -> None:
     out = run_isolated(
         "import sys, numpy as np\n"
-        "from steps.frameworks import get_backend\n"
+        "from argofl.steps.frameworks import get_backend\n"
         "b = get_backend('torch'); b.configure(threads=1)\n"
         "m = b.build_model('mlp', input_shape=(28, 28, 1), num_classes=10, seed=0)\n"
         "x = np.zeros((8, 28, 28, 1), np.uint8); y = np.zeros(8, np.int64)\n"
@@ -287,7 +287,7 @@ def test_momentum_sgd_matches_torch_optim_sgd_bit_for_bit(backend: Backend, mome
     """The clients' SGD (no torch.optim, so no TorchDynamo import) is torch.optim.SGD, exactly."""
     import torch
 
-    from steps.frameworks.torch_sgd import MomentumSGD
+    from argofl.steps.frameworks.torch_sgd import MomentumSGD
 
     ours = backend.build_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=3)
     theirs = backend.build_model("cnn", input_shape=(28, 28, 1), num_classes=10, seed=3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
 import shlex
 import shutil
@@ -382,7 +383,7 @@ from pathlib import Path
 
 site, commands = Path(sys.argv[1]), json.loads(sys.argv[2])
 modules = []
-for package in ("pipelines", "steps"):
+for package in ("argofl.pipelines", "argofl.steps"):
     top = importlib.import_module(package)
     if not Path(top.__file__).is_relative_to(site):
         sys.exit(f"{package} imported from {top.__file__}, not from the installed wheel")
@@ -415,10 +416,13 @@ def test_the_wheel_built_from_the_image_context_runs_every_manifest_command(tmp_
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     context = tmp_path / "context"
-    sent = [f for f in listed if _in_build_context(f) and (REPO / f).is_file()]
+    sent = [f for f in listed if _in_build_context(f) and ((REPO / f).is_file() or (REPO / f).is_symlink())]
     for relative in sent:
         (context / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / relative, context / relative)
+        if (REPO / relative).is_symlink():  # argofl/pipelines -> ../pipelines: Docker's COPY keeps links
+            (context / relative).symlink_to(os.readlink(REPO / relative))
+        else:
+            shutil.copy2(REPO / relative, context / relative)
     assert not any(f.startswith(("tests/", "argo/", ".venv/")) for f in sent)
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -434,7 +438,9 @@ def test_the_wheel_built_from_the_image_context_runs_every_manifest_command(tmp_
     # every module of the source tree made it into the image's argofl (lazy imports hide a missing one)
     source = sorted(f for f in listed if f.startswith(("pipelines/", "steps/")) and f.endswith(".py"))
     installed = sorted(
-        p.relative_to(site).as_posix() for pkg in ("pipelines", "steps") for p in (site / pkg).rglob("*.py")
+        p.relative_to(site / "argofl").as_posix()
+        for pkg in ("pipelines", "steps")
+        for p in (site / "argofl" / pkg).rglob("*.py")
     )
     assert installed == source
     [entry_points] = site.glob("argofl-*.dist-info/entry_points.txt")

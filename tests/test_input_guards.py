@@ -9,8 +9,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from argofl.pipelines.cli import cli
+from argofl.pipelines.config import MAX_CONFIG_BYTES, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fedavg-fmnist-torch.yaml"  # clients: 10, min_clients: 8

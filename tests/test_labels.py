@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from steps.cli import step as step_cli
-from steps.labels import (
+from argofl.steps.cli import step as step_cli
+from argofl.steps.labels import (
     ROUND_FORMAT,
     LabelError,
     client_sequence_format,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.local.addresses import AddressPool, listening_addresses
+from argofl.pipelines.local.addresses import AddressPool, listening_addresses
 
 
 def test_a_listening_socket_is_read_from_the_kernel_table():

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 
-from pipelines.local.cli import local
+from argofl.pipelines.local.cli import local
 
 HELLO: dict[str, Any] = {
     "apiVersion": "argoproj.io/v1alpha1",

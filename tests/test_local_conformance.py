@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.local import DockerOptions, LocalRunResult, run_workflow
-from pipelines.local.artifacts import load_artifact
-from pipelines.local.logs import log_files
-from steps.store import FileStore
+from argofl.pipelines.local import DockerOptions, LocalRunResult, run_workflow
+from argofl.pipelines.local.artifacts import load_artifact
+from argofl.pipelines.local.logs import log_files
+from argofl.steps.store import FileStore
 from tests.docker_env import docker_cli, tools_image
 
 SUITE = Path(__file__).resolve().parents[2] / "shared" / "argo-conformance"

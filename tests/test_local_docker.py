@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.local import DockerOptions, LocalRunResult, run_workflow
+from argofl.pipelines.local import DockerOptions, LocalRunResult, run_workflow
 from tests.docker_env import docker_cli, leftovers, tools_image
 
 pytestmark = pytest.mark.slow

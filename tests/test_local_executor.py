@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.local import LocalRunResult, UnsupportedWorkflow, WorkflowInputError, run_workflow
+from argofl.pipelines.local import LocalRunResult, UnsupportedWorkflow, WorkflowInputError, run_workflow
 
 
 def _wf(templates: list[dict[str, Any]], entrypoint: str = "main", **spec: Any) -> dict[str, Any]:
@@ -484,8 +484,8 @@ def test_retry_expression_sees_last_retry(tmp_path: Path) -> None:
 
 def test_loop_children_are_listed_in_index_order_whatever_thread_came_first(tmp_path: Path) -> None:
     """Loop children start on their own threads; the group lists them by index, as Argo does."""
-    from pipelines.local.engine import Engine
-    from steps.store import FileStore
+    from argofl.pipelines.local.engine import Engine
+    from argofl.steps.store import FileStore
 
     engine = Engine(
         name="wf", uid="u", metadata={}, spec={}, templates={}, parameters=[], run_dir=tmp_path,

@@ -7,12 +7,18 @@ from typing import Any
 
 import pytest
 
-from pipelines.local.depends import TaskResults, resolve_depends
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.expressions import evaluate, evaluate_bool, evaluate_when
-from pipelines.local.model import Node
-from pipelines.local.scopes import aggregate_outputs, expand_loop, item_name, item_scope
-from pipelines.local.templating import Unresolved, expand_scope, strict_prefixes, substitute, substitute_obj
+from argofl.pipelines.local.depends import TaskResults, resolve_depends
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.expressions import evaluate, evaluate_bool, evaluate_when
+from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.scopes import aggregate_outputs, expand_loop, item_name, item_scope
+from argofl.pipelines.local.templating import (
+    Unresolved,
+    expand_scope,
+    strict_prefixes,
+    substitute,
+    substitute_obj,
+)
 
 # ------------------------------------------------------------------------------------------- when
 

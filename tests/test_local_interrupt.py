@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.local.lifeline import WATCHDOG_ENV
+from argofl.pipelines.local.lifeline import WATCHDOG_ENV
 from tests.processes import ARGOFL, argofl_env, processes_with_env, run_processes, wait_for
 
 FINAL = {"Succeeded", "Failed", "Error", "Skipped", "Omitted"}

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.compile import manifest_for
-from pipelines.config import load_config
-from pipelines.local.runlock import hold_run_lock
-from pipelines.local_params import absolute_store_uri, absolute_tracking_uri
+from argofl.pipelines.cli import cli
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import load_config
+from argofl.pipelines.local.runlock import hold_run_lock
+from argofl.pipelines.local_params import absolute_store_uri, absolute_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
 

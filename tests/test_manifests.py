@@ -16,8 +16,8 @@ import pytest
 import yaml
 from hera.workflows import Workflow, WorkflowTemplate
 
-from pipelines.compile import manifest_for, render_manifest, render_template_manifest
-from pipelines.config import config_from_mapping, load_config
+from argofl.pipelines.compile import manifest_for, render_manifest, render_template_manifest
+from argofl.pipelines.config import config_from_mapping, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from steps import tracking
+from argofl.steps import tracking
 from tests.browser import chromium, rendered_dom
 
 pytestmark = pytest.mark.slow

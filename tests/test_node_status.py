@@ -7,7 +7,7 @@ import gzip
 import json
 from typing import Any
 
-from pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, compress_nodes, measure, per_round, project
+from argofl.pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, compress_nodes, measure, per_round, project
 
 
 def _node(

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from steps.partition import PartitionError, client_seed, partition
+from argofl.steps.partition import PartitionError, client_seed, partition
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_client_seed_is_the_same_in_another_process() -> None:
     import sys
     from pathlib import Path
 
-    code = "from steps.partition import client_seed; print(client_seed(5, 3, 'client-1'))"
+    code = "from argofl.steps.partition import client_seed; print(client_seed(5, 3, 'client-1'))"
     env = {**os.environ, "PYTHONHASHSEED": "123", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert int(out.stdout) == client_seed(5, 3, "client-1")

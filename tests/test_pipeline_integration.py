@@ -13,10 +13,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from steps.checkpoint import load_checkpoint
-from steps.runinfo import RunLayout
-from steps.store import open_store
+from argofl.pipelines.cli import cli
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.store import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -134,7 +134,7 @@ def test_pipeline_against_s3_and_mlflow_server(
     model = mlflow.pytorch.load_model(summary["mlflow_model_uri"])
     import torch
 
-    from steps.data import load_dataset
+    from argofl.steps.data import load_dataset
 
     test = load_dataset("fashion-mnist", "test")
     x = torch.from_numpy(test.x[:500].astype(np.float32) / 255.0).permute(0, 3, 1, 2)

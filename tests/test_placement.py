@@ -12,15 +12,15 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.compile import manifest_for
-from pipelines.config import ConfigError, config_from_mapping, load_config
-from pipelines.data_commands import SplitSpec, split_dataset
-from pipelines.local.cli import local
-from steps.checkpoint import load_checkpoint
-from steps.runinfo import RunError, RunLayout
-from steps.settings import Settings
-from steps.step_distribute import place_groups
-from steps.store import FileStore
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import ConfigError, config_from_mapping, load_config
+from argofl.pipelines.data_commands import SplitSpec, split_dataset
+from argofl.pipelines.local.cli import local
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.runinfo import RunError, RunLayout
+from argofl.steps.settings import Settings
+from argofl.steps.step_distribute import place_groups
+from argofl.steps.store import FileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACED = sorted(p for p in (ROOT / "configs").glob("*.yaml") if "placement:" in p.read_text())
@@ -185,7 +185,7 @@ def test_placed_per_client_workflow_runs_locally_with_federated_evaluation(tmp_p
 
 
 def test_watch_and_status_read_a_groups_train_template_as_train():
-    from pipelines.cluster import step_line, step_of
+    from argofl.pipelines.cluster import step_line, step_of
 
     node = {
         "templateName": "train-site-a",
@@ -213,7 +213,7 @@ def test_a_groups_train_template_refuses_other_clients(config):
 
 
 def test_train_refuses_a_client_outside_its_group_before_reading_anything(tmp_path, monkeypatch):
-    from steps.cli import step as step_cli
+    from argofl.steps.cli import step as step_cli
 
     monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
     monkeypatch.setattr("steps.step_train.open_run", lambda key: (None, None, _record()))
@@ -236,8 +236,8 @@ def test_train_refuses_a_client_outside_its_group_before_reading_anything(tmp_pa
 
 
 def _record():
-    from steps.client_data import DataOptions
-    from steps.runinfo import RunRecord
+    from argofl.steps.client_data import DataOptions
+    from argofl.steps.runinfo import RunRecord
 
     return RunRecord(
         Settings.from_mapping({"experiment": "x", "clients": 3}), "r", "w", "u", 0.0, DataOptions()

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from steps.privacy import DPFedAvg, epsilon, noise_seed, privatize
-from steps.settings import Settings, SettingsError
-from steps.strategies import AggregationError, ClientUpdate
+from argofl.steps.privacy import DPFedAvg, epsilon, noise_seed, privatize
+from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.strategies import AggregationError, ClientUpdate
 
 pytest.importorskip("dp_accounting")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps.checkpoint import open_checkpoint, save_checkpoint
-from steps.robust import Krum, Median, TrimmedMean
-from steps.settings import Settings, SettingsError
-from steps.store import FileStore
-from steps.strategies import STRATEGIES, AggregationError, ClientUpdate, get_strategy
+from argofl.steps.checkpoint import open_checkpoint, save_checkpoint
+from argofl.steps.robust import Krum, Median, TrimmedMean
+from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.store import FileStore
+from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, get_strategy
 
 
 def updates(*values: list[float], examples: list[int] | None = None) -> list[ClientUpdate]:
@@ -186,7 +186,7 @@ def test_get_strategy_builds_each_registered_strategy_with_its_options():
 
 
 def test_lazy_checkpoints_are_verified_like_eager_ones(tmp_path):
-    from steps.checkpoint import CheckpointCorrupt, CheckpointMismatch, TensorSpec, checkpoint_keys
+    from argofl.steps.checkpoint import CheckpointCorrupt, CheckpointMismatch, TensorSpec, checkpoint_keys
 
     store = FileStore(tmp_path / "store")
     save_checkpoint(store, "u/0", {"w": np.array([1.0, 2.0], np.float32)}, round=1, client="0", examples=3)

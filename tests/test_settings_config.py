@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from steps.settings import Settings, SettingsError
+from argofl.pipelines.config import ConfigError, load_config
+from argofl.steps.settings import Settings, SettingsError
 
 FLAGSHIP = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.build_split import SplitExperimentConfig
-from pipelines.compile import manifest_for
-from pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
-from steps.settings import SettingsError
-from steps.split.settings import SplitOptions
+from argofl.pipelines.build_split import SplitExperimentConfig
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
+from argofl.steps.settings import SettingsError
+from argofl.steps.split.settings import SplitOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,8 +70,8 @@ def test_split_parameters_given_as_strings_are_parsed():
 
 
 def test_bad_cut_fails_at_init_not_silently(tmp_path):
-    from steps.settings import Settings
-    from steps.split.torch_split import build_halves
+    from argofl.steps.settings import Settings
+    from argofl.steps.split.torch_split import build_halves
 
     cfg = config_from_mapping(
         yaml.safe_load("kind: split\nexperiment: x\nsplit: {cut: nope}"), name="x", where="t"
@@ -79,7 +79,7 @@ def test_bad_cut_fails_at_init_not_silently(tmp_path):
     assert isinstance(cfg, SplitExperimentConfig)
     s: Settings = cfg.settings
     o: SplitOptions = cfg.split
-    from steps.frameworks.base import FrameworkError
+    from argofl.steps.frameworks.base import FrameworkError
 
     with pytest.raises(FrameworkError, match=r"split\.cut='nope'"):
         build_halves(s.model, o.cut, input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1)
@@ -87,9 +87,9 @@ def test_bad_cut_fails_at_init_not_silently(tmp_path):
 
 def test_a_strategy_override_at_submit_time_fails_split_init(tmp_path, monkeypatch):
     """`-p strategy=fedadam` bypasses the config check; split init refuses it before writing anything."""
-    from steps.runinfo import RunError
-    from steps.settings import Settings
-    from steps.split import steps as split_steps
+    from argofl.steps.runinfo import RunError
+    from argofl.steps.settings import Settings
+    from argofl.steps.split import steps as split_steps
 
     monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
     settings = Settings.from_mapping({"experiment": "x", "strategy": "fedavgm"})

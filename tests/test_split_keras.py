@@ -8,10 +8,10 @@ from tests.require import require_module
 
 require_module("tensorflow")
 
-from steps.frameworks import get_backend  # noqa: E402
-from steps.split import keras_split  # noqa: E402
-from steps.split.client import SplitClient, train_split  # noqa: E402
-from steps.split.server import SplitServer  # noqa: E402
+from argofl.steps.frameworks import get_backend  # noqa: E402
+from argofl.steps.split import keras_split  # noqa: E402
+from argofl.steps.split.client import SplitClient, train_split  # noqa: E402
+from argofl.steps.split.server import SplitServer  # noqa: E402
 
 SHAPE = (28, 28, 1)
 LR, MOMENTUM = 0.05, 0.9

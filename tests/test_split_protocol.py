@@ -22,11 +22,11 @@ from tests.require import require_module
 
 torch = require_module("torch")
 
-from steps.frameworks import get_backend  # noqa: E402
-from steps.split.client import ServerGone, SplitClient, SplitClientError, probe, train_split  # noqa: E402
-from steps.split.server import SplitServer, SplitServerError  # noqa: E402
-from steps.split.torch_split import TorchBottom, TorchTop, activation_shape, split_model  # noqa: E402
-from steps.split.wire import decode, encode, token_fingerprint  # noqa: E402
+from argofl.steps.frameworks import get_backend  # noqa: E402
+from argofl.steps.split.client import ServerGone, SplitClient, SplitClientError, probe, train_split  # noqa: E402
+from argofl.steps.split.server import SplitServer, SplitServerError  # noqa: E402
+from argofl.steps.split.torch_split import TorchBottom, TorchTop, activation_shape, split_model  # noqa: E402
+from argofl.steps.split.wire import decode, encode, token_fingerprint  # noqa: E402
 
 TOKEN = "test-token-1234"
 SHAPE = (28, 28, 1)
@@ -321,18 +321,18 @@ def test_client_reports_server_errors_in_one_line():
 
 
 def test_bad_cut_is_refused_with_the_layer_names():
-    from steps.frameworks.base import FrameworkError
+    from argofl.steps.frameworks.base import FrameworkError
 
     with pytest.raises(FrameworkError, match="conv1"):
         split_model(_model(), "logits")
 
 
 def test_evaluate_waits_for_a_live_server_and_fails_at_once_when_it_is_gone(tmp_path):
-    from steps.checkpoint import save_checkpoint
-    from steps.runinfo import RunError
-    from steps.split.settings import SplitOptions, token_key, top_key
-    from steps.split.steps import GONE_CHECKS, _await_top
-    from steps.store import FileStore
+    from argofl.steps.checkpoint import save_checkpoint
+    from argofl.steps.runinfo import RunError
+    from argofl.steps.split.settings import SplitOptions, token_key, top_key
+    from argofl.steps.split.steps import GONE_CHECKS, _await_top
+    from argofl.steps.store import FileStore
 
     store, run = FileStore(tmp_path), "e/run-a"
     store.put_bytes(token_key(run), TOKEN.encode())

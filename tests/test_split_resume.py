@@ -10,11 +10,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from steps.checkpoint import checkpoint_exists, checkpoint_keys
-from steps.runinfo import RunLayout
-from steps.split.settings import bottom_key, top_key
-from steps.store import Store, open_store
+from argofl.pipelines.cli import cli
+from argofl.steps.checkpoint import checkpoint_exists, checkpoint_keys
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.split.settings import bottom_key, top_key
+from argofl.steps.store import Store, open_store
 
 pytestmark = pytest.mark.slow
 

@@ -11,13 +11,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from pipelines.cli import cli
-from pipelines.compile import manifest_for
-from pipelines.config import load_config
-from steps.checkpoint import load_checkpoint
-from steps.runinfo import RunLayout
-from steps.split.settings import bottom_key, token_key, top_key
-from steps.store import open_store
+from argofl.pipelines.cli import cli
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import load_config
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.split.settings import bottom_key, token_key, top_key
+from argofl.steps.store import open_store
 from tests.servers import free_port
 
 _slow = pytest.mark.slow

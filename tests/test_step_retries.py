@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from pipelines.local import run_workflow
-from pipelines.workflow_parts import RETRY_EXPRESSION
-from steps import step_aggregate, step_distribute, step_init, step_train, tracking
-from steps.cli import step as step_cli
-from steps.errors import EXIT_TRANSIENT, ArgoflError, BadInputError, TransientError
-from steps.runinfo import RunLayout
-from steps.settings import Settings
-from steps.store import FileStore
+from argofl.pipelines.local import run_workflow
+from argofl.pipelines.workflow_parts import RETRY_EXPRESSION
+from argofl.steps import step_aggregate, step_distribute, step_init, step_train, tracking
+from argofl.steps.cli import step as step_cli
+from argofl.steps.errors import EXIT_TRANSIENT, ArgoflError, BadInputError, TransientError
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.settings import Settings
+from argofl.steps.store import FileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,12 +67,12 @@ def _errors(output: str) -> list[str]:
 
 
 def test_every_argofl_error_has_one_root_and_an_exit_code():
-    from pipelines.cluster import ClusterError
-    from pipelines.config import ConfigError
-    from pipelines.local.errors import UnsupportedWorkflow, WorkflowInputError
-    from steps.checkpoint import CheckpointError
-    from steps.store import StoreError, StoreUnavailable
-    from steps.tracking import TrackingError, TrackingNotConfigured
+    from argofl.pipelines.cluster import ClusterError
+    from argofl.pipelines.config import ConfigError
+    from argofl.pipelines.local.errors import UnsupportedWorkflow, WorkflowInputError
+    from argofl.steps.checkpoint import CheckpointError
+    from argofl.steps.store import StoreError, StoreUnavailable
+    from argofl.steps.tracking import TrackingError, TrackingNotConfigured
 
     for bad in (ConfigError, WorkflowInputError, UnsupportedWorkflow, CheckpointError, StoreError):
         assert issubclass(bad, BadInputError), bad
@@ -138,7 +138,7 @@ def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_
         [
             sys.executable,
             "-c",
-            "from pipelines.cli import main; main()",
+            "from argofl.pipelines.cli import main; main()",
             "step",
             "aggregate",
             "--run-key",
@@ -209,7 +209,7 @@ def test_the_builders_retry_policy_retries_transient_failures_only(tmp_path, cod
 
 
 def test_watch_lines_show_the_last_attempts_error_not_the_retry_verdict(tmp_path):
-    from pipelines.cluster import finished_steps, step_line
+    from argofl.pipelines.cluster import finished_steps, step_line
 
     source = "import sys\nprint('error: settings: rounds must be ≥ 1', file=sys.stderr)\nsys.exit(2)\n"
     result = run_workflow(_script_workflow(source), runs_dir=tmp_path / "runs")

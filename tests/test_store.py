@@ -13,7 +13,7 @@ from typing import BinaryIO, cast
 import numpy as np
 import pytest
 
-from steps.store import FileStore, ObjectNotFound, S3Store, Store, StoreError, open_store, open_uri
+from argofl.steps.store import FileStore, ObjectNotFound, S3Store, Store, StoreError, open_store, open_uri
 from tests.servers import free_port
 
 MIB = 1024 * 1024

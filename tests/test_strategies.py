@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from steps.strategies import (
+from argofl.steps.strategies import (
     AggregationError,
     ClientUpdate,
     FedAdam,

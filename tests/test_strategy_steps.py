@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from steps import step_aggregate, step_distribute, step_evaluate, step_finalize, step_init, step_train
-from steps.checkpoint import load_checkpoint
-from steps.robust import Median
-from steps.runinfo import RunLayout
-from steps.settings import Settings
-from steps.store import FileStore
-from steps.strategies import ClientUpdate
+from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_finalize, step_init, step_train
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.robust import Median
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.settings import Settings
+from argofl.steps.store import FileStore
+from argofl.steps.strategies import ClientUpdate
 
 
 @pytest.fixture

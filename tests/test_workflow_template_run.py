@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipelines.local.cli import local
-from steps.checkpoint import load_checkpoint
-from steps.runinfo import RunLayout
-from steps.store import FileStore
+from argofl.pipelines.local.cli import local
+from argofl.steps.checkpoint import load_checkpoint
+from argofl.steps.runinfo import RunLayout
+from argofl.steps.store import FileStore
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

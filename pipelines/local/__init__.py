@@ -24,13 +24,13 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.local.containers import DockerOptions, DockerRuntime
-from pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
-from pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
-from pipelines.local.runlock import hold_run_lock
-from pipelines.local.signals import StopOnSignals
-from pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
-from steps.store import FileStore, Store
+from argofl.pipelines.local.containers import DockerOptions, DockerRuntime
+from argofl.pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
+from argofl.pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
+from argofl.pipelines.local.runlock import hold_run_lock
+from argofl.pipelines.local.signals import StopOnSignals
+from argofl.pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
+from argofl.steps.store import FileStore, Store
 
 __all__ = [
     "DockerOptions",

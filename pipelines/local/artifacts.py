@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steps.errors import ArgoflError
-from steps.store import ObjectNotFound, Store, StoreError
+from argofl.steps.errors import ArgoflError
+from argofl.steps.store import ObjectNotFound, Store, StoreError
 
 __all__ = ["ArtifactError", "has_location", "load_artifact", "save_artifact"]
 

@@ -13,11 +13,11 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.local.artifacts import has_location
-from pipelines.local.errors import WorkflowInputError
-from pipelines.local.expressions import format_value, go_json
-from pipelines.local.state import WorkflowState
-from pipelines.local.templating import NONE, substitute, substitute_obj
+from argofl.pipelines.local.artifacts import has_location
+from argofl.pipelines.local.errors import WorkflowInputError
+from argofl.pipelines.local.expressions import format_value, go_json
+from argofl.pipelines.local.state import WorkflowState
+from argofl.pipelines.local.templating import NONE, substitute, substitute_obj
 
 __all__ = ["TemplateBinder"]
 

@@ -13,13 +13,13 @@ import queue
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.expressions import evaluate, evaluate_when, format_value
-from pipelines.local.model import Node, node_id
-from pipelines.local.scopes import Scope, expand_loop, item_name, item_scope, node_scope
-from pipelines.local.slots import Slots
-from pipelines.local.state import Call, WorkflowState
-from pipelines.local.templating import NONE, expand_scope, strict_prefixes, substitute, substitute_obj
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.expressions import evaluate, evaluate_when, format_value
+from argofl.pipelines.local.model import Node, node_id
+from argofl.pipelines.local.scopes import Scope, expand_loop, item_name, item_scope, node_scope
+from argofl.pipelines.local.slots import Slots
+from argofl.pipelines.local.state import Call, WorkflowState
+from argofl.pipelines.local.templating import NONE, expand_scope, strict_prefixes, substitute, substitute_obj
 
 __all__ = ["ChildRunner", "continues_on"]
 

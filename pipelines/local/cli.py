@@ -11,11 +11,11 @@ from typing import Any
 import click
 import yaml
 
-from pipelines.exits import ArgoflGroup
-from pipelines.local import DockerOptions, WorkflowInputError, run_workflow
-from pipelines.local.containers import parse_image_map
-from pipelines.local.logs import find_nodes, log_files
-from pipelines.local.render import render_status
+from argofl.pipelines.exits import ArgoflGroup
+from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
+from argofl.pipelines.local.containers import parse_image_map
+from argofl.pipelines.local.logs import find_nodes, log_files
+from argofl.pipelines.local.render import render_status
 
 __all__ = ["container_options", "local", "runtime_options"]
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipelines.local.errors import WorkflowInputError
-from pipelines.local.process import TERM_GRACE_SECONDS, ProcessOutcome, StepProcess
+from argofl.pipelines.local.errors import WorkflowInputError
+from argofl.pipelines.local.process import TERM_GRACE_SECONDS, ProcessOutcome, StepProcess
 
 __all__ = [
     "RUN_LABEL",
@@ -251,7 +251,14 @@ class DockerRuntime:
         read_end, write_end = os.pipe()
         try:
             self._reaper = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.local.reaper", self.docker, self.label, self.network],
+                [
+                    sys.executable,
+                    "-m",
+                    "argofl.pipelines.local.reaper",
+                    self.docker,
+                    self.label,
+                    self.network,
+                ],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

@@ -13,13 +13,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.local.children import ChildRunner, continues_on
-from pipelines.local.depends import Depends, TaskResults, resolve_depends
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.model import FAILED_OR_ERROR, Node
-from pipelines.local.scopes import Scope, aggregate_outputs, node_scope
-from pipelines.local.slots import Slots
-from pipelines.local.state import Call
+from argofl.pipelines.local.children import ChildRunner, continues_on
+from argofl.pipelines.local.depends import Depends, TaskResults, resolve_depends
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.model import FAILED_OR_ERROR, Node
+from argofl.pipelines.local.scopes import Scope, aggregate_outputs, node_scope
+from argofl.pipelines.local.slots import Slots
+from argofl.pipelines.local.state import Call
 
 __all__ = ["DagRunner"]
 

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.expressions import evaluate_bool, parse
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.expressions import evaluate_bool, parse
 
 __all__ = ["RESULTS", "Depends", "TaskResults", "resolve_depends"]
 

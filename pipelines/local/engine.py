@@ -28,17 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.local.artifacts import ArtifactError
-from pipelines.local.binding import TemplateBinder
-from pipelines.local.dag import DagRunner
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.expressions import go_json
-from pipelines.local.model import FAILED_OR_ERROR, Node, node_id, rfc3339
-from pipelines.local.pods import PodRunner
-from pipelines.local.retry import RetryPolicy, humanize_seconds
-from pipelines.local.state import Call
-from pipelines.local.step_groups import StepsRunner
-from pipelines.local.templating import NONE, expand_scope, substitute_obj
+from argofl.pipelines.local.artifacts import ArtifactError
+from argofl.pipelines.local.binding import TemplateBinder
+from argofl.pipelines.local.dag import DagRunner
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.expressions import go_json
+from argofl.pipelines.local.model import FAILED_OR_ERROR, Node, node_id, rfc3339
+from argofl.pipelines.local.pods import PodRunner
+from argofl.pipelines.local.retry import RetryPolicy, humanize_seconds
+from argofl.pipelines.local.state import Call
+from argofl.pipelines.local.step_groups import StepsRunner
+from argofl.pipelines.local.templating import NONE, expand_scope, substitute_obj
 
 __all__ = ["Engine", "LocalRunResult", "generate_name", "new_uid"]
 

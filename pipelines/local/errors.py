@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from steps.errors import ArgoflError, BadInputError
+from argofl.steps.errors import ArgoflError, BadInputError
 
 __all__ = ["ExpressionError", "LocalExecutorError", "UnsupportedWorkflow", "WorkflowInputError"]
 

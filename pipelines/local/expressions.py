@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.local.errors import ExpressionError
+from argofl.pipelines.local.errors import ExpressionError
 
 __all__ = ["evaluate", "evaluate_bool", "evaluate_when", "format_value", "go_json", "parse"]
 

@@ -81,16 +81,16 @@ PRELOAD = (
     "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
     # the installed-packages map MLflow builds to check a logged model's requirements (seconds)
     "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
-    "pipelines.cli",
-    "steps.cli",
-    "steps.frameworks.torch_backend",
-    "steps.step_init",
-    "steps.step_distribute",
-    "steps.step_train",
-    "steps.step_aggregate",
-    "steps.step_evaluate",
-    "steps.step_finalize",
-    "steps.tracking",
+    "argofl.pipelines.cli",
+    "argofl.steps.cli",
+    "argofl.steps.frameworks.torch_backend",
+    "argofl.steps.step_init",
+    "argofl.steps.step_distribute",
+    "argofl.steps.step_train",
+    "argofl.steps.step_aggregate",
+    "argofl.steps.step_evaluate",
+    "argofl.steps.step_finalize",
+    "argofl.steps.tracking",
 )
 """Modules the server imports before forking, or ``module:function`` to call once imported (what is not
 installed, or fails, is skipped: the step then pays for it itself)."""
@@ -193,7 +193,7 @@ class ForkServer:
         env: Mapping[str, str],
         *,
         script: Path | None = None,
-        entry: str = "pipelines.cli:main",
+        entry: str = "argofl.pipelines.cli:main",
         preload: Sequence[str] = PRELOAD,
     ) -> None:
         """Start a server with environment ``env`` that serves ``<script> step …`` by calling ``entry``
@@ -234,7 +234,7 @@ class ForkServer:
             self._socket = ours
         code = (
             "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); "
-            "from pipelines.local.forkserver import _serve; "
+            "from argofl.pipelines.local.forkserver import _serve; "
             "_serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[1], sys.argv[4], sys.argv[5])"
         )
         try:

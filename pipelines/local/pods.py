@@ -30,23 +30,23 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
-from pipelines.local.containers import (
+from argofl.pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
+from argofl.pipelines.local.containers import (
     ContainerOutcome,
     ContainerProcess,
     ContainerStartError,
     DockerRuntime,
     exec_in_container,
 )
-from pipelines.local.errors import LocalExecutorError, WorkflowInputError
-from pipelines.local.expressions import format_value
-from pipelines.local.model import Node
-from pipelines.local.probes import wait_ready
-from pipelines.local.process import ProcessOutcome, StepProcess
-from pipelines.local.retry import parse_duration
-from pipelines.local.sandbox import PathView
-from pipelines.local.state import Call, Daemon, WorkflowState
-from steps.store import ObjectNotFound
+from argofl.pipelines.local.errors import LocalExecutorError, WorkflowInputError
+from argofl.pipelines.local.expressions import format_value
+from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.probes import wait_ready
+from argofl.pipelines.local.process import ProcessOutcome, StepProcess
+from argofl.pipelines.local.retry import parse_duration
+from argofl.pipelines.local.sandbox import PathView
+from argofl.pipelines.local.state import Call, Daemon, WorkflowState
+from argofl.steps.store import ObjectNotFound
 
 __all__ = ["SCRIPT_PATH", "PodRunner"]
 

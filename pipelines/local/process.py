@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.local import forkserver, lifeline
+from argofl.pipelines.local import forkserver, lifeline
 
 __all__ = ["ProcessOutcome", "StepProcess"]
 

@@ -1,4 +1,4 @@
-"""Removes a run's containers and network once the executor is gone: ``python -m pipelines.local.reaper
+"""Removes a run's containers and network once the executor is gone: ``python -m argofl.pipelines.local.reaper
 DOCKER LABEL NETWORK``, started detached by :class:`~pipelines.local.containers.DockerRuntime`.
 
 Its stdin is a pipe whose only writer is the executor. Reading it returns end-of-file when the executor

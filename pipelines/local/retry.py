@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pipelines.local.errors import WorkflowInputError
-from pipelines.local.expressions import evaluate_bool
+from argofl.pipelines.local.errors import WorkflowInputError
+from argofl.pipelines.local.expressions import evaluate_bool
 
 __all__ = ["RetryPolicy", "humanize_seconds", "parse_duration"]
 

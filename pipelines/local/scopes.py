@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.local.errors import WorkflowInputError
-from pipelines.local.expressions import format_value, go_json
-from pipelines.local.model import Node, rfc3339
+from argofl.pipelines.local.errors import WorkflowInputError
+from argofl.pipelines.local.expressions import format_value, go_json
+from argofl.pipelines.local.model import Node, rfc3339
 
 __all__ = [
     "Scope",

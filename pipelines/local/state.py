@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.local.addresses import AddressPool
-from pipelines.local.errors import LocalExecutorError
-from pipelines.local.expressions import go_json
-from pipelines.local.model import FULFILLED, Node, node_id, rfc3339
-from pipelines.local.process import StepProcess
-from pipelines.local.slots import Slots
-from pipelines.local.templating import NONE, substitute
-from steps.store import Store
+from argofl.pipelines.local.addresses import AddressPool
+from argofl.pipelines.local.errors import LocalExecutorError
+from argofl.pipelines.local.expressions import go_json
+from argofl.pipelines.local.model import FULFILLED, Node, node_id, rfc3339
+from argofl.pipelines.local.process import StepProcess
+from argofl.pipelines.local.slots import Slots
+from argofl.pipelines.local.templating import NONE, substitute
+from argofl.steps.store import Store
 
 __all__ = ["EXIT_HANDLER_GRACE_SECONDS", "Call", "Daemon", "RunningPod", "WorkflowState"]
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from pipelines.local.children import ChildRunner, continues_on
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.model import Node
-from pipelines.local.scopes import Scope, aggregate_outputs, node_scope
-from pipelines.local.slots import Slots
-from pipelines.local.state import Call
+from argofl.pipelines.local.children import ChildRunner, continues_on
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.scopes import Scope, aggregate_outputs, node_scope
+from argofl.pipelines.local.slots import Slots
+from argofl.pipelines.local.state import Call
 
 __all__ = ["StepsRunner"]
 

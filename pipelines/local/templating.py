@@ -14,8 +14,8 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from pipelines.local.errors import ExpressionError, WorkflowInputError
-from pipelines.local.expressions import evaluate, format_value, go_json
+from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
+from argofl.pipelines.local.expressions import evaluate, format_value, go_json
 
 __all__ = [
     "Strict",

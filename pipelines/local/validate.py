@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pipelines.local.depends import resolve_depends
-from pipelines.local.errors import ExpressionError, UnsupportedWorkflow, WorkflowInputError
-from pipelines.local.expressions import format_value, parse
-from pipelines.local.templating import find_tags
+from argofl.pipelines.local.depends import resolve_depends
+from argofl.pipelines.local.errors import ExpressionError, UnsupportedWorkflow, WorkflowInputError
+from argofl.pipelines.local.expressions import format_value, parse
+from argofl.pipelines.local.templating import find_tags
 
 __all__ = ["check_structure", "check_supported", "global_parameters", "spec_of"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from steps.frameworks.base import (
+from argofl.steps.frameworks.base import (
     BUILTIN_MODELS,
     Backend,
     FrameworkError,
@@ -29,8 +29,8 @@ __all__ = [
 
 # framework name -> (module, the pip extra that provides it)
 FRAMEWORKS: dict[str, tuple[str, str]] = {
-    "torch": ("steps.frameworks.torch_backend", "torch"),
-    "tensorflow": ("steps.frameworks.keras_backend", "tensorflow"),
+    "torch": ("argofl.steps.frameworks.torch_backend", "torch"),
+    "tensorflow": ("argofl.steps.frameworks.keras_backend", "tensorflow"),
 }
 
 _BACKENDS: dict[str, Backend] = {}

@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from steps.errors import ArgoflError, BadInputError
+from argofl.steps.errors import ArgoflError, BadInputError
 
 __all__ = [
     "BUILTIN_MODELS",

@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # no INFO lines from the C++
 import keras
 import tensorflow as tf
 
-from steps.frameworks.base import (
+from argofl.steps.frameworks.base import (
     Backend,
     FrameworkError,
     TrainingDiverged,

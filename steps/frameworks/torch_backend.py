@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from steps.frameworks.base import (
+from argofl.steps.frameworks.base import (
     Backend,
     FrameworkError,
     TrainingDiverged,
@@ -30,7 +30,7 @@ from steps.frameworks.base import (
     resolve_model,
     scale_images,
 )
-from steps.frameworks.torch_sgd import MomentumSGD
+from argofl.steps.frameworks.torch_sgd import MomentumSGD
 
 __all__ = ["TorchBackend", "create_backend"]
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from steps.errors import ArgoflError
-from steps.frameworks.base import epoch_orders
-from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
+from argofl.steps.errors import ArgoflError
+from argofl.steps.frameworks.base import epoch_orders
+from argofl.steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from steps.frameworks.base import FrameworkError, TrainingDiverged, scale_images
-from steps.frameworks.keras_backend import _outputs_probabilities, keras, tf
+from argofl.steps.frameworks.base import FrameworkError, TrainingDiverged, scale_images
+from argofl.steps.frameworks.keras_backend import _outputs_probabilities, keras, tf
 
 __all__ = ["KerasBottom", "KerasTop", "activation_shape", "build_halves", "split_model"]
 
@@ -125,7 +125,7 @@ class KerasBottom:
 def build_halves(
     model: str, cut: str, *, input_shape: tuple[int, int, int], num_classes: int, seed: int, threads: int
 ) -> tuple[Any, Any, Any]:
-    from steps.frameworks import get_backend
+    from argofl.steps.frameworks import get_backend
 
     backend = get_backend("tensorflow")
     backend.configure(threads=threads)

@@ -41,8 +41,8 @@ from typing import Any
 
 import numpy as np
 
-from steps.errors import ArgoflError
-from steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
+from argofl.steps.errors import ArgoflError
+from argofl.steps.split.wire import CONTENT_TYPE, WireError, decode, encode, expect, token_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class SplitServer:
         if self.shared_top is not None:
             weights = self.shared_top.weights()
         else:
-            from steps.strategies import fedavg
+            from argofl.steps.strategies import fedavg
 
             weights = fedavg(
                 (self.clients[c].top.weights(), self.clients[c].examples)

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from steps.mapping import dataclass_from_mapping
-from steps.settings import SettingsError
-from steps.store import join_key
+from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.settings import SettingsError
+from argofl.steps.store import join_key
 
 __all__ = [
     "MODES",

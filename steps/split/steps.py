@@ -32,14 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from steps import tracking
-from steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
-from steps.data import load_dataset
-from steps.labels import LabelError, parse_clients
-from steps.partition import client_seed, partition
-from steps.runinfo import RunError, open_run, store_from_env, write_json
-from steps.settings import Settings
-from steps.split.settings import (
+from argofl.steps import tracking
+from argofl.steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
+from argofl.steps.data import load_dataset
+from argofl.steps.labels import LabelError, parse_clients
+from argofl.steps.partition import client_seed, partition
+from argofl.steps.runinfo import RunError, open_run, store_from_env, write_json
+from argofl.steps.settings import Settings
+from argofl.steps.split.settings import (
     SPLIT_STRATEGY_NOTE,
     SplitOptions,
     bottom_key,
@@ -47,7 +47,7 @@ from steps.split.settings import (
     token_key,
     top_key,
 )
-from steps.store import ObjectNotFound, Store
+from argofl.steps.store import ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def _check_framework(s: Settings) -> None:
 def halves(framework: str) -> Any:
     """The module with the framework's halves: ``build_halves``, ``Top``, ``Bottom``, ``clone``, ..."""
     if framework == "tensorflow":
-        from steps.split import keras_split
+        from argofl.steps.split import keras_split
 
         return keras_split
-    from steps.split import torch_split
+    from argofl.steps.split import torch_split
 
     return torch_split
 
@@ -107,7 +107,7 @@ def init(
 ) -> dict[str, str]:
     """FedAvg's init (round-0 checkpoint or a resumed run's, MLflow run, run.json), then the split options
     and token."""
-    from steps import step_init
+    from argofl.steps import step_init
 
     _check_framework(settings)
     store = store_from_env()
@@ -143,7 +143,7 @@ def _owners(labels: np.ndarray, s: Settings) -> np.ndarray:
 
 def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, float]:
     """Serve the round until every client is done (or the idle timeout); write the top half."""
-    from steps.split.server import SplitServer
+    from argofl.steps.split.server import SplitServer
 
     store, layout, record = open_run(run_key)
     s = record.settings
@@ -262,7 +262,7 @@ def _start_bottom(
             key = bottom_key(run_key, round, str(previous))
             if checkpoint_exists(store, key):
                 return load_checkpoint(store, key).arrays, f"client {previous}'s bottom of round {round}"
-    from steps.runinfo import RunLayout
+    from argofl.steps.runinfo import RunLayout
 
     key = RunLayout(run_key).global_key(round - 1)
     return load_checkpoint(store, key).arrays, f"the global model of round {round - 1}"
@@ -281,7 +281,7 @@ def _one_client(value: str, num_clients: int, round: int) -> str:
 
 def client(*, run_key: str, round: int, client: str, server_url: str) -> dict[str, float]:
     """Train one client's bottom half against the server; write it; tell the server it is done."""
-    from steps.split.client import SplitClient, train_split
+    from argofl.steps.split.client import SplitClient, train_split
 
     store, _, record = open_run(run_key)
     s = record.settings
@@ -333,7 +333,7 @@ def _await_top(
     store: Store, run_key: str, round: int, o: SplitOptions, server_url: str | None, wait: float | None
 ) -> None:
     """Return once the server's half of ``round`` is stored; fail fast when its server is gone."""
-    from steps.split.client import SplitClientError, probe
+    from argofl.steps.split.client import SplitClientError, probe
 
     tkey = top_key(run_key, round)
     token = load_token(store, run_key) if server_url else ""
@@ -365,8 +365,8 @@ def evaluate(
 
     With ``server_url`` (the round's server) a server that is gone without storing its half fails
     evaluate at once; without it, evaluate waits up to ``wait`` (default ``idle_timeout`` + 60 s)."""
-    from steps.frameworks import get_backend
-    from steps.strategies import fedavg
+    from argofl.steps.frameworks import get_backend
+    from argofl.steps.strategies import fedavg
 
     store, layout, record = open_run(run_key)
     s = record.settings

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from steps.frameworks.base import FrameworkError, TrainingDiverged, scale_images
-from steps.frameworks.torch_sgd import MomentumSGD
+from argofl.steps.frameworks.base import FrameworkError, TrainingDiverged, scale_images
+from argofl.steps.frameworks.torch_sgd import MomentumSGD
 
 __all__ = ["TorchBottom", "TorchTop", "activation_shape", "split_model"]
 
@@ -130,7 +130,7 @@ def build_halves(
     model: str, cut: str, *, input_shape: tuple[int, int, int], num_classes: int, seed: int, threads: int
 ) -> tuple[Any, nn.Sequential, nn.Sequential]:
     """A fresh full model (seeded as FedAvg's) and its bottom and top halves."""
-    from steps.frameworks import get_backend
+    from argofl.steps.frameworks import get_backend
 
     backend = get_backend("torch")
     backend.configure(threads=threads)

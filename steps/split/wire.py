@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from steps.checkpoint import CheckpointError, decode_arrays, encode_arrays
-from steps.errors import ArgoflError
+from argofl.steps.checkpoint import CheckpointError, decode_arrays, encode_arrays
+from argofl.steps.errors import ArgoflError
 
 __all__ = ["CONTENT_TYPE", "WireError", "decode", "encode", "expect", "token_fingerprint"]
 
