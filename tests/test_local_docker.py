@@ -260,7 +260,7 @@ def test_no_engine_is_one_line_saying_how_to_start_one(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 2
-    (line,) = [x for x in done.stderr.splitlines() if x.startswith("Error:")]
+    (line,) = [x for x in done.stderr.splitlines() if x.lower().startswith("error:")]
     assert "no Docker engine answers" in line
     assert "--runtime process" in line
 
