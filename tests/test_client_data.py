@@ -283,7 +283,7 @@ def test_aggregator_reads_updates_never_data(env, tmp_path, monkeypatch):
         raise AssertionError(f"aggregate loaded a dataset: {args}")
 
     monkeypatch.setattr(FileStore, "open_read", recording_open_read)
-    monkeypatch.setattr("steps.data.load_dataset", no_dataset)
+    monkeypatch.setattr("argofl.steps.data.load_dataset", no_dataset)
     step_aggregate.run(run_key="data-test/rec", round=1)
     run_dir = str(tmp_path / "store" / "data-test" / "rec")
     assert reads, "the recording store saw no reads"

@@ -70,10 +70,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start(ws: Path, *args: str) -> subprocess.Popen[bytes]:
+    # Steps are found through /proc (their environment names the run), which a step forked from the
+    # fork server does not show (it has the server's): steps run as fresh processes here; the lifetime
+    # of forked ones is tests/test_forkserver.py's.
     return subprocess.Popen(
         [*ARGOFL, *args],
         cwd=ws,
-        env=argofl_env(),
+        env={**argofl_env(), "ARGOFL_FORKSERVER": "0"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,

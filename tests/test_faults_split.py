@@ -157,8 +157,12 @@ def _logs(result: LocalRunResult, template: str) -> str:
 
 
 def test_split_server_killed_mid_round_fails_fast_naming_it_and_the_run_resumes_byte_identical(
-    tmp_path, fmnist_dir
+    tmp_path, fmnist_dir, monkeypatch
 ):
+    # the server is found by its command line in /proc, which a step forked from the fork server does
+    # not show (it shows the server's): steps run as fresh processes here (forked ones' lifetime is
+    # tests/test_forkserver.py's)
+    monkeypatch.setenv("ARGOFL_FORKSERVER", "0")
     cfg = load_config(_config(tmp_path, rounds=2))
     assert isinstance(cfg, SplitExperimentConfig)
     manifest = manifest_for(cfg)

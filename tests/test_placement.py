@@ -216,7 +216,7 @@ def test_train_refuses_a_client_outside_its_group_before_reading_anything(tmp_pa
     from argofl.steps.cli import step as step_cli
 
     monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
-    monkeypatch.setattr("steps.step_train.open_run", lambda key: (None, None, _record()))
+    monkeypatch.setattr("argofl.steps.step_train.open_run", lambda key: (None, None, _record()))
     result = CliRunner().invoke(
         step_cli,
         [
