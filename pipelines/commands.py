@@ -16,8 +16,9 @@ from typing import Any
 import click
 
 from argofl.pipelines.config import ConfigError, load_config
-from argofl.pipelines.local.cli import container_options, runtime_options
+from argofl.pipelines.local.cli import container_options, runtime_options, secrets_option
 from argofl.pipelines.local.containers import DockerOptions
+from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
@@ -149,6 +150,7 @@ def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None
 @click.option("--mlflow-uri", default=None, help="Tracking URI (default: sqlite database under --runs-dir).")
 @click.option("--store", default=None, help="Store URI (default: file:// under --runs-dir).")
 @runtime_options
+@secrets_option
 def run_cmd(
     config: Path,
     overrides: dict[str, str],
@@ -160,6 +162,7 @@ def run_cmd(
     image_map: tuple[str, ...],
     mounts: tuple[Path, ...],
     ignore_gpu: bool,
+    key_refs: KeyRefs | None,
 ) -> None:
     """Compile CONFIG and run the workflow on this machine (no cluster needed).
 
@@ -189,7 +192,7 @@ def run_cmd(
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    _run_locally(manifest, params, root / "workflows", parallelism, containers)
+    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs)
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -206,6 +209,7 @@ def _run_locally(
     runs_dir: Path,
     parallelism: int,
     containers: DockerOptions | None = None,
+    key_refs: KeyRefs | None = None,
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
@@ -223,6 +227,7 @@ def _run_locally(
         parallelism=parallelism,
         stop_on_signals=True,
         containers=containers,
+        key_refs=key_refs,
     )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
@@ -258,6 +263,7 @@ def _run_locally(
     help="Most step processes at once on this machine [default: as argofl run].",
 )
 @runtime_options
+@secrets_option
 def resume_cmd(
     run_dir: Path,
     parallelism: int | None,
@@ -265,6 +271,7 @@ def resume_cmd(
     image_map: tuple[str, ...],
     mounts: tuple[Path, ...],
     ignore_gpu: bool,
+    key_refs: KeyRefs | None,
 ) -> None:
     """Continue the stopped or failed local run in RUN_DIR (runs/workflows/NAME) in a new run, from the
     round after its last evaluated one, as `argofl resubmit` does on a cluster."""
@@ -317,7 +324,7 @@ def resume_cmd(
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
-    _run_locally(manifest, {}, run_dir.parent, parallelism, containers)
+    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs)
 
 
 SHARED_DIRS = ("store", "mlartifacts")

@@ -27,6 +27,7 @@ from typing import Any
 from argofl.pipelines.local.containers import DockerOptions, DockerRuntime
 from argofl.pipelines.local.engine import Engine, LocalRunResult, generate_name, new_uid
 from argofl.pipelines.local.errors import LocalExecutorError, UnsupportedWorkflow, WorkflowInputError
+from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.runlock import hold_run_lock
 from argofl.pipelines.local.signals import StopOnSignals
 from argofl.pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
@@ -64,6 +65,7 @@ def run_workflow(
     parallelism: int | None = None,
     stop_on_signals: bool = False,
     containers: DockerOptions | None = None,
+    key_refs: KeyRefs | None = None,
 ) -> LocalRunResult:
     """Run ``manifest`` (a Workflow, or a WorkflowTemplate as if submitted with ``--from``) to completion.
 
@@ -71,9 +73,10 @@ def run_workflow(
     ``stop_on_signals`` (from the main thread), SIGINT/SIGTERM/SIGHUP stop the run; the result's
     ``stopped_by`` names the signal. With ``containers`` each pod runs as a container of its image
     (:mod:`.containers`); the run's containers and network are removed at the end, also when it is
-    interrupted. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError` before anything
-    runs when the manifest cannot be run; a workflow that runs and fails returns a result with phase
-    Failed or Error.
+    interrupted. ``key_refs`` (:func:`.refs.load_refs`) resolve ``secretKeyRef``/``configMapKeyRef``
+    before the environment does. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError`
+    before anything runs when the manifest cannot be run; a workflow that runs and fails returns a
+    result with phase Failed or Error.
     """
     kind, metadata, spec = spec_of(manifest)
     check_supported(spec)
@@ -119,6 +122,8 @@ def run_workflow(
         on_node=on_node,
         parallelism=parallelism,
     )
+    if key_refs:
+        engine.key_refs = key_refs
     runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     with hold_run_lock(run_dir):
         try:

@@ -15,9 +15,10 @@ from argofl.pipelines.exits import ArgoflGroup
 from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
 from argofl.pipelines.local.containers import parse_image_map
 from argofl.pipelines.local.logs import find_nodes, log_files
+from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
 
-__all__ = ["container_options", "local", "runtime_options"]
+__all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 
 
 @click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -73,6 +74,28 @@ def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _load_key_refs(ctx: click.Context, param: click.Parameter, value: Path | None) -> KeyRefs | None:
+    if value is None:
+        return None
+    try:
+        return load_refs(value)
+    except WorkflowInputError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def secrets_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--secrets FILE``: Secrets/ConfigMaps (Kubernetes YAML) for ``secretKeyRef``/``configMapKeyRef``."""
+    return click.option(
+        "--secrets",
+        "key_refs",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        callback=_load_key_refs,
+        metavar="FILE",
+        help="Kubernetes Secret/ConfigMap manifests (kubectl's YAML) that env valueFrom "
+        "secretKeyRef/configMapKeyRef read first; the environment variable of the entry's name otherwise.",
+    )(command)
+
+
 def container_options(
     runtime: str, image_map: tuple[str, ...], mounts: tuple[Path, ...], ignore_gpu: bool
 ) -> DockerOptions | None:
@@ -126,6 +149,7 @@ def _load(path: Path) -> dict[str, Any]:
     "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
 )
 @runtime_options
+@secrets_option
 def run_cmd(
     workflow: Path,
     parameters: tuple[str, ...],
@@ -135,6 +159,7 @@ def run_cmd(
     image_map: tuple[str, ...],
     mounts: tuple[Path, ...],
     ignore_gpu: bool,
+    key_refs: KeyRefs | None,
 ) -> None:
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
     signal N stopped it (130 for Ctrl-C)."""
@@ -142,7 +167,12 @@ def run_cmd(
     params = _parse_params(parameters)
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
     result = run_workflow(
-        manifest, params, runs_dir=runs_dir.resolve(), stop_on_signals=True, containers=containers
+        manifest,
+        params,
+        runs_dir=runs_dir.resolve(),
+        stop_on_signals=True,
+        containers=containers,
+        key_refs=key_refs,
     )
     if as_json:
         click.echo(json.dumps(result.status, indent=2))

@@ -15,7 +15,8 @@ Local approximations of the process runtime: the image is ignored and ``python``
 current interpreter; a daemon gets a loopback address of its own as its pod IP (:mod:`.addresses`).
 Both runtimes: ``env[].valueFrom.fieldRef`` knows ``status.podIP``, ``metadata.name``,
 ``metadata.namespace`` and ``spec.nodeName`` (``localhost``); ``secretKeyRef``/``configMapKeyRef`` read
-the environment variable of the same name (``env=`` first, then this process's environment).
+the Secrets/ConfigMaps of a ``--secrets`` file (:mod:`.refs`), else the environment variable of the same
+name (``env=`` first, then this process's environment).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from argofl.pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
@@ -43,6 +45,7 @@ from argofl.pipelines.local.expressions import format_value
 from argofl.pipelines.local.model import Node
 from argofl.pipelines.local.probes import wait_ready
 from argofl.pipelines.local.process import ProcessOutcome, StepProcess
+from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.retry import parse_duration
 from argofl.pipelines.local.sandbox import PathView
 from argofl.pipelines.local.state import Call, Daemon, WorkflowState
@@ -57,6 +60,7 @@ class PodRunner(WorkflowState):
     """Runs container and script templates as host processes, or as containers with ``containers``."""
 
     containers: DockerRuntime | None = None
+    key_refs: KeyRefs = MappingProxyType({})  # Secrets and ConfigMaps from --secrets (:mod:`.refs`)
 
     def _allocate_ip(self) -> str:
         return self.addresses.allocate()
@@ -103,16 +107,18 @@ class PodRunner(WorkflowState):
                         "spec.nodeName": "localhost",
                     }.get(path, "")
                 else:
-                    found = self.extra_env.get(name, os.environ.get(name))
+                    ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+                    kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
+                    found = self.key_refs.get((kind, str(ref.get("name"))), {}).get(str(ref.get("key")))
                     if found is None:
-                        ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
+                        found = self.extra_env.get(name, os.environ.get(name))
+                    if found is None:
                         if ref.get("optional"):
                             continue
-                        kind = "secretKeyRef" if "secretKeyRef" in source else "configMapKeyRef"
                         raise WorkflowInputError(
-                            f"env {name}: valueFrom.{kind} {ref.get('name')}/{ref.get('key')} "
-                            f"resolves locally from the environment variable {name}, which is "
-                            "not set; pass it in env="
+                            f"env {name}: valueFrom.{kind[0].lower() + kind[1:]}KeyRef "
+                            f"{ref.get('name')}/{ref.get('key')} is neither in a --secrets file nor set as "
+                            f"the environment variable {name}; pass one of them"
                         )
                     value = found
             env[name] = rewrite(value)
