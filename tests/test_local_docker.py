@@ -341,3 +341,19 @@ def test_process_and_docker_runtimes_write_the_same_status_shape(
 
     assert shape(in_docker) == shape(on_host)
     assert json.loads((in_docker.run_dir / "status.json").read_text())["phase"] == "Succeeded"
+
+
+def test_key_refs_from_a_secrets_file_reach_the_container(docker: tuple[str, str], tmp_path: Path) -> None:
+    cli, image = docker
+    env = [{"name": "FROM_FILE", "valueFrom": {"secretKeyRef": {"name": "site", "key": "token"}}}]
+    manifest = _one_pod({"command": ["sh", "-c", "echo $FROM_FILE"], "env": env})
+    result = run_workflow(
+        manifest,
+        runs_dir=tmp_path / "runs",
+        containers=DockerOptions(image_map={"*": image}),
+        key_refs={("Secret", "site"): {"token": "from-the-secrets-file"}},
+    )
+    assert leftovers(cli, result.name) == []
+    assert result.phase == "Succeeded", result.status.get("message")
+    [pod] = _pods(result).values()
+    assert pod["outputs"]["result"] == "from-the-secrets-file"
