@@ -18,23 +18,18 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__all__ = [
-    "ApiError",
-    "ExperimentConfig",
-    "api",
-    "build",
-    "compile_config",
-    "load_config",
-    "run_local",
-    "save",
-    "submit",
-    "to_manifest",
-]
+__all__ = ["api"]
 
 
 def __getattr__(name: str) -> Any:
+    """``argofl.api`` and its names, imported on first use."""
+    api = import_module("argofl.api")
     if name == "api":
-        return import_module("argofl.api")
-    if name in __all__:
-        return getattr(import_module("argofl.api"), name)
+        return api
+    if name in api.__all__:
+        return getattr(api, name)
     raise AttributeError(f"module 'argofl' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, *import_module("argofl.api").__all__])

@@ -1,25 +1,4 @@
-"""argofl's public Python API: see :mod:`argofl.pipelines.api` (re-exported here)."""
+"""argofl's public Python API: :mod:`argofl.pipelines.api`, re-exported (``import argofl`` has it too)."""
 
-from argofl.pipelines.api import (
-    ApiError,
-    ExperimentConfig,
-    build,
-    compile_config,
-    load_config,
-    run_local,
-    save,
-    submit,
-    to_manifest,
-)
-
-__all__ = [
-    "ApiError",
-    "ExperimentConfig",
-    "build",
-    "compile_config",
-    "load_config",
-    "run_local",
-    "save",
-    "submit",
-    "to_manifest",
-]
+from argofl.pipelines.api import *  # noqa: F403
+from argofl.pipelines.api import __all__ as __all__

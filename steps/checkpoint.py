@@ -553,6 +553,23 @@ def _check_blob_size(store: Store, blob_key: str, manifest: CheckpointManifest, 
         )
 
 
+def _checked_manifest(
+    store: Store, key: str, like: Mapping[str, TensorSpec] | None, blob_size: int | None
+) -> tuple[str, str, CheckpointManifest]:
+    """(blob key, blob URI, manifest) of the checkpoint at ``key``, checked against ``like`` and, before
+    anything is read, the blob's stored size (see :func:`load_checkpoint`)."""
+    blob_key, _ = checkpoint_keys(key)
+    manifest = load_manifest(store, key)
+    uri = store.key_uri(blob_key)
+    if like is not None:
+        expected = {name: TensorSpec(spec.dtype, spec.shape) for name, spec in like.items()}
+        problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
+        if problem:
+            raise CheckpointMismatch(problem)
+    _check_blob_size(store, blob_key, manifest, blob_size)
+    return blob_key, uri, manifest
+
+
 def load_checkpoint(
     store: Store,
     key: str,
@@ -572,15 +589,7 @@ def load_checkpoint(
     ``blob_size`` (the size ``like``'s tensors encode to, e.g. the global checkpoint's), only when
     the manifest says that size too: a forged manifest cannot make a reader fetch a huge object.
     """
-    blob_key, _ = checkpoint_keys(key)
-    manifest = load_manifest(store, key)
-    uri = store.key_uri(blob_key)
-    if like is not None:
-        expected = {name: TensorSpec(spec.dtype, spec.shape) for name, spec in like.items()}
-        problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
-        if problem:
-            raise CheckpointMismatch(problem)
-    _check_blob_size(store, blob_key, manifest, blob_size)
+    blob_key, uri, manifest = _checked_manifest(store, key, like, blob_size)
     try:
         blob = store.get_bytes(blob_key)
     except ObjectNotFound:
@@ -651,15 +660,7 @@ def open_checkpoint(
     """Download the checkpoint at ``key`` into ``directory`` and verify it like :func:`load_checkpoint`
     (manifest, ``like``, size before download, sha256, header, specs, finite floats), holding one
     tensor in memory at a time; its arrays are then read lazily, one tensor per access."""
-    blob_key, _ = checkpoint_keys(key)
-    manifest = load_manifest(store, key)
-    uri = store.key_uri(blob_key)
-    if like is not None:
-        expected = {name: TensorSpec(spec.dtype, spec.shape) for name, spec in like.items()}
-        problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
-        if problem:
-            raise CheckpointMismatch(problem)
-    _check_blob_size(store, blob_key, manifest, blob_size)
+    blob_key, uri, manifest = _checked_manifest(store, key, like, blob_size)
     path = directory / (hashlib.sha256(key.encode()).hexdigest()[:16] + BLOB_SUFFIX)
     try:
         store.get_file(blob_key, path)

@@ -106,3 +106,14 @@ def test_the_example_script_runs_end_to_end(fmnist_dir: Path, tmp_path: Path, ar
     assert manifest["metadata"]["labels"]["team"] == "federated"
     [request] = argo.posts()
     assert request.body["workflow"]["spec"]["parallelism"] == 4
+
+
+def test_import_argofl_is_cheap_and_exposes_the_api() -> None:
+    code = (
+        "import sys, argofl; names = sorted(argofl.api.__all__); "
+        "heavy = sorted(m for m in ('hera', 'torch', 'tensorflow', 'mlflow') if m in sys.modules); "
+        "print(names == sorted(n for n in dir(argofl) if n != 'api'), "
+        "argofl.build is argofl.api.build, heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["True", "True", "[]"]
