@@ -20,6 +20,7 @@ from argofl.pipelines.local.cli import container_options, runtime_options, secre
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters
+from argofl.steps.name_value import NameValue, to_dict
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 
 __all__ = [
@@ -39,20 +40,16 @@ class ConfigPath(click.Path):
         super().__init__(exists=True, dir_okay=False, path_type=Path)
 
 
-def _parse_overrides(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
+def _parse_overrides(
+    ctx: click.Context, param: click.Parameter, values: tuple[tuple[str, str], ...]
+) -> dict[str, str]:
     """``NAME=VALUE`` pairs; a setting may be spelled as in the config (``min_clients``) or as its
     workflow parameter (``min-clients``), but not both ways with different values."""
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
-        if name not in PARAM_NAMES and param_name(name) in PARAM_NAMES:
-            name = param_name(name)  # the config's spelling of a setting
-        if name in out and out[name] != value:
-            raise click.BadParameter(f"{name} is given twice, as {out[name]!r} and {value!r}")
-        out[name] = value
-    return out
+
+    def spelled(name: str) -> str:  # the config's spelling of a setting → its parameter's
+        return param_name(name) if name not in PARAM_NAMES and param_name(name) in PARAM_NAMES else name
+
+    return to_dict(((spelled(name), value) for name, value in values), option="-p/--parameter")
 
 
 def overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -62,6 +59,7 @@ def overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
         "--parameter",
         "overrides",
         multiple=True,
+        type=NameValue(),
         callback=_parse_overrides,
         metavar="NAME=VALUE",
         help="Set a workflow parameter, e.g. -p rounds=20 (as with argo submit).",

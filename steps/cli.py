@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from argofl.steps.errors import EXIT_FAILURE, ArgoflError, one_line
+from argofl.steps.name_value import NameValue, to_dict
 from argofl.steps.settings import Settings
 
 
@@ -27,6 +28,7 @@ def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
         "--output",
         "outputs",
         multiple=True,
+        type=NameValue("PATH", allow_empty=False),
         metavar="NAME=PATH",
         help="Write output NAME to PATH (for Argo valueFrom.path).",
     )(fn)
@@ -73,11 +75,8 @@ def _round_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
-def _write_outputs(requested: tuple[str, ...], values: Mapping[str, Any]) -> None:
-    for item in requested:
-        name, sep, path = item.partition("=")
-        if not sep or not path:
-            raise click.BadParameter(f"expected NAME=PATH, got {item!r}", param_hint="--output")
+def _write_outputs(requested: tuple[tuple[str, str], ...], values: Mapping[str, Any]) -> None:
+    for name, path in requested:
         if name not in values:
             raise click.BadParameter(
                 f"unknown output {name!r}; this step has {sorted(values)}", param_hint="--output"
@@ -125,14 +124,10 @@ def step() -> None:
     """Run one workflow step (what a container runs)."""
 
 
-def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise click.BadParameter(f"expected NAME=VALUE, got {item!r}")
-        out[name] = value
-    return out
+def _settings_params(
+    ctx: click.Context, param: click.Parameter, pairs: tuple[tuple[str, str], ...]
+) -> dict[str, str]:
+    return to_dict(pairs, option="--param")
 
 
 @step.command("init")
@@ -140,6 +135,7 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
     "--param",
     "params",
     multiple=True,
+    type=NameValue(),
     callback=_settings_params,
     metavar="NAME=VALUE",
     help="A setting, e.g. rounds=5 (Argo parameter names).",
@@ -148,6 +144,7 @@ def _settings_params(ctx: click.Context, param: click.Parameter, values: tuple[s
     "--data",
     "data",
     multiple=True,
+    type=NameValue(),
     callback=_settings_params,
     metavar="NAME=VALUE",
     help="A data option, e.g. source=per-client (data.NAME; default: partition the dataset).",
@@ -165,7 +162,7 @@ def init_cmd(
     workflow_uid: str,
     start_round: int,
     resume_from: str,
-    outputs: tuple[str, ...],
+    outputs: tuple[tuple[str, str], ...],
 ) -> None:
     """Validate settings, write the round-0 checkpoint, create the MLflow run."""
     from argofl.steps import step_init
@@ -200,7 +197,9 @@ def init_cmd(
     help='Placement groups {"site-a": [0, 1], ...}: output clients-<group> lists each group\'s pods.',
 )
 @_outputs_option
-def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tuple[str, ...]) -> None:
+def distribute_cmd(
+    run_key: str, round_: int, placement: str | None, outputs: tuple[tuple[str, str], ...]
+) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
     from argofl.steps import step_distribute
 
@@ -231,7 +230,7 @@ def distribute_cmd(run_key: str, round_: int, placement: str | None, outputs: tu
 )
 @_outputs_option
 def train_cmd(
-    run_key: str, round_: int, clients: str, only_clients: str | None, outputs: tuple[str, ...]
+    run_key: str, round_: int, clients: str, only_clients: str | None, outputs: tuple[tuple[str, str], ...]
 ) -> None:
     """Train the given clients from the previous global model and write their updates."""
     from argofl.steps import step_train
@@ -254,7 +253,9 @@ def train_cmd(
     default=None,
     help="Also copy the new global checkpoint (blob + manifest) here (an Argo output artifact).",
 )
-def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...], checkpoint_out: Path | None) -> None:
+def aggregate_cmd(
+    run_key: str, round_: int, outputs: tuple[tuple[str, str], ...], checkpoint_out: Path | None
+) -> None:
     """Validate the round's updates and write the new global checkpoint."""
     from argofl.steps import step_aggregate
 
@@ -271,7 +272,7 @@ def aggregate_cmd(run_key: str, round_: int, outputs: tuple[str, ...], checkpoin
 @_run_key_option
 @_round_option
 @_outputs_option
-def evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
+def evaluate_cmd(run_key: str, round_: int, outputs: tuple[tuple[str, str], ...]) -> None:
     """Evaluate the round's global model on the test set."""
     from argofl.steps import step_evaluate
 
@@ -281,7 +282,7 @@ def evaluate_cmd(run_key: str, round_: int, outputs: tuple[str, ...]) -> None:
 @step.command("finalize")
 @_run_key_option
 @_outputs_option
-def finalize_cmd(run_key: str, outputs: tuple[str, ...]) -> None:
+def finalize_cmd(run_key: str, outputs: tuple[tuple[str, str], ...]) -> None:
     """Write summary.json, log the final model, close the MLflow run."""
     from argofl.steps import step_finalize
 
@@ -306,11 +307,14 @@ def finish_cmd(run_key: str, status: str) -> None:
 
 
 @step.command("split-init")
-@click.option("--param", "params", multiple=True, callback=_settings_params, metavar="NAME=VALUE")
+@click.option(
+    "--param", "params", multiple=True, type=NameValue(), callback=_settings_params, metavar="NAME=VALUE"
+)
 @click.option(
     "--split",
     "split",
     multiple=True,
+    type=NameValue(),
     callback=_settings_params,
     metavar="NAME=VALUE",
     help="split.NAME=VALUE",
@@ -328,7 +332,7 @@ def split_init_cmd(
     workflow_uid: str,
     start_round: int,
     resume_from: str,
-    outputs: tuple[str, ...],
+    outputs: tuple[tuple[str, str], ...],
 ) -> None:
     """Split learning: init (round-0 model, MLflow run), plus the split options and the run token."""
     from argofl.steps.split import steps as split_steps
@@ -356,7 +360,9 @@ def split_init_cmd(
 @_round_option
 @click.option("--host", default=None, help="Address to bind (default: $POD_IP, else 0.0.0.0).")
 @_outputs_option
-def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple[str, ...]) -> None:
+def split_server_cmd(
+    run_key: str, round_: int, host: str | None, outputs: tuple[tuple[str, str], ...]
+) -> None:
     """Split learning: serve the top half for one round (a daemon step)."""
     from argofl.steps.split import steps as split_steps
 
@@ -370,7 +376,7 @@ def split_server_cmd(run_key: str, round_: int, host: str | None, outputs: tuple
 @click.option("--server", "server_url", required=True, help="http://HOST:PORT of the split server.")
 @_outputs_option
 def split_client_cmd(
-    run_key: str, round_: int, client: str, server_url: str, outputs: tuple[str, ...]
+    run_key: str, round_: int, client: str, server_url: str, outputs: tuple[tuple[str, str], ...]
 ) -> None:
     """Split learning: train one client's bottom half against the server."""
     from argofl.steps.split import steps as split_steps
@@ -389,7 +395,9 @@ def split_client_cmd(
     "--server", "server_url", default=None, help="http://HOST:PORT of the round's server (fail fast if gone)."
 )
 @_outputs_option
-def split_evaluate_cmd(run_key: str, round_: int, server_url: str | None, outputs: tuple[str, ...]) -> None:
+def split_evaluate_cmd(
+    run_key: str, round_: int, server_url: str | None, outputs: tuple[tuple[str, str], ...]
+) -> None:
     """Split learning: reassemble bottom + top of the round and evaluate it on the test set."""
     from argofl.steps.split import steps as split_steps
 

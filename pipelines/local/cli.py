@@ -17,6 +17,7 @@ from argofl.pipelines.local.containers import parse_image_map
 from argofl.pipelines.local.logs import find_nodes, log_files
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
+from argofl.steps.name_value import NameValue, to_dict
 
 __all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 
@@ -24,16 +25,6 @@ __all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 @click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def local() -> None:
     """Run compiled Argo Workflows locally, without Kubernetes."""
-
-
-def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for value in values:
-        name, sep, text = value.partition("=")
-        if not sep or not name:
-            raise click.BadParameter(f"{value!r}: expected NAME=VALUE", param_hint="-p/--parameter")
-        params[name] = text
-    return params
 
 
 def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -135,6 +126,8 @@ def _load(path: Path) -> dict[str, Any]:
     "--parameter",
     "parameters",
     multiple=True,
+    type=NameValue(),
+    callback=lambda ctx, param, pairs: to_dict(pairs, option="-p/--parameter"),
     metavar="NAME=VALUE",
     help="Workflow parameter, like `argo submit -p`; repeatable.",
 )
@@ -152,7 +145,7 @@ def _load(path: Path) -> dict[str, Any]:
 @secrets_option
 def run_cmd(
     workflow: Path,
-    parameters: tuple[str, ...],
+    parameters: dict[str, str],
     runs_dir: Path,
     as_json: bool,
     runtime: str,
@@ -164,11 +157,10 @@ def run_cmd(
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
     signal N stopped it (130 for Ctrl-C)."""
     manifest = _load(workflow)
-    params = _parse_params(parameters)
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
     result = run_workflow(
         manifest,
-        params,
+        parameters,
         runs_dir=runs_dir.resolve(),
         stop_on_signals=True,
         containers=containers,
