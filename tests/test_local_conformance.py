@@ -398,9 +398,20 @@ def docker_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     runner.pool.shutdown(wait=True)
 
 
+def _has_deadline(workflow: str) -> bool:
+    """Whether ``workflow`` has a template ``timeout`` or ``activeDeadlineSeconds``."""
+    text = (SUITE / "workflows" / workflow).read_text()
+    return "timeout:" in text or "activeDeadlineSeconds" in text
+
+
 def _check_run(workflow: str, run: Run, tmp_path: Path, containers: DockerOptions | None = None) -> None:
     expected = EXPECTATIONS[workflow]
-    if run.result.phase != expected["phase"] and not expected.get("deterministic_phase", True):
+    if run.result.phase != expected["phase"] and (
+        not expected.get("deterministic_phase", True)
+        # in containers a deadline counts container creation too (as a pod's does): with 4 workflows
+        # starting containers at once on 2 cores that can take seconds, so a miss is run once more
+        or (containers is not None and _has_deadline(workflow))
+    ):
         run = _run(workflow, tmp_path, containers)  # a random workflow may, rarely, end otherwise: retry once
     assert run.result.phase == expected["phase"], (
         f"{workflow}: phase {run.result.phase} ({run.status.get('message')}), want {expected['phase']}"
