@@ -12,7 +12,7 @@ import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -353,34 +353,63 @@ def _run(name: str, runs_dir: Path, containers: DockerOptions | None = None) -> 
 
 
 class _Runs:
-    """Starts every workflow once, concurrently, and hands out the futures."""
+    """Starts every workflow once, concurrently, and hands out the futures.
 
-    def __init__(self, base: Path, containers: DockerOptions | None = None, workers: int = 0) -> None:
+    With ``quiet_deadlines`` the workflows that have a deadline run one at a time once all the others
+    have ended: in containers a deadline counts container creation too (as a pod's counts its Pending
+    time), and on a loaded 2-core machine creating a container beside three others took over 5 s, the
+    whole margin ``dag-task-level-timeout`` leaves.
+    """
+
+    def __init__(
+        self,
+        base: Path,
+        containers: DockerOptions | None = None,
+        workers: int = 0,
+        quiet_deadlines: bool = False,
+    ) -> None:
         self.base = base
         self.containers = containers
         self.pool = ThreadPoolExecutor(
             max_workers=workers or max(1, len(EXPECTATIONS)), thread_name_prefix="conformance"
         )
+        self.quiet_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conformance-quiet")
+        self.quiet = {name for name in EXPECTATIONS if quiet_deadlines and _has_deadline(name)}
         self.futures: dict[str, Future[Run]] = {}
         self.lock = threading.Lock()
 
     def start_all(self) -> None:
         with self.lock:
+            if self.futures:
+                return
             for name in EXPECTATIONS:
-                if name not in self.futures:
-                    runs_dir = self.base / name.removesuffix(".yaml")
-                    self.futures[name] = self.pool.submit(_run, name, runs_dir, self.containers)
+                if name not in self.quiet:
+                    self.futures[name] = self.pool.submit(_run, name, self._dir(name), self.containers)
+            others = list(self.futures.values())
+            for name in sorted(self.quiet):
+                self.futures[name] = self.quiet_pool.submit(self._run_after, others, name)
+
+    def _dir(self, name: str) -> Path:
+        return self.base / name.removesuffix(".yaml")
+
+    def _run_after(self, others: list[Future[Run]], name: str) -> Run:
+        wait(others)
+        return _run(name, self._dir(name), self.containers)
 
     def get(self, name: str) -> Run:
         self.start_all()
-        return self.futures[name].result(timeout=600)
+        return self.futures[name].result(timeout=1200)
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(wait=True)
+        self.quiet_pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     runner = _Runs(tmp_path_factory.mktemp("conformance"))
     yield runner
-    runner.pool.shutdown(wait=True)
+    runner.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -393,9 +422,14 @@ def docker_runs(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if not EXPECTATIONS:
         pytest.skip(f"the Argo conformance suite is not at {SUITE}")
     image = tools_image(docker_cli())
-    runner = _Runs(tmp_path_factory.mktemp("conformance-docker"), DockerOptions(image_map={"*": image}), 4)
+    runner = _Runs(
+        tmp_path_factory.mktemp("conformance-docker"),
+        DockerOptions(image_map={"*": image}),
+        workers=4,
+        quiet_deadlines=True,
+    )
     yield runner
-    runner.pool.shutdown(wait=True)
+    runner.shutdown()
 
 
 def _has_deadline(workflow: str) -> bool:
@@ -404,20 +438,29 @@ def _has_deadline(workflow: str) -> bool:
     return "timeout:" in text or "activeDeadlineSeconds" in text
 
 
-def _check_run(workflow: str, run: Run, tmp_path: Path, containers: DockerOptions | None = None) -> None:
+def _check_all(run: Run, workflow: str) -> None:
     expected = EXPECTATIONS[workflow]
-    if run.result.phase != expected["phase"] and (
-        not expected.get("deterministic_phase", True)
-        # in containers a deadline counts container creation too (as a pod's does): with 4 workflows
-        # starting containers at once on 2 cores that can take seconds, so a miss is run once more
-        or (containers is not None and _has_deadline(workflow))
-    ):
-        run = _run(workflow, tmp_path, containers)  # a random workflow may, rarely, end otherwise: retry once
     assert run.result.phase == expected["phase"], (
         f"{workflow}: phase {run.result.phase} ({run.status.get('message')}), want {expected['phase']}"
     )
     for check in expected["checks"]:
         _check(run, check, workflow)
+
+
+def _check_run(workflow: str, run: Run, tmp_path: Path, containers: DockerOptions | None = None) -> None:
+    expected = EXPECTATIONS[workflow]
+    # a random workflow may, rarely, end otherwise; in containers a deadline counts container creation
+    # too (as a pod's does), which a loaded machine can stretch: either is run once more on a miss
+    again = not expected.get("deterministic_phase", True) or (
+        containers is not None and _has_deadline(workflow)
+    )
+    if not again:
+        _check_all(run, workflow)
+        return
+    try:
+        _check_all(run, workflow)
+    except AssertionError:
+        _check_all(_run(workflow, tmp_path, containers), workflow)
 
 
 @pytest.mark.parametrize("workflow", NAMES)

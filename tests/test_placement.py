@@ -170,7 +170,7 @@ def test_placed_per_client_workflow_runs_locally_with_federated_evaluation(tmp_p
     assert result.exit_code == 0, result.output
     status = json.loads(result.output)
     assert status["phase"] == "Succeeded"
-    run_name = next(p for p in (tmp_path / "runs").iterdir() if p.is_dir()).name
+    run_name = next(p for p in (tmp_path / "runs").iterdir() if (p / "status.json").is_file()).name
     layout = RunLayout(f"fedavg-fmnist-sites-buckets/{run_name}")
     store = FileStore(tmp_path / "store")
     plan = json.loads(store.get_bytes(layout.plan_key(1)))

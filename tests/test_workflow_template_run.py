@@ -36,7 +36,7 @@ def _run_template(tmp_path: Path, template: str, **given: str) -> str:
     result = CliRunner().invoke(local, args)
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["phase"] == "Succeeded"
-    return next(iter(p for p in (tmp_path / "runs").iterdir() if p.is_dir())).name
+    return next(p for p in (tmp_path / "runs").iterdir() if (p / "status.json").is_file()).name
 
 
 def test_workflow_template_runs_with_parameters(tmp_path, fmnist_dir):
