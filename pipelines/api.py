@@ -103,20 +103,14 @@ def save(workflow: Runnable, path: str | Path) -> Path:
     return target
 
 
-def _declared(manifest: Mapping[str, Any]) -> dict[str, str]:
-    from argofl.pipelines.cluster import parameters_of
-
-    return parameters_of(manifest)
-
-
 def _check_parameters(manifest: Mapping[str, Any], parameters: Mapping[str, str]) -> dict[str, str]:
-    declared = _declared(manifest)
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        raise ApiError(
-            f"unknown workflow parameter {unknown[0]!r}; the workflow declares: {', '.join(declared)}"
-        )
-    return {name: str(value) for name, value in parameters.items()}
+    """The ``-p`` check of the commands (same message), as an :class:`ApiError`."""
+    from argofl.pipelines.parameters import ParameterError, check_overrides
+
+    try:
+        return check_overrides(manifest, parameters)
+    except ParameterError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def run_local(
@@ -136,11 +130,12 @@ def run_local(
     """
     from argofl.pipelines.local import run_workflow
     from argofl.pipelines.local_params import local_parallelism, local_parameters
+    from argofl.pipelines.parameters import parameters_of
     from argofl.steps.store import FileStore
 
     manifest = to_manifest(workflow)
     given = _check_parameters(manifest, parameters or {})
-    declared = _declared(manifest)
+    declared = parameters_of(manifest)
     root = Path(runs_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     params = given
@@ -172,7 +167,8 @@ def submit(
     ``host``, ``token`` and ``namespace`` default to ``ARGO_SERVER``, ``ARGO_TOKEN`` and
     ``ARGO_NAMESPACE`` (then ``argofl``), as for ``argofl submit``.
     """
-    from argofl.pipelines.cluster import ClusterTarget, env_secure, env_verify, normalize_host, set_parameters
+    from argofl.pipelines.argo_server import ClusterTarget, env_secure, env_verify, normalize_host
+    from argofl.pipelines.parameters import set_parameters
 
     manifest = to_manifest(workflow)
     set_parameters(manifest, _check_parameters(manifest, parameters or {}))

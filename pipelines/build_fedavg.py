@@ -20,7 +20,7 @@ from __future__ import annotations
 from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, Workflow
 from hera.workflows.models import ContinueOn, ValueFrom
 
-from argofl.pipelines.config import ExperimentConfig
+from argofl.pipelines.experiment import ExperimentConfig
 from argofl.pipelines.placement import placement_arg
 from argofl.pipelines.workflow_parts import (
     INIT_OUTPUTS,
@@ -35,7 +35,7 @@ from argofl.pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
-from argofl.steps.client_data import DataOptions
+from argofl.steps.settings import PARAM_NAMES
 from argofl.steps.step_evaluate import FEDERATED_OUTPUTS
 
 __all__ = ["CHECKPOINT_DIR", "build_workflow"]
@@ -46,12 +46,11 @@ CHECKPOINT_DIR = "/tmp/argofl/checkpoint"
 def build_workflow(cfg: ExperimentConfig) -> Workflow:
     """The experiment workflow for ``cfg`` (not yet serialised)."""
     c = cfg.cluster
-    settings = cfg.settings.to_params()
-    # a config without a data: section compiles as before: the partition source, central evaluation
-    data = cfg.data.to_params() if cfg.data != DataOptions() else {}
+    own = cfg.workflow_parameters()  # the settings, then data-* when the config has a data: section
+    settings = [k for k in own if k in PARAM_NAMES]
+    data = [k for k in own if k not in PARAM_NAMES]
     arguments = [
-        *(Parameter(name=k, value=v) for k, v in settings.items()),
-        *(Parameter(name=k, value=v) for k, v in data.items()),
+        *(Parameter(name=k, value=v) for k, v in own.items()),
         *common_parameters(c),
         *resume_parameters(),
     ]

@@ -19,10 +19,6 @@ without a request), and Argo stops it when the round's DAG ends at the latest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-
 from hera.workflows import DAG, Parameter, Step, Steps, Task, Workflow
 from hera.workflows.models import (
     ContainerPort,
@@ -34,7 +30,8 @@ from hera.workflows.models import (
     ValueFrom,
 )
 
-from argofl.pipelines.config import ClusterOptions, ConfigError, ExperimentConfig
+from argofl.pipelines.experiment import ConfigError, ExperimentConfig
+from argofl.pipelines.split_config import SPLIT_PARAMS, SplitExperimentConfig, split_param
 from argofl.pipelines.workflow_parts import (
     INIT_OUTPUTS,
     RUN_KEY,
@@ -49,50 +46,9 @@ from argofl.pipelines.workflow_parts import (
     wp,
 )
 from argofl.steps.labels import client_sequence_format
-from argofl.steps.settings import Settings, SettingsError, param_name
-from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
+from argofl.steps.settings import PARAM_NAMES
 
-__all__ = ["SplitExperimentConfig", "build_split_workflow", "split_config"]
-
-# Workflow parameters for the split options that may change per submission (mode and port shape the
-# manifest and are fixed at compile time).
-SPLIT_PARAMS = ("cut", "idle_timeout", "request_timeout")
-
-
-@dataclass(frozen=True)
-class SplitExperimentConfig(ExperimentConfig):
-    """A ``kind: split`` experiment config: settings, cluster options and the ``split:`` section."""
-
-    split: SplitOptions = field(default_factory=SplitOptions)
-
-
-def split_config(
-    *,
-    name: str,
-    settings: Settings,
-    cluster: ClusterOptions,
-    source: Path | None,
-    split: Any,
-    where: str,
-) -> SplitExperimentConfig:
-    """Validate the ``split:`` section of a ``kind: split`` config."""
-    if not isinstance(split, dict):
-        raise ConfigError(f"{where}: split: expected a mapping, got {type(split).__name__}")
-    if settings.strategy != "fedavg":
-        raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
-    if settings.attack != "none":
-        raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
-    try:
-        options = SplitOptions.from_mapping(split, where=where)
-    except SettingsError as exc:
-        raise ConfigError(str(exc)) from None
-    return SplitExperimentConfig(
-        name=name, settings=settings, cluster=cluster, source=source, kind="split", split=options
-    )
-
-
-def _param(key: str) -> str:
-    return "split-" + key.replace("_", "-")
+__all__ = ["build_split_workflow"]
 
 
 def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
@@ -100,13 +56,10 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
     if not isinstance(cfg, SplitExperimentConfig):
         raise ConfigError(f"{cfg.name}: not a split-learning config (kind: split)")
     c, o = cfg.cluster, cfg.split
-    unused = {param_name(k) for k in UNUSED_SETTINGS}
-    settings = {k: v for k, v in cfg.settings.to_params().items() if k not in unused}
+    own = cfg.workflow_parameters()
+    settings = [k for k in own if k in PARAM_NAMES]  # the others are split-* options
     arguments = (
-        [Parameter(name=k, value=v) for k, v in settings.items()]
-        + [Parameter(name=_param(k), value=str(getattr(o, k))) for k in SPLIT_PARAMS]
-        + common_parameters(c)
-        + resume_parameters()
+        [Parameter(name=k, value=v) for k, v in own.items()] + common_parameters(c) + resume_parameters()
     )
     round_in = [Parameter(name="round")]
     round_arg = ["--run-key", RUN_KEY, "--round", "{{inputs.parameters.round}}"]
@@ -139,7 +92,7 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 f"port={port}",
                 *resume_args(),
             ]
-            + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={wp(_param(k))}")]
+            + [a for k in SPLIT_PARAMS for a in ("--split", f"{k}={wp(split_param(k))}")]
             + [a for k in settings for a in ("--param", f"{k}={wp(k)}")],
             outputs=tuple(INIT_OUTPUTS),
             global_outputs=INIT_OUTPUTS,
@@ -176,24 +129,21 @@ def build_split_workflow(cfg: ExperimentConfig) -> Workflow:
                 failure_threshold=60,
             ),
         )
-        client = (
-            step_container(  # named like FedAvg's train/evaluate so `argofl run` reports them the same way
-                cfg,
-                "train",
-                "Split-learning client: its data and bottom half, activations to the server, gradients back",
-                [
-                    *round_arg,
-                    "--client",
-                    "{{inputs.parameters.clients}}",
-                    "--server",
-                    "{{inputs.parameters.server}}",
-                ],
-                command="split-client",
-                inputs=[*round_in, Parameter(name="clients"), Parameter(name="server")],
-                outputs=("loss", "accuracy", "seconds"),
-                resources=work_resources(c),
-                retries=0,
-            )
+        client = step_container(  # progress lines show it as a client's training (the kind's display)
+            cfg,
+            "split-client",
+            "Split-learning client: its data and bottom half, activations to the server, gradients back",
+            [
+                *round_arg,
+                "--client",
+                "{{inputs.parameters.clients}}",
+                "--server",
+                "{{inputs.parameters.server}}",
+            ],
+            inputs=[*round_in, Parameter(name="clients"), Parameter(name="server")],
+            outputs=("loss", "accuracy", "seconds"),
+            resources=work_resources(c),
+            retries=0,
         )
         evaluate = step_container(
             cfg,

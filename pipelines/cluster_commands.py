@@ -17,29 +17,35 @@ from typing import Any
 
 import click
 
-from argofl.pipelines.cluster import (
+from argofl.pipelines.argo_server import (
     DEFAULT_NAMESPACE,
-    DONE_PHASES,
     ClusterError,
     ClusterTarget,
     env_secure,
     env_verify,
-    finished_steps,
-    format_number,
-    last_completed_round,
     normalize_host,
+)
+from argofl.pipelines.commands import ConfigPath
+from argofl.pipelines.config import ConfigError, load_config
+from argofl.pipelines.kinds import display_of
+from argofl.pipelines.parameters import (
+    apply_overrides,
+    check_overrides,
     outputs_of,
+    overrides_option,
     parameters_of,
     resubmission_manifest,
     resume_problem,
+)
+from argofl.pipelines.progress import (
+    DONE_PHASES,
+    finished_steps,
+    format_number,
+    last_completed_round,
     round_views,
-    set_parameters,
     step_line,
 )
-from argofl.pipelines.commands import ConfigPath, overrides_option
-from argofl.pipelines.config import ConfigError, load_config
 from argofl.steps.errors import ArgoflError
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
 
 __all__ = ["resubmit_cmd", "status_cmd", "submit_cmd", "watch_cmd"]
 
@@ -121,24 +127,6 @@ def _target(host: str | None, token: str | None, namespace: str, verify: bool | 
     )
 
 
-def _apply_overrides(manifest: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, Any]:
-    """Set ``-p`` values on ``manifest``; unknown names and invalid settings are usage errors."""
-    declared = parameters_of(manifest)
-    unknown = [name for name in overrides if name not in declared]
-    if unknown:
-        raise click.BadParameter(
-            f"unknown workflow parameter {unknown[0]!r}; valid: {', '.join(declared)}",
-            param_hint="'-p' / '--parameter'",
-        )
-    set_parameters(manifest, overrides)
-    settings = {k: v for k, v in parameters_of(manifest).items() if k in PARAM_NAMES}
-    try:
-        Settings.from_mapping(settings, where="parameters", strings=True)
-    except SettingsError as exc:
-        raise click.BadParameter(str(exc), param_hint="'-p' / '--parameter'") from None
-    return manifest
-
-
 def _run(call: Callable[[], Any]) -> Any:
     try:
         return call()
@@ -175,9 +163,9 @@ def submit_cmd(
 
     try:
         cfg = load_config(config)
-    except (ConfigError, SettingsError) as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    manifest = _apply_overrides(manifest_for(cfg), overrides)
+    manifest = apply_overrides(manifest_for(cfg), overrides)
     name = _submit(target, manifest)
     if wait:
         _watch(target, name, interval)
@@ -201,7 +189,7 @@ def status_cmd(target: ClusterTarget, name: str, as_json: bool) -> None:
 def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any]) -> list[str]:
     status = workflow.get("status") or {}
     params = parameters_of(workflow)
-    views = round_views(status)
+    views = round_views(status, display_of(workflow))
     total = _total_rounds(params)
     evaluated = sum(v.evaluated for v in views)
     first = _int_or(params.get("start-round"), 1)
@@ -275,11 +263,12 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
                 time.sleep(interval)
                 continue
             status = workflow.get("status") or {}
+            display = display_of(workflow)
             link = outputs_of(status).get("mlflow-run-url")
             if link and not shown_link:
                 click.echo(f"MLflow run: {link}")
                 shown_link = True
-            for step in finished_steps(status):
+            for step in finished_steps(status, display):
                 if step.key in seen:
                     continue
                 seen.add(step.key)
@@ -292,7 +281,7 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
     except KeyboardInterrupt:
         click.echo(f"\nstopped watching {name}; it keeps running on the server", err=True)
         sys.exit(130)
-    views = round_views(status)
+    views = round_views(status, display)
     done = [v for v in views if v.evaluated]
     if done:
         last = done[-1]
@@ -329,8 +318,8 @@ def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) ->
     problem = resume_problem(old)
     if problem is not None:  # never "resubmit" a workflow whose rounds would silently start over
         raise CommandError(problem)
-    _apply_overrides(resubmission_manifest(old, 1, ""), overrides)  # bad -p values fail before anything
-    last = last_completed_round(status)
+    overrides = check_overrides(resubmission_manifest(old, 1, ""), overrides)  # bad -p fails first
+    last = last_completed_round(status, display_of(old))
     total = _total_rounds({**params, **overrides})
     if last is not None and total is not None and last >= total:
         click.echo(f"all {total} rounds of {name} completed; nothing to resubmit")
@@ -341,7 +330,7 @@ def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) ->
     else:
         start, resume = last + 1, f"{experiment}/{name}"
     manifest = resubmission_manifest(old, start, resume)
-    manifest = _apply_overrides(manifest, overrides)
+    manifest = apply_overrides(manifest, overrides)
     click.echo(
         f"{name} {phase}: last completed round {last if last is not None else 'none'}; "
         f"resubmitting from round {start}" + (f" (resuming {resume})" if resume else "")

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,19 +16,21 @@ from typing import Any
 import click
 
 from argofl.pipelines.config import ConfigError, load_config
+from argofl.pipelines.kinds import display_of, kind_of
 from argofl.pipelines.local.cli import container_options, runtime_options, secrets_option
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters
-from argofl.steps.name_value import NameValue, to_dict
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
+from argofl.pipelines.parameters import (
+    check_overrides,
+    outputs_of,
+    overrides_option,
+    parameters_of,
+    resubmission_manifest,
+)
+from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
 
-__all__ = [
-    "compile_cmd",
-    "overrides_option",
-    "resume_cmd",
-    "run_cmd",
-]
+__all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
 
 class ConfigPath(click.Path):
@@ -38,32 +40,6 @@ class ConfigPath(click.Path):
 
     def __init__(self) -> None:
         super().__init__(exists=True, dir_okay=False, path_type=Path)
-
-
-def _parse_overrides(
-    ctx: click.Context, param: click.Parameter, values: tuple[tuple[str, str], ...]
-) -> dict[str, str]:
-    """``NAME=VALUE`` pairs; a setting may be spelled as in the config (``min_clients``) or as its
-    workflow parameter (``min-clients``), but not both ways with different values."""
-
-    def spelled(name: str) -> str:  # the config's spelling of a setting → its parameter's
-        return param_name(name) if name not in PARAM_NAMES and param_name(name) in PARAM_NAMES else name
-
-    return to_dict(((spelled(name), value) for name, value in values), option="-p/--parameter")
-
-
-def overrides_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    """``-p/--parameter NAME=VALUE`` (repeatable), parsed into a dict, as with ``argo submit -p``."""
-    return click.option(
-        "-p",
-        "--parameter",
-        "overrides",
-        multiple=True,
-        type=NameValue(),
-        callback=_parse_overrides,
-        metavar="NAME=VALUE",
-        help="Set a workflow parameter, e.g. -p rounds=20 (as with argo submit).",
-    )(command)
 
 
 @click.command("compile")
@@ -88,17 +64,17 @@ def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
 
 
 class Progress:
-    """Prints one line per finished step from the executor's node events, as ``argofl watch`` does."""
+    """Prints one line per finished step from the executor's node events, as ``argofl watch`` does;
+    ``display`` is the experiment kind's (which template is which step)."""
 
-    def __init__(self, out: Any = None) -> None:
+    def __init__(self, out: Any = None, display: NodeDisplay = AS_NAMED) -> None:
         self.out = out or sys.stdout
+        self.display = display
         self.lock = threading.Lock()
         self.seen: set[tuple[str, str]] = set()
         self.start = time.monotonic()
 
     def __call__(self, node: dict[str, Any]) -> None:
-        from argofl.pipelines.cluster import step_line, step_of
-
         phase = node.get("phase", "")
         if phase not in ("Succeeded", "Failed", "Error") or node.get("type") != "Pod":
             return
@@ -108,24 +84,7 @@ class Progress:
         self.seen.add(key)
         stamp = f"[{time.monotonic() - self.start:7.1f}s]"
         with self.lock:
-            print(f"{stamp} {step_line(step_of(node))}", file=self.out, flush=True)
-
-
-def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None:
-    """Refuse a ``-p`` name the workflow does not declare, before any value is checked."""
-    import difflib
-
-    from argofl.pipelines.cluster import parameters_of
-
-    declared = list(parameters_of(manifest))
-    for name in overrides:
-        if name not in declared:
-            close = difflib.get_close_matches(name, declared, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise click.BadParameter(
-                f"unknown workflow parameter {name!r}; {hint}valid: {', '.join(declared)}",
-                param_hint="'-p' / '--parameter'",
-            )
+            print(f"{stamp} {step_line(step_of(node, self.display))}", file=self.out, flush=True)
 
 
 @click.command("run")
@@ -171,14 +130,10 @@ def run_cmd(
 
     try:
         cfg = load_config(config)
-        _refuse_unknown(overrides, manifest_for(cfg))
-        settings = {
-            **cfg.settings.to_params(),
-            **{k: v for k, v in overrides.items() if k in PARAM_NAMES},
-        }
-        Settings.from_mapping(settings, where="parameters", strings=True)
-    except (ConfigError, SettingsError) as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    manifest = manifest_for(cfg)
+    overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
     root = runs_dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
     containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
@@ -186,11 +141,11 @@ def run_cmd(
     params = local_parameters(
         overrides, root, store=store, mlflow_uri=mlflow_uri, data_dir=cfg.settings.data_dir
     )
-    manifest = manifest_for(cfg)
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs)
+    display = kind_of(cfg).display
+    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display)
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -208,6 +163,7 @@ def _run_locally(
     parallelism: int,
     containers: DockerOptions | None = None,
     key_refs: KeyRefs | None = None,
+    display: NodeDisplay = AS_NAMED,
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
@@ -221,7 +177,7 @@ def _run_locally(
         params,
         runs_dir=runs_dir,
         artifact_store=FileStore(runs_dir.parent / "artifacts"),
-        on_node=Progress(),
+        on_node=Progress(display=display),
         parallelism=parallelism,
         stop_on_signals=True,
         containers=containers,
@@ -240,8 +196,6 @@ def _run_locally(
             click.echo(f"continue it: argofl resume {result.run_dir}", err=True)
             sys.exit(128 + result.stopped_by)
         sys.exit(1)
-    from argofl.pipelines.cluster import outputs_of, parameters_of
-
     values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
     summary_path = _save_summary(values["store"], values["experiment"], result.name, result.run_dir, wall)
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
@@ -273,7 +227,6 @@ def resume_cmd(
 ) -> None:
     """Continue the stopped or failed local run in RUN_DIR (runs/workflows/NAME) in a new run, from the
     round after its last evaluated one, as `argofl resubmit` does on a cluster."""
-    from argofl.pipelines.cluster import last_completed_round, parameters_of, resubmission_manifest
     from argofl.pipelines.local.runlock import run_is_locked
 
     run_dir = run_dir.resolve()
@@ -297,7 +250,8 @@ def resume_cmd(
             f"{name} cannot resume: its workflow declares no {', '.join(missing)} parameter, so its rounds "
             "cannot start later; run it again with argofl run"
         )
-    last = last_completed_round(status)
+    display = display_of(old)
+    last = last_completed_round(status, display)
     rounds = int(params["rounds"])
     if last is not None and last >= rounds:
         click.echo(f"all {rounds} rounds of {name} completed; nothing to resume")
@@ -322,7 +276,7 @@ def resume_cmd(
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
-    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs)
+    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display)
 
 
 SHARED_DIRS = ("store", "mlartifacts")

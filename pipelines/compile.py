@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from argofl.pipelines.build_fedavg import build_workflow
 from argofl.pipelines.config import ExperimentConfig, load_config
+from argofl.pipelines.kinds import kind_of
 
 __all__ = [
     "compile_config",
@@ -33,11 +33,7 @@ HEADER = (
 
 def _build(cfg: ExperimentConfig) -> Any:
     """The hera workflow of ``cfg`` from the builder of its ``kind``."""
-    if cfg.kind == "split":
-        from argofl.pipelines.build_split import build_split_workflow
-
-        return build_split_workflow(cfg)
-    return build_workflow(cfg)
+    return kind_of(cfg).build(cfg)
 
 
 def manifest_for(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from hera.workflows.models import (
     VolumeMount,
 )
 
-from argofl.pipelines.config import ConfigError
+from argofl.pipelines.experiment import ConfigError
 from argofl.steps.mapping import dataclass_from_mapping
 
 __all__ = ["DATA_VOLUME", "PlacementGroup", "parse_placement", "placement_arg"]

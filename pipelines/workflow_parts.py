@@ -36,7 +36,7 @@ from hera.workflows.models import (
     VolumeMount,
 )
 
-from argofl.pipelines.config import ClusterOptions, ExperimentConfig
+from argofl.pipelines.experiment import ClusterOptions, ExperimentConfig
 from argofl.steps.errors import EXIT_TRANSIENT
 from argofl.steps.labels import ROUND_FORMAT
 

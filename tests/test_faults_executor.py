@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from argofl.pipelines.cluster import last_completed_round
 from argofl.pipelines.local.lifeline import WATCHDOG_ENV
+from argofl.pipelines.progress import last_completed_round
 from tests.conftest import FMNIST_DIR
 from tests.processes import ARGOFL, argofl_env, processes_with_env, run_processes, wait_for
 

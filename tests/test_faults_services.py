@@ -181,7 +181,7 @@ def test_mlflow_unreachable_at_start_fails_init_with_its_own_error(tmp_path, fmn
         assert node["outputs"]["exitCode"] == str(EXIT_TRANSIENT)
         assert node["message"].startswith(f"main: Error (exit code 75): error: MLflow at {dead} failed")
         assert "already" not in node["message"]
-    from argofl.pipelines.cluster import finished_steps, step_line
+    from argofl.pipelines.progress import finished_steps, step_line
 
     lines = [step_line(s) for s in finished_steps(result.status) if s.template == "init"]
     assert len(lines) == 1

@@ -20,12 +20,14 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from argofl.pipelines.build_split import SplitExperimentConfig
 from argofl.pipelines.cli import cli
-from argofl.pipelines.cluster import last_completed_round, resubmission_manifest
 from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import load_config
+from argofl.pipelines.kinds import KINDS
 from argofl.pipelines.local import LocalRunResult, run_workflow
+from argofl.pipelines.parameters import resubmission_manifest
+from argofl.pipelines.progress import last_completed_round
+from argofl.pipelines.split_config import SplitExperimentConfig
 from argofl.steps.checkpoint import checkpoint_exists
 from argofl.steps.runinfo import RunLayout
 from argofl.steps.split.server import SplitServer
@@ -121,7 +123,7 @@ class _KillServer:
         self.lock = threading.Lock()
 
     def __call__(self, node: dict[str, Any]) -> None:
-        if node.get("templateName") != "train" or node.get("phase") != "Running":
+        if node.get("templateName") != "split-client" or node.get("phase") != "Running":
             return
         if f"round {self.round} /" not in str(node.get("displayName", "")):
             return
@@ -174,7 +176,7 @@ def test_split_server_killed_mid_round_fails_fast_naming_it_and_the_run_resumes_
     broken = _run(manifest, runs, fmnist_dir, on_node=killer)
     assert killer.killed is not None, "the round-2 server was never seen running"
     assert broken.phase == "Failed"
-    assert last_completed_round(broken.status) == 1
+    assert last_completed_round(broken.status, KINDS["split"].display) == 1
     # the clients and evaluate each fail at once with one line naming the server that is gone, and
     # evaluate did not wait out its timeout (idle_timeout + 60 s) for a half that cannot come
     server = next(
@@ -183,7 +185,7 @@ def test_split_server_killed_mid_round_fails_fast_naming_it_and_the_run_resumes_
         if n.get("templateName") == "split-server" and n.get("podIP") and "round 2" in str(n.get("inputs"))
     )
     url = f"http://{server['podIP']}:{cfg.split.port}"
-    assert f"error: split server {url} is not running" in _logs(broken, "train")
+    assert f"error: split server {url} is not running" in _logs(broken, "split-client")
     evaluate = _logs(broken, "evaluate")
     assert "round 2: the server's half will never appear" in evaluate
     assert f"split server {url} is not running" in evaluate

@@ -100,7 +100,7 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     runs = str(tmp_path / "runs")
     unknown = CliRunner().invoke(local, ["run", str(path), "-p", "nope=1", "--runs-dir", runs])
     assert unknown.exit_code == 2
-    assert "unknown parameter 'nope'" in unknown.output
+    assert "unknown workflow parameter 'nope'" in unknown.output
     malformed = CliRunner().invoke(local, ["run", str(path), "-p", "novalue", "--runs-dir", runs])
     assert malformed.exit_code == 2
     assert "NAME=VALUE" in malformed.output

@@ -185,7 +185,8 @@ def test_placed_per_client_workflow_runs_locally_with_federated_evaluation(tmp_p
 
 
 def test_watch_and_status_read_a_groups_train_template_as_train():
-    from argofl.pipelines.cluster import step_line, step_of
+    from argofl.pipelines.kinds import KINDS
+    from argofl.pipelines.progress import step_line, step_of
 
     node = {
         "templateName": "train-site-a",
@@ -198,7 +199,7 @@ def test_watch_and_status_read_a_groups_train_template_as_train():
         },
         "outputs": {"parameters": [{"name": "loss", "value": "0.5"}, {"name": "accuracy", "value": "0.75"}]},
     }
-    step = step_of(node)
+    step = step_of(node, KINDS["fedavg"].display)
     assert step.template == "train"
     assert step_line(step) == "round 2 / client 0 ✔ train loss 0.5000 acc 0.7500"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from argofl.pipelines.build_split import SplitExperimentConfig
 from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
+from argofl.pipelines.split_config import SplitExperimentConfig
 from argofl.steps.settings import SettingsError
 from argofl.steps.split.settings import SplitOptions
 
@@ -46,7 +46,7 @@ def test_default_kind_is_fedavg():
         (_doc(port="8080"), r"split\.port: expected int, got str '8080'"),
         (_doc(idle_timeout=True), r"split\.idle_timeout: expected int, got bool True"),
         (_doc(port=80), r"split\.port"),
-        ({"experiment": "x", "split": {"mode": "vanilla"}}, "unknown setting 'split'"),
+        ({"experiment": "x", "split": {"mode": "vanilla"}}, "split: only kind split splits the model"),
         (
             {**_doc(mode="splitfed"), "strategy": "fedavgm"},
             r"t\.yaml: strategy: split learning averages SplitFed bottoms with FedAvg: only strategy fedavg",

@@ -82,7 +82,7 @@ def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
     names = sorted(
         n["displayName"]
         for n in status["nodes"].values()
-        if n.get("templateName") == "train" and n["type"] in ("Pod", "Retry")
+        if n.get("templateName") == "split-client" and n["type"] in ("Pod", "Retry")
     )
     assert names == sorted(
         f"{task}({c}:round {r} / client {c})" for r in range(1, rounds + 1) for c in (0, 1)
@@ -91,7 +91,7 @@ def test_split_workflow_runs_locally(tmp_path, fmnist_dir, mode, rounds):
         spans = [
             (n["startedAt"], n["finishedAt"])
             for n in status["nodes"].values()
-            if n.get("templateName") == "train" and n["type"] == "Pod"
+            if n.get("templateName") == "split-client" and n["type"] == "Pod"
         ]
         assert len(spans) == 2
         assert max(s for s, _ in spans) < min(f for _, f in spans), (

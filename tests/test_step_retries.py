@@ -67,7 +67,7 @@ def _errors(output: str) -> list[str]:
 
 
 def test_every_argofl_error_has_one_root_and_an_exit_code():
-    from argofl.pipelines.cluster import ClusterError
+    from argofl.pipelines.argo_server import ClusterError
     from argofl.pipelines.config import ConfigError
     from argofl.pipelines.local.errors import UnsupportedWorkflow, WorkflowInputError
     from argofl.steps.checkpoint import CheckpointError
@@ -209,7 +209,7 @@ def test_the_builders_retry_policy_retries_transient_failures_only(tmp_path, cod
 
 
 def test_watch_lines_show_the_last_attempts_error_not_the_retry_verdict(tmp_path):
-    from argofl.pipelines.cluster import finished_steps, step_line
+    from argofl.pipelines.progress import finished_steps, step_line
 
     source = "import sys\nprint('error: settings: rounds must be ≥ 1', file=sys.stderr)\nsys.exit(2)\n"
     result = run_workflow(_script_workflow(source), runs_dir=tmp_path / "runs")

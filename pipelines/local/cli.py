@@ -17,7 +17,7 @@ from argofl.pipelines.local.containers import parse_image_map
 from argofl.pipelines.local.logs import find_nodes, log_files
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
-from argofl.steps.name_value import NameValue, to_dict
+from argofl.pipelines.parameters import check_overrides, overrides_option
 
 __all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 
@@ -121,16 +121,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 @local.command("run")
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "-p",
-    "--parameter",
-    "parameters",
-    multiple=True,
-    type=NameValue(),
-    callback=lambda ctx, param, pairs: to_dict(pairs, option="-p/--parameter"),
-    metavar="NAME=VALUE",
-    help="Workflow parameter, like `argo submit -p`; repeatable.",
-)
+@overrides_option
 @click.option(
     "--runs-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -145,7 +136,7 @@ def _load(path: Path) -> dict[str, Any]:
 @secrets_option
 def run_cmd(
     workflow: Path,
-    parameters: dict[str, str],
+    overrides: dict[str, str],
     runs_dir: Path,
     as_json: bool,
     runtime: str,
@@ -157,6 +148,7 @@ def run_cmd(
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
     signal N stopped it (130 for Ctrl-C)."""
     manifest = _load(workflow)
+    parameters = check_overrides(manifest, overrides)  # as argofl run/submit: one message, exit 2
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
     result = run_workflow(
         manifest,

@@ -1,0 +1,103 @@
+"""The experiment config types every kind shares: the ``cluster:`` section, the config itself and its error.
+
+Kinds extend :class:`ExperimentConfig` with their own sections (:mod:`pipelines.split_config`); loading a
+file and choosing the kind is :mod:`pipelines.config`'s job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from argofl.steps.client_data import DataOptions
+from argofl.steps.errors import BadInputError
+from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.settings import Settings
+
+__all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig"]
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+class ConfigError(BadInputError, ValueError):
+    """A config file is unreadable or invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """Kubernetes-side options, fixed when the workflow is compiled."""
+
+    image: str = "argofl/step-torch-cpu:0.1.0"
+    namespace: str = "argofl"
+    service_account: str = "argofl-workflow"
+    store: str = "s3://argofl"
+    s3_endpoint: str = "http://minio:9000"
+    mlflow_uri: str = "http://mlflow:5000"
+    mlflow_ui: str = ""  # the MLflow UI as browsers reach it (run links); default: mlflow_uri
+    gpus: int = 0
+    cpu: str = "1"
+    memory: str = "2Gi"
+    parallelism: int = 10
+    retries: int = 2
+    step_timeout: int = 3600
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name in ("gpus", "retries"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"cluster.{name}: must be ≥ 0, got {getattr(self, name)!r}")
+        for name in ("parallelism", "step_timeout"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"cluster.{name}: must be ≥ 1, got {getattr(self, name)!r}")
+        for name in ("cpu", "memory"):
+            if not _QUANTITY.match(getattr(self, name)):
+                raise ConfigError(f"cluster.{name}: not a Kubernetes quantity: {getattr(self, name)!r}")
+        if not self.image or any(c.isspace() for c in self.image):
+            raise ConfigError(f"cluster.image: not an image reference: {self.image!r}")
+        for key, value in self.node_selector.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise ConfigError(
+                    f"cluster.node_selector: keys and values must be strings, got {key!r}: {value!r}"
+                )
+        for tol in self.tolerations:
+            if not isinstance(tol, dict) or not set(tol) <= {
+                "key",
+                "operator",
+                "value",
+                "effect",
+                "tolerationSeconds",
+            }:
+                raise ConfigError(f"cluster.tolerations: not a toleration: {tol!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ClusterOptions:
+        """Build options from a config's ``cluster:`` section; a number is accepted for cpu and memory."""
+        values = {k: _number_as_str(v) if k in ("cpu", "memory") else v for k, v in values.items()}
+        return dataclass_from_mapping(cls, values, where=where, error=ConfigError, prefix="cluster.")
+
+
+def _number_as_str(value: Any) -> Any:
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment config and where it came from."""
+
+    name: str
+    settings: Settings
+    cluster: ClusterOptions
+    source: Path | None = None
+    kind: str = "fedavg"
+    data: DataOptions = field(default_factory=DataOptions)
+    placement: tuple[Any, ...] = ()  # pipelines.placement.PlacementGroup, one per client group
+
+    def workflow_parameters(self) -> dict[str, str]:
+        """The experiment's own workflow parameters and their values: every setting, and the ``data-*``
+        parameters when the config has a non-default ``data:`` section (older manifests are unchanged)."""
+        data = self.data.to_params() if self.data != DataOptions() else {}
+        return {**self.settings.to_params(), **data}

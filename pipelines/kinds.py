@@ -1,0 +1,191 @@
+"""The registry of experiment kinds: the top-level ``kind:`` of a config (``fedavg`` by default, ``split``).
+
+Each :class:`ExperimentKind` owns its config type and how a config's sections become one, its builder
+(config → hera ``Workflow``; imported on use: builders import hera), the check of its workflow
+parameters' values (the parameters themselves are its config type's ``workflow_parameters()``, which its
+builder declares) and how its nodes read in progress lines (:class:`~pipelines.progress.NodeDisplay`).
+Loading (``pipelines.config``), compiling, the commands and the Python API look kinds up here.
+
+Adding a kind = a config type (its own module, like ``split_config.py``), a builder whose entrypoint is the
+kind's name, one :data:`KINDS` entry, tests and the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig
+from argofl.pipelines.progress import NodeDisplay
+from argofl.pipelines.split_config import SplitExperimentConfig, check_split_parameters, split_config
+from argofl.steps.client_data import DataOptions
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+
+if TYPE_CHECKING:
+    from hera.workflows import Workflow
+
+__all__ = [
+    "KINDS",
+    "ExperimentKind",
+    "display_of",
+    "get_kind",
+    "kind_of",
+    "manifest_kind",
+]
+
+EXPERIMENT_LABEL = "argofl.io/experiment"
+"""Label of every compiled argofl workflow (``workflow_parts.workflow_settings``)."""
+
+
+class MakeConfig(Protocol):
+    """Validate a config's kind-specific ``sections`` and return the kind's config."""
+
+    def __call__(
+        self,
+        *,
+        name: str,
+        settings: Settings,
+        cluster: ClusterOptions,
+        source: Path | None,
+        sections: Mapping[str, Any],
+        where: str,
+    ) -> ExperimentConfig: ...
+
+
+@dataclass(frozen=True)
+class ExperimentKind:
+    """One kind of experiment: how its configs load, build, take parameters and display."""
+
+    name: str
+    summary: str
+    config_type: type[ExperimentConfig]
+    make_config: MakeConfig
+    builder: Callable[[ExperimentConfig], Workflow]
+    sections: Mapping[str, str] = field(default_factory=dict)
+    """Top-level config sections the kind reads (besides settings and ``cluster:``) → what they hold."""
+    check_values: Callable[[Mapping[str, str], str], None] | None = None
+    """Checks the kind's own (non-setting) parameter values; raises ``SettingsError``."""
+    display: NodeDisplay = field(default_factory=NodeDisplay)
+
+    def build(self, cfg: ExperimentConfig) -> Workflow:
+        """The hera workflow of ``cfg`` (a config of this kind)."""
+        if not isinstance(cfg, self.config_type):
+            raise ConfigError(
+                f"{cfg.name}: a {type(cfg).__name__} is no kind {self.name} config "
+                f"(expected {self.config_type.__name__}); load it with load_config"
+            )
+        return self.builder(cfg)
+
+    def check_parameters(self, values: Mapping[str, str], *, where: str) -> None:
+        """Validate a workflow's parameter values (Argo strings): its settings, then the kind's own."""
+        settings = {k: v for k, v in values.items() if k in PARAM_NAMES}
+        Settings.from_mapping(settings, where=where, strings=True)
+        if self.check_values is not None:
+            self.check_values(values, where)
+
+
+def _fedavg_config(
+    *,
+    name: str,
+    settings: Settings,
+    cluster: ClusterOptions,
+    source: Path | None,
+    sections: Mapping[str, Any],
+    where: str,
+) -> ExperimentConfig:
+    from argofl.pipelines.placement import parse_placement  # hera, on use
+
+    doc = sections.get("data")
+    data = DataOptions()
+    if doc is not None:
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{where}: data: expected a mapping, got {type(doc).__name__}")
+        try:
+            data = DataOptions.from_mapping(doc, where=where)
+        except SettingsError as exc:
+            raise ConfigError(str(exc)) from None
+    placement = parse_placement(sections.get("placement"), clients=settings.clients, where=where)
+    return ExperimentConfig(
+        name=name, settings=settings, cluster=cluster, source=source, data=data, placement=placement
+    )
+
+
+def _build_fedavg(cfg: ExperimentConfig) -> Workflow:
+    from argofl.pipelines.build_fedavg import build_workflow
+
+    return build_workflow(cfg)
+
+
+def _build_split(cfg: ExperimentConfig) -> Workflow:
+    from argofl.pipelines.build_split import build_split_workflow
+
+    return build_split_workflow(cfg)
+
+
+def _check_split(values: Mapping[str, str], where: str) -> None:
+    check_split_parameters(values, where=where)
+
+
+KINDS: dict[str, ExperimentKind] = {
+    kind.name: kind
+    for kind in (
+        ExperimentKind(
+            name="fedavg",
+            summary="federated rounds: distribute, train on every client, aggregate, evaluate",
+            config_type=ExperimentConfig,
+            make_config=_fedavg_config,
+            builder=_build_fedavg,
+            sections={"data": "reads per-client data sources", "placement": "places clients"},
+            # a placement group's train-<group> template trains like train
+            display=NodeDisplay({"train-": "train"}),
+        ),
+        ExperimentKind(
+            name="split",
+            summary="split learning: a server daemon holds the top half, clients their data and bottom half",
+            config_type=SplitExperimentConfig,
+            make_config=split_config,
+            builder=_build_split,
+            sections={"split": "splits the model between clients and a server"},
+            check_values=_check_split,
+            # its clients train: progress lines show them as FedAvg's
+            display=NodeDisplay({"split-client": "train"}),
+        ),
+    )
+}
+"""Every experiment kind by name; the first is the default."""
+
+DEFAULT_KIND = next(iter(KINDS))
+
+
+def get_kind(name: Any, *, where: str) -> ExperimentKind:
+    """The kind called ``name``; a :class:`ConfigError` naming the known ones otherwise."""
+    if isinstance(name, str) and name in KINDS:
+        return KINDS[name]
+    raise ConfigError(f"{where}: kind: must be one of {', '.join(KINDS)}, got {name!r}")
+
+
+def kind_of(cfg: ExperimentConfig) -> ExperimentKind:
+    """The kind of a loaded config."""
+    return get_kind(cfg.kind, where=cfg.name)
+
+
+def manifest_kind(manifest: Mapping[str, Any]) -> ExperimentKind | None:
+    """The kind of a compiled argofl workflow (its entrypoint is the kind's name); None for another
+    workflow (``argofl local run`` runs any)."""
+    labels = (manifest.get("metadata") or {}).get("labels") or {}
+    entrypoint = (manifest.get("spec") or {}).get("entrypoint")
+    if EXPERIMENT_LABEL not in labels or not isinstance(entrypoint, str):
+        return None
+    return KINDS.get(entrypoint)
+
+
+ANY_DISPLAY = NodeDisplay({k: v for kind in KINDS.values() for k, v in kind.display.steps.items()})
+"""Every kind's display at once: for a workflow whose kind is not known."""
+
+
+def display_of(manifest: Mapping[str, Any]) -> NodeDisplay:
+    """How the nodes of ``manifest`` (a workflow, status included or not) read in progress lines."""
+    kind = manifest_kind(manifest)
+    return kind.display if kind is not None else ANY_DISPLAY

@@ -1,0 +1,81 @@
+"""The ``kind: split`` experiment config: settings, cluster options and the ``split:`` section.
+
+```yaml
+kind: split
+split: {mode: vanilla, cut: pool2}   # steps.split.settings.SplitOptions
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig
+from argofl.steps.settings import Settings, SettingsError, param_name
+from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
+
+__all__ = [
+    "SPLIT_PARAMS",
+    "SplitExperimentConfig",
+    "check_split_parameters",
+    "split_config",
+    "split_param",
+]
+
+SPLIT_PARAMS = ("cut", "idle_timeout", "request_timeout")
+"""Split options that are workflow parameters (``split-cut``, …): they may change per submission; mode and
+port shape the manifest and are fixed at compile time."""
+
+
+def split_param(key: str) -> str:
+    """The workflow parameter of split option ``key``: ``idle_timeout`` → ``split-idle-timeout``."""
+    return "split-" + key.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class SplitExperimentConfig(ExperimentConfig):
+    """A ``kind: split`` experiment config: settings, cluster options and the ``split:`` section."""
+
+    split: SplitOptions = field(default_factory=SplitOptions)
+
+    def workflow_parameters(self) -> dict[str, str]:
+        """The settings split learning uses (not the server-optimizer ones) and the ``split-*`` options."""
+        unused = {param_name(k) for k in UNUSED_SETTINGS}
+        settings = {k: v for k, v in self.settings.to_params().items() if k not in unused}
+        return {**settings, **{split_param(k): str(getattr(self.split, k)) for k in SPLIT_PARAMS}}
+
+
+def split_config(
+    *,
+    name: str,
+    settings: Settings,
+    cluster: ClusterOptions,
+    source: Path | None,
+    sections: Mapping[str, Any],
+    where: str,
+) -> SplitExperimentConfig:
+    """Validate the ``split:`` section (in ``sections``) of a ``kind: split`` config."""
+    split = sections.get("split")
+    split = {} if split is None else split
+    if not isinstance(split, dict):
+        raise ConfigError(f"{where}: split: expected a mapping, got {type(split).__name__}")
+    if settings.strategy != "fedavg":
+        raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
+    if settings.attack != "none":
+        raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
+    try:
+        options = SplitOptions.from_mapping(split, where=where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
+    return SplitExperimentConfig(
+        name=name, settings=settings, cluster=cluster, source=source, kind="split", split=options
+    )
+
+
+def check_split_parameters(values: Mapping[str, str], *, where: str) -> None:
+    """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``)."""
+    given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
+    SplitOptions.from_mapping(given, where=where, strings=True)
