@@ -10,6 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from argofl.pipelines.cli import cli
+from argofl.pipelines.compile import compile_config
 from argofl.pipelines.config import MAX_CONFIG_BYTES, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,34 @@ def test_a_50_mb_config_is_refused_by_its_size_without_parsing(tmp_path, monkeyp
     error = result.output.strip().splitlines()[-1]
     assert f"more than the {MAX_CONFIG_BYTES} a config may have" in error
     assert error.endswith("not parsed")
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        (
+            "roundz=2",
+            "error: unknown workflow parameter 'roundz'; did you mean 'rounds'? valid: experiment, ",
+        ),
+        ("rounds=0", "error: parameters: rounds: must be ≥ 1, got 0; nothing was started"),
+    ],
+)
+def test_run_submit_and_local_run_refuse_a_bad_parameter_with_the_same_line(tmp_path, param, message):
+    workflow = compile_config(CONFIG, tmp_path / "argo")
+    runs = str(tmp_path / "runs")
+    commands = {
+        "run": ["run", str(CONFIG), "--runs-dir", runs],
+        # refused before the (unreachable) server is contacted
+        "submit": ["submit", str(CONFIG), "--host", "http://127.0.0.1:9"],
+        "local run": ["local", "run", str(workflow), "--runs-dir", runs],
+    }
+    lines = {}
+    for name, args in commands.items():
+        result = CliRunner().invoke(cli, [*args, "-p", param])
+        assert result.exit_code == 2, (name, result.output)
+        lines[name] = result.output.strip().splitlines()
+    assert lines["run"] == lines["submit"] == lines["local run"]
+    [line] = lines["run"]
+    assert line.startswith(message)
+    assert line.endswith("nothing was started")
+    assert not (tmp_path / "runs" / "workflows").exists()

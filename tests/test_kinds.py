@@ -1,0 +1,173 @@
+"""The registry of experiment kinds: configs, builders, parameters and progress lines come from it."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hera.workflows import Container, Steps, Workflow
+
+from argofl.pipelines.compile import manifest_for
+from argofl.pipelines.config import ConfigError, config_from_mapping, load_config
+from argofl.pipelines.experiment import ExperimentConfig
+from argofl.pipelines.kinds import KINDS, ExperimentKind, display_of, kind_of, manifest_kind
+from argofl.pipelines.parameters import ParameterError, check_overrides, parameters_of
+from argofl.pipelines.progress import AS_NAMED, round_views
+from argofl.pipelines.split_config import SplitExperimentConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "fedavg": ROOT / "configs" / "fedavg-fmnist-torch.yaml",
+    "split": ROOT / "configs" / "split-fmnist-torch.yaml",
+}
+COMMON = ["image", "store", "s3-endpoint", "mlflow-uri", "mlflow-ui", "start-round", "resume-from"]
+
+
+def test_every_kind_has_an_example_config() -> None:
+    assert set(KINDS) == set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_a_kind_loads_its_config_type_and_its_builder_declares_its_parameters(name: str) -> None:
+    cfg = load_config(CONFIGS[name])
+    kind = KINDS[name]
+    assert type(cfg) is kind.config_type
+    assert kind_of(cfg) is kind
+    manifest = manifest_for(cfg)
+    assert manifest["spec"]["entrypoint"] == name
+    assert manifest_kind(manifest) is kind
+    assert display_of(manifest) == kind.display
+    assert list(parameters_of(manifest)) == [*cfg.workflow_parameters(), *COMMON]
+
+
+def test_split_declares_its_options_and_not_the_server_optimizer_settings() -> None:
+    cfg = load_config(CONFIGS["split"])
+    assert isinstance(cfg, SplitExperimentConfig)
+    params = cfg.workflow_parameters()
+    assert params["split-cut"] == cfg.split.cut
+    assert params["split-idle-timeout"] == str(cfg.split.idle_timeout)
+    assert "server-lr" not in params
+    assert "strategy" not in params
+
+
+def _echo_builder(cfg: ExperimentConfig) -> Workflow:
+    with Workflow(
+        generate_name=f"{cfg.name}-", entrypoint="echo", labels={"argofl.io/experiment": "e"}
+    ) as wf:
+        hello = Container(name="hello", image="busybox", command=["echo", cfg.settings.experiment])
+        with Steps(name="echo"):
+            hello()
+    return wf
+
+
+def _echo_config(*, name: str, settings: Any, cluster: Any, source: Any, sections: Any, where: str) -> Any:
+    if sections.get("echo") not in (None, "loud"):
+        raise ConfigError(f"{where}: echo: must be loud, got {sections['echo']!r}")
+    return ExperimentConfig(name=name, settings=settings, cluster=cluster, source=source, kind="echo")
+
+
+def test_a_new_kind_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    kind = ExperimentKind(
+        name="echo",
+        summary="prints the experiment's name",
+        config_type=ExperimentConfig,
+        make_config=_echo_config,
+        builder=_echo_builder,
+        sections={"echo": "echoes"},
+    )
+    monkeypatch.setitem(KINDS, "echo", kind)
+    cfg = config_from_mapping({"kind": "echo", "experiment": "e", "echo": "loud"}, name="e", where="e.yaml")
+    assert cfg.kind == "echo"
+    manifest = manifest_for(cfg)  # compiled by the kind's builder
+    assert manifest["spec"]["entrypoint"] == "echo"
+    assert manifest_kind(manifest) is kind
+    with pytest.raises(ConfigError, match=r"^e\.yaml: echo: must be loud, got 'soft'$"):
+        config_from_mapping({"kind": "echo", "experiment": "e", "echo": "soft"}, name="e", where="e.yaml")
+    with pytest.raises(ConfigError, match=r"^f\.yaml: echo: only kind echo echoes, not kind fedavg$"):
+        config_from_mapping({"experiment": "e", "echo": "loud"}, name="f", where="f.yaml")
+    with pytest.raises(ConfigError, match=r"kind: must be one of fedavg, split, echo, got 'gossip'"):
+        config_from_mapping({"kind": "gossip", "experiment": "e"}, name="g", where="g.yaml")
+
+
+def test_a_kind_refuses_a_config_of_another_kind() -> None:
+    cfg = load_config(CONFIGS["fedavg"])
+    with pytest.raises(ConfigError, match="is no kind split config"):
+        KINDS["split"].build(cfg)
+
+
+def test_split_parameter_values_are_checked_like_settings() -> None:
+    manifest = manifest_for(load_config(CONFIGS["split"]))
+    assert check_overrides(manifest, {"split_idle_timeout": "5"}) == {"split-idle-timeout": "5"}
+    with pytest.raises(ParameterError, match=r"split\.idle_timeout: expected int, got 'soon'; nothing was"):
+        check_overrides(manifest, {"split-idle-timeout": "soon"})
+    fedavg = manifest_for(load_config(CONFIGS["fedavg"]))
+    with pytest.raises(ParameterError, match="unknown workflow parameter 'split-cut'"):
+        check_overrides(fedavg, {"split-cut": "pool1"})
+
+
+def test_a_workflow_that_is_no_experiment_gets_no_settings_check() -> None:
+    manifest = {
+        "spec": {"entrypoint": "fedavg", "arguments": {"parameters": [{"name": "rounds", "value": "x"}]}}
+    }
+    assert manifest_kind(manifest) is None
+    assert check_overrides(manifest, {"rounds": "many"}) == {"rounds": "many"}
+
+
+def _node(nid: str, node_type: str, template: str, phase: str, **extra: Any) -> dict[str, Any]:
+    return {"id": nid, "type": node_type, "templateName": template, "phase": phase, **extra}
+
+
+def _split_round_status() -> dict[str, Any]:
+    round_in = {"parameters": [{"name": "round", "value": "round 1"}]}
+    metrics = {"parameters": [{"name": "loss", "value": "0.5"}, {"name": "accuracy", "value": "0.8"}]}
+    nodes = [
+        _node("r1", "DAG", "round", "Succeeded", inputs=round_in, children=["c0", "c1", "e"]),
+        _node("c0", "Pod", "split-client", "Succeeded", boundaryID="r1", inputs=round_in),
+        _node("c1", "Pod", "split-client", "Failed", boundaryID="r1", inputs=round_in, message="gone"),
+        _node("e", "Pod", "evaluate", "Succeeded", boundaryID="r1", inputs=round_in, outputs=metrics),
+    ]
+    return {"nodes": {n["id"]: n for n in nodes}}
+
+
+def test_the_split_kinds_display_counts_its_clients_as_training() -> None:
+    [view] = round_views(_split_round_status(), KINDS["split"].display)
+    assert (view.trained, view.train_failed, view.train_total) == (1, 1, 2)
+    assert "clients 1/2 trained (1 failed)" in view.line()
+    [as_named] = round_views(_split_round_status(), AS_NAMED)
+    assert as_named.train_total == 0
+
+
+def test_argofl_runs_progress_lines_use_the_kinds_display() -> None:
+    from argofl.pipelines.commands import Progress
+
+    out = io.StringIO()
+    node = _split_round_status()["nodes"]["c0"]
+    node = {
+        **node,
+        "inputs": {
+            "parameters": [
+                {"name": "round", "value": "round 1"},
+                {"name": "clients", "value": "round 1 / client 0"},
+            ]
+        },
+    }
+    Progress(out, KINDS["split"].display)(node)
+    Progress(out)({**node, "id": "other"})
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("] round 1 / client 0 ✔")
+    assert second.endswith("] split-client ✔")
+
+
+def test_argofl_runs_progress_lines_load_no_cluster_module() -> None:
+    code = (
+        "import io, sys\n"
+        "from argofl.pipelines.commands import Progress\n"
+        "Progress(io.StringIO())({'id': 'n', 'type': 'Pod', 'phase': 'Succeeded', 'templateName': 'train'})\n"
+        "print([m for m in sys.modules if m.startswith('argofl.pipelines.') and 'cluster' in m])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
