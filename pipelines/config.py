@@ -1,7 +1,9 @@
-"""Experiment config files: the settings (:class:`steps.settings.Settings`) plus a ``cluster`` section.
+"""Experiment config files: the settings (:class:`steps.settings.Settings`) plus a ``cluster`` section,
+and the sections of the config's kind (:mod:`pipelines.kinds`), which makes the config.
 
 ```yaml
-experiment: fedavg-fmnist-torch     # every top-level key is a setting (also an Argo parameter)
+kind: fedavg                        # default; split reads a split: section, fedavg data: and placement:
+experiment: fedavg-fmnist-torch     # every other top-level key is a setting (also an Argo parameter)
 rounds: 5
 cluster:                            # how pods are requested on Kubernetes (compile-time)
   image: argofl/step-torch-cpu:0.1.0

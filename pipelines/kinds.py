@@ -59,22 +59,23 @@ class ExperimentKind:
     """One kind of experiment: how its configs load, build, take parameters and display."""
 
     name: str
-    summary: str
     config_type: type[ExperimentConfig]
     make_config: MakeConfig
     builder: Callable[[ExperimentConfig], Workflow]
     sections: Mapping[str, str] = field(default_factory=dict)
-    """Top-level config sections the kind reads (besides settings and ``cluster:``) → what they hold."""
+    """Top-level config sections the kind reads (besides settings and ``cluster:``) → what the kind does
+    with one, for the line refusing it in another kind's config (``placement: only kind fedavg places
+    clients, not kind split``)."""
     check_values: Callable[[Mapping[str, str], str], None] | None = None
     """Checks the kind's own (non-setting) parameter values; raises ``SettingsError``."""
     display: NodeDisplay = field(default_factory=NodeDisplay)
 
     def build(self, cfg: ExperimentConfig) -> Workflow:
         """The hera workflow of ``cfg`` (a config of this kind)."""
-        if not isinstance(cfg, self.config_type):
+        if cfg.kind != self.name or not isinstance(cfg, self.config_type):
             raise ConfigError(
-                f"{cfg.name}: a {type(cfg).__name__} is no kind {self.name} config "
-                f"(expected {self.config_type.__name__}); load it with load_config"
+                f"{cfg.name}: a kind {cfg.kind} {type(cfg).__name__} is no kind {self.name} config "
+                f"(a {self.config_type.__name__}); build it with its own kind (kinds.kind_of)"
             )
         return self.builder(cfg)
 
@@ -124,16 +125,13 @@ def _build_split(cfg: ExperimentConfig) -> Workflow:
     return build_split_workflow(cfg)
 
 
-def _check_split(values: Mapping[str, str], where: str) -> None:
-    check_split_parameters(values, where=where)
-
-
+# fedavg: rounds of distribute, train on every client, aggregate, evaluate (build_fedavg.py)
+# split: a server daemon holds the top half, clients their data and bottom half (build_split.py)
 KINDS: dict[str, ExperimentKind] = {
     kind.name: kind
     for kind in (
         ExperimentKind(
             name="fedavg",
-            summary="federated rounds: distribute, train on every client, aggregate, evaluate",
             config_type=ExperimentConfig,
             make_config=_fedavg_config,
             builder=_build_fedavg,
@@ -143,12 +141,11 @@ KINDS: dict[str, ExperimentKind] = {
         ),
         ExperimentKind(
             name="split",
-            summary="split learning: a server daemon holds the top half, clients their data and bottom half",
             config_type=SplitExperimentConfig,
             make_config=split_config,
             builder=_build_split,
             sections={"split": "splits the model between clients and a server"},
-            check_values=_check_split,
+            check_values=check_split_parameters,
             # its clients train: progress lines show them as FedAvg's
             display=NodeDisplay({"split-client": "train"}),
         ),
@@ -181,11 +178,10 @@ def manifest_kind(manifest: Mapping[str, Any]) -> ExperimentKind | None:
     return KINDS.get(entrypoint)
 
 
-ANY_DISPLAY = NodeDisplay({k: v for kind in KINDS.values() for k, v in kind.display.steps.items()})
-"""Every kind's display at once: for a workflow whose kind is not known."""
-
-
 def display_of(manifest: Mapping[str, Any]) -> NodeDisplay:
-    """How the nodes of ``manifest`` (a workflow, status included or not) read in progress lines."""
+    """How the nodes of ``manifest`` (a workflow, status included or not) read in progress lines: its
+    kind's display, or every kind's at once for a workflow whose kind is not known."""
     kind = manifest_kind(manifest)
-    return kind.display if kind is not None else ANY_DISPLAY
+    if kind is not None:
+        return kind.display
+    return NodeDisplay({k: v for known in KINDS.values() for k, v in known.display.steps.items()})

@@ -75,7 +75,7 @@ def split_config(
     )
 
 
-def check_split_parameters(values: Mapping[str, str], *, where: str) -> None:
+def check_split_parameters(values: Mapping[str, str], where: str) -> None:
     """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``)."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
     SplitOptions.from_mapping(given, where=where, strings=True)

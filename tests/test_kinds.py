@@ -73,7 +73,6 @@ def _echo_config(*, name: str, settings: Any, cluster: Any, source: Any, section
 def test_a_new_kind_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     kind = ExperimentKind(
         name="echo",
-        summary="prints the experiment's name",
         config_type=ExperimentConfig,
         make_config=_echo_config,
         builder=_echo_builder,
@@ -94,9 +93,12 @@ def test_a_new_kind_is_one_registry_entry(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_a_kind_refuses_a_config_of_another_kind() -> None:
-    cfg = load_config(CONFIGS["fedavg"])
-    with pytest.raises(ConfigError, match="is no kind split config"):
-        KINDS["split"].build(cfg)
+    fedavg, split = load_config(CONFIGS["fedavg"]), load_config(CONFIGS["split"])
+    with pytest.raises(ConfigError, match="a kind fedavg ExperimentConfig is no kind split config"):
+        KINDS["split"].build(fedavg)
+    # a SplitExperimentConfig is an ExperimentConfig, but no fedavg config
+    with pytest.raises(ConfigError, match="a kind split SplitExperimentConfig is no kind fedavg config"):
+        KINDS["fedavg"].build(split)
 
 
 def test_split_parameter_values_are_checked_like_settings() -> None:
