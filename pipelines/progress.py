@@ -109,7 +109,7 @@ class Step:
     """One finished (or running) step of a workflow: a Retry node, or a Pod that is not a retry attempt."""
 
     node: Mapping[str, Any]
-    template: str
+    template: str  # the step its template stands for (NodeDisplay.step): train for train-<group>
     round: int | None
     inputs: Mapping[str, str]
     outputs: Mapping[str, str]
