@@ -271,7 +271,7 @@ def test_mlp_and_cifar_shapes(backend: Backend) -> None:
         assert result["examples"] == 3
 
 
-@pytest.mark.parametrize("model", BUILTIN_MODELS)
+@pytest.mark.parametrize("model", list(BUILTIN_MODELS))
 def test_every_builtin_model_builds_and_trains(backend: Backend, model: str) -> None:
     """``BUILTIN_MODELS`` is what settings accept: each backend must build every name in it."""
     net = build(backend, model)
