@@ -140,3 +140,19 @@ def test_help_texts_list_the_registries():
     ):
         mentioned = re.findall(r"[a-z0-9-]+", helps[setting])
         assert set(registry) <= set(mentioned), setting
+
+
+@pytest.mark.parametrize(
+    ("setting", "registry", "extra"),
+    [
+        ("framework", FRAMEWORKS, set()),
+        ("dataset", DATASETS, set()),
+        ("model", BUILTIN_MODELS, {"or", "package.module:factory", "see", "examples/custom_models.py"}),
+        ("partition", SCHEMES, {"alpha"}),
+    ],
+)
+def test_readme_settings_list_the_registered_choices(setting, registry, extra):
+    readme = " ".join((FLAGSHIP.parents[1] / "README.md").read_text().split())
+    listed = re.search(rf"`{setting}` \(([^()]*)\)", readme)
+    assert listed, f"README: no `{setting}` (choices) in the settings paragraph"
+    assert set(re.findall(r"[\w.:/-]+", listed[1])) - extra == set(registry)
