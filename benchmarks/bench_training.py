@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # runnable without installing argofl
     sys.path.insert(0, str(ROOT))
 
 from argofl.steps.data import load_dataset  # noqa: E402
-from argofl.steps.frameworks import get_backend  # noqa: E402
+from argofl.steps.frameworks import FRAMEWORKS, get_backend  # noqa: E402
 from argofl.steps.partition import client_seed, partition  # noqa: E402
 
 # The flagship hyperparameters per framework (1 local epoch, 10 IID clients, 5 rounds).
@@ -211,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--framework", choices=["torch", "tensorflow", "both"], default="both")
+    parser.add_argument(
+        "--framework", choices=[*FRAMEWORKS, "both"], default="both", help="both: every framework in turn"
+    )
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--dataset", default="fashion-mnist")
     parser.add_argument("--clients", type=int, default=10)
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.framework == "both":  # one process per framework: neither imports the other
         rest = sys.argv[1:] if argv is None else argv
         status = 0
-        for framework in ("torch", "tensorflow"):
+        for framework in FRAMEWORKS:
             cmd = [sys.executable, __file__, *rest, "--framework", framework]
             status = max(status, subprocess.run(cmd, check=False).returncode)
         return status

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from argofl.steps.client_data import CLIENT_PLACEHOLDER, shard_uri, write_shard
-from argofl.steps.data import DatasetError, load_dataset
+from argofl.steps.data import DATASETS, DatasetError, load_dataset
 from argofl.steps.partition import SCHEMES, PartitionError, partition
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import StoreError
@@ -69,9 +69,9 @@ def data() -> None:
     default=None,
     help="Take dataset, clients, partition, alpha, seed, data_limit and data_dir from this config.",
 )
-@click.option("--dataset", default=None, help="fashion-mnist, mnist or cifar10.")
+@click.option("--dataset", type=click.Choice(list(DATASETS)), default=None, help="The dataset.")
 @click.option("--clients", type=click.IntRange(min=1), default=None, help="Number of clients.")
-@click.option("--partition", "scheme", type=click.Choice(SCHEMES), default=None, help="iid or dirichlet.")
+@click.option("--partition", "scheme", type=click.Choice(SCHEMES), default=None, help="The partition scheme.")
 @click.option("--alpha", type=float, default=None, help="Dirichlet concentration.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Partition seed.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="First N training examples (0: all).")

@@ -4,6 +4,11 @@ Every setting is a workflow parameter (``min_clients`` in YAML is ``min-clients`
 ``argo submit argo/X.yaml -p rounds=20`` works, and the ``init`` step validates the values it is
 given with the same rules as ``argofl compile`` does before freezing them into the run's
 ``run.json``. Later steps read the frozen settings from there.
+
+Choices come from their registries (:data:`~steps.frameworks.FRAMEWORKS`,
+:data:`~steps.frameworks.BUILTIN_MODELS`, :data:`~steps.data.DATASETS`, :data:`~steps.partition.SCHEMES`,
+:data:`~steps.strategies.STRATEGIES`, :data:`~steps.attacks.ATTACKS`), read when a value is checked:
+an entry added there is a valid setting without an edit here.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from argofl.steps.attacks import ATTACKS
+from argofl.steps.data import DATASETS
 from argofl.steps.errors import BadInputError
+from argofl.steps.frameworks import BUILTIN_MODELS, FRAMEWORKS
 from argofl.steps.mapping import dataclass_from_mapping
+from argofl.steps.partition import SCHEMES
 from argofl.steps.strategies import STRATEGIES
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
@@ -29,11 +37,19 @@ class SettingsError(BadInputError, ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
 
-def _choice(*choices: str) -> Callable[[Any], str | None]:
+def _choice(choices: Collection[str]) -> Callable[[Any], str | None]:
+    """A check that ``value`` is one of ``choices`` (a registry: read at each check, not copied)."""
+
     def check(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
 
     return check
+
+
+def _listed(choices: Collection[str]) -> str:
+    """``"a, b or c"``, for help texts."""
+    *first, last = choices
+    return f"{', '.join(first)} or {last}" if first else last
 
 
 def _at_least(low: float) -> Callable[[Any], str | None]:
@@ -73,9 +89,9 @@ def _dns_name(value: Any) -> str | None:
 
 
 def _model(value: Any) -> str | None:
-    if value in ("cnn", "mlp") or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
+    if value in BUILTIN_MODELS or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", value):
         return None
-    return "must be a built-in model (cnn, mlp) or 'package.module:factory'"
+    return f"must be a built-in model ({', '.join(BUILTIN_MODELS)}) or 'package.module:factory'"
 
 
 @dataclass(frozen=True)
@@ -86,14 +102,11 @@ class Settings:
         metadata={"help": "experiment name (MLflow experiment, store prefix)", "check": _dns_name}
     )
     framework: str = field(
-        default="torch", metadata={"help": "torch or tensorflow", "check": _choice("torch", "tensorflow")}
+        default="torch", metadata={"help": _listed(FRAMEWORKS), "check": _choice(FRAMEWORKS)}
     )
     dataset: str = field(
         default="fashion-mnist",
-        metadata={
-            "help": "fashion-mnist, mnist or cifar10",
-            "check": _choice("fashion-mnist", "mnist", "cifar10"),
-        },
+        metadata={"help": _listed(DATASETS), "check": _choice(DATASETS)},
     )
     data_dir: str = field(
         default="", metadata={"help": "dataset directory (default: the dataset's usual place)"}
@@ -106,11 +119,10 @@ class Settings:
         },
     )
     model: str = field(
-        default="cnn", metadata={"help": "cnn, mlp or package.module:factory", "check": _model}
+        default="cnn",
+        metadata={"help": f"{', '.join(BUILTIN_MODELS)} or package.module:factory", "check": _model},
     )
-    partition: str = field(
-        default="iid", metadata={"help": "iid or dirichlet", "check": _choice("iid", "dirichlet")}
-    )
+    partition: str = field(default="iid", metadata={"help": _listed(SCHEMES), "check": _choice(SCHEMES)})
     alpha: float = field(
         default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)", "check": _positive}
     )
@@ -140,7 +152,7 @@ class Settings:
         default="fedavg",
         metadata={
             "help": "aggregation (README's strategy table): " + ", ".join(STRATEGIES),
-            "check": _choice(*STRATEGIES),
+            "check": _choice(STRATEGIES),
         },
     )
     server_lr: float = field(
@@ -192,14 +204,14 @@ class Settings:
         default="central",
         metadata={
             "help": "dp-fedavg: noise added by the server (central) or each client (local)",
-            "check": _choice("central", "local"),
+            "check": _choice(("central", "local")),
         },
     )
     dp_clipping: str = field(
         default="fixed",
         metadata={
             "help": "dp-fedavg: fixed or adaptive (Andrew et al. 2021) clipping",
-            "check": _choice("fixed", "adaptive"),
+            "check": _choice(("fixed", "adaptive")),
         },
     )
     dp_quantile: float = field(
@@ -216,7 +228,7 @@ class Settings:
         default="none",
         metadata={
             "help": "TEST FEATURE: what attack_clients do: " + ", ".join(ATTACKS),
-            "check": _choice(*ATTACKS),
+            "check": _choice(ATTACKS),
         },
     )
     attack_clients: str = field(

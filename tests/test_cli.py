@@ -8,9 +8,14 @@ from pathlib import Path
 
 import click
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from argofl.pipelines.cli import cli
+from argofl.steps.data import DATASETS
+from argofl.steps.frameworks import FRAMEWORKS, FrameworkInfo
+from argofl.steps.partition import SCHEMES
+from argofl.steps.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +109,35 @@ def test_run_bad_arguments_fail_before_running(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in one_error_line(result.output)
     assert not (tmp_path / "runs" / "workflows").exists()
+
+
+def test_data_split_choices_are_the_registries():
+    from argofl.pipelines.data_commands import split_cmd
+
+    choices = {p.name: list(p.type.choices) for p in split_cmd.params if isinstance(p.type, click.Choice)}
+    assert choices == {"dataset": list(DATASETS), "scheme": list(SCHEMES)}
+
+
+@pytest.mark.parametrize(
+    ("registry", "key", "entry"),
+    [
+        (FRAMEWORKS, "framework", FrameworkInfo("my_jax_backend", "jax")),
+        (STRATEGIES, "strategy", STRATEGIES["fedavg"]),
+    ],
+)
+def test_compile_accepts_a_new_registry_entry_with_no_other_edit(tmp_path, monkeypatch, registry, key, entry):
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"experiment: exp\n{key}: new-one\n")
+    args = ["compile", str(config), "--out-dir", str(tmp_path / "out")]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2
+    assert f"{key}: must be one of {', '.join(registry)}, got 'new-one'" in one_error_line(refused.output)
+    monkeypatch.setitem(registry, "new-one", entry)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    manifest = yaml.safe_load((tmp_path / "out" / "exp.yaml").read_text())
+    params = {p["name"]: p["value"] for p in manifest["spec"]["arguments"]["parameters"]}
+    assert params[key] == "new-one"
 
 
 def test_run_missing_config():

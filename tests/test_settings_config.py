@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from argofl.pipelines.config import ConfigError, load_config
-from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.attacks import ATTACKS
+from argofl.steps.data import DATASETS
+from argofl.steps.frameworks import BUILTIN_MODELS, FRAMEWORKS, FrameworkInfo
+from argofl.steps.partition import SCHEMES
+from argofl.steps.settings import FIELDS, Settings, SettingsError
+from argofl.steps.strategies import STRATEGIES
 
 FLAGSHIP = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
 
@@ -79,3 +85,74 @@ def test_string_parameters_are_validated_like_config_values():
         Settings.from_mapping(params, where="workflow parameters", strings=True)
     with pytest.raises(SettingsError, match="lr: expected float, got 'fast'"):
         Settings.from_mapping({**params, "rounds": "2", "lr": "fast"}, strings=True)
+
+
+REGISTRIES = [
+    pytest.param(FRAMEWORKS, "framework", "jax", FrameworkInfo("my_jax_backend", "jax"), id="framework"),
+    pytest.param(BUILTIN_MODELS, "model", "resnet18", "a residual network", id="model"),
+    pytest.param(DATASETS, "dataset", "emnist", DATASETS["mnist"], id="dataset"),
+    pytest.param(STRATEGIES, "strategy", "fedsgd", STRATEGIES["fedavg"], id="strategy"),
+]
+
+
+def complaint(setting: str, value: str) -> str | None:
+    """The error about ``setting`` when it is ``value`` (None: accepted; other settings' rules, such as a
+    strategy's own checks, are not this test's concern)."""
+    try:
+        Settings.from_mapping({"experiment": "x", setting: value})
+    except SettingsError as exc:
+        return str(exc) if str(exc).startswith(f"settings: {setting}: ") else None
+    return None
+
+
+@pytest.mark.parametrize(("registry", "setting", "name", "entry"), REGISTRIES)
+def test_settings_accept_exactly_the_registered_choices(registry, setting, name, entry):
+    for choice in registry:
+        assert complaint(setting, choice) is None
+    with pytest.raises(
+        SettingsError, match=rf"^settings: {setting}: .*{re.escape(', '.join(registry))}.*, got '{name}'$"
+    ):
+        Settings.from_mapping({"experiment": "x", setting: name})
+
+
+@pytest.mark.parametrize(("registry", "setting", "name", "entry"), REGISTRIES)
+def test_a_new_registry_entry_is_a_valid_setting_with_no_other_edit(
+    monkeypatch, registry, setting, name, entry
+):
+    assert complaint(setting, name) is not None
+    monkeypatch.setitem(registry, name, entry)
+    assert complaint(setting, name) is None
+    with pytest.raises(
+        SettingsError, match=rf"^settings: {setting}: .*{re.escape(', '.join(registry))}.*, got 'nope'$"
+    ):
+        Settings.from_mapping({"experiment": "x", setting: "nope"})  # the message lists the new entry too
+
+
+def test_help_texts_list_the_registries():
+    helps = {f.name: f.metadata["help"] for f in FIELDS}
+    for setting, registry in (
+        ("framework", FRAMEWORKS),
+        ("model", BUILTIN_MODELS),
+        ("dataset", DATASETS),
+        ("partition", SCHEMES),
+        ("strategy", STRATEGIES),
+        ("attack", ATTACKS),
+    ):
+        mentioned = re.findall(r"[a-z0-9-]+", helps[setting])
+        assert set(registry) <= set(mentioned), setting
+
+
+@pytest.mark.parametrize(
+    ("setting", "registry", "extra"),
+    [
+        ("framework", FRAMEWORKS, set()),
+        ("dataset", DATASETS, set()),
+        ("model", BUILTIN_MODELS, {"or", "package.module:factory", "see", "examples/custom_models.py"}),
+        ("partition", SCHEMES, {"alpha"}),
+    ],
+)
+def test_readme_settings_list_the_registered_choices(setting, registry, extra):
+    readme = " ".join((FLAGSHIP.parents[1] / "README.md").read_text().split())
+    listed = re.search(rf"`{setting}` \(([^()]*)\)", readme)
+    assert listed, f"README: no `{setting}` (choices) in the settings paragraph"
+    assert set(re.findall(r"[\w.:/-]+", listed[1])) - extra == set(registry)

@@ -96,3 +96,25 @@ def test_a_strategy_override_at_submit_time_fails_split_init(tmp_path, monkeypat
     with pytest.raises(RunError, match="strategy: split learning averages SplitFed bottoms with FedAvg"):
         split_steps.init(settings, SplitOptions(), run_key="x/run", workflow_name="run", workflow_uid="u")
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").rglob("*"))
+
+
+def test_split_halves_come_from_the_framework_registry(tmp_path, monkeypatch):
+    """Each framework's FRAMEWORKS entry names its halves; split init refuses one without them."""
+    import importlib
+
+    from tests.require import require_module
+
+    require_module("torch")
+    from argofl.steps.frameworks import FRAMEWORKS, FrameworkInfo
+    from argofl.steps.runinfo import RunError
+    from argofl.steps.settings import Settings
+    from argofl.steps.split import steps as split_steps
+
+    assert split_steps.halves("torch") is importlib.import_module("argofl.steps.split.torch_split")
+    monkeypatch.setitem(FRAMEWORKS, "jax", FrameworkInfo("my_jax_backend", "jax"))
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    settings = Settings.from_mapping({"experiment": "x", "framework": "jax"})
+    with pytest.raises(RunError, match=r"^split learning supports frameworks torch, tensorflow, got 'jax'$"):
+        split_steps.init(settings, SplitOptions(), run_key="x/run", workflow_name="run", workflow_uid="u")
+    with pytest.raises(RunError, match="split learning does not support framework 'jax'"):
+        split_steps.halves("jax")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import itertools
+import re
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from argofl.steps.settings import Settings
 from argofl.steps.strategies import (
+    STRATEGIES,
     AggregationError,
     ClientUpdate,
     FedAdam,
@@ -19,6 +25,8 @@ from argofl.steps.strategies import (
     fedavg,
     get_strategy,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_weighted_average_exact_on_hand_made_arrays():
@@ -218,3 +226,23 @@ def test_server_options_are_checked_and_state_of_the_wrong_shape_refused():
         FedAvgM().aggregate({"n": w["n"]}, iter(updates), {})
     with pytest.raises(AggregationError, match=r"server state m/w has shape \(4,\), expected \(3,\)"):
         FedAvgM().aggregate(w, iter(updates), {"m/w": np.zeros(4, np.float32)})
+
+
+def readme_strategy_table() -> list[str]:
+    """The first column of README's strategy table (the one whose header starts ``| `strategy` |``)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| `strategy` |"))
+    rows = itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2 :])
+    names = []
+    for row in rows:
+        cell = row.split("|")[1].strip()
+        match = re.fullmatch(r"`([^`]+)`( \(default\))?", cell)
+        assert match, f"README strategy table: expected `name` in the first column, got {cell!r}"
+        names.append(match[1])
+    return names
+
+
+def test_readme_strategy_table_lists_exactly_the_registered_strategies():
+    assert readme_strategy_table() == list(STRATEGIES)
+    default = next(f.default for f in dataclasses.fields(Settings) if f.name == "strategy")
+    assert f"| `{default}` (default) |" in (ROOT / "README.md").read_text()

@@ -39,7 +39,11 @@ __all__ = [
     "scale_images",
 ]
 
-BUILTIN_MODELS = ("cnn", "mlp")
+# The one list of built-in models (name -> summary): settings read it, and every backend builds each one.
+BUILTIN_MODELS: dict[str, str] = {
+    "cnn": "two 5x5 conv + max-pool blocks and a 128-unit hidden layer",
+    "mlp": 'two hidden layers of 200 units (the "2NN" of the FedAvg paper)',
+}
 
 
 class FrameworkError(BadInputError, ValueError):

@@ -21,6 +21,7 @@ when the process that started it dies (a killed local executor), so it never out
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import numpy as np
 from argofl.steps import tracking
 from argofl.steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from argofl.steps.data import load_dataset
+from argofl.steps.frameworks import FRAMEWORKS
 from argofl.steps.labels import LabelError, parse_clients
 from argofl.steps.partition import client_seed, partition
 from argofl.steps.runinfo import RunError, open_run, store_from_env, write_json
@@ -55,8 +57,9 @@ TOKEN_ENV = "ARGOFL_SPLIT_TOKEN"
 
 
 def _check_framework(s: Settings) -> None:
-    if s.framework not in ("torch", "tensorflow"):
-        raise RunError(f"split learning supports frameworks torch and tensorflow, got {s.framework!r}")
+    supported = [name for name, info in FRAMEWORKS.items() if info.split]
+    if s.framework not in supported:
+        raise RunError(f"split learning supports frameworks {', '.join(supported)}, got {s.framework!r}")
     if s.strategy != "fedavg":
         raise RunError(f"strategy: {SPLIT_STRATEGY_NOTE}, got {s.strategy!r}")
     if s.attack != "none":
@@ -64,14 +67,14 @@ def _check_framework(s: Settings) -> None:
 
 
 def halves(framework: str) -> Any:
-    """The module with the framework's halves: ``build_halves``, ``Top``, ``Bottom``, ``clone``, ..."""
-    if framework == "tensorflow":
-        from argofl.steps.split import keras_split
+    """The module with the framework's halves: ``build_halves``, ``Top``, ``Bottom``, ``clone``, ...
 
-        return keras_split
-    from argofl.steps.split import torch_split
-
-    return torch_split
+    ``framework`` is one that :func:`_check_framework` accepted (its :data:`FRAMEWORKS` entry has ``split``).
+    """
+    module = FRAMEWORKS[framework].split
+    if module is None:
+        raise RunError(f"split learning does not support framework {framework!r}")
+    return importlib.import_module(module)
 
 
 def load_options(store: Store, run_key: str) -> SplitOptions:
