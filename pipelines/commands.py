@@ -22,6 +22,7 @@ from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters
 from argofl.steps.name_value import NameValue, to_dict
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
+from argofl.steps.store import Store, open_store
 
 __all__ = [
     "compile_cmd",
@@ -242,8 +243,10 @@ def _run_locally(
         sys.exit(1)
     from argofl.pipelines.cluster import outputs_of, parameters_of
 
-    values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
-    summary_path = _save_summary(values["store"], values["experiment"], result.name, result.run_dir, wall)
+    workflow = json.loads((result.run_dir / "workflow.json").read_text())
+    values = parameters_of(workflow)
+    store = open_store(values["store"], _steps_s3_env(workflow, values, key_refs))
+    summary_path = _save_summary(store, values["experiment"], result.name, result.run_dir, wall)
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
     outputs = outputs_of(result.status)
     if outputs.get("mlflow-run-url"):
@@ -347,11 +350,28 @@ def share_with_containers(root: Path) -> None:
             db.chmod(0o666)
 
 
-def _save_summary(store_uri: str, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
-    from argofl.steps.runinfo import RunLayout
-    from argofl.steps.store import open_store
+def _steps_s3_env(
+    workflow: Mapping[str, Any], values: Mapping[str, str], key_refs: KeyRefs | None
+) -> dict[str, str]:
+    """This process's environment with the S3 settings the steps had (the workflow's ``s3-endpoint``, the
+    credentials their ``secretKeyRef`` found in ``--secrets``): the host reads the run's summary where the
+    steps wrote it."""
+    env = dict(os.environ)
+    if values.get("s3-endpoint"):
+        env["ARGOFL_S3_ENDPOINT"] = values["s3-endpoint"]
+    for tmpl in workflow.get("spec", {}).get("templates", []):
+        for item in (tmpl.get("container") or tmpl.get("script") or {}).get("env") or []:
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if item.get("name") in ("ARGOFL_S3_ACCESS_KEY", "ARGOFL_S3_SECRET_KEY") and ref:
+                found = (key_refs or {}).get(("Secret", str(ref.get("name"))), {}).get(str(ref.get("key")))
+                if found is not None:
+                    env[item["name"]] = found
+    return env
 
-    store = open_store(store_uri)
+
+def _save_summary(store: Store, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
+    from argofl.steps.runinfo import RunLayout
+
     summary = json.loads(store.get_bytes(RunLayout(f"{experiment}/{run}").summary_key))
     summary["local_wall_time_s"] = round(wall, 3)
     summary["store_uri"] = store.key_uri(f"{experiment}/{run}")
