@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import urllib.parse
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -259,13 +260,16 @@ class S3Store(Store):
 
     PART_SIZE = 16 * 1024 * 1024
 
-    def __init__(self, bucket: str, prefix: str = "", *, client: Any = None) -> None:
+    def __init__(
+        self, bucket: str, prefix: str = "", *, client: Any = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
         if client is None:
-            client = _minio_client_from_env()
-            self.endpoint = os.environ.get("ARGOFL_S3_ENDPOINT", "<unset>")
+            env = os.environ if env is None else env
+            client = _minio_client_from_env(env)
+            self.endpoint = env.get("ARGOFL_S3_ENDPOINT", "<unset>")
         else:
             base_url = getattr(client, "_base_url", None)
             self.endpoint = str(getattr(base_url, "host", "<custom client>"))
@@ -398,12 +402,12 @@ _S3_TRANSIENT_CODES = frozenset(
 )
 
 
-def _minio_client_from_env() -> Any:
+def _minio_client_from_env(env: Mapping[str, str]) -> Any:
     import certifi
     import urllib3
     from minio import Minio
 
-    endpoint = os.environ.get("ARGOFL_S3_ENDPOINT", "")
+    endpoint = env.get("ARGOFL_S3_ENDPOINT", "")
     if not endpoint:
         raise StoreError(
             "ARGOFL_S3_ENDPOINT is not set: an s3:// store needs an endpoint such as http://minio.argofl:9000"
@@ -413,8 +417,8 @@ def _minio_client_from_env() -> Any:
         raise StoreError(f"ARGOFL_S3_ENDPOINT={endpoint!r} is not an http(s)://HOST[:PORT] endpoint")
     if parsed.path.strip("/"):
         raise StoreError(f"ARGOFL_S3_ENDPOINT={endpoint!r} has a path; give only http(s)://HOST[:PORT]")
-    access = os.environ.get("ARGOFL_S3_ACCESS_KEY") or os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("ARGOFL_S3_SECRET_KEY") or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    access = env.get("ARGOFL_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
+    secret = env.get("ARGOFL_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
     if not access or not secret:
         raise StoreError(
             f"S3 credentials for {endpoint} are not set: export ARGOFL_S3_ACCESS_KEY and "
@@ -424,7 +428,7 @@ def _minio_client_from_env() -> Any:
         timeout=urllib3.Timeout(connect=_S3_CONNECT_TIMEOUT_S, read=_S3_READ_TIMEOUT_S),
         maxsize=10,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+        ca_certs=env.get("SSL_CERT_FILE") or certifi.where(),
         retries=urllib3.Retry(total=_S3_RETRIES, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
     return Minio(
@@ -432,18 +436,19 @@ def _minio_client_from_env() -> Any:
         access_key=access,
         secret_key=secret,
         secure=parsed.scheme == "https",
-        region=os.environ.get("ARGOFL_S3_REGION") or None,
+        region=env.get("ARGOFL_S3_REGION") or None,
         http_client=http,
     )
 
 
-def open_store(uri: str) -> Store:
-    """Open the store at ``uri`` (``file://``, a plain path, ``s3://`` or ``minio://``)."""
+def open_store(uri: str, env: Mapping[str, str] | None = None) -> Store:
+    """Open the store at ``uri`` (``file://``, a plain path, ``s3://`` or ``minio://``); an S3 store reads
+    ``ARGOFL_S3_*`` from ``env`` (default: the process environment)."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("s3", "minio"):
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} names no bucket (expected s3://BUCKET[/PREFIX])")
-        return S3Store(parsed.netloc, parsed.path)
+        return S3Store(parsed.netloc, parsed.path, env=env)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise StoreError(f"store URI {uri!r}: file URIs must be file:///absolute/path")

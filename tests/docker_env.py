@@ -44,6 +44,24 @@ def require_image(cli: str, image: str = STEP_IMAGE) -> str:
     return image
 
 
+def bridge_gateway(cli: str) -> str:
+    """The host's address on Docker's default bridge: a server bound there answers containers of any
+    bridge network (a run's own included) and this host alike, while loopback answers only the host."""
+    done = subprocess.run(
+        [cli, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    gateways = [g for g in done.stdout.split() if "." in g]
+    if done.returncode != 0 or not gateways:
+        _unavailable(
+            "the Docker engine has no default bridge network with an IPv4 gateway (dockerd --bridge=none?): "
+            "containers cannot reach servers on this host"
+        )
+    return gateways[0]
+
+
 LOCAL_BASE = "argofl/base-python:3.11-bookworm"
 TOOLS_IMAGE = "argofl/test-tools:local"
 

@@ -1,4 +1,5 @@
-"""Real servers on loopback for tests: moto's S3 server and an MLflow tracking server.
+"""Real servers for tests, on loopback unless given another address: moto's S3 server and an MLflow
+tracking server.
 
 Each ``start_*`` function starts the server as a subprocess in its own process group, waits until
 it answers HTTP, and returns a :class:`RunningServer`, which is also a context manager that stops
@@ -113,10 +114,10 @@ def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None
         os.killpg(process.pid, sig)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
@@ -144,6 +145,7 @@ def _start(
     name: str,
     argv: list[str],
     *,
+    host: str,
     port: int,
     ready_path: str,
     timeout: float,
@@ -152,7 +154,7 @@ def _start(
     extra_env: dict[str, str] | None = None,
     cleanup_dir: Path | None = None,
 ) -> RunningServer:
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -186,31 +188,33 @@ def _start(
         raise
 
 
-def _start_on_free_port(start: Callable[[int], RunningServer], attempts: int = 3) -> RunningServer:
-    """Call ``start(port)`` with a fresh free port, retrying when the server died (port race)."""
+def _start_on_free_port(start: Callable[[int], RunningServer], host: str, attempts: int = 3) -> RunningServer:
+    """Call ``start(port)`` with a fresh free port of ``host``, retrying when the server died (port race)."""
     for _ in range(attempts - 1):
         try:
-            return start(free_port())
+            return start(free_port(host))
         except ServerStartError as exc:
             if not exc.exited:
                 raise
-    return start(free_port())
+    return start(free_port(host))
 
 
-def start_moto_server(*, timeout: float = 60.0) -> RunningServer:
-    """Start ``moto_server`` on a free loopback port; ``.env`` points argofl's S3 store at it."""
+def start_moto_server(*, host: str = "127.0.0.1", timeout: float = 60.0) -> RunningServer:
+    """Start ``moto_server`` on a free port of ``host`` (loopback by default; containers need an address
+    they can reach, e.g. the Docker bridge's gateway); ``.env`` points argofl's S3 store at it."""
     script = _venv_script("moto_server")
 
     def start(port: int) -> RunningServer:
         log_dir = Path(tempfile.mkdtemp(prefix="argofl-moto-"))
         env = {
-            "ARGOFL_S3_ENDPOINT": f"http://127.0.0.1:{port}",
+            "ARGOFL_S3_ENDPOINT": f"http://{host}:{port}",
             "ARGOFL_S3_ACCESS_KEY": S3_TEST_ACCESS_KEY,
             "ARGOFL_S3_SECRET_KEY": S3_TEST_SECRET_KEY,
         }
         return _start(
             "moto_server",
-            [str(script), "-H", "127.0.0.1", "-p", str(port)],
+            [str(script), "-H", host, "-p", str(port)],
+            host=host,
             port=port,
             ready_path="/",
             timeout=timeout,
@@ -219,11 +223,11 @@ def start_moto_server(*, timeout: float = 60.0) -> RunningServer:
             cleanup_dir=log_dir,
         )
 
-    return _start_on_free_port(start)
+    return _start_on_free_port(start, host)
 
 
-def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> RunningServer:
-    """Start an MLflow tracking server (SQLite backend, local artifacts under ``tmp_path``).
+def start_mlflow_server(tmp_path: Path, *, host: str = "127.0.0.1", timeout: float = 90.0) -> RunningServer:
+    """Start an MLflow tracking server (SQLite backend, local artifacts under ``tmp_path``) on ``host``.
 
     ``.uri`` and ``.env["MLFLOW_TRACKING_URI"]`` point clients at it.
     """
@@ -241,7 +245,7 @@ def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> RunningServ
             "--artifacts-destination",
             str(artifacts),
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(port),
             "--workers",
@@ -250,15 +254,16 @@ def start_mlflow_server(tmp_path: Path, *, timeout: float = 90.0) -> RunningServ
         return _start(
             "mlflow_server",
             argv,
+            host=host,
             port=port,
             ready_path="/health",
             timeout=timeout,
             log_dir=tmp_path,
-            env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+            env={"MLFLOW_TRACKING_URI": f"http://{host}:{port}"},
             extra_env=_MLFLOW_SERVER_ENV,
         )
 
-    return _start_on_free_port(start)
+    return _start_on_free_port(start, host)
 
 
 def empty_bucket(server: RunningServer, bucket: str) -> None:

@@ -279,11 +279,14 @@ def test_a_bad_image_map_is_one_line(tmp_path: Path) -> None:
     assert "--image-map 'busybox': expected FROM=TO" in done.stderr
 
 
-def test_sigkill_of_the_executor_leaves_no_container_behind(docker: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_ctrl_c_or_sigkill_of_the_executor_leaves_no_container_behind(
+    docker: tuple[str, str], tmp_path: Path, sig: signal.Signals
+) -> None:
     cli, image = docker
     path = tmp_path / "wf.yaml"
     manifest = _one_pod({"command": ["sleep", "300"]})
-    manifest["metadata"] = {"name": f"killed-{os.getpid()}"}
+    manifest["metadata"] = {"name": f"killed-{sig.name.lower()}-{os.getpid()}"}
     path.write_text(yaml.safe_dump(manifest))
     executor = subprocess.Popen(
         [
@@ -317,8 +320,11 @@ def test_sigkill_of_the_executor_leaves_no_container_behind(docker: tuple[str, s
             time.sleep(0.2)
         else:
             pytest.fail("the container never started")
-        executor.send_signal(signal.SIGKILL)
-        executor.wait()
+        executor.send_signal(sig)
+        # Ctrl-C: the executor stops the pod and removes what it made before it exits; SIGKILL: the reaper
+        assert executor.wait(timeout=120) == (128 + sig if sig == signal.SIGINT else -sig)
+        if sig == signal.SIGINT:
+            assert leftovers(cli, name) == [], "the executor exited leaving its container or network"
         deadline = time.monotonic() + 60
         while leftovers(cli, name) and time.monotonic() < deadline:
             time.sleep(0.2)
