@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,11 @@ from argofl.steps.checkpoint import (
     load_manifest,
     open_checkpoint,
     save_checkpoint,
-    specs_of,
 )
+from argofl.steps.checkpoint_stream import open_streamed
 from argofl.steps.client_limits import example_limit
 from argofl.steps.privacy import noise_seed
-from argofl.steps.runinfo import RunError, RunLayout, load_secret, open_run
+from argofl.steps.runinfo import RunError, RunLayout, RunRecord, load_secret, open_run
 from argofl.steps.store import Store
 from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
 
@@ -45,7 +46,6 @@ class NotEnoughUpdates(AggregationError):
 def run(*, run_key: str, round: int) -> dict[str, float]:
     """Aggregate ``round``; returns the aggregated train metrics."""
     store, layout, record = open_run(run_key)
-    s = record.settings
     global_key = layout.global_key(round)
     if checkpoint_exists(store, global_key):
         log.warning(
@@ -59,8 +59,23 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         raise RunError(
             f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: {exc}"
         ) from None
-    previous = load_checkpoint(store, layout.global_key(round - 1))
-    like = specs_of(previous.arrays)
+    scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
+    try:
+        return _aggregate(store, layout, record, round, clients, Path(scratch.name))
+    finally:
+        scratch.cleanup()
+
+
+def _aggregate(
+    store: Store, layout: RunLayout, record: RunRecord, round: int, clients: list[str], scratch: Path
+) -> dict[str, float]:
+    s = record.settings
+    global_key = layout.global_key(round)
+    # the previous global is verified in one streaming pass and read only by strategies that use it
+    previous_manifest, previous = open_streamed(
+        store, layout.global_key(round - 1), scratch=scratch, keep=True
+    )
+    like = previous_manifest.tensors
     limit = example_limit(s, record.data)
     rejected: dict[str, str] = {}
     accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
@@ -68,54 +83,60 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     if STRATEGIES[s.strategy].secret:
         seed = noise_seed(load_secret(store, layout), "round", str(round), "server")
     strategy = get_strategy(s.strategy, noise_seed=seed, **s.server_options())
-    # a per-tensor strategy gets lazy arrays: each update's blob is verified into scratch and read
-    # one tensor at a time (memory O(clients × largest tensor)); others fold whole updates (O(model))
-    scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-") if strategy.per_tensor else None
+
+    def load(client: str) -> _Loaded:
+        """Client ``client``'s update, verified: lazy arrays for a per-tensor strategy (memory
+        O(clients × largest tensor)), streamed ones otherwise (folded chunk by chunk, memory O(model))."""
+        key = layout.update_key(round, client)
+        if strategy.per_tensor:
+            return _Loaded(*open_checkpoint(store, key, scratch, like=like, blob_size=previous_manifest.size))
+        manifest, arrays = open_streamed(
+            store, key, like=like, blob_size=previous_manifest.size, scratch=scratch
+        )
+        return _Loaded(manifest, arrays, arrays.close)
 
     def updates() -> Iterator[ClientUpdate]:
-        for client in clients:
-            try:
-                ckpt = _load_update(
-                    store, layout.update_key(round, client), like, scratch, previous.manifest.size
-                )
-            except CheckpointNotFound:
+        for client, ckpt in _read_ahead(clients, load):
+            if isinstance(ckpt, CheckpointNotFound):
                 rejected[client] = "no update (its train step failed or did not run)"
-            except CheckpointError as exc:
-                rejected[client] = str(exc)
+            elif isinstance(ckpt, CheckpointError):
+                rejected[client] = str(ckpt)
             else:
-                if (
-                    ckpt.manifest.examples <= 0
-                    or ckpt.manifest.round != round
-                    or ckpt.manifest.client != client
-                ):
-                    rejected[client] = (
-                        f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
-                        f"{ckpt.manifest.examples} examples; expected round {round}, client "
-                        f"{client}, > 0 examples"
-                    )
-                    continue
-                problem = _too_many_examples(client, ckpt.manifest.examples, limit)
-                if problem:
-                    rejected[client] = problem
-                    log.warning("round %d: rejected client %s: %s", round, client, problem)
-                    continue
-                update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
-                accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
-                yield update
+                try:
+                    if (
+                        ckpt.manifest.examples <= 0
+                        or ckpt.manifest.round != round
+                        or ckpt.manifest.client != client
+                    ):
+                        rejected[client] = (
+                            f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
+                            f"{ckpt.manifest.examples} examples; expected round {round}, client "
+                            f"{client}, > 0 examples"
+                        )
+                        continue
+                    problem = _too_many_examples(client, ckpt.manifest.examples, limit)
+                    if problem:
+                        rejected[client] = problem
+                        log.warning("round %d: rejected client %s: %s", round, client, problem)
+                        continue
+                    update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
+                    accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
+                    yield update
+                finally:
+                    ckpt.close()  # a per-tensor strategy's lazy arrays stay readable: it reads them last
             if client in rejected:
                 log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
 
-    state = _load_state(store, layout, round, strategy, previous.arrays)
+    state = _load_state(store, layout, round, strategy, previous)
     try:
-        weights, metrics, new_state = strategy.aggregate(previous.arrays, updates(), state)
+        weights, metrics, new_state = strategy.aggregate(previous, updates(), state)
     except AggregationError as exc:
         if not accepted:
             weights, metrics, new_state = {}, {}, {}
         else:
             raise AggregationError(f"round {round}: {exc}") from None
     finally:
-        if scratch is not None:
-            scratch.cleanup()
+        previous.close()
     if len(accepted) < s.min_clients:
         raise NotEnoughUpdates(
             f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, "
@@ -203,25 +224,46 @@ def _load_state(
 
 
 class _Loaded:
-    """An update as the aggregate step reads it: its manifest and its (possibly lazy) arrays."""
+    """An update as the aggregate step reads it: its manifest, its lazy arrays and how to release them."""
 
-    def __init__(self, manifest: CheckpointManifest, arrays: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        manifest: CheckpointManifest,
+        arrays: Mapping[str, np.ndarray],
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
         self.manifest = manifest
         self.arrays = arrays
+        self.close = close
 
 
-def _load_update(
-    store: Store,
-    key: str,
-    like: Mapping[str, TensorSpec],
-    scratch: tempfile.TemporaryDirectory[str] | None,
-    blob_size: int,
-) -> _Loaded:
-    """An update, verified; refused unread when its blob is not ``blob_size`` bytes (the global's)."""
-    if scratch is None:
-        ckpt = load_checkpoint(store, key, like=like, blob_size=blob_size)
-        return _Loaded(ckpt.manifest, ckpt.arrays)
-    return _Loaded(*open_checkpoint(store, key, Path(scratch.name), like=like, blob_size=blob_size))
+def _read_ahead(
+    clients: list[str], load: Callable[[str], _Loaded]
+) -> Iterator[tuple[str, _Loaded | CheckpointError]]:
+    """``(client, load(client))`` in order, loading (reading, hashing, validating) the next client's
+    update in a thread while the caller folds the current one; a rejected update comes as its error.
+
+    hashlib, file reads and numpy release the GIL, so verifying and folding overlap on two cores."""
+
+    def attempt(client: str) -> _Loaded | CheckpointError:
+        try:
+            return load(client)
+        except CheckpointError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="argofl-read-ahead") as pool:
+        pending = [pool.submit(attempt, client) for client in clients[:1]]
+        try:
+            for i, client in enumerate(clients):
+                result = pending.pop(0).result()
+                if i + 1 < len(clients):
+                    pending.append(pool.submit(attempt, clients[i + 1]))
+                yield client, result
+        finally:  # abandoned early (an error while folding): release what was read ahead
+            for future in pending:
+                loaded = future.result()
+                if isinstance(loaded, _Loaded):
+                    loaded.close()
 
 
 def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:
