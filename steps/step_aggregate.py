@@ -61,14 +61,17 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         ) from None
     scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
     try:
-        return _aggregate(store, layout, record, round, clients, Path(scratch.name))
+        _aggregate(store, layout, record, round, clients, Path(scratch.name))
     finally:
         scratch.cleanup()
+    # the model's memory is released by now: MLflow's (a large import) does not add to it
+    return _log_round(store, layout, round, record.mlflow_run_id)
 
 
 def _aggregate(
     store: Store, layout: RunLayout, record: RunRecord, round: int, clients: list[str], scratch: Path
-) -> dict[str, float]:
+) -> None:
+    """Fold the round's valid updates and commit the new global checkpoint (and server state)."""
     s = record.settings
     global_key = layout.global_key(round)
     # the previous global is verified in one streaming pass and read only by strategies that use it
@@ -164,7 +167,6 @@ def _aggregate(
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
-    return _log_round(store, layout, round, record.mlflow_run_id)
 
 
 def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[int, str]]) -> str:
