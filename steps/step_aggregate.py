@@ -13,10 +13,11 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from argofl.steps import tracking
+from argofl.steps import labels, partials, tracking
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -34,7 +35,14 @@ from argofl.steps.client_limits import example_limit
 from argofl.steps.privacy import noise_seed
 from argofl.steps.runinfo import RunError, RunLayout, RunRecord, load_secret, open_run
 from argofl.steps.store import Store
-from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
+from argofl.steps.strategies import (
+    STRATEGIES,
+    AggregationError,
+    ClientUpdate,
+    PartialSum,
+    Strategy,
+    get_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +63,14 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
+        groups = [labels.parse_clients(str(g), round=round) for g in plan.get("groups", [])]
     except Exception as exc:
         raise RunError(
             f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: {exc}"
         ) from None
     scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
     try:
-        _aggregate(store, layout, record, round, clients, Path(scratch.name))
+        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name))
     finally:
         scratch.cleanup()
     # the model's memory is released by now: MLflow's (a large import) does not add to it
@@ -69,9 +78,16 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
 
 
 def _aggregate(
-    store: Store, layout: RunLayout, record: RunRecord, round: int, clients: list[str], scratch: Path
+    store: Store,
+    layout: RunLayout,
+    record: RunRecord,
+    round: int,
+    clients: list[str],
+    groups: list[list[str]],
+    scratch: Path,
 ) -> None:
-    """Fold the round's valid updates and commit the new global checkpoint (and server state)."""
+    """Fold the round's valid updates (or, with a linear strategy and groups of clients per pod, the
+    groups' partial sums) and commit the new global checkpoint (and server state)."""
     s = record.settings
     global_key = layout.global_key(round)
     # the previous global is verified in one streaming pass and read only by strategies that use it
@@ -130,9 +146,46 @@ def _aggregate(
             if client in rejected:
                 log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
 
+    def partial_sums() -> Iterator[PartialSum]:
+        like64 = partials.partial_specs(like)
+        dtypes = {name: np.dtype(spec.dtype) for name, spec in like.items()}
+        by_first = {group[0]: group for group in groups if group}
+
+        def load(first: str) -> _Loaded:
+            key = partials.partial_key(layout, round, first)
+            partials.read_partial_manifest(store, key, previous_manifest)
+            manifest, arrays = open_streamed(store, key, like=like64, scratch=scratch)
+            return _Loaded(manifest, arrays, arrays.close)
+
+        for first, loaded in _read_ahead(list(by_first), load):
+            group = by_first[first]
+            if isinstance(loaded, CheckpointNotFound):
+                refusals = dict.fromkeys(group, "no update (its train pod failed or did not run)")
+                replies: list[ClientUpdate] = []
+            elif isinstance(loaded, CheckpointError):
+                refusals = dict.fromkeys(group, f"the partial sum of its group is refused: {loaded}")
+                replies = []
+            else:
+                try:
+                    replies, refusals = _check_partial(loaded.manifest, group, round, limit, store, first)
+                    if replies:
+                        accepted.extend(replies)
+                        yield PartialSum(loaded.arrays, tuple(replies), dtypes)
+                finally:
+                    loaded.close()
+            for client in group:
+                if client not in refusals and client not in {r.client for r in replies}:
+                    refusals[client] = "no update (its train pod did not sum it)"
+            for client, reason in refusals.items():
+                rejected[client] = reason
+                log.warning("round %d: rejected client %s: %s", round, client, reason)
+
+    hierarchical = partials.pre_aggregates(s)
     state = _load_state(store, layout, round, strategy, previous)
     try:
-        weights, metrics, new_state = strategy.aggregate(previous, updates(), state)
+        # only a linear strategy (FedAvg's fold) is given partial sums
+        folded = cast(Iterator[ClientUpdate], partial_sums()) if hierarchical else updates()
+        weights, metrics, new_state = strategy.aggregate(previous, folded, state)
     except AggregationError as exc:
         if not accepted:
             weights, metrics, new_state = {}, {}, {}
@@ -164,9 +217,49 @@ def _aggregate(
         extra={
             "clients": ",".join(u.client for u in accepted),
             "rejected": json.dumps(rejected, sort_keys=True),
+            **({"partials": ",".join(g[0] for g in groups if g)} if hierarchical else {}),
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
+
+
+def _check_partial(
+    manifest: CheckpointManifest,
+    group: list[str],
+    round: int,
+    limit: Callable[[str], tuple[int, str]],
+    store: Store,
+    first: str,
+) -> tuple[list[ClientUpdate], dict[str, str]]:
+    """The clients a group's partial sum holds and the ones its pod refused, after the checks the
+    aggregator makes on each update's manifest; a partial failing any of them is refused whole (one
+    client's share cannot be taken out of a sum): every client of the group gets the reason."""
+    where = f"partial sum of the group of client {first}"
+    try:
+        replies, refused = partials.replies_of(manifest, where)
+    except CheckpointError as exc:
+        return [], dict.fromkeys(group, str(exc))
+    names = [r.client for r in replies] + list(refused)
+    problem = ""
+    if manifest.round != round or manifest.client is not None:
+        problem = f"manifest says round {manifest.round}, client {manifest.client}; expected round {round}"
+    elif len(set(names)) != len(names) or not set(names) <= set(group):
+        problem = f"it names clients {names}, expected each at most once of its group {group}"
+    elif manifest.examples != sum(r.examples for r in replies):
+        problem = f"it says {manifest.examples} examples, its clients {sum(r.examples for r in replies)}"
+    else:
+        for reply in replies:
+            why = (
+                f"claims {reply.examples} examples, expected > 0"
+                if reply.examples <= 0
+                else _too_many_examples(reply.client, reply.examples, limit)
+            )
+            if why:
+                problem = f"client {reply.client} {why}"
+                break
+    if problem:
+        return [], dict.fromkeys(group, f"the {where} is refused: {problem}")
+    return replies, dict(refused)
 
 
 def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[int, str]]) -> str:
@@ -192,10 +285,7 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
         {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
     )
     to_log.update({k: v for k, v in metrics.items() if k.startswith("dp_")})
-    rows = []
-    for client in clients:
-        client_manifest = load_manifest(store, layout.update_key(round, client))
-        rows.append((client, client_manifest.examples, client_manifest.metrics))
+    rows = _client_rows(store, layout, round, manifest, clients)
     for key in ("loss", "accuracy"):  # the spread across clients; each client's values in the table
         values = [row_metrics[key] for _, _, row_metrics in rows if key in row_metrics]
         to_log.update(tracking.distribution(f"client_train_{key}", values))
@@ -203,6 +293,26 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
     rejected = json.loads(manifest.extra.get("rejected", "{}"))
     tracking.log_dict(run_id, tracking.client_table(rows, rejected), f"clients/round-{round:04d}.json")
     return metrics
+
+
+def _client_rows(
+    store: Store, layout: RunLayout, round: int, manifest: CheckpointManifest, clients: list[str]
+) -> list[tuple[str, int, Mapping[str, float]]]:
+    """(client, examples, metrics) of each aggregated client: from its update's manifest, or (with
+    hierarchical aggregation) from its group's partial sum."""
+    if "partials" not in manifest.extra:
+        rows: list[tuple[str, int, Mapping[str, float]]] = []
+        for client in clients:
+            client_manifest = load_manifest(store, layout.update_key(round, client))
+            rows.append((client, client_manifest.examples, client_manifest.metrics))
+        return rows
+    replies: dict[str, ClientUpdate] = {}
+    for first in filter(None, manifest.extra["partials"].split(",")):
+        key = partials.partial_key(layout, round, first)
+        if checkpoint_exists(store, key):
+            summed, _ = partials.replies_of(load_manifest(store, key), store.key_uri(key))
+            replies.update((r.client, r) for r in summed)
+    return [(c, replies[c].examples, replies[c].metrics) for c in clients]
 
 
 def _load_state(

@@ -37,6 +37,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "PartialSum",
     "Strategy",
     "StrategyInfo",
     "WeightedAverage",
@@ -93,37 +94,64 @@ class WeightedAverage:
         """Fold ``arrays`` with ``weight`` into the running sum."""
         if not weight > 0:
             raise AggregationError(f"{source}: weight must be > 0, got {weight!r}")
-        if isinstance(arrays, ChunkedArrays):
-            layout = arrays.layout()
-            read = arrays.chunks
-        else:
-            plain: Mapping[str, np.ndarray] = arrays
-            layout = {name: (array.dtype, tuple(array.shape)) for name, array in plain.items()}
-
-            def read(name: str, elements: int) -> Iterator[tuple[int, np.ndarray]]:
-                return _flat_chunks(plain[name], elements)
-
+        layout = _layout(arrays)
         if self.count == 0:
             for name, (dtype, shape) in layout.items():
                 self._dtypes[name] = dtype
                 self._sums[name] = np.zeros(shape, dtype=np.float64)
-        else:
-            missing = sorted(set(self._sums) - set(layout))
-            extra = sorted(set(layout) - set(self._sums))
-            if missing or extra:
-                raise AggregationError(
-                    f"{source}: tensor names differ from the first update (missing {missing[:3]}, "
-                    f"unexpected {extra[:3]})"
-                )
+        self._check_layout(layout, source)
+        for name in layout:
+            self._accumulate(self._sums[name], _read(arrays, name, _CHUNK), float(weight))
+        self.total_weight += float(weight)
+        self.count += 1
+
+    def add_sum(
+        self,
+        sums: Mapping[str, np.ndarray] | ChunkedArrays,
+        weight: float,
+        *,
+        count: int,
+        dtypes: Mapping[str, np.dtype[Any]],
+        source: str = "partial sum",
+    ) -> None:
+        """Fold a pre-aggregated partial: float64 ``sums`` of ``count`` updates times their weights,
+        ``weight`` their total (:meth:`take_sums` of another average); ``dtypes``: the tensors' own."""
+        if not weight > 0 or count < 1:
+            raise AggregationError(f"{source}: weight must be > 0 and count ≥ 1, got {weight!r}, {count!r}")
+        layout = _layout(sums)
+        if self.count == 0:
+            for name, (_, shape) in layout.items():
+                self._dtypes[name] = np.dtype(dtypes[name])
+                self._sums[name] = np.zeros(shape, dtype=np.float64)
+        self._check_layout(layout, source)
+        for name in layout:
+            acc = self._sums[name].reshape(-1)
+            for start, values in _read(sums, name, _CHUNK):
+                part = acc[start : start + values.size]
+                np.add(part, values, out=part)
+        self.total_weight += float(weight)
+        self.count += count
+
+    def take_sums(self) -> tuple[dict[str, np.ndarray], float, int]:
+        """The float64 weighted sums (not divided), total weight and count, for :meth:`add_sum`; call once."""
+        if self.count == 0:
+            raise AggregationError("no updates to sum")
+        sums, self._sums = self._sums, {}
+        return sums, self.total_weight, self.count
+
+    def _check_layout(self, layout: Layout, source: str) -> None:
+        missing = sorted(set(self._sums) - set(layout))
+        extra = sorted(set(layout) - set(self._sums))
+        if missing or extra:
+            raise AggregationError(
+                f"{source}: tensor names differ from the first update (missing {missing[:3]}, "
+                f"unexpected {extra[:3]})"
+            )
         for name, (_, shape) in layout.items():
             if shape != self._sums[name].shape:
                 raise AggregationError(
                     f"{source}: {name} has shape {shape}, expected {tuple(self._sums[name].shape)}"
                 )
-        for name in layout:
-            self._accumulate(self._sums[name], read(name, _CHUNK), float(weight))
-        self.total_weight += float(weight)
-        self.count += 1
 
     def _accumulate(self, acc: np.ndarray, chunks: Iterator[tuple[int, np.ndarray]], weight: float) -> None:
         """``acc += float64(values) * weight``, chunk by chunk, without full-size temporaries."""
@@ -174,11 +202,43 @@ class WeightedAverage:
 _CHUNK = 1 << 18  # elements per step: bounds the float64 temporaries to 2 MiB
 
 
+Layout = Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]
+
+
+def _layout(arrays: Mapping[str, np.ndarray] | ChunkedArrays) -> Layout:
+    if isinstance(arrays, ChunkedArrays):
+        return arrays.layout()
+    return {name: (array.dtype, tuple(array.shape)) for name, array in arrays.items()}
+
+
+def _read(
+    arrays: Mapping[str, np.ndarray] | ChunkedArrays, name: str, elements: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    if isinstance(arrays, ChunkedArrays):
+        return arrays.chunks(name, elements)
+    return _flat_chunks(arrays[name], elements)
+
+
 def _flat_chunks(array: np.ndarray, elements: int) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, values)`` pieces of ``array``'s flattened values, ``elements`` at most each."""
     flat = np.ascontiguousarray(array).reshape(-1)
     for start in range(0, flat.size, elements):
         yield start, flat[start : start + elements]
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """A group of clients' updates pre-aggregated where they were trained (hierarchical FedAvg): the
+    float64 sums of each update times its examples, in the group's order, and the clients' replies
+    without arrays. ``dtypes``: each tensor's own dtype (the sums are float64)."""
+
+    sums: Mapping[str, np.ndarray] | ChunkedArrays
+    clients: tuple[ClientUpdate, ...]
+    dtypes: Mapping[str, np.dtype[Any]]
+
+    @property
+    def examples(self) -> int:
+        return sum(c.examples for c in self.clients)
 
 
 class Aggregate(NamedTuple):
@@ -222,16 +282,30 @@ class FedAvg:
     def aggregate(
         self,
         global_weights: Mapping[str, np.ndarray],
-        updates: Iterable[ClientUpdate],
+        updates: Iterable[ClientUpdate | PartialSum],
         state: Mapping[str, np.ndarray] | None = None,
     ) -> Aggregate:
+        """``updates`` may include :class:`PartialSum` groups (a linear rule: the sum is the same)."""
         mean = WeightedAverage()
         metric_sums: dict[str, float] = {}
-        for update in updates:
-            mean.add(update.arrays, update.examples, source=f"update from client {update.client}")
-            for key, value in update.metrics.items():
-                if key != "examples":
-                    metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * update.examples
+        for item in updates:
+            if isinstance(item, PartialSum):
+                first = item.clients[0].client if item.clients else "?"
+                mean.add_sum(
+                    item.sums,
+                    item.examples,
+                    count=len(item.clients),
+                    dtypes=item.dtypes,
+                    source=f"partial sum of the group of client {first}",
+                )
+                replies: Iterable[ClientUpdate] = item.clients
+            else:
+                mean.add(item.arrays, item.examples, source=f"update from client {item.client}")
+                replies = (item,)
+            for update in replies:
+                for key, value in update.metrics.items():
+                    if key != "examples":
+                        metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * update.examples
         weights = mean.result()
         metrics = {key: total / mean.total_weight for key, total in metric_sums.items()}
         metrics["examples"] = mean.total_weight
@@ -253,7 +327,7 @@ class _ServerOptimizer:
     def aggregate(
         self,
         global_weights: Mapping[str, np.ndarray],
-        updates: Iterable[ClientUpdate],
+        updates: Iterable[ClientUpdate | PartialSum],
         state: Mapping[str, np.ndarray],
     ) -> Aggregate:
         mean, metrics, _ = FedAvg().aggregate(global_weights, updates)
@@ -421,7 +495,9 @@ class StrategyInfo:
     ``options`` are the settings it reads; ``check(settings)`` returns ``"key: problem, got value"`` for a
     combination of settings it cannot run with; ``build(options, noise_seed)`` makes the strategy
     (``noise_seed`` derives from the run's secret, for strategies with ``secret``); ``proximal``: the
-    clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store.
+    clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store;
+    ``linear``: the rule folds the example-weighted sum of the updates, so a pod training a group can
+    send its :class:`PartialSum` instead of each update (robust and DP rules need every update).
     """
 
     summary: str
@@ -430,6 +506,7 @@ class StrategyInfo:
     check: Callable[[Options], str | None] = _no_check
     proximal: bool = False
     secret: bool = False
+    linear: bool = False
 
 
 def _pick(options: Options, *names: str) -> dict[str, Any]:
@@ -474,20 +551,26 @@ def _check_dp(s: Options) -> str | None:
 
 
 STRATEGIES: dict[str, StrategyInfo] = {
-    "fedavg": StrategyInfo("example-weighted mean of the client weights", lambda o, _: FedAvg()),
+    "fedavg": StrategyInfo("example-weighted mean of the client weights", lambda o, _: FedAvg(), linear=True),
     "fedavgm": StrategyInfo(
         "FedAvg, then server momentum on the pseudo-gradient",
         lambda o, _: FedAvgM(**_pick(o, "server_lr", "server_momentum")),
         ("server_lr", "server_momentum"),
+        linear=True,
     ),
     "fedadam": StrategyInfo(
         "FedAvg, then server Adam on the pseudo-gradient",
         lambda o, _: FedAdam(**_pick(o, "server_lr", "server_momentum", "server_beta2", "server_tau")),
         ("server_lr", "server_momentum", "server_beta2", "server_tau"),
         check=_check_fedadam,
+        linear=True,
     ),
     "fedprox": StrategyInfo(
-        "FedAvg with a proximal term on the clients", lambda o, _: FedProx(), ("prox_mu",), proximal=True
+        "FedAvg with a proximal term on the clients",
+        lambda o, _: FedProx(),
+        ("prox_mu",),
+        proximal=True,
+        linear=True,
     ),
     "median": StrategyInfo("coordinate-wise median", lambda o, _: _robust("median", o)),
     "trimmed-mean": StrategyInfo(
