@@ -50,8 +50,8 @@ def _grouped(updates: list[tuple[dict[str, np.ndarray], int]], size: int) -> dic
         group = WeightedAverage()
         for arrays, weight in updates[start : start + size]:
             group.add(arrays, weight)
-        sums, weight, count = group.take_sums()
-        total.add_sum(sums, weight, count=count, dtypes={k: a.dtype for k, a in updates[0][0].items()})
+        sums, group_weight, count = group.take_sums()
+        total.add_sum(sums, group_weight, count=count, dtypes={k: a.dtype for k, a in updates[0][0].items()})
     return total.result()
 
 
