@@ -13,7 +13,7 @@ import pytest
 
 import argofl.steps.runinfo
 from argofl.steps import partials, step_aggregate, step_distribute, step_init, step_train
-from argofl.steps.checkpoint import checkpoint_exists, checkpoint_keys, load_checkpoint
+from argofl.steps.checkpoint import TensorSpec, checkpoint_exists, checkpoint_keys, load_checkpoint
 from argofl.steps.runinfo import RunLayout, open_run
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
@@ -194,3 +194,48 @@ def test_min_clients_counts_clients_not_pods(store: FileStore) -> None:
     with pytest.raises(step_aggregate.NotEnoughUpdates, match="4 valid updates of 8 sampled clients"):
         step_aggregate.run(run_key=run_key, round=1)
     assert not checkpoint_exists(store, layout.global_key(1))
+
+
+def test_a_pod_refuses_a_non_finite_update_and_sums_the_others(
+    store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Client 1 sends NaN (through the test-only attack hook): its pod leaves it out of the sum with
+    the reason, which the aggregator reports; the group's other clients count."""
+
+    def nan_update(attack: str, trained: dict, global_weights: dict, *, scale: float, seed: int) -> dict:
+        out = {name: np.array(value, copy=True) for name, value in trained.items()}
+        first = sorted(out)[0]
+        out[first].flat[:3] = np.nan
+        return out
+
+    monkeypatch.setattr(step_train.attacks, "poison_update", nan_update)
+    run_key = "partials/nan"
+    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": 1}
+    _init(run_key, {**base, "clients_per_pod": 4, "attack": "sign-flip", "attack_clients": "1"})
+    for group in step_distribute.run(run_key=run_key, round=1):
+        step_train.run(run_key=run_key, round=1, clients=group)
+    layout = RunLayout(run_key)
+    summed, refused = partials.replies_of(
+        load_checkpoint(store, partials.partial_key(layout, 1, "0")).manifest, "group 0"
+    )
+    assert [r.client for r in summed] == ["0", "2", "3"]
+    assert list(refused) == ["1"]
+    assert "update from client 1 has 3 non-finite (NaN/Inf) values in" in refused["1"]
+    metrics = step_aggregate.run(run_key=run_key, round=1)
+    assert (metrics["clients"], metrics["rejected"]) == (7, 1)
+    rejected = json.loads(load_checkpoint(store, layout.global_key(1)).manifest.extra["rejected"])
+    assert rejected == refused
+
+
+def test_update_problem_names_what_the_aggregator_would_refuse() -> None:
+    like = {"w": TensorSpec("float32", (2, 2)), "n": TensorSpec("int64", ())}
+    good = {"w": np.ones((2, 2), np.float32), "n": np.array(3)}
+    assert partials.update_problem(good, like, "5") == ""
+    assert "w of shape (4,), expected (2, 2)" in partials.update_problem(
+        {**good, "w": np.ones(4, np.float32)}, like, "5"
+    )
+    assert "missing n" in partials.update_problem({"w": good["w"]}, like, "5")
+    inf = {**good, "w": np.array([[1, np.inf], [2, 3]], np.float32)}
+    assert partials.update_problem(inf, like, "5") == (
+        "update from client 5 has 1 non-finite (NaN/Inf) values in w"
+    )
