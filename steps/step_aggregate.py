@@ -7,9 +7,11 @@ goes on with the rest as long as at least ``min_clients`` valid updates remain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -349,13 +351,17 @@ class _Loaded:
         self.close = close
 
 
-def _read_ahead(
-    clients: list[str], load: Callable[[str], _Loaded]
-) -> Iterator[tuple[str, _Loaded | CheckpointError]]:
-    """``(client, load(client))`` in order, loading (reading, hashing, validating) the next client's
-    update in a thread while the caller folds the current one; a rejected update comes as its error.
+READ_AHEAD = 2
+"""Updates verified ahead of the fold, each in its own thread: hashing (the costliest part) then runs
+on two cores while the fold runs on a third, or shares two; memory grows by a 4 MB buffer each."""
 
-    hashlib, file reads and numpy release the GIL, so verifying and folding overlap on two cores."""
+
+def _read_ahead(
+    clients: list[str], load: Callable[[str], _Loaded], depth: int = READ_AHEAD
+) -> Iterator[tuple[str, _Loaded | CheckpointError]]:
+    """``(client, load(client))`` in order, loading (reading, hashing, validating) the next ``depth``
+    clients' updates in threads while the caller folds the current one; a rejected update comes as
+    its error. hashlib, file reads and numpy release the GIL, so verifying and folding overlap."""
 
     def attempt(client: str) -> _Loaded | CheckpointError:
         try:
@@ -363,19 +369,20 @@ def _read_ahead(
         except CheckpointError as exc:
             return exc
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="argofl-read-ahead") as pool:
-        pending = [pool.submit(attempt, client) for client in clients[:1]]
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="argofl-read-ahead") as pool:
+        pending = deque(pool.submit(attempt, client) for client in clients[:depth])
         try:
             for i, client in enumerate(clients):
-                result = pending.pop(0).result()
-                if i + 1 < len(clients):
-                    pending.append(pool.submit(attempt, clients[i + 1]))
+                result = pending.popleft().result()
+                if i + depth < len(clients):
+                    pending.append(pool.submit(attempt, clients[i + depth]))
                 yield client, result
         finally:  # abandoned early (an error while folding): release what was read ahead
             for future in pending:
-                loaded = future.result()
-                if isinstance(loaded, _Loaded):
-                    loaded.close()
+                with contextlib.suppress(Exception):
+                    loaded = future.result()
+                    if isinstance(loaded, _Loaded):
+                        loaded.close()
 
 
 def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:
