@@ -65,7 +65,11 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
-        groups = [labels.parse_clients(str(g), round=round) for g in plan.get("groups", [])]
+        groups = (
+            [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
+            if partials.pre_aggregates(record.settings)
+            else []
+        )
     except Exception as exc:
         raise RunError(
             f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: {exc}"
