@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "checkpoint_keys",
     "decode_arrays",
     "encode_arrays",
+    "encode_to_file",
     "load_checkpoint",
     "load_manifest",
     "open_checkpoint",
@@ -72,8 +74,8 @@ _ST_TO_NUMPY = {
     "BOOL": "bool",
 }
 SUPPORTED_DTYPES: frozenset[str] = frozenset(_ST_TO_NUMPY.values())
-_FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
-_MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 _MAX_LISTED = 5  # names shown in a mismatch message before "+N more"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest holds specs and metrics: far less than this
 
@@ -190,7 +192,7 @@ def _names_str(names: list[str]) -> str:
     return shown + (f" (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else "")
 
 
-def _spec_difference(
+def spec_difference(
     found: Mapping[str, TensorSpec],
     expected: Mapping[str, TensorSpec],
     subject: str,
@@ -253,7 +255,15 @@ def encode_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
     return save(normalized)
 
 
-def _parse_header(
+def encode_to_file(arrays: Mapping[str, np.ndarray], path: Path) -> Path:
+    """Write the bytes :func:`encode_arrays` returns to ``path``, streaming (no copy in memory)."""
+    from safetensors.numpy import save_file
+
+    save_file({name: _normalize(name, arrays[name]) for name in sorted(arrays, key=str)}, path)
+    return path
+
+
+def parse_header(
     data: bytes, where: str, *, size: int | None = None
 ) -> dict[str, tuple[TensorSpec, int, int]]:
     """Validate the safetensors header of ``data``; return ``{name: (spec, begin, end)}``.
@@ -264,10 +274,10 @@ def _parse_header(
     if size < 8:
         raise CheckpointCorrupt(f"{where} is not safetensors: expected at least 8 bytes, found {size}")
     n = int.from_bytes(data[:8], "little")
-    if n > _MAX_HEADER_BYTES or n > size - 8:
+    if n > MAX_HEADER_BYTES or n > size - 8:
         raise CheckpointCorrupt(
             f"{where} is not safetensors: header length {n} exceeds "
-            f"{'the 100 MB limit' if n > _MAX_HEADER_BYTES else f'the {size - 8} bytes after it'}"
+            f"{'the 100 MB limit' if n > MAX_HEADER_BYTES else f'the {size - 8} bytes after it'}"
         )
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
@@ -334,7 +344,7 @@ def decode_arrays(data: bytes, *, where: str) -> dict[str, np.ndarray]:
     """Decode safetensors bytes after validating the header; :class:`CheckpointCorrupt` on any problem."""
     from safetensors.numpy import load
 
-    entries = _parse_header(data, where)
+    entries = parse_header(data, where)
     try:
         loaded = load(data)
     except Exception as exc:  # SafetensorError and friends: anything our checks missed
@@ -448,7 +458,7 @@ def _parse_manifest(data: bytes, where: str) -> CheckpointManifest:
 # --------------------------------------------------------------------------- store I/O
 
 
-def _subject(manifest: CheckpointManifest, uri: str) -> str:
+def checkpoint_subject(manifest: CheckpointManifest, uri: str) -> str:
     if manifest.client is not None:
         return f"update from client {manifest.client} at {uri}"
     return f"checkpoint {uri}"
@@ -490,27 +500,44 @@ def save_checkpoint(
         if not isinstance(extra_key, str) or not isinstance(extra_value, str):
             raise CheckpointError(f"extra entries must map str to str, got {extra_key!r}: {extra_value!r}")
 
-    blob = encode_arrays(arrays)
-    manifest = CheckpointManifest(
-        round=int(round),
-        client=client,
-        examples=int(examples),
-        metrics=clean_metrics,
-        sha256=hashlib.sha256(blob).hexdigest(),
-        size=len(blob),
-        tensors=dict(sorted(specs_of(arrays).items())),
-        extra=clean_extra,
-    )
-    document = manifest.to_json()
-    if store.exists(manifest_key):
-        if not overwrite:
-            raise CheckpointExists(
-                f"checkpoint {store.key_uri(manifest_key)} already exists; pass overwrite=True to replace it"
-            )
-        store.delete(manifest_key)
-    uri = store.put_bytes(blob_key, blob)
+    with tempfile.TemporaryDirectory(prefix="argofl-checkpoint-") as scratch:
+        # encoded into a file, not memory: the blob never sits in memory beside the arrays
+        blob = encode_to_file(arrays, Path(scratch) / "blob.safetensors")
+        sha256, size = _file_digest(blob)
+        manifest = CheckpointManifest(
+            round=int(round),
+            client=client,
+            examples=int(examples),
+            metrics=clean_metrics,
+            sha256=sha256,
+            size=size,
+            tensors=dict(sorted(specs_of(arrays).items())),
+            extra=clean_extra,
+        )
+        document = manifest.to_json()
+        if store.exists(manifest_key):
+            if not overwrite:
+                raise CheckpointExists(
+                    f"checkpoint {store.key_uri(manifest_key)} already exists; pass overwrite=True to "
+                    "replace it"
+                )
+            store.delete(manifest_key)
+        uri = store.put_file(blob_key, blob)
     store.put_bytes(manifest_key, document)
     return uri
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    """(sha256 hex digest, size) of the file at ``path``, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb", buffering=0) as f:
+        buffer = bytearray(4 << 20)
+        view = memoryview(buffer)
+        while got := f.readinto(buffer):
+            digest.update(view[:got])
+            size += got
+    return digest.hexdigest(), size
 
 
 def checkpoint_exists(store: Store, key: str) -> bool:
@@ -540,8 +567,8 @@ def _check_blob_size(store: Store, blob_key: str, manifest: CheckpointManifest, 
     uri = store.key_uri(blob_key)
     if expected is not None and manifest.size != expected:
         raise CheckpointMismatch(
-            f"{_subject(manifest, uri)}: manifest says {manifest.size} bytes, its tensors encode to "
-            f"{expected}; not read"
+            f"{checkpoint_subject(manifest, uri)}: manifest says {manifest.size} bytes, its tensors "
+            f"encode to {expected}; not read"
         )
     try:
         stored = store.size(blob_key)
@@ -553,7 +580,7 @@ def _check_blob_size(store: Store, blob_key: str, manifest: CheckpointManifest, 
         )
 
 
-def _checked_manifest(
+def checked_manifest(
     store: Store, key: str, like: Mapping[str, TensorSpec] | None, blob_size: int | None
 ) -> tuple[str, str, CheckpointManifest]:
     """(blob key, blob URI, manifest) of the checkpoint at ``key``, checked against ``like`` and, before
@@ -563,7 +590,7 @@ def _checked_manifest(
     uri = store.key_uri(blob_key)
     if like is not None:
         expected = {name: TensorSpec(spec.dtype, spec.shape) for name, spec in like.items()}
-        problem = _spec_difference(manifest.tensors, expected, _subject(manifest, uri))
+        problem = spec_difference(manifest.tensors, expected, checkpoint_subject(manifest, uri))
         if problem:
             raise CheckpointMismatch(problem)
     _check_blob_size(store, blob_key, manifest, blob_size)
@@ -589,7 +616,7 @@ def load_checkpoint(
     ``blob_size`` (the size ``like``'s tensors encode to, e.g. the global checkpoint's), only when
     the manifest says that size too: a forged manifest cannot make a reader fetch a huge object.
     """
-    blob_key, uri, manifest = _checked_manifest(store, key, like, blob_size)
+    blob_key, uri, manifest = checked_manifest(store, key, like, blob_size)
     try:
         blob = store.get_bytes(blob_key)
     except ObjectNotFound:
@@ -604,7 +631,7 @@ def load_checkpoint(
             f"sha256 mismatch for {uri}: manifest says {manifest.sha256[:16]}…, blob is {digest[:16]}…"
         )
     arrays = decode_arrays(blob, where=uri)
-    problem = _spec_difference(
+    problem = spec_difference(
         specs_of(arrays),
         manifest.tensors,
         f"blob {uri}",
@@ -615,12 +642,12 @@ def load_checkpoint(
         raise CheckpointCorrupt(problem)
     if require_finite:
         for name, arr in arrays.items():
-            if arr.dtype.name in _FLOAT_DTYPES:
+            if arr.dtype.name in FLOAT_DTYPES:
                 bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
                 if bad:
                     raise CheckpointCorrupt(
-                        f"{_subject(manifest, uri)} has {bad} non-finite (NaN/Inf) values in {name}, "
-                        "expected finite values"
+                        f"{checkpoint_subject(manifest, uri)} has {bad} non-finite (NaN/Inf) values in "
+                        f"{name}, expected finite values"
                     )
     return Checkpoint(arrays=arrays, manifest=manifest)
 
@@ -660,7 +687,7 @@ def open_checkpoint(
     """Download the checkpoint at ``key`` into ``directory`` and verify it like :func:`load_checkpoint`
     (manifest, ``like``, size before download, sha256, header, specs, finite floats), holding one
     tensor in memory at a time; its arrays are then read lazily, one tensor per access."""
-    blob_key, uri, manifest = _checked_manifest(store, key, like, blob_size)
+    blob_key, uri, manifest = checked_manifest(store, key, like, blob_size)
     path = directory / (hashlib.sha256(key.encode()).hexdigest()[:16] + BLOB_SUFFIX)
     try:
         store.get_file(blob_key, path)
@@ -677,14 +704,14 @@ def open_checkpoint(
             digest.update(chunk)
         f.seek(0)
         head = f.read(8)
-        head += f.read(min(int.from_bytes(head[:8], "little"), _MAX_HEADER_BYTES)) if len(head) == 8 else b""
+        head += f.read(min(int.from_bytes(head[:8], "little"), MAX_HEADER_BYTES)) if len(head) == 8 else b""
     if digest.hexdigest() != manifest.sha256:
         raise CheckpointCorrupt(
             f"sha256 mismatch for {uri}: manifest says {manifest.sha256[:16]}…, "
             f"blob is {digest.hexdigest()[:16]}…"
         )
-    specs = {name: spec for name, (spec, _, _) in _parse_header(head, uri, size=size).items()}
-    problem = _spec_difference(
+    specs = {name: spec for name, (spec, _, _) in parse_header(head, uri, size=size).items()}
+    problem = spec_difference(
         specs, manifest.tensors, f"blob {uri}", reference="its manifest", expected_word="manifest says"
     )
     if problem:
@@ -697,11 +724,11 @@ def open_checkpoint(
             raise CheckpointCorrupt(f"{uri} could not be decoded as safetensors: {_one_line(exc)}") from None
         if TensorSpec(arr.dtype.name, arr.shape) != spec:
             raise CheckpointCorrupt(f"{uri}: safetensors decoded {name} differently from its header")
-        if arr.dtype.name in _FLOAT_DTYPES:
+        if arr.dtype.name in FLOAT_DTYPES:
             bad = arr.size - int(np.count_nonzero(np.isfinite(arr)))
             if bad:
                 raise CheckpointCorrupt(
-                    f"{_subject(manifest, uri)} has {bad} non-finite (NaN/Inf) values in {name}, "
+                    f"{checkpoint_subject(manifest, uri)} has {bad} non-finite (NaN/Inf) values in {name}, "
                     "expected finite values"
                 )
         del arr

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import cache
 
 from argofl.steps.client_data import DataOptions
-from argofl.steps.data import load_dataset
+from argofl.steps.data import clear_cache, load_dataset
 from argofl.steps.partition import partition
 from argofl.steps.settings import Settings
 
@@ -30,6 +30,8 @@ def example_limit(s: Settings, data: DataOptions) -> Callable[[str], tuple[int, 
     def sizes() -> list[int]:
         data = load_dataset(s.dataset, "train", s.data_dir or None, limit=s.data_limit or None)
         parts = partition(data.y, s.clients, s.partition, alpha=s.alpha, seed=s.seed)
+        del data
+        clear_cache()  # only the sizes are needed: the images are not kept beside the model
         return [len(p) for p in parts]
 
     def limit(client: str) -> tuple[int, str]:

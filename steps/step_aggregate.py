@@ -7,15 +7,19 @@ goes on with the rest as long as at least ``min_clients`` valid updates remain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
-from argofl.steps import tracking
+from argofl.steps import labels, partials, tracking
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -27,13 +31,20 @@ from argofl.steps.checkpoint import (
     load_manifest,
     open_checkpoint,
     save_checkpoint,
-    specs_of,
 )
+from argofl.steps.checkpoint_stream import open_streamed
 from argofl.steps.client_limits import example_limit
 from argofl.steps.privacy import noise_seed
-from argofl.steps.runinfo import RunError, RunLayout, load_secret, open_run
+from argofl.steps.runinfo import RunError, RunLayout, RunRecord, load_secret, open_run
 from argofl.steps.store import Store
-from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, Strategy, get_strategy
+from argofl.steps.strategies import (
+    STRATEGIES,
+    AggregationError,
+    ClientUpdate,
+    PartialSum,
+    Strategy,
+    get_strategy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +56,6 @@ class NotEnoughUpdates(AggregationError):
 def run(*, run_key: str, round: int) -> dict[str, float]:
     """Aggregate ``round``; returns the aggregated train metrics."""
     store, layout, record = open_run(run_key)
-    s = record.settings
     global_key = layout.global_key(round)
     if checkpoint_exists(store, global_key):
         log.warning(
@@ -55,12 +65,42 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
+        groups = (
+            [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
+            if partials.pre_aggregates(record.settings)
+            else []
+        )
     except Exception as exc:
         raise RunError(
             f"round {round} has no readable plan at {store.key_uri(layout.plan_key(round))}: {exc}"
         ) from None
-    previous = load_checkpoint(store, layout.global_key(round - 1))
-    like = specs_of(previous.arrays)
+    scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
+    try:
+        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name))
+    finally:
+        scratch.cleanup()
+    # the model's memory is released by now: MLflow's (a large import) does not add to it
+    return _log_round(store, layout, round, record.mlflow_run_id)
+
+
+def _aggregate(
+    store: Store,
+    layout: RunLayout,
+    record: RunRecord,
+    round: int,
+    clients: list[str],
+    groups: list[list[str]],
+    scratch: Path,
+) -> None:
+    """Fold the round's valid updates (or, with a linear strategy and groups of clients per pod, the
+    groups' partial sums) and commit the new global checkpoint (and server state)."""
+    s = record.settings
+    global_key = layout.global_key(round)
+    # the previous global is verified in one streaming pass and read only by strategies that use it
+    previous_manifest, previous = open_streamed(
+        store, layout.global_key(round - 1), scratch=scratch, keep=True
+    )
+    like = previous_manifest.tensors
     limit = example_limit(s, record.data)
     rejected: dict[str, str] = {}
     accepted: list[ClientUpdate] = []  # metadata only; arrays are dropped after folding
@@ -68,54 +108,97 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     if STRATEGIES[s.strategy].secret:
         seed = noise_seed(load_secret(store, layout), "round", str(round), "server")
     strategy = get_strategy(s.strategy, noise_seed=seed, **s.server_options())
-    # a per-tensor strategy gets lazy arrays: each update's blob is verified into scratch and read
-    # one tensor at a time (memory O(clients × largest tensor)); others fold whole updates (O(model))
-    scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-") if strategy.per_tensor else None
+
+    def load(client: str) -> _Loaded:
+        """Client ``client``'s update, verified: lazy arrays for a per-tensor strategy (memory
+        O(clients × largest tensor)), streamed ones otherwise (folded chunk by chunk, memory O(model))."""
+        key = layout.update_key(round, client)
+        if strategy.per_tensor:
+            return _Loaded(*open_checkpoint(store, key, scratch, like=like, blob_size=previous_manifest.size))
+        manifest, arrays = open_streamed(
+            store, key, like=like, blob_size=previous_manifest.size, scratch=scratch
+        )
+        return _Loaded(manifest, arrays, arrays.close)
 
     def updates() -> Iterator[ClientUpdate]:
-        for client in clients:
-            try:
-                ckpt = _load_update(
-                    store, layout.update_key(round, client), like, scratch, previous.manifest.size
-                )
-            except CheckpointNotFound:
+        for client, ckpt in _read_ahead(clients, load):
+            if isinstance(ckpt, CheckpointNotFound):
                 rejected[client] = "no update (its train step failed or did not run)"
-            except CheckpointError as exc:
-                rejected[client] = str(exc)
+            elif isinstance(ckpt, CheckpointError):
+                rejected[client] = str(ckpt)
             else:
-                if (
-                    ckpt.manifest.examples <= 0
-                    or ckpt.manifest.round != round
-                    or ckpt.manifest.client != client
-                ):
-                    rejected[client] = (
-                        f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
-                        f"{ckpt.manifest.examples} examples; expected round {round}, client "
-                        f"{client}, > 0 examples"
-                    )
-                    continue
-                problem = _too_many_examples(client, ckpt.manifest.examples, limit)
-                if problem:
-                    rejected[client] = problem
-                    log.warning("round %d: rejected client %s: %s", round, client, problem)
-                    continue
-                update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
-                accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
-                yield update
+                try:
+                    if (
+                        ckpt.manifest.examples <= 0
+                        or ckpt.manifest.round != round
+                        or ckpt.manifest.client != client
+                    ):
+                        rejected[client] = (
+                            f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
+                            f"{ckpt.manifest.examples} examples; expected round {round}, client "
+                            f"{client}, > 0 examples"
+                        )
+                        continue
+                    problem = _too_many_examples(client, ckpt.manifest.examples, limit)
+                    if problem:
+                        rejected[client] = problem
+                        log.warning("round %d: rejected client %s: %s", round, client, problem)
+                        continue
+                    update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
+                    accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
+                    yield update
+                finally:
+                    ckpt.close()  # a per-tensor strategy's lazy arrays stay readable: it reads them last
             if client in rejected:
                 log.warning("round %d: rejected client %s: %s", round, client, rejected[client])
 
-    state = _load_state(store, layout, round, strategy, previous.arrays)
+    def partial_sums() -> Iterator[PartialSum]:
+        like64 = partials.partial_specs(like)
+        dtypes = {name: np.dtype(spec.dtype) for name, spec in like.items()}
+        by_first = {group[0]: group for group in groups if group}
+
+        def load(first: str) -> _Loaded:
+            key = partials.partial_key(layout, round, first)
+            partials.read_partial_manifest(store, key, previous_manifest)
+            manifest, arrays = open_streamed(store, key, like=like64, scratch=scratch)
+            return _Loaded(manifest, arrays, arrays.close)
+
+        for first, loaded in _read_ahead(list(by_first), load):
+            group = by_first[first]
+            if isinstance(loaded, CheckpointNotFound):
+                refusals = dict.fromkeys(group, "no update (its train pod failed or did not run)")
+                replies: list[ClientUpdate] = []
+            elif isinstance(loaded, CheckpointError):
+                refusals = dict.fromkeys(group, f"the partial sum of its group is refused: {loaded}")
+                replies = []
+            else:
+                try:
+                    replies, refusals = _check_partial(loaded.manifest, group, round, limit, store, first)
+                    if replies:
+                        accepted.extend(replies)
+                        yield PartialSum(loaded.arrays, tuple(replies), dtypes)
+                finally:
+                    loaded.close()
+            for client in group:
+                if client not in refusals and client not in {r.client for r in replies}:
+                    refusals[client] = "no update (its train pod did not sum it)"
+            for client, reason in refusals.items():
+                rejected[client] = reason
+                log.warning("round %d: rejected client %s: %s", round, client, reason)
+
+    hierarchical = partials.pre_aggregates(s)
+    state = _load_state(store, layout, round, strategy, previous)
     try:
-        weights, metrics, new_state = strategy.aggregate(previous.arrays, updates(), state)
+        # only a linear strategy (FedAvg's fold) is given partial sums
+        folded = cast(Iterator[ClientUpdate], partial_sums()) if hierarchical else updates()
+        weights, metrics, new_state = strategy.aggregate(previous, folded, state)
     except AggregationError as exc:
         if not accepted:
             weights, metrics, new_state = {}, {}, {}
         else:
             raise AggregationError(f"round {round}: {exc}") from None
     finally:
-        if scratch is not None:
-            scratch.cleanup()
+        previous.close()
     if len(accepted) < s.min_clients:
         raise NotEnoughUpdates(
             f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, "
@@ -140,10 +223,49 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         extra={
             "clients": ",".join(u.client for u in accepted),
             "rejected": json.dumps(rejected, sort_keys=True),
+            **({"partials": ",".join(g[0] for g in groups if g)} if hierarchical else {}),
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
-    return _log_round(store, layout, round, record.mlflow_run_id)
+
+
+def _check_partial(
+    manifest: CheckpointManifest,
+    group: list[str],
+    round: int,
+    limit: Callable[[str], tuple[int, str]],
+    store: Store,
+    first: str,
+) -> tuple[list[ClientUpdate], dict[str, str]]:
+    """The clients a group's partial sum holds and the ones its pod refused, after the checks the
+    aggregator makes on each update's manifest; a partial failing any of them is refused whole (one
+    client's share cannot be taken out of a sum): every client of the group gets the reason."""
+    where = f"partial sum of the group of client {first}"
+    try:
+        replies, refused = partials.replies_of(manifest, where)
+    except CheckpointError as exc:
+        return [], dict.fromkeys(group, str(exc))
+    names = [r.client for r in replies] + list(refused)
+    problem = ""
+    if manifest.round != round or manifest.client is not None:
+        problem = f"manifest says round {manifest.round}, client {manifest.client}; expected round {round}"
+    elif len(set(names)) != len(names) or not set(names) <= set(group):
+        problem = f"it names clients {names}, expected each at most once of its group {group}"
+    elif manifest.examples != sum(r.examples for r in replies):
+        problem = f"it says {manifest.examples} examples, its clients {sum(r.examples for r in replies)}"
+    else:
+        for reply in replies:
+            why = (
+                f"claims {reply.examples} examples, expected > 0"
+                if reply.examples <= 0
+                else _too_many_examples(reply.client, reply.examples, limit)
+            )
+            if why:
+                problem = f"client {reply.client} {why}"
+                break
+    if problem:
+        return [], dict.fromkeys(group, f"the {where} is refused: {problem}")
+    return replies, dict(refused)
 
 
 def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[int, str]]) -> str:
@@ -169,10 +291,7 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
         {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
     )
     to_log.update({k: v for k, v in metrics.items() if k.startswith("dp_")})
-    rows = []
-    for client in clients:
-        client_manifest = load_manifest(store, layout.update_key(round, client))
-        rows.append((client, client_manifest.examples, client_manifest.metrics))
+    rows = _client_rows(store, layout, round, manifest, clients)
     for key in ("loss", "accuracy"):  # the spread across clients; each client's values in the table
         values = [row_metrics[key] for _, _, row_metrics in rows if key in row_metrics]
         to_log.update(tracking.distribution(f"client_train_{key}", values))
@@ -180,6 +299,26 @@ def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict
     rejected = json.loads(manifest.extra.get("rejected", "{}"))
     tracking.log_dict(run_id, tracking.client_table(rows, rejected), f"clients/round-{round:04d}.json")
     return metrics
+
+
+def _client_rows(
+    store: Store, layout: RunLayout, round: int, manifest: CheckpointManifest, clients: list[str]
+) -> list[tuple[str, int, Mapping[str, float]]]:
+    """(client, examples, metrics) of each aggregated client: from its update's manifest, or (with
+    hierarchical aggregation) from its group's partial sum."""
+    if "partials" not in manifest.extra:
+        rows: list[tuple[str, int, Mapping[str, float]]] = []
+        for client in clients:
+            client_manifest = load_manifest(store, layout.update_key(round, client))
+            rows.append((client, client_manifest.examples, client_manifest.metrics))
+        return rows
+    replies: dict[str, ClientUpdate] = {}
+    for first in filter(None, manifest.extra["partials"].split(",")):
+        key = partials.partial_key(layout, round, first)
+        if checkpoint_exists(store, key):
+            summed, _ = partials.replies_of(load_manifest(store, key), store.key_uri(key))
+            replies.update((r.client, r) for r in summed)
+    return [(c, replies[c].examples, replies[c].metrics) for c in clients]
 
 
 def _load_state(
@@ -203,25 +342,51 @@ def _load_state(
 
 
 class _Loaded:
-    """An update as the aggregate step reads it: its manifest and its (possibly lazy) arrays."""
+    """An update as the aggregate step reads it: its manifest, its lazy arrays and how to release them."""
 
-    def __init__(self, manifest: CheckpointManifest, arrays: Mapping[str, np.ndarray]) -> None:
+    def __init__(
+        self,
+        manifest: CheckpointManifest,
+        arrays: Mapping[str, np.ndarray],
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
         self.manifest = manifest
         self.arrays = arrays
+        self.close = close
 
 
-def _load_update(
-    store: Store,
-    key: str,
-    like: Mapping[str, TensorSpec],
-    scratch: tempfile.TemporaryDirectory[str] | None,
-    blob_size: int,
-) -> _Loaded:
-    """An update, verified; refused unread when its blob is not ``blob_size`` bytes (the global's)."""
-    if scratch is None:
-        ckpt = load_checkpoint(store, key, like=like, blob_size=blob_size)
-        return _Loaded(ckpt.manifest, ckpt.arrays)
-    return _Loaded(*open_checkpoint(store, key, Path(scratch.name), like=like, blob_size=blob_size))
+READ_AHEAD = 2
+"""Updates verified ahead of the fold, each in its own thread: hashing (the costliest part) then runs
+on two cores while the fold runs on a third, or shares two; memory grows by a 4 MB buffer each."""
+
+
+def _read_ahead(
+    clients: list[str], load: Callable[[str], _Loaded], depth: int = READ_AHEAD
+) -> Iterator[tuple[str, _Loaded | CheckpointError]]:
+    """``(client, load(client))`` in order, loading (reading, hashing, validating) the next ``depth``
+    clients' updates in threads while the caller folds the current one; a rejected update comes as
+    its error. hashlib, file reads and numpy release the GIL, so verifying and folding overlap."""
+
+    def attempt(client: str) -> _Loaded | CheckpointError:
+        try:
+            return load(client)
+        except CheckpointError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=depth, thread_name_prefix="argofl-read-ahead") as pool:
+        pending = deque(pool.submit(attempt, client) for client in clients[:depth])
+        try:
+            for i, client in enumerate(clients):
+                result = pending.popleft().result()
+                if i + depth < len(clients):
+                    pending.append(pool.submit(attempt, clients[i + depth]))
+                yield client, result
+        finally:  # abandoned early (an error while folding): release what was read ahead
+            for future in pending:
+                with contextlib.suppress(Exception):
+                    loaded = future.result()
+                    if isinstance(loaded, _Loaded):
+                        loaded.close()
 
 
 def export_global(*, run_key: str, round: int, directory: Path) -> list[Path]:

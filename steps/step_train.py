@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from argofl.steps import attacks, labels, privacy
+from argofl.steps import attacks, labels, partials, privacy
 from argofl.steps.checkpoint import checkpoint_exists, load_checkpoint, load_manifest, save_checkpoint
 from argofl.steps.client_data import ClientDataError, client_data, client_train_data, model_shape
 from argofl.steps.frameworks import get_backend
 from argofl.steps.partition import client_seed
 from argofl.steps.runinfo import RunError, load_secret, open_run, write_json
-from argofl.steps.strategies import STRATEGIES
+from argofl.steps.strategies import STRATEGIES, ClientUpdate, WeightedAverage
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,22 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
             f"clients {strangers} of {clients!r} are not this pod's to train (its placement group has "
             f"clients {only}); nothing was read or written"
         )
-    todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
+    group_key = partials.partial_key(layout, round, ids[0]) if partials.pre_aggregates(s) else None
+    if group_key is not None:  # one partial sum for the group: all of it is committed or none
+        todo = [] if checkpoint_exists(store, group_key) else ids
+        if not todo:
+            log.info("group of client %s: round %d partial sum already committed; skipping", ids[0], round)
+            summed, _ = partials.replies_of(load_manifest(store, group_key), store.key_uri(group_key))
+            return {**(dict(summed[-1].metrics) if summed else {}), "seconds": 0.0}
+    else:
+        todo = [c for c in ids if not checkpoint_exists(store, layout.update_key(round, c))]
     for done in sorted(set(ids) - set(todo), key=int):
         log.info("client %s: update for round %d already committed (retried step); skipping", done, round)
     if not todo:
         return {**load_manifest(store, layout.update_key(round, ids[-1])).metrics, "seconds": 0.0}
+    group_sum = WeightedAverage()
+    replies: list[ClientUpdate] = []
+    refused: dict[str, str] = {}
     metrics: dict[str, float] = {}
     seconds = 0.0
     failed: list[ClientDataError] = []
@@ -115,15 +126,27 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
                 noise=s.dp_noise,
                 seed=privacy.noise_seed(secret, "round", str(round), "client", client),
             )
-        uri = save_checkpoint(
-            store,
-            layout.update_key(round, client),
-            weights,
-            round=round,
-            client=client,
-            examples=len(train),
-            metrics=metrics,
-        )
+        if group_key is not None:
+            problem = partials.update_problem(weights, start.manifest.tensors, client) or (
+                "" if len(train) > 0 else f"update from client {client} has 0 examples, expected > 0"
+            )
+            if problem:
+                log.error("client %s: refused, not summed: %s", client, problem)
+                refused[client] = problem
+                continue
+            group_sum.add(weights, len(train), source=f"update from client {client}")
+            replies.append(ClientUpdate(client, {}, len(train), dict(metrics)))
+            uri = f"the partial sum {store.key_uri(group_key)}"
+        else:
+            uri = save_checkpoint(
+                store,
+                layout.update_key(round, client),
+                weights,
+                round=round,
+                client=client,
+                examples=len(train),
+                metrics=metrics,
+            )
         log.info(
             "client %s: %d examples, loss %.4f, accuracy %.4f → %s",
             client,
@@ -132,6 +155,10 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
             metrics["accuracy"],
             uri,
         )
+    if group_key is not None and replies:
+        sums, _, _ = group_sum.take_sums()
+        uri = partials.save_partial(store, group_key, sums, round=round, replies=replies, rejected=refused)
+        log.info("group of client %s: %d updates summed → %s", ids[0], len(replies), uri)
     if len(failed) == 1 and len(todo) == 1:
         raise failed[0]
     if failed:

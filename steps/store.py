@@ -111,6 +111,12 @@ class Store(ABC):
     def delete(self, key: str) -> None:
         """Remove ``key``; absent keys are ignored."""
 
+    def local_path(self, key: str) -> Path | None:
+        """The file holding ``key`` on this machine, if the store keeps objects as files (else None).
+
+        Objects are replaced atomically, never rewritten in place: an open file keeps its bytes."""
+        return None
+
     def key_uri(self, key: str) -> str:
         """The URI of ``key`` in this store."""
         return self.uri.rstrip("/") + "/" + _check_key(key)
@@ -209,6 +215,9 @@ class FileStore(Store):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
 
     def size(self, key: str) -> int:
         path = self._path(key)

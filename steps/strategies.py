@@ -20,9 +20,9 @@ iteration order; callers sort updates (e.g. by client id) for reproducible bytes
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,10 +32,12 @@ __all__ = [
     "STRATEGIES",
     "Aggregate",
     "AggregationError",
+    "ChunkedArrays",
     "ClientUpdate",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "PartialSum",
     "Strategy",
     "StrategyInfo",
     "WeightedAverage",
@@ -59,68 +61,184 @@ class ClientUpdate:
     metrics: Mapping[str, float] = field(default_factory=dict)
 
 
+@runtime_checkable
+class ChunkedArrays(Protocol):
+    """Named arrays read in pieces (e.g. from a verified file) rather than held whole.
+
+    ``layout()``: each tensor's dtype and shape; ``chunks(name, elements)``: ``(start, values)`` pairs
+    covering the tensor's flattened values in order, ``elements`` at most each; a chunk may reuse the
+    previous one's memory, so use it before asking for the next."""
+
+    def layout(self) -> Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]: ...
+
+    def chunks(self, name: str, elements: int) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
 class WeightedAverage:
-    """A streaming weighted mean of named arrays (float64 accumulation, original dtypes out)."""
+    """A streaming weighted mean of named arrays (float64 accumulation, original dtypes out).
+
+    Updates may be plain mappings of arrays or :class:`ChunkedArrays`; either way each is folded in
+    ``_CHUNK``-element pieces, so the only full-size memory is the float64 sums (2× a float32 model),
+    which :meth:`result` reuses for its output."""
 
     def __init__(self) -> None:
         self._sums: dict[str, np.ndarray] = {}
-        self._dtypes: dict[str, np.dtype] = {}
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        self._scratch = np.empty(0, dtype=np.float64)
         self.total_weight = 0.0
         self.count = 0
 
-    def add(self, arrays: Mapping[str, np.ndarray], weight: float, *, source: str = "update") -> None:
+    def add(
+        self, arrays: Mapping[str, np.ndarray] | ChunkedArrays, weight: float, *, source: str = "update"
+    ) -> None:
         """Fold ``arrays`` with ``weight`` into the running sum."""
         if not weight > 0:
             raise AggregationError(f"{source}: weight must be > 0, got {weight!r}")
+        layout = _layout(arrays)
         if self.count == 0:
-            for name, array in arrays.items():
-                self._dtypes[name] = array.dtype
-                self._sums[name] = np.zeros(array.shape, dtype=np.float64)
-        else:
-            missing = sorted(set(self._sums) - set(arrays))
-            extra = sorted(set(arrays) - set(self._sums))
-            if missing or extra:
-                raise AggregationError(
-                    f"{source}: tensor names differ from the first update (missing {missing[:3]}, "
-                    f"unexpected {extra[:3]})"
-                )
-        for name, array in arrays.items():
-            acc = self._sums[name]
-            if array.shape != acc.shape:
-                raise AggregationError(
-                    f"{source}: {name} has shape {tuple(array.shape)}, expected {tuple(acc.shape)}"
-                )
-            _accumulate(acc, array, float(weight))
+            for name, (dtype, shape) in layout.items():
+                self._dtypes[name] = dtype
+                self._sums[name] = np.zeros(shape, dtype=np.float64)
+        self._check_layout(layout, source)
+        for name in layout:
+            self._accumulate(self._sums[name], _read(arrays, name, _CHUNK), float(weight))
         self.total_weight += float(weight)
         self.count += 1
 
+    def add_sum(
+        self,
+        sums: Mapping[str, np.ndarray] | ChunkedArrays,
+        weight: float,
+        *,
+        count: int,
+        dtypes: Mapping[str, np.dtype[Any]],
+        source: str = "partial sum",
+    ) -> None:
+        """Fold a pre-aggregated partial: float64 ``sums`` of ``count`` updates times their weights,
+        ``weight`` their total (:meth:`take_sums` of another average); ``dtypes``: the tensors' own."""
+        if not weight > 0 or count < 1:
+            raise AggregationError(f"{source}: weight must be > 0 and count ≥ 1, got {weight!r}, {count!r}")
+        layout = _layout(sums)
+        if self.count == 0:
+            for name, (_, shape) in layout.items():
+                self._dtypes[name] = np.dtype(dtypes[name])
+                self._sums[name] = np.zeros(shape, dtype=np.float64)
+        self._check_layout(layout, source)
+        for name in layout:
+            acc = self._sums[name].reshape(-1)
+            for start, values in _read(sums, name, _CHUNK):
+                part = acc[start : start + values.size]
+                np.add(part, values, out=part)
+        self.total_weight += float(weight)
+        self.count += count
+
+    def take_sums(self) -> tuple[dict[str, np.ndarray], float, int]:
+        """The float64 weighted sums (not divided), total weight and count, for :meth:`add_sum`; call once."""
+        if self.count == 0:
+            raise AggregationError("no updates to sum")
+        sums, self._sums = self._sums, {}
+        return sums, self.total_weight, self.count
+
+    def _check_layout(self, layout: Layout, source: str) -> None:
+        missing = sorted(set(self._sums) - set(layout))
+        extra = sorted(set(layout) - set(self._sums))
+        if missing or extra:
+            raise AggregationError(
+                f"{source}: tensor names differ from the first update (missing {missing[:3]}, "
+                f"unexpected {extra[:3]})"
+            )
+        for name, (_, shape) in layout.items():
+            if shape != self._sums[name].shape:
+                raise AggregationError(
+                    f"{source}: {name} has shape {shape}, expected {tuple(self._sums[name].shape)}"
+                )
+
+    def _accumulate(self, acc: np.ndarray, chunks: Iterator[tuple[int, np.ndarray]], weight: float) -> None:
+        """``acc += float64(values) * weight``, chunk by chunk, without full-size temporaries."""
+        flat_acc = acc.reshape(-1)
+        tmp = self._buffer()
+        for start, values in chunks:
+            n = values.size
+            np.multiply(values, weight, out=tmp[:n], dtype=np.float64)
+            part = flat_acc[start : start + n]
+            np.add(part, tmp[:n], out=part)
+
+    def _buffer(self) -> np.ndarray:
+        if self._scratch.size < _CHUNK:
+            self._scratch = np.empty(_CHUNK, dtype=np.float64)
+        return self._scratch
+
     def result(self) -> dict[str, np.ndarray]:
-        """The weighted mean, cast back to each tensor's dtype (integers rounded); call once."""
+        """The weighted mean, cast back to each tensor's dtype (integers rounded); call once.
+
+        Each result is written over its own float64 sum (every dtype is at most 8 bytes), so no
+        second full-size buffer is needed; a result's memory is that of its sum."""
         if self.count == 0:
             raise AggregationError("no updates to aggregate")
         out: dict[str, np.ndarray] = {}
         for name in list(self._sums):
-            mean = self._sums.pop(name)  # divided in place: the accumulator is consumed
-            mean /= self.total_weight
-            dtype = self._dtypes[name]
-            if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
-                np.rint(mean, out=mean)
-            out[name] = mean.astype(dtype)
-            del mean
+            out[name] = self._mean_in_place(self._sums.pop(name), self._dtypes[name])
         return out
+
+    def _mean_in_place(self, acc: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+        flat = acc.reshape(-1)
+        if dtype == np.float64:
+            flat /= self.total_weight
+            return acc
+        # element i of the result occupies bytes [i·k, (i+1)·k) with k ≤ 8: never past sum element i,
+        # so writing a chunk after reading it into ``tmp`` overwrites only sums already read
+        target = flat.view(np.uint8)[: flat.size * dtype.itemsize].view(dtype)
+        tmp = self._buffer()
+        rounded = bool(np.issubdtype(dtype, np.integer) or dtype == np.bool_)
+        for start in range(0, flat.size, _CHUNK):
+            n = min(_CHUNK, flat.size - start)
+            np.divide(flat[start : start + n], self.total_weight, out=tmp[:n])
+            if rounded:
+                np.rint(tmp[:n], out=tmp[:n])
+            np.copyto(target[start : start + n], tmp[:n], casting="unsafe")
+        return target.reshape(acc.shape)
 
 
 _CHUNK = 1 << 18  # elements per step: bounds the float64 temporaries to 2 MiB
 
 
-def _accumulate(acc: np.ndarray, array: np.ndarray, weight: float) -> None:
-    """``acc += float64(array) * weight`` without a full-size float64 temporary."""
-    flat_acc = acc.reshape(-1)
+Layout = Mapping[str, tuple[np.dtype[Any], tuple[int, ...]]]
+
+
+def _layout(arrays: Mapping[str, np.ndarray] | ChunkedArrays) -> Layout:
+    if isinstance(arrays, ChunkedArrays):
+        return arrays.layout()
+    return {name: (array.dtype, tuple(array.shape)) for name, array in arrays.items()}
+
+
+def _read(
+    arrays: Mapping[str, np.ndarray] | ChunkedArrays, name: str, elements: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    if isinstance(arrays, ChunkedArrays):
+        return arrays.chunks(name, elements)
+    return _flat_chunks(arrays[name], elements)
+
+
+def _flat_chunks(array: np.ndarray, elements: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, values)`` pieces of ``array``'s flattened values, ``elements`` at most each."""
     flat = np.ascontiguousarray(array).reshape(-1)
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start : start + _CHUNK].astype(np.float64)
-        chunk *= weight
-        flat_acc[start : start + _CHUNK] += chunk
+    for start in range(0, flat.size, elements):
+        yield start, flat[start : start + elements]
+
+
+@dataclass(frozen=True)
+class PartialSum:
+    """A group of clients' updates pre-aggregated where they were trained (hierarchical FedAvg): the
+    float64 sums of each update times its examples, in the group's order, and the clients' replies
+    without arrays. ``dtypes``: each tensor's own dtype (the sums are float64)."""
+
+    sums: Mapping[str, np.ndarray] | ChunkedArrays
+    clients: tuple[ClientUpdate, ...]
+    dtypes: Mapping[str, np.dtype[Any]]
+
+    @property
+    def examples(self) -> int:
+        return sum(c.examples for c in self.clients)
 
 
 class Aggregate(NamedTuple):
@@ -164,16 +282,30 @@ class FedAvg:
     def aggregate(
         self,
         global_weights: Mapping[str, np.ndarray],
-        updates: Iterable[ClientUpdate],
+        updates: Iterable[ClientUpdate | PartialSum],
         state: Mapping[str, np.ndarray] | None = None,
     ) -> Aggregate:
+        """``updates`` may include :class:`PartialSum` groups (a linear rule: the sum is the same)."""
         mean = WeightedAverage()
         metric_sums: dict[str, float] = {}
-        for update in updates:
-            mean.add(update.arrays, update.examples, source=f"update from client {update.client}")
-            for key, value in update.metrics.items():
-                if key != "examples":
-                    metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * update.examples
+        for item in updates:
+            if isinstance(item, PartialSum):
+                first = item.clients[0].client if item.clients else "?"
+                mean.add_sum(
+                    item.sums,
+                    item.examples,
+                    count=len(item.clients),
+                    dtypes=item.dtypes,
+                    source=f"partial sum of the group of client {first}",
+                )
+                replies: Iterable[ClientUpdate] = item.clients
+            else:
+                mean.add(item.arrays, item.examples, source=f"update from client {item.client}")
+                replies = (item,)
+            for update in replies:
+                for key, value in update.metrics.items():
+                    if key != "examples":
+                        metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * update.examples
         weights = mean.result()
         metrics = {key: total / mean.total_weight for key, total in metric_sums.items()}
         metrics["examples"] = mean.total_weight
@@ -195,7 +327,7 @@ class _ServerOptimizer:
     def aggregate(
         self,
         global_weights: Mapping[str, np.ndarray],
-        updates: Iterable[ClientUpdate],
+        updates: Iterable[ClientUpdate | PartialSum],
         state: Mapping[str, np.ndarray],
     ) -> Aggregate:
         mean, metrics, _ = FedAvg().aggregate(global_weights, updates)
@@ -363,7 +495,9 @@ class StrategyInfo:
     ``options`` are the settings it reads; ``check(settings)`` returns ``"key: problem, got value"`` for a
     combination of settings it cannot run with; ``build(options, noise_seed)`` makes the strategy
     (``noise_seed`` derives from the run's secret, for strategies with ``secret``); ``proximal``: the
-    clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store.
+    clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store;
+    ``linear``: the rule folds the example-weighted sum of the updates, so a pod training a group can
+    send its :class:`PartialSum` instead of each update (robust and DP rules need every update).
     """
 
     summary: str
@@ -372,6 +506,7 @@ class StrategyInfo:
     check: Callable[[Options], str | None] = _no_check
     proximal: bool = False
     secret: bool = False
+    linear: bool = False
 
 
 def _pick(options: Options, *names: str) -> dict[str, Any]:
@@ -416,20 +551,26 @@ def _check_dp(s: Options) -> str | None:
 
 
 STRATEGIES: dict[str, StrategyInfo] = {
-    "fedavg": StrategyInfo("example-weighted mean of the client weights", lambda o, _: FedAvg()),
+    "fedavg": StrategyInfo("example-weighted mean of the client weights", lambda o, _: FedAvg(), linear=True),
     "fedavgm": StrategyInfo(
         "FedAvg, then server momentum on the pseudo-gradient",
         lambda o, _: FedAvgM(**_pick(o, "server_lr", "server_momentum")),
         ("server_lr", "server_momentum"),
+        linear=True,
     ),
     "fedadam": StrategyInfo(
         "FedAvg, then server Adam on the pseudo-gradient",
         lambda o, _: FedAdam(**_pick(o, "server_lr", "server_momentum", "server_beta2", "server_tau")),
         ("server_lr", "server_momentum", "server_beta2", "server_tau"),
         check=_check_fedadam,
+        linear=True,
     ),
     "fedprox": StrategyInfo(
-        "FedAvg with a proximal term on the clients", lambda o, _: FedProx(), ("prox_mu",), proximal=True
+        "FedAvg with a proximal term on the clients",
+        lambda o, _: FedProx(),
+        ("prox_mu",),
+        proximal=True,
+        linear=True,
     ),
     "median": StrategyInfo("coordinate-wise median", lambda o, _: _robust("median", o)),
     "trimmed-mean": StrategyInfo(

@@ -29,7 +29,7 @@ HUGE = 800 * 1024 * 1024
 
 
 class RecordingStore(FileStore):
-    """A file store that records every key it opens for reading."""
+    """A file store that records every key it opens for reading (or hands out the file of)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -38,6 +38,10 @@ class RecordingStore(FileStore):
     def open_read(self, key: str) -> BinaryIO:
         self.opened.append(key)
         return super().open_read(key)
+
+    def local_path(self, key: str) -> Path | None:  # the aggregate step reads updates through this
+        self.opened.append(key)
+        return super().local_path(key)
 
 
 @pytest.fixture

@@ -73,13 +73,13 @@ def test_pipeline_against_s3_and_mlflow_server(
     assert final.manifest.round == 2
     assert final.manifest.examples == 3000
     assert summary["final_checkpoint"] == store.key_uri(layout.global_key(2) + ".safetensors")
-    assert sorted(k.rsplit("/", 1)[-1] for k in store.list(layout.round_prefix(1) + "/updates/")) == [
-        "client-0.json",
-        "client-0.safetensors",
-        "client-1.json",
-        "client-1.safetensors",
-        "client-2.json",
-        "client-2.safetensors",
+    # two clients per pod with FedAvg: each pod wrote one partial sum, not its clients' updates
+    assert store.list(layout.round_prefix(1) + "/updates/") == []
+    assert sorted(k.rsplit("/", 1)[-1] for k in store.list(layout.round_prefix(1) + "/partials/")) == [
+        "group-0.json",
+        "group-0.safetensors",
+        "group-2.json",
+        "group-2.safetensors",
     ]
 
     # the same checkpoint is the aggregate node's output artifact (listed in the Argo UI)
