@@ -55,9 +55,10 @@ class ClusterOptions:
     step_timeout: int = 3600
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    rounds_per_workflow: int = 0  # > 0: each block of this many rounds is a child Workflow (blocks.py)
 
     def __post_init__(self) -> None:
-        for name in ("gpus", "retries"):
+        for name in ("gpus", "retries", "rounds_per_workflow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"cluster.{name}: must be ≥ 0, got {getattr(self, name)!r}")
         for name in ("parallelism", "step_timeout"):
@@ -169,6 +170,11 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")
     data = _data_options(data_doc, kind=kind, where=where)
+    if cluster.rounds_per_workflow and kind != "fedavg":
+        raise ConfigError(
+            f"{where}: cluster.rounds_per_workflow: only kind fedavg runs blocks of rounds as child "
+            f"workflows, not kind {kind}; remove it"
+        )
     if placement_doc is not None and kind != "fedavg":
         raise ConfigError(f"{where}: placement: only kind fedavg places clients, not kind {kind}")
     if kind == "split":
