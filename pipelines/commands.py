@@ -167,7 +167,7 @@ def run_cmd(
     With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
-    from argofl.pipelines.compile import manifest_for
+    from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
         cfg = load_config(config)
@@ -190,7 +190,9 @@ def run_cmd(
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs)
+    _run_locally(
+        manifest, params, root / "workflows", parallelism, containers, key_refs, workflow_templates_for(cfg)
+    )
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -208,6 +210,7 @@ def _run_locally(
     parallelism: int,
     containers: DockerOptions | None = None,
     key_refs: KeyRefs | None = None,
+    workflow_templates: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
@@ -226,6 +229,7 @@ def _run_locally(
         stop_on_signals=True,
         containers=containers,
         key_refs=key_refs,
+        workflow_templates=workflow_templates,
     )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
@@ -322,7 +326,9 @@ def resume_cmd(
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
-    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs)
+    templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
+    templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
+    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, templates)
 
 
 SHARED_DIRS = ("store", "mlartifacts")
