@@ -13,7 +13,7 @@ import copy
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +33,7 @@ __all__ = [
     "format_number",
     "last_completed_round",
     "make_service",
+    "merge_children",
     "normalize_host",
     "outputs_of",
     "parameters_of",
@@ -148,6 +149,27 @@ class ClusterTarget:
         )
         return _plain(workflow)
 
+    def children(self, name: str) -> list[dict[str, Any]]:
+        """The Workflows that workflow ``name`` created (label ``argofl.io/parent``), in creation order:
+        the blocks of rounds of an experiment compiled with ``cluster.rounds_per_workflow``."""
+        from argofl.pipelines.blocks import PARENT_LABEL
+
+        listed = self._call(
+            f"to list the child workflows of {name}",
+            lambda: self.service.list_workflows(
+                namespace=self.namespace, label_selector=f"{PARENT_LABEL}={name}"
+            ),
+        )
+        items = _plain(listed).get("items") or []
+        return sorted(items, key=lambda w: str((w.get("metadata") or {}).get("creationTimestamp") or ""))
+
+    def get_with_children(self, name: str) -> dict[str, Any]:
+        """The workflow ``name`` with its children's nodes merged into its status (:func:`merge_children`)."""
+        workflow = self.get(name)
+        if "rounds-per-workflow" not in parameters_of(workflow):
+            return workflow
+        return merge_children(workflow, self.children(name))
+
     def _call(self, action: str, call: Callable[[], T], *, name: str | None = None) -> T:
         import pydantic
         import requests
@@ -235,6 +257,27 @@ def parameters_of(workflow: Mapping[str, Any]) -> dict[str, str]:
     """``spec.arguments.parameters`` as name → value (missing values as '')."""
     params = ((workflow.get("spec") or {}).get("arguments") or {}).get("parameters") or []
     return {str(p["name"]): "" if p.get("value") is None else str(p["value"]) for p in params}
+
+
+def merge_children(workflow: Mapping[str, Any], children: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``workflow`` with the nodes of the Workflows it created in its ``status.nodes`` (node ids are unique
+    across workflows: they start with the workflow's name), so rounds, steps and the last completed
+    round read as in one workflow; ``status.children`` lists the children's names and phases."""
+    merged = copy.deepcopy(dict(workflow))
+    status = dict(merged.get("status") or {})
+    nodes = dict(status.get("nodes") or {})
+    for child in children:
+        nodes.update((child.get("status") or {}).get("nodes") or {})
+    status["nodes"] = nodes
+    status["children"] = [
+        {
+            "name": str((c.get("metadata") or {}).get("name") or ""),
+            "phase": str((c.get("status") or {}).get("phase") or "Pending"),
+        }
+        for c in children
+    ]
+    merged["status"] = status
+    return merged
 
 
 def outputs_of(status: Mapping[str, Any]) -> dict[str, str]:

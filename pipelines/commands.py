@@ -284,6 +284,8 @@ def resume_cmd(
     try:
         old = json.loads((run_dir / "workflow.json").read_text())
         status = json.loads((run_dir / "status.json").read_text())
+        for child in sorted((run_dir / "workflows").glob("*/status.json")):  # blocks of rounds
+            status.setdefault("nodes", {}).update(json.loads(child.read_text()).get("nodes") or {})
     except (OSError, ValueError) as exc:
         raise click.BadParameter(
             f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}",

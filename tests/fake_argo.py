@@ -26,7 +26,9 @@ class Recorded:
 @dataclass
 class FakeArgo:
     """Answers like the Argo server: create echoes the workflow with a name and a status; get returns
-    the next of the canned workflows for that name (the last one repeats)."""
+    the next of the canned workflows for that name (the last one repeats); list (``GET
+    /api/v1/workflows/<namespace>``) returns the current canned workflows matching
+    ``listOptions.labelSelector`` (``key=value`` terms)."""
 
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
@@ -37,6 +39,20 @@ class FakeArgo:
 
     def posts(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
+
+    def matching(self, query: str) -> list[dict[str, Any]]:
+        """The current workflows whose labels match the query's ``listOptions.labelSelector``."""
+        from urllib.parse import parse_qs
+
+        selector = (parse_qs(query).get("listOptions.labelSelector") or [""])[0]
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        with self.lock:
+            current = [queue[0] for queue in self.workflows.values() if queue]
+        return [
+            w
+            for w in current
+            if all((w.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
 
 
 def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
@@ -82,7 +98,11 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             if fake.refuse:
                 self._answer(fake.refuse, {"code": 7, "message": "forbidden"})
                 return
-            name = entry.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            path, _, query = entry.path.partition("?")
+            if path.rstrip("/").count("/") == 4:  # /api/v1/workflows/<namespace>: a list
+                self._answer(200, {"metadata": {}, "items": fake.matching(query)})
+                return
+            name = path.rstrip("/").rsplit("/", 1)[-1]
             with fake.lock:
                 queue = fake.workflows.get(name)
                 if not queue:

@@ -57,3 +57,28 @@ def test_blocks_of_rounds_give_the_single_workflows_checkpoints(tmp_path: Path, 
     run_dirs = {p.parent.parent.name for p in (blocks / "store").rglob("round-*/global.safetensors")}
     assert run_dirs == {parent_dir.name}
     assert "mlflow-run-url" in {p["name"] for p in parent["outputs"]["parameters"]}
+
+    # node status per Workflow object, projected to 1,000 one-client pods x 100 rounds in the config's blocks
+    from argofl.pipelines.node_status import (
+        ARGO_MAX_WORKFLOW_SIZE,
+        measure,
+        per_round,
+        project,
+        project_blocks,
+        run_statuses,
+    )
+
+    status, measured = run_statuses(parent_dir)
+    assert len(measured) == 2
+    from argofl.pipelines.config import load_config
+
+    size = load_config(ROOT / "configs" / "fedavg-fmnist-torch-blocks.yaml").cluster.rounds_per_workflow
+    blocks_projection = project_blocks(
+        status, measured, pods=1000, rounds_count=100, rounds_per_workflow=size
+    )
+    (single_dir,) = [p for p in (single / "workflows").iterdir() if (p / "status.json").is_file()]
+    single_status = json.loads((single_dir / "status.json").read_text())
+    one = project(per_round(single_status), measure(single_status["nodes"]), pods=1000, rounds_count=100)
+    assert one.compressed_bytes > ARGO_MAX_WORKFLOW_SIZE
+    assert blocks_projection.largest.compressed_bytes < ARGO_MAX_WORKFLOW_SIZE / 2
+    assert blocks_projection.parent.compressed_bytes < blocks_projection.child.compressed_bytes
