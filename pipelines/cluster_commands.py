@@ -170,14 +170,18 @@ def _submit(target: ClusterTarget, manifest: Mapping[str, Any]) -> str:
 def submit_cmd(
     target: ClusterTarget, config: Path, overrides: dict[str, str], wait: bool, interval: float
 ) -> None:
-    """Compile CONFIG and submit the workflow to an Argo server."""
-    from argofl.pipelines.compile import manifest_for
+    """Compile CONFIG and submit the workflow to an Argo server (with ``cluster.rounds_per_workflow``,
+    first create or update the WorkflowTemplate its blocks of rounds run)."""
+    from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
         cfg = load_config(config)
     except (ConfigError, SettingsError) as exc:
         raise click.UsageError(str(exc)) from None
     manifest = _apply_overrides(manifest_for(cfg), overrides)
+    for template_name, template in workflow_templates_for(cfg).items():
+        done = _run(functools.partial(target.apply_template, template))
+        click.echo(f"{done} workflow template {template_name} in namespace {target.namespace}")
     name = _submit(target, manifest)
     if wait:
         _watch(target, name, interval)

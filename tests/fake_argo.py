@@ -33,6 +33,7 @@ class FakeArgo:
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
     workflows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # WorkflowTemplates by name
     refuse: int | None = None
     created: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,6 +84,9 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             if fake.refuse:
                 self._answer(fake.refuse, {"code": 7, "message": "workflows.argoproj.io is forbidden"})
                 return
+            if "/workflow-templates/" in entry.path:
+                self._put_template(entry.body["template"])
+                return
             workflow = copy.deepcopy(entry.body["workflow"])
             with fake.lock:
                 fake.created += 1
@@ -93,10 +97,31 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             workflow["status"] = {"phase": "Pending"}
             self._answer(200, workflow)
 
+        def do_PUT(self) -> None:
+            entry = self._record()
+            self._put_template(entry.body["template"])
+
+        def _put_template(self, template: dict[str, Any]) -> None:
+            template = copy.deepcopy(template)
+            with fake.lock:
+                fake.created += 1
+                template["metadata"]["resourceVersion"] = str(fake.created)
+                fake.templates[template["metadata"]["name"]] = template
+            self._answer(200, template)
+
         def do_GET(self) -> None:
             entry = self._record()
             if fake.refuse:
                 self._answer(fake.refuse, {"code": 7, "message": "forbidden"})
+                return
+            if "/workflow-templates/" in entry.path:
+                name = entry.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+                with fake.lock:
+                    found = fake.templates.get(name)
+                if found is None:
+                    self._answer(404, {"code": 5, "message": f'workflowtemplates "{name}" not found'})
+                else:
+                    self._answer(200, found)
                 return
             path, _, query = entry.path.partition("?")
             if path.rstrip("/").count("/") == 4:  # /api/v1/workflows/<namespace>: a list

@@ -126,3 +126,28 @@ def test_resubmit_continues_after_the_last_round_any_child_completed(
         k: v for k, v in parent["spec"].items() if k != "arguments"
     }
     assert "last completed round 3; resubmitting from round 4" in result.output
+
+
+def test_submit_installs_the_blocks_template_then_the_parent(argo: FakeArgo, env: dict[str, str]) -> None:  # noqa: F811
+    result = invoke(["submit", str(CONFIG), "-p", "rounds-per-workflow=5"], env)
+    assert result.exit_code == 0, result.output
+    posts = argo.posts()
+    assert [p.path for p in posts] == ["/api/v1/workflow-templates/argofl", "/api/v1/workflows/argofl"]
+    from argofl.pipelines.compile import rounds_template_for
+
+    expected = rounds_template_for(load_config(CONFIG))
+    assert expected is not None
+    installed = posts[0].body["template"]
+    assert installed["metadata"]["name"] == f"{EXPERIMENT}-rounds"
+    assert installed["spec"] == expected["spec"]
+    assert params(posts[1].body["workflow"])["rounds-per-workflow"] == "5"
+    assert f"created workflow template {EXPERIMENT}-rounds in namespace argofl" in result.output
+    # submitted again: the template is updated in place (with its resourceVersion), not created twice
+    version = argo.templates[f"{EXPERIMENT}-rounds"]["metadata"]["resourceVersion"]
+    again = invoke(["submit", str(CONFIG)], env)
+    assert again.exit_code == 0, again.output
+    [put] = [r for r in argo.requests if r.method == "PUT"]
+    assert put.path == f"/api/v1/workflow-templates/argofl/{EXPERIMENT}-rounds"
+    assert put.body["template"]["metadata"]["resourceVersion"] == version
+    assert f"updated workflow template {EXPERIMENT}-rounds" in again.output
+    assert len(argo.posts()) == 3  # the second submit created only the workflow
