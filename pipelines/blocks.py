@@ -42,6 +42,7 @@ __all__ = [
     "PARENT_LABEL",
     "ROUNDS_LABEL",
     "ROUNDS_TEMPLATE_SUFFIX",
+    "block_size_problem",
     "split_rounds",
 ]
 
@@ -70,6 +71,17 @@ _SPAN = "(asInt(workflow.parameters.rounds) - asInt(workflow.parameters['start-r
 _SIZE = f"asInt(workflow.parameters['{BLOCK_PARAMETER}'])"
 LAST_BLOCK = f"{{{{=({_SPAN} - {_SPAN} % {_SIZE}) / {_SIZE}}}}}"
 """The index of the last block (blocks count from 0): ``(rounds - start) // size`` in Argo's expr."""
+
+
+def block_size_problem(parameters: Mapping[str, str]) -> str | None:
+    """Why ``parameters``' ``rounds-per-workflow`` cannot run (one line), or None (also when absent)."""
+    value = parameters.get(BLOCK_PARAMETER)
+    if value is None or (value.strip().isdigit() and int(value) >= 1):
+        return None
+    return (
+        f"parameter {BLOCK_PARAMETER}: expected a whole number of rounds ≥ 1 per child workflow, got "
+        f"{value!r}; nothing was run"
+    )
 
 
 def _reachable(name: str, templates: Mapping[str, Mapping[str, Any]]) -> list[str]:

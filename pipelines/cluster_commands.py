@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from argofl.pipelines.blocks import block_size_problem
 from argofl.pipelines.cluster import (
     DEFAULT_NAMESPACE,
     DONE_PHASES,
@@ -130,6 +131,9 @@ def _apply_overrides(manifest: dict[str, Any], overrides: Mapping[str, str]) -> 
             f"unknown workflow parameter {unknown[0]!r}; valid: {', '.join(declared)}",
             param_hint="'-p' / '--parameter'",
         )
+    problem = block_size_problem(overrides)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="'-p' / '--parameter'")
     set_parameters(manifest, overrides)
     settings = {k: v for k, v in parameters_of(manifest).items() if k in PARAM_NAMES}
     try:

@@ -126,6 +126,11 @@ def _refuse_unknown(overrides: dict[str, str], manifest: dict[str, Any]) -> None
                 f"unknown workflow parameter {name!r}; {hint}valid: {', '.join(declared)}",
                 param_hint="'-p' / '--parameter'",
             )
+    from argofl.pipelines.blocks import block_size_problem
+
+    problem = block_size_problem(overrides)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint="'-p' / '--parameter'")
 
 
 @click.command("run")

@@ -151,3 +151,21 @@ def test_submit_installs_the_blocks_template_then_the_parent(argo: FakeArgo, env
     assert put.body["template"]["metadata"]["resourceVersion"] == version
     assert f"updated workflow template {EXPERIMENT}-rounds" in again.output
     assert len(argo.posts()) == 3  # the second submit created only the workflow
+
+
+def test_a_block_size_below_one_is_refused_before_anything_runs(
+    argo: FakeArgo,  # noqa: F811
+    env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from argofl.pipelines.cli import cli
+
+    for command in (["submit"], ["run", "--runs-dir", str(tmp_path / "runs")]):
+        result = CliRunner().invoke(cli, [*command, str(CONFIG), "-p", "rounds-per-workflow=0"], env=env)
+        assert result.exit_code == 2, result.output
+        [line] = [x for x in result.output.splitlines() if "rounds-per-workflow" in x]
+        assert "expected a whole number of rounds ≥ 1 per child workflow, got '0'; nothing was run" in line
+    assert argo.requests == []
+    assert not (tmp_path / "runs" / "workflows").exists()
