@@ -200,3 +200,40 @@ def test_other_resources_are_refused_with_one_line(
 def test_a_manifest_that_is_not_yaml_is_bad_input(tmp_path: Path) -> None:
     with pytest.raises(WorkflowInputError, match=r"resource\.manifest: not YAML"):
         run_workflow(_parent("kind: [unclosed"), runs_dir=tmp_path / "runs")
+
+
+def test_an_interrupt_of_the_parent_stops_the_child_workflow(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from tests.processes import ARGOFL, argofl_env, run_processes, wait_for
+
+    child = _child(
+        {"entrypoint": "nap", "templates": [{"name": "nap", "container": {"command": ["sleep", "600"]}}]}
+    )
+    parent = _parent(child)
+    parent["spec"]["templates"][0]["steps"][0][0].pop("withSequence")
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump(parent))
+    proc = subprocess.Popen(
+        [*ARGOFL, "local", "run", "parent.yaml"],
+        cwd=tmp_path,
+        env=argofl_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    runs = tmp_path / "runs" / "local"
+    wait_for(lambda: any(runs.glob("*/workflows/*/status.json")) or proc.poll() is not None, "the child")
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    child_dir = next(runs.glob("*/workflows/*/status.json")).parent
+    wait_for(lambda: run_processes(child_dir.name), "the child's step process")
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 128 + signal.SIGINT, output
+    assert not run_processes(child_dir.name)
+    status = json.loads((child_dir / "status.json").read_text())
+    assert status["phase"] == "Failed"
+    assert status["message"] == "stopped: parent workflow interrupted"
+    parent_status = json.loads((child_dir.parent.parent / "status.json").read_text())
+    assert parent_status["phase"] == "Failed"
+    create = next(n for n in parent_status["nodes"].values() if n.get("templateName") == "create")
+    assert create["phase"] == "Failed"
