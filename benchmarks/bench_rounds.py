@@ -9,7 +9,8 @@ data loading, checkpoint I/O, aggregation, evaluation, scheduling), computed as
 (the same clients, rounds and hyperparameters trained and evaluated in-process by
 `bench_training.py`, `parallelism` workers) and prints the run's wall time as a multiple of it beside
 `--target`; and the node status (JSON → gzip → base64, as Argo compresses it) per round, projected to
-`--project-clients` single-client pods × `--project-rounds` rounds against Argo's 1 MiB.
+`--project-clients` single-client pods × `--project-rounds` rounds against Argo's 1 MiB; for a run in
+blocks of rounds (`cluster.rounds_per_workflow`), also each Workflow object (parent, child) on its own.
 
     python benchmarks/bench_rounds.py [CONFIG] [-p rounds=2 ...] [--parallelism 2] [--target 1.15]
 """
@@ -138,14 +139,30 @@ def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str,
     return figures
 
 
-def node_status_figures(status: dict[str, Any], clients: int, rounds: int) -> dict[str, Any]:
-    """Node-status size of the run, per round, and projected to ``clients`` one-client pods × ``rounds``."""
-    from argofl.pipelines.node_status import ARGO_MAX_WORKFLOW_SIZE, measure, per_round, project
+def node_status_figures(
+    status: dict[str, Any],
+    clients: int,
+    rounds: int,
+    children: list[dict[str, Any]] | None = None,
+    rounds_per_workflow: int = 0,
+) -> dict[str, Any]:
+    """Node-status size of the run, per round, and projected to ``clients`` one-client pods × ``rounds``:
+    as one Workflow and, for a run in blocks (``children``), per Workflow object."""
+    from argofl.pipelines.node_status import (
+        ARGO_MAX_WORKFLOW_SIZE,
+        measure,
+        per_round,
+        project,
+        project_blocks,
+    )
 
-    total = measure(status.get("nodes") or {})
-    by_round = per_round(status)
+    merged = {**(status.get("nodes") or {})}
+    for child in children or []:
+        merged.update(child.get("nodes") or {})
+    total = measure(merged)
+    by_round = per_round({"nodes": merged})
     projection = project(by_round, total, pods=clients, rounds_count=rounds)
-    return {
+    figures: dict[str, Any] = {
         "nodes": total.nodes,
         "json_bytes": total.json_bytes,
         "compressed_bytes": total.compressed_bytes,
@@ -163,6 +180,29 @@ def node_status_figures(status: dict[str, Any], clients: int, rounds: int) -> di
             "share_of_limit": round(projection.share_of_limit, 2),
         },
     }
+    if children and rounds_per_workflow:
+        blocks = project_blocks(
+            status, children, pods=clients, rounds_count=rounds, rounds_per_workflow=rounds_per_workflow
+        )
+        figures["per_workflow"] = [
+            {"workflow": name, "nodes": size.nodes, "compressed_bytes": size.compressed_bytes}
+            for name, size in [
+                ("parent", measure(status.get("nodes") or {})),
+                *((f"child {i + 1}", measure(c.get("nodes") or {})) for i, c in enumerate(children)),
+            ]
+        ]
+        figures["projected_blocks"] = {
+            "clients": clients,
+            "rounds": rounds,
+            "rounds_per_workflow": rounds_per_workflow,
+            "blocks": blocks.blocks,
+            "parent": {"nodes": blocks.parent.nodes, "compressed_bytes": blocks.parent.compressed_bytes},
+            "child": {"nodes": blocks.child.nodes, "compressed_bytes": blocks.child.compressed_bytes},
+            "largest_bytes": blocks.largest.compressed_bytes,
+            "limit_bytes": ARGO_MAX_WORKFLOW_SIZE,
+            "share_of_limit": round(blocks.largest.share_of_limit, 3),
+        }
+    return figures
 
 
 def main() -> None:
@@ -192,10 +232,19 @@ def main() -> None:
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         total = time.perf_counter() - t0
+        from argofl.pipelines.node_status import run_statuses
+
         status_file = next(Path(tmp, "workflows").glob("*/status.json"))
-        status = json.loads(status_file.read_text())
+        status, children = run_statuses(status_file.parent)  # children: rounds_per_workflow's blocks
+        params = {
+            p["name"]: p.get("value")
+            for p in json.loads((status_file.parent / "workflow.json").read_text())["spec"]["arguments"][
+                "parameters"
+            ]
+        }
+        rounds_per_workflow = int(params.get("rounds-per-workflow") or 0)
         summary = json.loads((status_file.parent / "summary.json").read_text())
-    nodes = status["nodes"].values()
+    nodes = [n for s in (status, *children) for n in s["nodes"].values()]
     rounds = []
     for node in sorted(
         (n for n in nodes if n.get("templateName") == "round" and n["type"] == "DAG"),
@@ -236,7 +285,9 @@ def main() -> None:
         ),
         flush=True,
     )
-    sizes = node_status_figures(status, args.project_clients, args.project_rounds)
+    sizes = node_status_figures(
+        status, args.project_clients, args.project_rounds, children, rounds_per_workflow
+    )
     print(json.dumps({"node_status": sizes}, indent=2), flush=True)
     floor = None if args.no_floor else compute_floor(args.config, args.params, args.parallelism)
     projected = sizes["projected"]
@@ -255,6 +306,19 @@ def main() -> None:
             "< 1x (without offloading)",
         ),
     ]
+    blocks = sizes.get("projected_blocks")
+    if blocks is not None:
+        lines.append(
+            (
+                f"largest Workflow object, projected {blocks['clients']} clients x {blocks['rounds']} rounds "
+                f"in blocks of {blocks['rounds_per_workflow']} rounds (1 client per pod)",
+                f"{blocks['largest_bytes'] / 1e6:.2f} MB compressed = "
+                f"{blocks['share_of_limit']}x Argo's 1 MiB "
+                f"(parent {blocks['parent']['compressed_bytes'] / 1e3:.1f} kB, "
+                f"each of {blocks['blocks']} children {blocks['child']['compressed_bytes'] / 1e6:.2f} MB)",
+                "well under 1x (without offloading)",
+            )
+        )
     if floor is not None:
         lines.insert(
             0,

@@ -144,12 +144,18 @@ def run_local(
             given, root, store=store, mlflow_uri=mlflow_uri, data_dir=declared.get("data-dir", "")
         )
         params = {k: v for k, v in local.items() if k in declared}
+    templates = {}
+    if isinstance(workflow, ExperimentConfig | str | Path):  # rounds_per_workflow: the blocks' template
+        from argofl.pipelines.compile import workflow_templates_for
+
+        templates = workflow_templates_for(_config(workflow))
     return run_workflow(
         manifest,
         params,
         runs_dir=root / "workflows",
         artifact_store=FileStore(root / "artifacts"),
         parallelism=parallelism or local_parallelism(manifest),
+        workflow_templates=templates,
     )
 
 

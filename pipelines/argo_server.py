@@ -129,6 +129,68 @@ class ClusterTarget:
         )
         return _plain(workflow)
 
+    def apply_template(self, manifest: Mapping[str, Any]) -> str:
+        """Create the WorkflowTemplate ``manifest``, or update the one of that name; return
+        "created" or "updated" (e.g. a config's blocks of rounds, ``<config>-rounds``)."""
+        from hera.workflows.models import (
+            WorkflowTemplate,
+            WorkflowTemplateCreateRequest,
+            WorkflowTemplateUpdateRequest,
+        )
+
+        name = str(manifest["metadata"]["name"])
+        body = {k: v for k, v in manifest.items() if k != "status"}
+        existing = self._call(f"to return workflow template {name}", lambda: self._template_or_none(name))
+        if existing is None:
+            request = WorkflowTemplateCreateRequest(template=WorkflowTemplate.model_validate(body))
+            self._call(
+                f"create workflow template {name}",
+                lambda: self.service.create_workflow_template(req=request, namespace=self.namespace),
+            )
+            return "created"
+        version = (existing.get("metadata") or {}).get("resourceVersion")
+        body = {**body, "metadata": {**body["metadata"], "resourceVersion": version}}
+        update = WorkflowTemplateUpdateRequest(name=name, template=WorkflowTemplate.model_validate(body))
+        self._call(
+            f"update workflow template {name}",
+            lambda: self.service.update_workflow_template(name, req=update, namespace=self.namespace),
+        )
+        return "updated"
+
+    def _template_or_none(self, name: str) -> dict[str, Any] | None:
+        from hera.exceptions import HeraException
+
+        try:
+            return _plain(self.service.get_workflow_template(name=name, namespace=self.namespace))
+        except (HeraException, KeyError, ValueError):
+            response = getattr(self.service.session, "last_response", None)
+            if response is not None and response.status_code == 404:
+                return None
+            raise
+
+    def children(self, name: str) -> list[dict[str, Any]]:
+        """The Workflows that workflow ``name`` created (label ``argofl.io/parent``), in creation order:
+        the blocks of rounds of an experiment compiled with ``cluster.rounds_per_workflow``."""
+        from argofl.pipelines.blocks import PARENT_LABEL
+
+        listed = self._call(
+            f"to list the child workflows of {name}",
+            lambda: self.service.list_workflows(
+                namespace=self.namespace, label_selector=f"{PARENT_LABEL}={name}"
+            ),
+        )
+        items = _plain(listed).get("items") or []
+        return sorted(items, key=lambda w: str((w.get("metadata") or {}).get("creationTimestamp") or ""))
+
+    def get_with_children(self, name: str) -> dict[str, Any]:
+        """The workflow ``name`` with its children's nodes merged into its status (:func:`merge_children`)."""
+        from argofl.pipelines.parameters import merge_children, parameters_of
+
+        workflow = self.get(name)
+        if "rounds-per-workflow" not in parameters_of(workflow):
+            return workflow
+        return merge_children(workflow, self.children(name))
+
     def _call(self, action: str, call: Callable[[], T], *, name: str | None = None) -> T:
         import pydantic
         import requests

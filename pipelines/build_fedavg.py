@@ -17,9 +17,12 @@ Every setting is a workflow parameter; round r reads what round r-1 wrote in the
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, Workflow
+from typing import Any, TypeVar
+
+from hera.workflows import DAG, Artifact, NoneArchiveStrategy, Parameter, Task, Workflow, WorkflowTemplate
 from hera.workflows.models import ContinueOn, ValueFrom
 
+from argofl.pipelines.blocks import split_rounds
 from argofl.pipelines.experiment import ExperimentConfig
 from argofl.pipelines.placement import placement_arg
 from argofl.pipelines.workflow_parts import (
@@ -38,13 +41,41 @@ from argofl.pipelines.workflow_parts import (
 from argofl.steps.settings import PARAM_NAMES
 from argofl.steps.step_evaluate import FEDERATED_OUTPUTS
 
-__all__ = ["CHECKPOINT_DIR", "build_workflow"]
+__all__ = ["CHECKPOINT_DIR", "build_rounds_template", "build_workflow"]
 
 CHECKPOINT_DIR = "/tmp/argofl/checkpoint"
+T = TypeVar("T", Workflow, WorkflowTemplate)
 
 
 def build_workflow(cfg: ExperimentConfig) -> Workflow:
-    """The experiment workflow for ``cfg`` (not yet serialised)."""
+    """The experiment workflow for ``cfg`` (not yet serialised); with ``cluster.rounds_per_workflow`` the
+    parent of the blocks of rounds (:mod:`.blocks`)."""
+    wf = _single_workflow(cfg)
+    if not cfg.cluster.rounds_per_workflow:
+        return wf
+    parent, _ = split_rounds(wf.to_dict(), name=cfg.name, size=cfg.cluster.rounds_per_workflow)
+    return _hera(Workflow, parent)
+
+
+def build_rounds_template(cfg: ExperimentConfig) -> WorkflowTemplate | None:
+    """The WorkflowTemplate each block's child Workflow references (None without rounds_per_workflow)."""
+    if not cfg.cluster.rounds_per_workflow:
+        return None
+    _, child = split_rounds(
+        _single_workflow(cfg).to_dict(), name=cfg.name, size=cfg.cluster.rounds_per_workflow
+    )
+    return _hera(WorkflowTemplate, child)
+
+
+def _hera(cls: type[T], manifest: dict[str, Any]) -> T:
+    built = cls.from_dict(manifest)
+    if not isinstance(built, cls):  # from_dict is typed on hera's mixin
+        raise TypeError(f"hera built {type(built).__name__}, expected a {cls.__name__}")
+    return built
+
+
+def _single_workflow(cfg: ExperimentConfig) -> Workflow:
+    """Every round in one workflow."""
     c = cfg.cluster
     own = cfg.workflow_parameters()  # the settings, then data-* when the config has a data: section
     settings = [k for k in own if k in PARAM_NAMES]

@@ -158,14 +158,18 @@ def _submit(target: ClusterTarget, manifest: Mapping[str, Any]) -> str:
 def submit_cmd(
     target: ClusterTarget, config: Path, overrides: dict[str, str], wait: bool, interval: float
 ) -> None:
-    """Compile CONFIG and submit the workflow to an Argo server."""
-    from argofl.pipelines.compile import manifest_for
+    """Compile CONFIG and submit the workflow to an Argo server (with ``cluster.rounds_per_workflow``,
+    first create or update the WorkflowTemplate its blocks of rounds run)."""
+    from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     manifest = apply_overrides(manifest_for(cfg), overrides)
+    for template_name, template in workflow_templates_for(cfg).items():
+        done = _run(functools.partial(target.apply_template, template))
+        click.echo(f"{done} workflow template {template_name} in namespace {target.namespace}")
     name = _submit(target, manifest)
     if wait:
         _watch(target, name, interval)
@@ -176,8 +180,8 @@ def submit_cmd(
 @cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print the workflow's raw status as JSON.")
 def status_cmd(target: ClusterTarget, name: str, as_json: bool) -> None:
-    """Show the phase and per-round progress of workflow NAME."""
-    workflow = _run(lambda: target.get(name))
+    """Show the phase and per-round progress of workflow NAME (and of the workflows it created)."""
+    workflow = _run(lambda: target.get_with_children(name))
     status = workflow.get("status") or {}
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
@@ -210,6 +214,8 @@ def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any])
     lines.append(f"Rounds:     {evaluated} evaluated{planned}")
     if params.get("resume-from"):
         lines.append(f"Resumes:    {params['resume-from']}")
+    for child in status.get("children") or []:  # rounds_per_workflow: a child Workflow per block of rounds
+        lines.append(f"Child:      {child['name']} {child['phase']} ({target.url(child['name'])})")
     lines += [f"  {view.line()}" for view in views]
     outputs = outputs_of(status)
     if outputs.get("final-accuracy"):
@@ -253,7 +259,7 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
     try:
         while True:
             try:
-                workflow = target.get(name)
+                workflow = target.get_with_children(name)
                 failures = 0
             except ClusterError as exc:
                 failures += 1
@@ -302,7 +308,7 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
 @cluster_options
 def resubmit_cmd(target: ClusterTarget, name: str, overrides: dict[str, str]) -> None:
     """Continue workflow NAME in a new workflow from the round after its last completed one."""
-    old = _run(lambda: target.get(name))
+    old = _run(lambda: target.get_with_children(name))
     status = old.get("status") or {}
     phase = str(status.get("phase") or "")
     if phase in ("", "Pending", "Running"):

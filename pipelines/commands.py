@@ -127,7 +127,7 @@ def run_cmd(
     With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
-    from argofl.pipelines.compile import manifest_for
+    from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
         cfg = load_config(config)
@@ -146,7 +146,8 @@ def run_cmd(
         parallelism = local_parallelism(manifest)
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display
-    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display)
+    templates = workflow_templates_for(cfg)
+    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -165,6 +166,7 @@ def _run_locally(
     containers: DockerOptions | None = None,
     key_refs: KeyRefs | None = None,
     display: NodeDisplay = AS_NAMED,
+    workflow_templates: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> None:
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
@@ -183,6 +185,7 @@ def _run_locally(
         stop_on_signals=True,
         containers=containers,
         key_refs=key_refs,
+        workflow_templates=workflow_templates,
     )
     wall = time.monotonic() - started
     if result.phase != "Succeeded":
@@ -236,6 +239,8 @@ def resume_cmd(
     try:
         old = json.loads((run_dir / "workflow.json").read_text())
         status = json.loads((run_dir / "status.json").read_text())
+        for child in sorted((run_dir / "workflows").glob("*/status.json")):  # blocks of rounds
+            status.setdefault("nodes", {}).update(json.loads(child.read_text()).get("nodes") or {})
     except (OSError, ValueError) as exc:
         raise click.BadParameter(
             f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}",
@@ -279,7 +284,9 @@ def resume_cmd(
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
-    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display)
+    templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
+    templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
+    _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
 
 
 SHARED_DIRS = ("store", "mlartifacts")

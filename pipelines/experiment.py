@@ -45,9 +45,10 @@ class ClusterOptions:
     step_timeout: int = 3600
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
+    rounds_per_workflow: int = 0  # > 0: each block of this many rounds is a child Workflow (blocks.py)
 
     def __post_init__(self) -> None:
-        for name in ("gpus", "retries"):
+        for name in ("gpus", "retries", "rounds_per_workflow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"cluster.{name}: must be ≥ 0, got {getattr(self, name)!r}")
         for name in ("parallelism", "step_timeout"):

@@ -24,7 +24,7 @@ from argofl.steps.client_data import DataOptions
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
 
 if TYPE_CHECKING:
-    from hera.workflows import Workflow
+    from hera.workflows import Workflow, WorkflowTemplate
 
 __all__ = [
     "KINDS",
@@ -69,6 +69,12 @@ class ExperimentKind:
     check_values: Callable[[Mapping[str, str], str], None] | None = None
     """Checks the kind's own (non-setting) parameter values; raises ``SettingsError``."""
     display: NodeDisplay = field(default_factory=NodeDisplay)
+    rounds_builder: Callable[[ExperimentConfig], WorkflowTemplate | None] | None = None
+    """The WorkflowTemplate the children of a config in blocks of rounds reference (``blocks.py``)."""
+
+    def rounds_template(self, cfg: ExperimentConfig) -> WorkflowTemplate | None:
+        """The blocks-of-rounds WorkflowTemplate of ``cfg``; None when it runs in one Workflow."""
+        return None if self.rounds_builder is None else self.rounds_builder(cfg)
 
     def build(self, cfg: ExperimentConfig) -> Workflow:
         """The hera workflow of ``cfg`` (a config of this kind)."""
@@ -119,6 +125,12 @@ def _build_fedavg(cfg: ExperimentConfig) -> Workflow:
     return build_workflow(cfg)
 
 
+def _build_fedavg_rounds(cfg: ExperimentConfig) -> WorkflowTemplate | None:
+    from argofl.pipelines.build_fedavg import build_rounds_template
+
+    return build_rounds_template(cfg)
+
+
 def _build_split(cfg: ExperimentConfig) -> Workflow:
     from argofl.pipelines.build_split import build_split_workflow
 
@@ -135,6 +147,7 @@ KINDS: dict[str, ExperimentKind] = {
             config_type=ExperimentConfig,
             make_config=_fedavg_config,
             builder=_build_fedavg,
+            rounds_builder=_build_fedavg_rounds,
             sections={"data": "reads per-client data sources", "placement": "places clients"},
             # a placement group's train-<group> template trains like train
             display=NodeDisplay({"train-": "train"}),

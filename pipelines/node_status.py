@@ -7,6 +7,12 @@ larger than :data:`ARGO_MAX_WORKFLOW_SIZE` (1 MiB), the controller replaces ``no
 fails unless node status offloading to a database is configured. :func:`measure` computes both sizes
 from a status (the local executor's ``status.json`` has Argo's shape); :func:`per_round` splits them by
 round and :func:`project` extrapolates a measured run to more clients and rounds.
+
+With ``cluster.rounds_per_workflow`` every block of rounds is a child Workflow, a Kubernetes object of
+its own: :func:`run_statuses` reads the parent's and its children's statuses (the local executor keeps
+a child's run under ``<run_dir>/workflows/<child>/``) and :func:`project_blocks` projects each object
+(the parent: init, finalize and a node per block; a child: one block of rounds); the largest is what
+must stay under :data:`ARGO_MAX_WORKFLOW_SIZE`.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import base64
 import gzip
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 __all__ = [
     "ARGO_MAX_WORKFLOW_SIZE",
+    "BlocksProjection",
     "NodeStatusSize",
     "Projection",
     "RoundNodes",
@@ -28,6 +36,8 @@ __all__ = [
     "measure",
     "per_round",
     "project",
+    "project_blocks",
+    "run_statuses",
 ]
 
 ARGO_MAX_WORKFLOW_SIZE = 1024 * 1024
@@ -137,3 +147,64 @@ def project(rounds: list[RoundNodes], total: NodeStatusSize, *, pods: int, round
     outside = total.nodes - sum(r.size.nodes for r in rounds)
     nodes = math.ceil(outside + rounds_count * (fixed + per_pod * pods))
     return Projection(rounds_count, pods, nodes, math.ceil(nodes * total.compressed_per_node))
+
+
+@dataclass(frozen=True)
+class BlocksProjection:
+    """The Workflow objects of an experiment in blocks of ``rounds_per_workflow`` rounds, projected."""
+
+    rounds_per_workflow: int
+    blocks: int
+    parent: Projection  # init, finalize, one node per block
+    child: Projection  # one full block of rounds
+
+    @property
+    def largest(self) -> Projection:
+        return max(self.parent, self.child, key=lambda p: p.compressed_bytes)
+
+
+def run_statuses(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The status of the local run in ``run_dir`` and those of the Workflows it created, in start order."""
+    parent = json.loads((run_dir / "status.json").read_text())
+    children = [json.loads(p.read_text()) for p in (run_dir / "workflows").glob("*/status.json")]
+    return parent, sorted(children, key=lambda s: str(s.get("startedAt") or ""))
+
+
+def project_blocks(
+    parent: Mapping[str, Any],
+    children: Sequence[Mapping[str, Any]],
+    *,
+    pods: int,
+    rounds_count: int,
+    rounds_per_workflow: int,
+    block_template: str = "rounds",
+) -> BlocksProjection:
+    """Project a measured run in blocks to ``rounds_count`` rounds of ``pods`` client groups.
+
+    The child is projected from the measured child with the most rounds (:func:`project` with
+    ``rounds_per_workflow`` rounds); the parent keeps its other nodes and gets the measured nodes per
+    block (``block_template`` nodes) for each of the ``ceil(rounds_count / rounds_per_workflow)`` blocks.
+    Each object at its own measured compressed bytes per node.
+    """
+    if rounds_per_workflow < 1:
+        raise ValueError(f"rounds_per_workflow must be at least 1, got {rounds_per_workflow}")
+    measured = [(per_round(c), c) for c in children]
+    measured = [(r, c) for r, c in measured if r]
+    if not measured:
+        raise ValueError("no child workflow with round nodes to project from")
+    rounds, child = max(measured, key=lambda m: len(m[0]))
+    child_projection = project(
+        rounds, measure(child.get("nodes") or {}), pods=pods, rounds_count=rounds_per_workflow
+    )
+    nodes: Mapping[str, Any] = parent.get("nodes") or {}
+    total = measure(nodes)
+    block_nodes = [n for n in nodes.values() if n.get("templateName") == block_template]
+    measured_blocks = sum(1 for n in block_nodes if n.get("type") != "Retry")
+    if not measured_blocks:
+        raise ValueError(f"the parent has no {block_template!r} nodes (one per block of rounds)")
+    blocks = math.ceil(rounds_count / rounds_per_workflow)
+    parent_nodes = math.ceil(total.nodes - len(block_nodes) + blocks * len(block_nodes) / measured_blocks)
+    parent_projection = Projection(
+        rounds_count, pods, parent_nodes, math.ceil(parent_nodes * total.compressed_per_node)
+    )
+    return BlocksProjection(rounds_per_workflow, blocks, parent_projection, child_projection)

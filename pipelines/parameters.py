@@ -12,11 +12,12 @@ import copy
 import difflib
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import click
 
+from argofl.pipelines.blocks import block_size_problem
 from argofl.pipelines.kinds import manifest_kind
 from argofl.steps.errors import BadInputError
 from argofl.steps.name_value import NameValue, to_dict
@@ -27,6 +28,7 @@ __all__ = [
     "ResumeError",
     "apply_overrides",
     "check_overrides",
+    "merge_children",
     "outputs_of",
     "overrides_option",
     "parameters_of",
@@ -82,6 +84,9 @@ def check_overrides(manifest: Mapping[str, Any], overrides: Mapping[str, Any]) -
             kind.check_parameters({**declared, **given}, where="parameters")
         except SettingsError as exc:
             raise ParameterError(f"{exc}; {NOTHING_STARTED}") from None
+    problem = block_size_problem(given)
+    if problem is not None:
+        raise ParameterError(problem)
     return given
 
 
@@ -107,6 +112,27 @@ def parameters_of(workflow: Mapping[str, Any]) -> dict[str, str]:
     """``spec.arguments.parameters`` as name → value (missing values as '')."""
     params = ((workflow.get("spec") or {}).get("arguments") or {}).get("parameters") or []
     return {str(p["name"]): "" if p.get("value") is None else str(p["value"]) for p in params}
+
+
+def merge_children(workflow: Mapping[str, Any], children: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``workflow`` with the nodes of the Workflows it created in its ``status.nodes`` (node ids are unique
+    across workflows: they start with the workflow's name), so rounds, steps and the last completed
+    round read as in one workflow; ``status.children`` lists the children's names and phases."""
+    merged = copy.deepcopy(dict(workflow))
+    status = dict(merged.get("status") or {})
+    nodes = dict(status.get("nodes") or {})
+    for child in children:
+        nodes.update((child.get("status") or {}).get("nodes") or {})
+    status["nodes"] = nodes
+    status["children"] = [
+        {
+            "name": str((c.get("metadata") or {}).get("name") or ""),
+            "phase": str((c.get("status") or {}).get("phase") or "Pending"),
+        }
+        for c in children
+    ]
+    merged["status"] = status
+    return merged
 
 
 def outputs_of(status: Mapping[str, Any]) -> dict[str, str]:

@@ -66,6 +66,11 @@ def split_config(
         raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
     if settings.attack != "none":
         raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
+    if cluster.rounds_per_workflow:
+        raise ConfigError(
+            f"{where}: cluster.rounds_per_workflow: only kind fedavg runs blocks of rounds as child "
+            "workflows, not kind split; remove it"
+        )
     try:
         options = SplitOptions.from_mapping(split, where=where)
     except SettingsError as exc:

@@ -26,17 +26,34 @@ class Recorded:
 @dataclass
 class FakeArgo:
     """Answers like the Argo server: create echoes the workflow with a name and a status; get returns
-    the next of the canned workflows for that name (the last one repeats)."""
+    the next of the canned workflows for that name (the last one repeats); list (``GET
+    /api/v1/workflows/<namespace>``) returns the current canned workflows matching
+    ``listOptions.labelSelector`` (``key=value`` terms)."""
 
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
     workflows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # WorkflowTemplates by name
     refuse: int | None = None
     created: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def posts(self) -> list[Recorded]:
         return [r for r in self.requests if r.method == "POST"]
+
+    def matching(self, query: str) -> list[dict[str, Any]]:
+        """The current workflows whose labels match the query's ``listOptions.labelSelector``."""
+        from urllib.parse import parse_qs
+
+        selector = (parse_qs(query).get("listOptions.labelSelector") or [""])[0]
+        wanted = dict(term.split("=", 1) for term in selector.split(",") if term)
+        with self.lock:
+            current = [queue[0] for queue in self.workflows.values() if queue]
+        return [
+            w
+            for w in current
+            if all((w.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
+        ]
 
 
 def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
@@ -67,6 +84,9 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             if fake.refuse:
                 self._answer(fake.refuse, {"code": 7, "message": "workflows.argoproj.io is forbidden"})
                 return
+            if "/workflow-templates/" in entry.path:
+                self._put_template(entry.body["template"])
+                return
             workflow = copy.deepcopy(entry.body["workflow"])
             with fake.lock:
                 fake.created += 1
@@ -77,12 +97,37 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             workflow["status"] = {"phase": "Pending"}
             self._answer(200, workflow)
 
+        def do_PUT(self) -> None:
+            entry = self._record()
+            self._put_template(entry.body["template"])
+
+        def _put_template(self, template: dict[str, Any]) -> None:
+            template = copy.deepcopy(template)
+            with fake.lock:
+                fake.created += 1
+                template["metadata"]["resourceVersion"] = str(fake.created)
+                fake.templates[template["metadata"]["name"]] = template
+            self._answer(200, template)
+
         def do_GET(self) -> None:
             entry = self._record()
             if fake.refuse:
                 self._answer(fake.refuse, {"code": 7, "message": "forbidden"})
                 return
-            name = entry.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+            if "/workflow-templates/" in entry.path:
+                name = entry.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+                with fake.lock:
+                    found = fake.templates.get(name)
+                if found is None:
+                    self._answer(404, {"code": 5, "message": f'workflowtemplates "{name}" not found'})
+                else:
+                    self._answer(200, found)
+                return
+            path, _, query = entry.path.partition("?")
+            if path.rstrip("/").count("/") == 4:  # /api/v1/workflows/<namespace>: a list
+                self._answer(200, {"metadata": {}, "items": fake.matching(query)})
+                return
+            name = path.rstrip("/").rsplit("/", 1)[-1]
             with fake.lock:
                 queue = fake.workflows.get(name)
                 if not queue:

@@ -514,7 +514,7 @@ def test_images_are_pinned() -> None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def test_workflow_rbac_grants_only_what_the_emissary_executor_needs() -> None:
+def test_workflow_rbac_grants_only_what_the_executor_and_child_workflows_need() -> None:
     kinds = {obj["kind"] for _, obj in _objects()}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}, "the base must not grant cluster-wide rights"
     account = _find("ServiceAccount", "argofl-workflow")
@@ -539,6 +539,8 @@ def test_workflow_rbac_grants_only_what_the_emissary_executor_needs() -> None:
     assert granted == {
         ("argoproj.io", "workflowtaskresults", "create"),
         ("argoproj.io", "workflowtaskresults", "patch"),
+        # rounds_per_workflow: the resource template creates each block's child Workflow and follows it
+        *(("argoproj.io", "workflows", verb) for verb in ("create", "get", "list", "watch")),
     }
 
 

@@ -336,12 +336,12 @@ def test_unsupported_field_is_refused_with_its_path(tmp_path: Path) -> None:
     wf = _wf(
         [
             {"name": "main", "steps": [[{"name": "a", "template": "k8s"}]]},
-            {"name": "k8s", "resource": {"action": "create", "manifest": "{}"}},
+            {"name": "k8s", "suspend": {}},
         ]
     )
     with pytest.raises(UnsupportedWorkflow) as info:
         run_workflow(wf, runs_dir=tmp_path / "runs")
-    assert str(info.value).startswith("spec.templates[1].resource: resource templates are not supported")
+    assert str(info.value).startswith("spec.templates[1].suspend: suspend templates are not supported")
     assert not (tmp_path / "runs").exists()
     mounts = _wf([{"name": "main", "container": {"command": ["true"], "volumeMounts": [{"name": "v"}]}}])
     with pytest.raises(

@@ -85,6 +85,26 @@ def test_resume_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
     assert f"all {rounds} rounds of {run_dir.name} completed; nothing to resume" in result.output
 
 
+def test_resume_reads_the_rounds_of_the_child_workflows(tmp_path: Path) -> None:
+    """rounds_per_workflow: the parent's status has no rounds; its children (blocks of rounds) do."""
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch-blocks.yaml")
+    manifest = json.loads((run_dir / "workflow.json").read_text())
+    rounds = next(p["value"] for p in manifest["spec"]["arguments"]["parameters"] if p["name"] == "rounds")
+    evaluate = {
+        "id": "e",
+        "type": "Pod",
+        "templateName": "evaluate",
+        "phase": "Succeeded",
+        "inputs": {"parameters": [{"name": "round", "value": f"round {rounds}"}]},
+    }
+    child = run_dir / "workflows" / f"{run_dir.name}-r91-xyzab"
+    child.mkdir(parents=True)
+    (child / "status.json").write_text(json.dumps({"phase": "Succeeded", "nodes": {"e": evaluate}}))
+    result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"all {rounds} rounds of {run_dir.name} completed; nothing to resume" in result.output
+
+
 def test_relative_store_and_tracking_uris_become_absolute_from_the_current_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

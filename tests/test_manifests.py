@@ -16,7 +16,12 @@ import pytest
 import yaml
 from hera.workflows import Workflow, WorkflowTemplate
 
-from argofl.pipelines.compile import manifest_for, render_manifest, render_template_manifest
+from argofl.pipelines.compile import (
+    manifest_for,
+    render_manifest,
+    render_rounds_template,
+    render_template_manifest,
+)
 from argofl.pipelines.config import config_from_mapping, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +85,9 @@ def test_workflow_template_has_the_workflow_spec_and_validates(config):
 
 def test_every_manifest_in_argo_has_a_config():
     templates = {p.stem for p in (ROOT / "argo" / "templates").glob("*.yaml")}
-    assert templates == {load_config(c).name for c in CONFIGS}
+    blocks = {f"{cfg.name}-rounds" for cfg in map(load_config, CONFIGS) if cfg.cluster.rounds_per_workflow}
+    assert blocks, "no config compiles to blocks of rounds (cluster.rounds_per_workflow)"
+    assert templates == {load_config(c).name for c in CONFIGS} | blocks
     names = {p.stem for p in (ROOT / "argo").glob("*.yaml")}
     assert names == {load_config(c).name for c in CONFIGS}
 
@@ -167,3 +174,93 @@ def test_gpus_in_config_request_nvidia_gpus_on_train_only():
     assert manifest["spec"]["nodeSelector"] == {"gpu": "a100"}
     assert manifest["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert schema_errors(manifest) == []
+
+
+BLOCK_CONFIGS = [c for c in CONFIGS if load_config(c).cluster.rounds_per_workflow]
+
+
+@pytest.mark.parametrize("config", BLOCK_CONFIGS, ids=lambda p: p.name)
+def test_checked_in_rounds_template_is_what_compile_produces_and_validates(config):
+    cfg = load_config(config)
+    target = ROOT / "argo" / "templates" / f"{cfg.name}-rounds.yaml"
+    expected = render_rounds_template(
+        cfg, source=f"configs/{config.name}", target=f"argo/templates/{target.name}"
+    )
+    if os.environ.get("ARGOFL_REGEN") == "1" and not os.environ.get("CI"):
+        target.write_text(str(expected))
+    assert target.is_file(), f"{target} is missing: run `argofl compile {config.relative_to(ROOT)}`"
+    assert target.read_text() == expected, f"templates/{target.name} is stale: run `argofl compile`"
+    template = yaml.safe_load(expected)
+    assert schema_errors(template) == []
+    again = WorkflowTemplate.from_yaml(target.read_text())
+    assert isinstance(again, WorkflowTemplate)
+    assert yaml.safe_load(again.to_yaml()) == template
+
+
+def test_rounds_per_workflow_parent_creates_a_child_workflow_per_block():
+    doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
+    single = manifest_for(config_from_mapping(doc, name="flag", where="flag"))
+    doc["cluster"] = {**doc["cluster"], "rounds_per_workflow": 3}
+    cfg = config_from_mapping(doc, name="flag", where="flag")
+    parent = manifest_for(cfg)
+    t = templates(parent)
+    # the parent keeps init, finalize and the exit handler; the rounds moved to the child
+    assert set(t) == {"init", "finish", "finalize", "rounds", "fedavg"}
+    assert parent["spec"]["onExit"] == "finish"
+    groups = [[s["name"] for s in group] for group in t["fedavg"]["steps"]]
+    assert groups == [["init"], ["rounds"], ["finalize"]]
+    resource = t["rounds"]["resource"]
+    assert resource["action"] == "create"
+    assert resource["setOwnerReference"] is True
+    assert resource["successCondition"] == "status.phase == Succeeded"
+    assert resource["failureCondition"] == "status.phase in (Failed, Error)"
+    child = yaml.safe_load(resource["manifest"])
+    assert child["kind"] == "Workflow"
+    assert child["spec"]["workflowTemplateRef"] == {"name": "flag-rounds"}
+    assert child["metadata"]["labels"]["argofl.io/parent"] == "{{workflow.name}}"
+    assert "argofl.io/rounds" in child["metadata"]["labels"]
+    passed = {p["name"]: p["value"] for p in child["spec"]["arguments"]["parameters"]}
+    assert passed["run-name"] == "{{workflow.name}}"
+    assert passed["clients"] == "{{workflow.parameters.clients}}"
+    params = {p["name"]: p["value"] for p in parent["spec"]["arguments"]["parameters"]}
+    assert params["rounds-per-workflow"] == "3"
+    assert schema_errors(parent) == []
+    # the child template holds the single workflow's round templates, with the parent's run key
+    from argofl.pipelines.compile import rounds_template_for
+
+    rounds = rounds_template_for(cfg)
+    assert rounds is not None
+    assert rounds["metadata"]["name"] == "flag-rounds"
+    ct = templates(rounds)
+    single_t = templates(single)
+    for name in ("round", "distribute", "train", "aggregate", "evaluate"):
+        expected = json.dumps(single_t[name]).replace("{{workflow.name}}", "{{workflow.parameters.run-name}}")
+        assert json.dumps(ct[name]) == expected
+    assert "{{workflow.name}}" not in json.dumps(rounds)
+    loop = ct[rounds["spec"]["entrypoint"]]["steps"][0][0]
+    assert loop["name"] == "round"
+    assert loop["withSequence"]["format"] == "round %d"
+    # unset: the single workflow, unchanged
+    assert (
+        rounds_template_for(
+            config_from_mapping(
+                yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text()),
+                name="flag",
+                where="flag",
+            )
+        )
+        is None
+    )
+
+
+def test_rounds_per_workflow_only_for_fedavg():
+    from argofl.pipelines.config import ConfigError
+
+    doc = yaml.safe_load((ROOT / "configs" / "split-fmnist-torch.yaml").read_text())
+    doc["cluster"] = {**(doc.get("cluster") or {}), "rounds_per_workflow": 2}
+    with pytest.raises(ConfigError, match="rounds_per_workflow: only kind fedavg"):
+        config_from_mapping(doc, name="s", where="s")
+    doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
+    doc["cluster"]["rounds_per_workflow"] = -1
+    with pytest.raises(ConfigError, match="rounds_per_workflow: must be ≥ 0, got -1"):
+        config_from_mapping(doc, name="s", where="s")

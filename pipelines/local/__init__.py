@@ -66,6 +66,7 @@ def run_workflow(
     stop_on_signals: bool = False,
     containers: DockerOptions | None = None,
     key_refs: KeyRefs | None = None,
+    workflow_templates: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> LocalRunResult:
     """Run ``manifest`` (a Workflow, or a WorkflowTemplate as if submitted with ``--from``) to completion.
 
@@ -74,9 +75,10 @@ def run_workflow(
     ``stopped_by`` names the signal. With ``containers`` each pod runs as a container of its image
     (:mod:`.containers`); the run's containers and network are removed at the end, also when it is
     interrupted. ``key_refs`` (:func:`.refs.load_refs`) resolve ``secretKeyRef``/``configMapKeyRef``
-    before the environment does. Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError`
-    before anything runs when the manifest cannot be run; a workflow that runs and fails returns a
-    result with phase Failed or Error.
+    before the environment does. ``workflow_templates`` (by name) resolve the ``workflowTemplateRef`` of a
+    Workflow a resource template creates (:mod:`.resources`; kept in ``workflow-templates.json``).
+    Raises :class:`UnsupportedWorkflow` or :class:`WorkflowInputError` before anything runs when the
+    manifest cannot be run; a workflow that runs and fails returns a result with phase Failed or Error.
     """
     kind, metadata, spec = spec_of(manifest)
     check_supported(spec)
@@ -108,6 +110,10 @@ def run_workflow(
             default=str,
         )
     )
+    if workflow_templates:
+        (run_dir / "workflow-templates.json").write_text(
+            json.dumps(workflow_templates, indent=1, default=str)
+        )
     store = artifact_store if artifact_store is not None else FileStore(runs_dir / "artifacts")
     engine = Engine(
         name=name,
@@ -124,6 +130,7 @@ def run_workflow(
     )
     if key_refs:
         engine.key_refs = key_refs
+    engine.workflow_templates = dict(workflow_templates or {})  # type: ignore[attr-defined]
     runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     with hold_run_lock(run_dir):
         try:

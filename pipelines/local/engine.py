@@ -187,6 +187,10 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
                 return self._run_steps(call, tmpl, retried)
             if "dag" in tmpl:
                 return self._run_dag(call, tmpl, retried)
+            if "resource" in tmpl:  # a child Workflow (:mod:`.resources`)
+                from argofl.pipelines.local.resources import run_resource
+
+                return run_resource(self, call, tmpl, retried)
             return self._run_pod(call, tmpl, retried, log_key)
         except (WorkflowInputError, ExpressionError, ArtifactError) as exc:
             with self.lock:

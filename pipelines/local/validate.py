@@ -1,7 +1,7 @@
 """Checks made before anything runs: the supported subset, the manifest's structure, the parameters.
 
 :func:`check_supported` raises :class:`UnsupportedWorkflow` naming the first field outside the subset
-(``spec.templates[2].resource: resource templates are not supported by the local executor``). Fields that
+(``spec.templates[2].suspend: suspend templates are not supported by the local executor``). Fields that
 only matter on a cluster (image, resources, nodeSelector, tolerations, podGC, metrics, ...) are accepted
 and ignored. :func:`check_structure` raises :class:`WorkflowInputError` for malformed manifests: unknown
 templates, bad ``depends``, undeclared ``{{inputs.parameters.x}}``, entrypoint inputs without values.
@@ -16,6 +16,7 @@ from typing import Any
 from argofl.pipelines.local.depends import resolve_depends
 from argofl.pipelines.local.errors import ExpressionError, UnsupportedWorkflow, WorkflowInputError
 from argofl.pipelines.local.expressions import format_value, parse
+from argofl.pipelines.local.resources import check_resource
 from argofl.pipelines.local.templating import find_tags
 
 __all__ = ["check_structure", "check_supported", "global_parameters", "spec_of"]
@@ -33,7 +34,6 @@ _SPEC_UNSUPPORTED = {
 }
 
 _TEMPLATE_UNSUPPORTED = {
-    "resource": "resource templates " + _REASON,
     "suspend": "suspend templates " + _REASON,
     "http": "http templates " + _REASON,
     "plugin": "plugin templates " + _REASON,
@@ -169,6 +169,8 @@ def _check_template(tmpl: Mapping[str, Any], path: str, empty_dirs: frozenset[st
     for field, reason in _TEMPLATE_UNSUPPORTED.items():
         if tmpl.get(field) is not None and tmpl.get(field) != []:
             raise _fail(f"{path}.{field}", reason)
+    if tmpl.get("resource") is not None:
+        check_resource(tmpl["resource"], f"{path}.resource")
     for kind in ("container", "script"):
         if isinstance(tmpl.get(kind), Mapping):
             _check_container(tmpl[kind], f"{path}.{kind}", kind == "script", empty_dirs)
@@ -324,11 +326,11 @@ def check_structure(spec: Mapping[str, Any], params: list[dict[str, Any]]) -> di
             raise WorkflowInputError(
                 f"spec.templates[{i}].name: template name {tmpl['name']!r} is used twice"
             )
-        kinds = [k for k in ("container", "script", "steps", "dag") if tmpl.get(k) is not None]
+        kinds = [k for k in ("container", "script", "steps", "dag", "resource") if tmpl.get(k) is not None]
         if len(kinds) != 1:
             raise WorkflowInputError(
                 f"spec.templates[{i}] ({tmpl['name']}): a template needs exactly one of "
-                f"container, script, steps or dag, found {kinds or 'none'}"
+                f"container, script, steps, dag or resource, found {kinds or 'none'}"
             )
         templates[str(tmpl["name"])] = dict(tmpl)
     entry = spec.get("entrypoint")
