@@ -109,6 +109,7 @@ def run_workflow(
         )
     )
     store = artifact_store if artifact_store is not None else FileStore(runs_dir / "artifacts")
+    runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     engine = Engine(
         name=name,
         uid=new_uid(),
@@ -121,15 +122,13 @@ def run_workflow(
         env=env,
         on_node=on_node,
         parallelism=parallelism,
+        key_refs=key_refs,
+        containers=runtime,
     )
-    if key_refs:
-        engine.key_refs = key_refs
-    runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     with hold_run_lock(run_dir):
         try:
             if runtime is not None:
                 runtime.open()
-                engine.containers = runtime
             if not stop_on_signals:
                 return engine.run()
             with StopOnSignals(engine.interrupt) as signals:

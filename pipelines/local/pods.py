@@ -29,7 +29,6 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from argofl.pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
@@ -37,18 +36,17 @@ from argofl.pipelines.local.containers import (
     ContainerOutcome,
     ContainerProcess,
     ContainerStartError,
-    DockerRuntime,
     exec_in_container,
 )
 from argofl.pipelines.local.errors import LocalExecutorError, WorkflowInputError
 from argofl.pipelines.local.expressions import format_value
-from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.graph import Call, LogKey
+from argofl.pipelines.local.model import Node, Phase
 from argofl.pipelines.local.probes import wait_ready
 from argofl.pipelines.local.process import ProcessOutcome, StepProcess
-from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.retry import parse_duration
 from argofl.pipelines.local.sandbox import PathView
-from argofl.pipelines.local.state import Call, Daemon, WorkflowState
+from argofl.pipelines.local.state import Daemon, WorkflowState
 from argofl.steps.store import ObjectNotFound
 
 __all__ = ["SCRIPT_PATH", "PodRunner"]
@@ -56,19 +54,17 @@ __all__ = ["SCRIPT_PATH", "PodRunner"]
 SCRIPT_PATH = "/argo/staging/script"
 
 
-class PodRunner(WorkflowState):
-    """Runs container and script templates as host processes, or as containers with ``containers``."""
+class PodRunner:
+    """Runs container and script templates as host processes, or as containers with ``state.containers``."""
 
-    containers: DockerRuntime | None = None
-    key_refs: KeyRefs = MappingProxyType({})  # Secrets and ConfigMaps from --secrets (:mod:`.refs`)
-
-    def _allocate_ip(self) -> str:
-        return self.addresses.allocate()
+    def __init__(self, state: WorkflowState) -> None:
+        self.state = state
+        self.graph = state.graph
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
         """A host process's environment: this process's, ``env=``, and the template's (paths rewritten)."""
         env = dict(os.environ)
-        env.update(self.extra_env)
+        env.update(self.state.extra_env)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
         env.update(self._template_env(ctr, node, ip, view.rewrite))
@@ -81,8 +77,8 @@ class PodRunner(WorkflowState):
         env: dict[str, str] = {}
         env.update(
             {
-                "ARGO_WORKFLOW_NAME": self.name,
-                "ARGO_WORKFLOW_UID": self.uid,
+                "ARGO_WORKFLOW_NAME": self.state.name,
+                "ARGO_WORKFLOW_UID": self.state.uid,
                 "ARGO_NODE_ID": node.id,
                 "ARGO_POD_NAME": node.id,
                 "ARGO_TEMPLATE": json.dumps({"name": node.template_name}),
@@ -103,15 +99,15 @@ class PodRunner(WorkflowState):
                     value = {
                         "status.podIP": ip or "127.0.0.1",
                         "metadata.name": node.id,
-                        "metadata.namespace": self.globals["workflow.namespace"],
+                        "metadata.namespace": self.state.globals["workflow.namespace"],
                         "spec.nodeName": "localhost",
                     }.get(path, "")
                 else:
                     ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
                     kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
-                    found = self.key_refs.get((kind, str(ref.get("name"))), {}).get(str(ref.get("key")))
+                    found = self.state.key_refs.get((kind, str(ref.get("name"))), {}).get(str(ref.get("key")))
                     if found is None:
-                        found = self.extra_env.get(name, os.environ.get(name))
+                        found = self.state.extra_env.get(name, os.environ.get(name))
                     if found is None:
                         if ref.get("optional"):
                             continue
@@ -124,10 +120,8 @@ class PodRunner(WorkflowState):
             env[name] = rewrite(value)
         return env
 
-    def _run_pod(
-        self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: tuple[str, int] | None
-    ) -> Node:
-        slots = self.pod_slots
+    def run(self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: LogKey | None = None) -> Node:
+        slots = self.state.pod_slots
         if slots is not None:
             slots.acquire()
         released = False
@@ -140,12 +134,12 @@ class PodRunner(WorkflowState):
 
         keep_slot = False
         try:
-            node = self._create_for_call(call, "Pod", "Pending", tmpl, retried=retried)
-            if self.deadline is not None and not call.on_exit and time.time() >= self.deadline:
-                return self._set_phase(node, "Failed", "Step exceeded its deadline")
-            stopping = self._stopping(call)
+            node = self.graph.create_for_call(call, "Pod", Phase.PENDING, tmpl, retried=retried)
+            if self.state.deadline is not None and not call.on_exit and time.time() >= self.state.deadline:
+                return self.graph.set_phase(node, Phase.FAILED, "Step exceeded its deadline")
+            stopping = self.state.stopping(call)
             if stopping is not None:
-                return self._set_phase(node, "Failed", stopping)
+                return self.graph.set_phase(node, Phase.FAILED, stopping)
             keep_slot = self._run_pod_process(node, call, tmpl, log_key or (node.id, 0), release)
             return node
         finally:
@@ -170,7 +164,7 @@ class PodRunner(WorkflowState):
         declared += [(p.get("valueFrom") or {}).get("path") for p in outputs_spec.get("parameters") or []]
         if script is not None:
             declared.append(SCRIPT_PATH)
-        node_dir = self.run_dir / "nodes" / node.id
+        node_dir = self.state.run_dir / "nodes" / node.id
         view = PathView(node_dir / "root", node_dir / "work", [str(p) for p in declared if p])
         view.prepare()
         node.log_key, node.attempt = log_key
@@ -180,20 +174,22 @@ class PodRunner(WorkflowState):
             if not has_location(art):
                 if art.get("optional"):
                     continue
-                self._set_phase(node, "Error", f"inputs.artifacts.{art.get('name')} has no location")
+                self.graph.set_phase(node, Phase.ERROR, f"inputs.artifacts.{art.get('name')} has no location")
                 return False
             try:
-                load_artifact(self.store, art, view.private(str(art["path"])))
+                load_artifact(self.state.store, art, view.private(str(art["path"])))
             except ObjectNotFound as exc:
                 if art.get("optional"):
                     continue
-                self._set_phase(node, "Error", f"failed to load input artifact {art.get('name')!r}: {exc}")
+                self.graph.set_phase(
+                    node, Phase.ERROR, f"failed to load input artifact {art.get('name')!r}: {exc}"
+                )
                 return False
             except ArtifactError as exc:
-                self._set_phase(node, "Error", str(exc))
+                self.graph.set_phase(node, Phase.ERROR, str(exc))
                 return False
         argv = [format_value(a) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
-        if self.containers is not None:
+        if self.state.containers is not None:
             return self._run_container(node, call, tmpl, ctr, view, argv, log_key, release)
         if script is not None:
             script_file = view.private(SCRIPT_PATH)
@@ -205,17 +201,17 @@ class PodRunner(WorkflowState):
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         daemon = bool(tmpl.get("daemon"))
-        ip = self._allocate_ip() if daemon else None
+        ip = self.state.addresses.allocate() if daemon else None
         if ip:
-            with self.lock:
+            with self.graph.lock:
                 node.pod_ip = ip
         env = self._pod_env(ctr, node, view, ip)
         cwd = view.private(str(ctr["workingDir"])) if ctr.get("workingDir") else view.workdir
         cwd.mkdir(parents=True, exist_ok=True)
         tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
+        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.state.deadline) if d is not None]
         deadline = min(limits) if limits else None
-        log_dir = self.run_dir / "logs" / log_key[0]
+        log_dir = self.state.run_dir / "logs" / log_key[0]
         try:
             proc = StepProcess(
                 argv,
@@ -225,18 +221,18 @@ class PodRunner(WorkflowState):
                 stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
             )
         except OSError as exc:
-            with self.lock:
+            with self.graph.lock:
                 node.outputs = {"exitCode": "127"}
-            self._set_phase(
+            self.graph.set_phase(
                 node,
-                "Error",
+                Phase.ERROR,
                 f"main: StartError: cannot run {argv[0] if argv else '<nothing>'}: {exc.strerror or exc}",
             )
             return False
-        with self.lock:
+        with self.graph.lock:
             node.process_started_at = proc.started_at
-        self._set_phase(node, "Running")
-        self._pod_started(node, proc, call)
+        self.graph.set_phase(node, Phase.RUNNING)
+        self.state.pod_started(node, proc, call)
         if daemon:
             return self._daemonize(
                 node,
@@ -267,7 +263,7 @@ class PodRunner(WorkflowState):
         release: Callable[[], None],
     ) -> bool:
         """The Docker runtime's :meth:`_run_pod_process` (:mod:`.containers`): the same phases and status."""
-        runtime = self.containers
+        runtime = self.state.containers
         if runtime is None:
             raise LocalExecutorError("no container runtime")
         inputs = tmpl.get("inputs") or {}
@@ -291,24 +287,24 @@ class PodRunner(WorkflowState):
             if (p.get("valueFrom") or {}).get("path")
         ]
         daemon = bool(tmpl.get("daemon"))
-        log_dir = self.run_dir / "logs" / log_key[0]
+        log_dir = self.state.run_dir / "logs" / log_key[0]
         try:
             ip = runtime.allocate_ip()
             if daemon:
-                with self.lock:
+                with self.graph.lock:
                     node.pod_ip = ip
-            env = dict(self.extra_env)
+            env = dict(self.state.extra_env)
             env.update(self._template_env(ctr, node, ip, str))
             container = runtime.create(
                 node_id=node.id,
-                spec=self.spec,
+                spec=self.state.spec,
                 tmpl=tmpl,
                 ctr=ctr,
                 argv=argv,
                 env=env,
                 ip=ip,
                 mounts=mounts,
-                volumes_dir=self.run_dir / "nodes" / node.id / "volumes",
+                volumes_dir=self.state.run_dir / "nodes" / node.id / "volumes",
             )
             proc = ContainerProcess(
                 runtime,
@@ -318,17 +314,17 @@ class PodRunner(WorkflowState):
                 stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
             )
         except ContainerStartError as exc:
-            with self.lock:
+            with self.graph.lock:
                 node.outputs = {"exitCode": "128"}
-            self._set_phase(node, "Error", f"main: StartError: {exc}")
+            self.graph.set_phase(node, Phase.ERROR, f"main: StartError: {exc}")
             return False
         tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
+        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.state.deadline) if d is not None]
         deadline = min(limits) if limits else None
-        with self.lock:
+        with self.graph.lock:
             node.process_started_at = proc.started_at
-        self._set_phase(node, "Running")
-        self._pod_started(node, proc, call)
+        self.graph.set_phase(node, Phase.RUNNING)
+        self.state.pod_started(node, proc, call)
         log_base = log_dir / f"attempt-{log_key[1]}"
         if daemon:
             probed = exec_in_container(tmpl, runtime.docker, container)
@@ -366,7 +362,7 @@ class PodRunner(WorkflowState):
         tmpl_deadline: float | None,
         stopped_ok: bool = False,
     ) -> None:
-        self._pod_ended(node)
+        self.state.pod_ended(node)
         stdout = (
             log_base.with_suffix(".stdout").read_bytes().decode("utf-8", errors="replace")
             if log_base.with_suffix(".stdout").exists()
@@ -380,16 +376,16 @@ class PodRunner(WorkflowState):
             self._collect_outputs(node, tmpl, view, outputs, strict=succeeded and not stopped_ok)
         except (ArtifactError, WorkflowInputError, OSError) as exc:
             error = str(exc)
-        with self.lock:
+        with self.graph.lock:
             node.outputs = outputs
             node.process_finished_at = outcome.finished_at
         if succeeded and error is None:
-            self._add_global_outputs(outputs)
-            self._set_phase(node, "Succeeded", "")
+            self.state.add_global_outputs(outputs)
+            self.graph.set_phase(node, Phase.SUCCEEDED, "")
         elif succeeded:
-            self._set_phase(node, "Error", error)
+            self.graph.set_phase(node, Phase.ERROR, error)
         elif outcome.stopped == "interrupted":
-            self._set_phase(node, "Failed", self.interrupted or "stopped")
+            self.graph.set_phase(node, Phase.FAILED, self.state.interrupted or "stopped")
         elif outcome.stopped == "deadline":
             own = tmpl_deadline is not None and outcome.finished_at >= tmpl_deadline
             message = (
@@ -397,12 +393,12 @@ class PodRunner(WorkflowState):
                 if own
                 else "Step exceeded its deadline"
             )
-            self._set_phase(node, "Failed", message)
+            self.graph.set_phase(node, Phase.FAILED, message)
         else:
             reason = outcome.reason if isinstance(outcome, ContainerOutcome) else "Error"
             message = f"main: {reason} (exit code {outcome.exit_code})"
             error_line = termination_message(log_base.with_suffix(".log"))
-            self._set_phase(node, "Failed", f"{message}: {error_line}" if error_line else message)
+            self.graph.set_phase(node, Phase.FAILED, f"{message}: {error_line}" if error_line else message)
 
     def _collect_outputs(
         self, node: Node, tmpl: Mapping[str, Any], view: PathView, outputs: dict[str, Any], strict: bool
@@ -452,7 +448,7 @@ class PodRunner(WorkflowState):
                     f"failed to save output artifact {a.get('name')!r}: {a['path']}: no such file or "
                     "directory"
                 )
-            arts.append(save_artifact(self.store, a, source, f"{self.name}/{node.id}"))
+            arts.append(save_artifact(self.state.store, a, source, f"{self.state.name}/{node.id}"))
         if arts:
             outputs["artifacts"] = arts
 
@@ -486,24 +482,24 @@ class PodRunner(WorkflowState):
             return False
         done = threading.Event()
         daemon = Daemon(proc, node, call.boundary_id, done)
-        with self.lock:
+        with self.graph.lock:
             node.daemoned = True
-            self.daemons[node.id] = daemon
-        self._changed(node)
+            self.state.daemons[node.id] = daemon
+        self.graph.changed(node)
 
         def monitor() -> None:
             try:
                 outcome = proc.wait(deadline)
                 stopped = outcome.stopped == "stopped"
-                with self.lock:
-                    self.daemons.pop(node.id, None)
+                with self.graph.lock:
+                    self.state.daemons.pop(node.id, None)
                     node.daemoned = False
                 self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline, stopped_ok=stopped)
                 if daemon.retry_parent is not None:
-                    with self.lock:
+                    with self.graph.lock:
                         daemon.retry_parent.daemoned = False
                         daemon.retry_parent.outputs = copy.deepcopy(node.outputs)
-                    self._set_phase(daemon.retry_parent, node.phase, node.message)
+                    self.graph.set_phase(daemon.retry_parent, node.phase, node.message)
             finally:
                 release()
                 done.set()
