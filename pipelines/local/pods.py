@@ -8,8 +8,9 @@ parameters and artifacts are collected from the node's files and the phase is se
 A ``daemon`` template returns once its ``readinessProbe`` passes and keeps running (and holding its slot)
 until it exits or its boundary finishes.
 
-With a :class:`~.containers.DockerRuntime` in ``containers`` (``--runtime docker``) each pod is a
-container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the same.
+With a :class:`~.containers.DockerRuntime` in ``WorkflowState.containers`` (``--runtime docker``) each pod
+is a container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the
+same. What the stages of one pod share travels in a :class:`Pod`.
 
 Local approximations of the process runtime: the image is ignored and ``python``/``python3`` run the
 current interpreter; a daemon gets a loopback address of its own as its pod IP (:mod:`.addresses`).
@@ -28,6 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +51,23 @@ from argofl.pipelines.local.sandbox import PathView
 from argofl.pipelines.local.state import Daemon, WorkflowState
 from argofl.steps.store import ObjectNotFound
 
-__all__ = ["SCRIPT_PATH", "PodRunner"]
+__all__ = ["SCRIPT_PATH", "Pod", "PodRunner"]
 
 SCRIPT_PATH = "/argo/staging/script"
+
+
+@dataclass
+class Pod:
+    """One pod being run: its node and call, its bound template, its files and logs, and its slot."""
+
+    node: Node
+    call: Call
+    tmpl: dict[str, Any]
+    view: PathView
+    log_base: Path  # logs/<owner>/attempt-<n>: ``.log`` (stdout and stderr) and ``.stdout``
+    release: Callable[[], None]  # give the pod slot back (a daemon does once it has exited)
+    tmpl_deadline: float | None = None  # the template's activeDeadlineSeconds/timeout, once started
+    deadline: float | None = None  # the earlier of that and the workflow's deadline
 
 
 class PodRunner:
@@ -147,12 +163,7 @@ class PodRunner:
                 release()
 
     def _run_pod_process(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: dict[str, Any],
-        log_key: tuple[str, int],
-        release: Callable[[], None],
+        self, node: Node, call: Call, tmpl: dict[str, Any], log_key: LogKey, release: Callable[[], None]
     ) -> bool:
         """Run the pod's process; return True when a daemon keeps running (and holds its slot)."""
         script = tmpl.get("script")
@@ -168,6 +179,8 @@ class PodRunner:
         view = PathView(node_dir / "root", node_dir / "work", [str(p) for p in declared if p])
         view.prepare()
         node.log_key, node.attempt = log_key
+        log_dir = self.state.run_dir / "logs" / log_key[0]
+        pod = Pod(node, call, tmpl, view, log_dir / f"attempt-{log_key[1]}", release)
         for art in inputs.get("artifacts") or []:
             if not art.get("path"):
                 continue
@@ -190,7 +203,7 @@ class PodRunner:
                 return False
         argv = [format_value(a) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
         if self.state.containers is not None:
-            return self._run_container(node, call, tmpl, ctr, view, argv, log_key, release)
+            return self._run_container(pod, ctr, argv)
         if script is not None:
             script_file = view.private(SCRIPT_PATH)
             script_file.parent.mkdir(parents=True, exist_ok=True)
@@ -208,17 +221,14 @@ class PodRunner:
         env = self._pod_env(ctr, node, view, ip)
         cwd = view.private(str(ctr["workingDir"])) if ctr.get("workingDir") else view.workdir
         cwd.mkdir(parents=True, exist_ok=True)
-        tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.state.deadline) if d is not None]
-        deadline = min(limits) if limits else None
-        log_dir = self.state.run_dir / "logs" / log_key[0]
+        self._set_deadlines(pod)
         try:
             proc = StepProcess(
                 argv,
                 env=env,
                 cwd=cwd,
-                log_path=log_dir / f"attempt-{log_key[1]}.log",
-                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+                log_path=pod.log_base.with_suffix(".log"),
+                stdout_path=pod.log_base.with_suffix(".stdout"),
             )
         except OSError as exc:
             with self.graph.lock:
@@ -234,38 +244,16 @@ class PodRunner:
         self.graph.set_phase(node, Phase.RUNNING)
         self.state.pod_started(node, proc, call)
         if daemon:
-            return self._daemonize(
-                node,
-                call,
-                tmpl,
-                proc,
-                view,
-                env,
-                cwd,
-                deadline,
-                log_dir / f"attempt-{log_key[1]}",
-                release,
-                tmpl_deadline,
-            )
-        outcome = proc.wait(deadline)
-        self._complete_pod(node, tmpl, view, outcome, log_dir / f"attempt-{log_key[1]}", tmpl_deadline)
+            return self._daemonize(pod, proc, env, cwd, ctr.get("readinessProbe"))
+        self._complete_pod(pod, proc.wait(pod.deadline))
         return False
 
-    def _run_container(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: dict[str, Any],
-        ctr: dict[str, Any],
-        view: PathView,
-        argv: list[str],
-        log_key: tuple[str, int],
-        release: Callable[[], None],
-    ) -> bool:
+    def _run_container(self, pod: Pod, ctr: dict[str, Any], argv: list[str]) -> bool:
         """The Docker runtime's :meth:`_run_pod_process` (:mod:`.containers`): the same phases and status."""
         runtime = self.state.containers
         if runtime is None:
             raise LocalExecutorError("no container runtime")
+        node, tmpl, view = pod.node, pod.tmpl, pod.view
         inputs = tmpl.get("inputs") or {}
         outputs_spec = tmpl.get("outputs") or {}
         mounts: list[tuple[Path, str, bool]] = []
@@ -287,7 +275,6 @@ class PodRunner:
             if (p.get("valueFrom") or {}).get("path")
         ]
         daemon = bool(tmpl.get("daemon"))
-        log_dir = self.state.run_dir / "logs" / log_key[0]
         try:
             ip = runtime.allocate_ip()
             if daemon:
@@ -310,32 +297,34 @@ class PodRunner:
                 runtime,
                 container,
                 outputs=[(path, view.private(path)) for path in outputs],
-                log_path=log_dir / f"attempt-{log_key[1]}.log",
-                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+                log_path=pod.log_base.with_suffix(".log"),
+                stdout_path=pod.log_base.with_suffix(".stdout"),
             )
         except ContainerStartError as exc:
             with self.graph.lock:
                 node.outputs = {"exitCode": "128"}
             self.graph.set_phase(node, Phase.ERROR, f"main: StartError: {exc}")
             return False
-        tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.state.deadline) if d is not None]
-        deadline = min(limits) if limits else None
+        self._set_deadlines(pod)
         with self.graph.lock:
             node.process_started_at = proc.started_at
         self.graph.set_phase(node, Phase.RUNNING)
-        self.state.pod_started(node, proc, call)
-        log_base = log_dir / f"attempt-{log_key[1]}"
+        self.state.pod_started(node, proc, pod.call)
         if daemon:
             probed = exec_in_container(tmpl, runtime.docker, container)
             cwd = view.workdir
             cwd.mkdir(parents=True, exist_ok=True)
-            return self._daemonize(
-                node, call, probed, proc, view, env, cwd, deadline, log_base, release, tmpl_deadline
-            )
-        outcome = proc.wait(deadline)
-        self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+            probe = (probed.get("script") or probed.get("container") or {}).get("readinessProbe")
+            return self._daemonize(pod, proc, env, cwd, probe)
+        self._complete_pod(pod, proc.wait(pod.deadline))
         return False
+
+    def _set_deadlines(self, pod: Pod) -> None:
+        """The pod's deadlines, counted from now (its start): the template's and the workflow's."""
+        pod.tmpl_deadline = self._pod_deadline(pod.tmpl, pod.node, pod.call)
+        workflow = None if pod.call.on_exit else self.state.deadline
+        limits = [d for d in (pod.tmpl_deadline, workflow) if d is not None]
+        pod.deadline = min(limits) if limits else None
 
     def _pod_deadline(self, tmpl: Mapping[str, Any], node: Node, call: Call) -> float | None:
         candidates: list[float] = []
@@ -352,16 +341,8 @@ class PodRunner:
             )
         return min(candidates) if candidates else None
 
-    def _complete_pod(
-        self,
-        node: Node,
-        tmpl: Mapping[str, Any],
-        view: PathView,
-        outcome: ProcessOutcome,
-        log_base: Path,
-        tmpl_deadline: float | None,
-        stopped_ok: bool = False,
-    ) -> None:
+    def _complete_pod(self, pod: Pod, outcome: ProcessOutcome, stopped_ok: bool = False) -> None:
+        node, tmpl, view, log_base = pod.node, pod.tmpl, pod.view, pod.log_base
         self.state.pod_ended(node)
         stdout = (
             log_base.with_suffix(".stdout").read_bytes().decode("utf-8", errors="replace")
@@ -387,7 +368,7 @@ class PodRunner:
         elif outcome.stopped == "interrupted":
             self.graph.set_phase(node, Phase.FAILED, self.state.interrupted or "stopped")
         elif outcome.stopped == "deadline":
-            own = tmpl_deadline is not None and outcome.finished_at >= tmpl_deadline
+            own = pod.tmpl_deadline is not None and outcome.finished_at >= pod.tmpl_deadline
             message = (
                 "Pod was active on the node longer than the specified deadline"
                 if own
@@ -453,20 +434,11 @@ class PodRunner:
             outputs["artifacts"] = arts
 
     def _daemonize(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: Mapping[str, Any],
-        proc: StepProcess,
-        view: PathView,
-        env: Mapping[str, str],
-        cwd: Path,
-        deadline: float | None,
-        log_base: Path,
-        release: Callable[[], None],
-        tmpl_deadline: float | None = None,
+        self, pod: Pod, proc: StepProcess, env: Mapping[str, str], cwd: Path, probe: Mapping[str, Any] | None
     ) -> bool:
-        ctr = tmpl.get("script") or tmpl.get("container") or {}
+        """Wait for the daemon's ``readinessProbe``; once ready, a monitor thread completes the pod when
+        it exits. True when the daemon keeps running (and holds its slot)."""
+        node = pod.node
 
         def exited(timeout: float) -> bool:
             try:
@@ -475,13 +447,12 @@ class PodRunner:
             except Exception:  # subprocess.TimeoutExpired
                 return False
 
-        ready = wait_ready(ctr.get("readinessProbe"), node.pod_ip or "127.0.0.1", env, cwd, exited)
+        ready = wait_ready(probe, node.pod_ip or "127.0.0.1", env, cwd, exited)
         if not ready:
-            outcome = proc.wait(deadline)
-            self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+            self._complete_pod(pod, proc.wait(pod.deadline))
             return False
         done = threading.Event()
-        daemon = Daemon(proc, node, call.boundary_id, done)
+        daemon = Daemon(proc, node, pod.call.boundary_id, done)
         with self.graph.lock:
             node.daemoned = True
             self.state.daemons[node.id] = daemon
@@ -489,19 +460,19 @@ class PodRunner:
 
         def monitor() -> None:
             try:
-                outcome = proc.wait(deadline)
+                outcome = proc.wait(pod.deadline)
                 stopped = outcome.stopped == "stopped"
                 with self.graph.lock:
                     self.state.daemons.pop(node.id, None)
                     node.daemoned = False
-                self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline, stopped_ok=stopped)
+                self._complete_pod(pod, outcome, stopped_ok=stopped)
                 if daemon.retry_parent is not None:
                     with self.graph.lock:
                         daemon.retry_parent.daemoned = False
                         daemon.retry_parent.outputs = copy.deepcopy(node.outputs)
                     self.graph.set_phase(daemon.retry_parent, node.phase, node.message)
             finally:
-                release()
+                pod.release()
                 done.set()
 
         threading.Thread(target=monitor, name=f"daemon-{node.id}", daemon=True).start()
