@@ -1,8 +1,9 @@
 """DAG templates: a scheduler that starts each task as soon as its ``depends`` logic can be decided.
 
 Only the ``target`` tasks (default: those nothing depends on) and their dependencies run. The scheduler
-loop starts every task whose dependencies are done, then sleeps on a queue that child threads post to
-when they finish (no polling); a loop task becomes a ``TaskGroup`` node. The DAG's phase is derived from
+loop starts every task whose dependencies are done, then waits on the futures of the running children
+(no polling); a loop task becomes a ``TaskGroup`` node. What one invocation's tasks share is a
+:class:`DagRun`. The DAG's phase is derived from
 the targets' branches the way Argo's ``assessDAGPhase`` does, honouring ``continueOn`` and ``failFast``.
 """
 
