@@ -482,24 +482,20 @@ def test_retry_expression_sees_last_retry(tmp_path: Path) -> None:
     assert retry["message"] == "retryStrategy.expression evaluated to false"
 
 
-def test_loop_children_are_listed_in_index_order_whatever_thread_came_first(tmp_path: Path) -> None:
+def test_loop_children_are_listed_in_index_order_whatever_thread_came_first() -> None:
     """Loop children start on their own threads; the group lists them by index, as Argo does."""
-    from argofl.pipelines.local.engine import Engine
-    from argofl.steps.store import FileStore
+    from argofl.pipelines.local.graph import NodeGraph
+    from argofl.pipelines.local.model import Phase
 
-    engine = Engine(
-        name="wf", uid="u", metadata={}, spec={}, templates={}, parameters=[], run_dir=tmp_path,
-        store=FileStore(tmp_path / "store"), env=None, on_node=None, parallelism=None,
-    )  # fmt: skip
-    group = engine._create("wf.map", "TaskGroup", "Running", boundary_id=None, parents=[], template_name="m")
-    other = engine._create(
-        "wf.other", "Pod", "Running", boundary_id=None, parents=[group.id], template_name="o"
-    )
+    graph = NodeGraph("wf")
+    running = Phase.RUNNING
+    group = graph.create("wf.map", "TaskGroup", running, boundary_id=None, parents=[], template_name="m")
+    other = graph.create("wf.other", "Pod", running, boundary_id=None, parents=[group.id], template_name="o")
     for index in (2, 0, 3, 1):  # the order threads happened to get there
-        engine._create(
-            f"wf.map({index}:item {index})", "Pod", "Running",
+        graph.create(
+            f"wf.map({index}:item {index})", "Pod", running,
             boundary_id=None, parents=[group.id], template_name="m",
         )  # fmt: skip
-    names = [engine.nodes[c].name for c in group.children]
+    names = [graph.nodes[c].name for c in group.children]
     assert names == ["wf.other", *(f"wf.map({i}:item {i})" for i in range(4))]
     assert other.id in group.children

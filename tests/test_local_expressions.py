@@ -10,7 +10,7 @@ import pytest
 from argofl.pipelines.local.depends import TaskResults, resolve_depends
 from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
 from argofl.pipelines.local.expressions import evaluate, evaluate_bool, evaluate_when
-from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.model import Node, Phase
 from argofl.pipelines.local.scopes import aggregate_outputs, expand_loop, item_name, item_scope
 from argofl.pipelines.local.templating import (
     Unresolved,
@@ -242,7 +242,13 @@ def _child(name: str, phase: str, result: str | None, params: dict[str, str]) ->
     if result is not None:
         outputs["result"] = result
     return Node(
-        id=name, name=name, display_name=name, type="Pod", template_name="t", phase=phase, outputs=outputs
+        id=name,
+        name=name,
+        display_name=name,
+        type="Pod",
+        template_name="t",
+        phase=Phase(phase),
+        outputs=outputs,
     )
 
 

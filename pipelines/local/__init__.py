@@ -115,6 +115,7 @@ def run_workflow(
             json.dumps(workflow_templates, indent=1, default=str)
         )
     store = artifact_store if artifact_store is not None else FileStore(runs_dir / "artifacts")
+    runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     engine = Engine(
         name=name,
         uid=new_uid(),
@@ -127,16 +128,14 @@ def run_workflow(
         env=env,
         on_node=on_node,
         parallelism=parallelism,
+        key_refs=key_refs,
+        containers=runtime,
+        workflow_templates=workflow_templates,
     )
-    if key_refs:
-        engine.key_refs = key_refs
-    engine.workflow_templates = dict(workflow_templates or {})  # type: ignore[attr-defined]
-    runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
     with hold_run_lock(run_dir):
         try:
             if runtime is not None:
                 runtime.open()
-                engine.containers = runtime
             if not stop_on_signals:
                 return engine.run()
             with StopOnSignals(engine.interrupt) as signals:

@@ -1,27 +1,29 @@
 """What steps and DAG templates share: turning a step or task into child calls, and finishing the boundary.
 
-:meth:`ChildRunner._prepare_calls` resolves a step's or task's ``{{...}}`` references and ``from``
+:meth:`Children.prepare_calls` resolves a step's or task's ``{{...}}`` references and ``from``
 artifacts, evaluates ``when`` and expands ``withItems``/``withParam``/``withSequence`` into named child
-calls; :meth:`ChildRunner._child_thread` runs one child (then its exit hook) on its own thread;
-:meth:`ChildRunner._finish_template` stops the boundary's daemons and computes the template's outputs
-from the children's scope.
+calls; :meth:`Children.spawn_child` runs one child (then its exit hook) on its own thread and returns a
+future of its node; :meth:`Children.finish_template` stops the boundary's daemons and computes the
+template's outputs from the children's scope.
 """
 
 from __future__ import annotations
 
-import queue
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any
 
 from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
 from argofl.pipelines.local.expressions import evaluate, evaluate_when, format_value
-from argofl.pipelines.local.model import Node, node_id
+from argofl.pipelines.local.graph import Call
+from argofl.pipelines.local.model import Node, Phase
 from argofl.pipelines.local.scopes import Scope, expand_loop, item_name, item_scope, node_scope
 from argofl.pipelines.local.slots import Slots
-from argofl.pipelines.local.state import Call, WorkflowState
+from argofl.pipelines.local.state import WorkflowState
 from argofl.pipelines.local.templating import NONE, expand_scope, strict_prefixes, substitute, substitute_obj
+from argofl.pipelines.local.threads import spawn
 
-__all__ = ["ChildRunner", "continues_on"]
+__all__ = ["Children", "Execute", "continues_on"]
 
 _REFS = strict_prefixes("steps", "tasks")
 
@@ -34,10 +36,20 @@ def _strict_all(name: str) -> bool:
     return ".artifacts." not in name
 
 
-class ChildRunner(WorkflowState):
+Execute = Callable[[Call], Node]
+"""Runs one template invocation to completion and returns its node (:meth:`.engine.Engine.execute`)."""
+
+
+class Children:
     """Child calls of steps and DAG templates, their exit hooks and the boundary's outputs."""
 
-    def _seed_scope(self, tmpl: Mapping[str, Any]) -> Scope:
+    def __init__(self, state: WorkflowState, execute: Execute) -> None:
+        self.state = state
+        self.graph = state.graph
+        self.execute = execute
+
+    @staticmethod
+    def seed_scope(tmpl: Mapping[str, Any]) -> Scope:
         scope = Scope()
         inputs = tmpl.get("inputs") or {}
         for p in inputs.get("parameters") or []:
@@ -57,8 +69,8 @@ class ChildRunner(WorkflowState):
             key = str(ref).strip()
             if key.startswith("{{") and key.endswith("}}"):
                 key = key[2:-2].strip()
-            with self.lock:
-                found = scope.artifacts.get(key) or self.global_artifacts.get(key)
+            with self.graph.lock:
+                found = scope.artifacts.get(key) or self.state.global_artifacts.get(key)
             if found is None:
                 if art.get("optional"):
                     continue
@@ -71,11 +83,11 @@ class ChildRunner(WorkflowState):
         if args.get("artifacts"):
             step["arguments"] = {**args, "artifacts": resolved}
 
-    def _prepare_calls(
+    def prepare_calls(
         self, step: dict[str, Any], scope: Scope, base_name: str, where: str
     ) -> list[tuple[str, dict[str, Any], str | None]]:
         """Resolve references, evaluate ``when`` and expand loops: ``(node name, step, skip message)``."""
-        merged: dict[str, Any] = {**self._global_scope(), **scope.params}
+        merged: dict[str, Any] = {**self.state.global_scope(), **scope.params}
         hooks = step.get("hooks")
         on_exit = step.get("onExit")
         body = {k: v for k, v in step.items() if k not in ("hooks", "onExit")}
@@ -137,41 +149,32 @@ class ChildRunner(WorkflowState):
             self._run_exit_hook(hook, node, call, scope, ref_kind, str(step["name"]))
         return node
 
-    def _child_thread(
-        self,
-        body: dict[str, Any],
-        call: Call,
-        scope: Scope,
-        kind: str,
-        box: list[Node],
-        slots: Slots | None,
-        events: queue.SimpleQueue[Any] | None,
-    ) -> None:
-        try:
-            box.append(self._run_child(body, call, scope, kind))
-        except BaseException as exc:  # keep the run alive; record the failure on the node
-            with self.lock:
-                existing = self.nodes.get(node_id(self.name, call.name))
-            box.append(
-                self._set_phase(existing, "Error", f"internal error: {exc}")
-                if existing
-                else self._error_node(call, f"internal error: {exc}")
-            )
-        finally:
-            if slots is not None:
-                slots.release()
-            if events is not None:
-                events.put(call.name)
+    def spawn_child(
+        self, body: dict[str, Any], call: Call, scope: Scope, kind: str, slots: Slots | None
+    ) -> Future[Node]:
+        """Run one child (and its exit hook) on its own thread; the future gets its node once it is done
+        and its ``slots`` place is released."""
+
+        def run() -> Node:
+            try:
+                return self._run_child(body, call, scope, kind)
+            except BaseException as exc:  # keep the run alive; record the failure on the node
+                return self.graph.fail_call(call, f"internal error: {exc}")
+            finally:
+                if slots is not None:
+                    slots.release()
+
+        return spawn(run, f"{kind[:-1]}-{call.name}")
 
     def _run_exit_hook(
         self, hook: Mapping[str, Any], node: Node, call: Call, scope: Scope, ref_kind: str, step_name: str
     ) -> Node | None:
         local = scope.copy()
-        with self.lock:
-            last = self._last_attempt(node)
+        with self.graph.lock:
+            last = self.graph.last_attempt(node)
             for name in {step_name, step_name.split("(")[0]}:
                 local.update(node_scope(f"{ref_kind}.{name}", node, last))
-        merged = {**self._global_scope(), **local.params}
+        merged = {**self.state.global_scope(), **local.params}
         if hook.get("expression") and not evaluate(str(hook["expression"]), expand_scope(merged)):
             return None
         arguments = substitute_obj(dict(hook.get("arguments") or {}), merged, NONE)
@@ -192,30 +195,30 @@ class ChildRunner(WorkflowState):
     def _last_attempt(self, node: Node) -> Node | None:
         if node.type != "Retry":
             return None
-        attempts = [self.nodes[c] for c in node.children if not self.nodes[c].hooked]
+        attempts = [self.graph.nodes[c] for c in node.children if not self.graph.nodes[c].hooked]
         return attempts[-1] if attempts else None
 
-    def _finish_template(
-        self, node: Node, tmpl: Mapping[str, Any], scope: Scope, failed: tuple[str, str] | None
+    def finish_template(
+        self, node: Node, tmpl: Mapping[str, Any], scope: Scope, failed: tuple[Phase, str] | None
     ) -> Node:
-        self._stop_daemons(node.id)
+        self.state.stop_daemons(node.id)
         if failed is not None:
-            return self._set_phase(node, failed[0], failed[1])
+            return self.graph.set_phase(node, failed[0], failed[1])
         try:
             outputs = self._template_outputs(tmpl, scope)
         except (WorkflowInputError, ExpressionError) as exc:
-            return self._set_phase(node, "Error", str(exc))
+            return self.graph.set_phase(node, Phase.ERROR, str(exc))
         if outputs:
-            with self.lock:
+            with self.graph.lock:
                 node.outputs = outputs
-            self._add_global_outputs(outputs)
-        return self._set_phase(node, "Succeeded")
+            self.state.add_global_outputs(outputs)
+        return self.graph.set_phase(node, Phase.SUCCEEDED)
 
     def _template_outputs(self, tmpl: Mapping[str, Any], scope: Scope) -> dict[str, Any] | None:
         spec = tmpl.get("outputs") or {}
         if not spec.get("parameters") and not spec.get("artifacts"):
             return None
-        merged = {**self._global_scope(), **scope.params}
+        merged = {**self.state.global_scope(), **scope.params}
         outputs: dict[str, Any] = {}
         params = []
         for p in spec.get("parameters") or []:
@@ -250,7 +253,7 @@ class ChildRunner(WorkflowState):
         for a in spec.get("artifacts") or []:
             ref = str(a.get("from") or "").strip()
             key = ref[2:-2].strip() if ref.startswith("{{") and ref.endswith("}}") else ref
-            found = scope.artifacts.get(key) or self.global_artifacts.get(key)
+            found = scope.artifacts.get(key) or self.state.global_artifacts.get(key)
             if found is None:
                 if a.get("optional"):
                     continue
@@ -271,5 +274,6 @@ def continues_on(step: Mapping[str, Any], phase: str) -> bool:
     """Whether the step's or task's ``continueOn`` lets a child that ended in ``phase`` pass."""
     continue_on = step.get("continueOn") or {}
     return bool(
-        (phase == "Failed" and continue_on.get("failed")) or (phase == "Error" and continue_on.get("error"))
+        (phase == Phase.FAILED and continue_on.get("failed"))
+        or (phase == Phase.ERROR and continue_on.get("error"))
     )

@@ -15,6 +15,7 @@ from argofl.pipelines.exits import ArgoflGroup
 from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
 from argofl.pipelines.local.containers import parse_image_map
 from argofl.pipelines.local.logs import find_nodes, log_files
+from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
 from argofl.pipelines.parameters import check_overrides, overrides_option
@@ -164,7 +165,7 @@ def run_cmd(
         click.echo(render_status(result.name, result.status), nl=False)
     if result.stopped_by is not None:
         sys.exit(128 + result.stopped_by)
-    sys.exit(0 if result.phase == "Succeeded" else 1)
+    sys.exit(0 if result.phase == Phase.SUCCEEDED else 1)
 
 
 def _run_dir(run: str, runs_dir: Path) -> Path:

@@ -1,46 +1,87 @@
 """The executor: runs a validated workflow as Argo's controller would, one Python thread per active node.
 
-``Engine.run`` executes the entrypoint template, then the exit handler, and derives the workflow phase
-the way ``operator.go`` does. A template invocation (:meth:`Engine.execute`) binds arguments to inputs
-and substitutes ``{{...}}`` (:mod:`.binding`), wraps the node in a ``Retry`` node when the template has a
-``retryStrategy`` (here) and dispatches on the template type:
+:class:`Engine` is assembled by composition: a :class:`~.state.WorkflowState` (globals, deadlines,
+daemons, running pods; ``status.json``) owning the :class:`~.graph.NodeGraph` (nodes and the lock), and
+one runner per template kind that receives it. ``Engine.run`` executes the entrypoint template, then the
+exit handler, and derives the workflow phase the way ``operator.go`` does. A template invocation
+(:meth:`Engine.execute`) binds arguments to inputs and substitutes ``{{...}}`` (:mod:`.binding`), wraps
+the node in a ``Retry`` node when the template has a ``retryStrategy`` (here) and hands the template to
+the runner of its kind (:meth:`Engine.runners`, the one dispatch point):
 
-* container/script — :mod:`.pods`: a host process (see :mod:`.process`, :mod:`.sandbox`);
-* steps — :mod:`.step_groups`: step groups in order, the steps of a group in parallel threads;
-* dag — :mod:`.dag`: a scheduler that starts each task as soon as its ``depends`` logic can be decided,
-  woken by task completions (no polling).
+* container/script — :class:`~.pods.PodRunner`: a host process (:mod:`.process`, :mod:`.sandbox`), or a
+  container with ``--runtime docker`` (:mod:`.containers`);
+* steps — :class:`~.step_groups.StepsRunner`: step groups in order, the steps of a group in parallel;
+* dag — :class:`~.dag.DagRunner`: a scheduler that starts each task as soon as its ``depends`` logic can
+  be decided, woken by task completions (no polling).
 
-What steps and DAGs share lives in :mod:`.children`; nodes, globals, ``status.json`` and daemons in
-:mod:`.state`. Workflow ``parallelism`` (and the caller's ``parallelism``) caps running pods; a template's
-``parallelism`` caps the active child nodes in its boundary, handed out in index order.
+What steps and DAGs share lives in :mod:`.children`; children run on threads that report through futures
+(:mod:`.threads`). Workflow ``parallelism`` (and the caller's ``parallelism``) caps running pods; a
+template's ``parallelism`` caps the active child nodes in its boundary, handed out in index order.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import random
-import string
+import threading
 import time
-import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from argofl.pipelines.local.artifacts import ArtifactError
-from argofl.pipelines.local.binding import TemplateBinder
+from argofl.pipelines.local.binding import find_template, process_args
+from argofl.pipelines.local.children import Children
+from argofl.pipelines.local.containers import DockerRuntime
 from argofl.pipelines.local.dag import DagRunner
 from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
 from argofl.pipelines.local.expressions import go_json
-from argofl.pipelines.local.model import FAILED_OR_ERROR, Node, node_id, rfc3339
+from argofl.pipelines.local.graph import Call, LogKey
+from argofl.pipelines.local.model import FAILED_OR_ERROR, Node, Phase, generate_name, new_uid, rfc3339
 from argofl.pipelines.local.pods import PodRunner
-from argofl.pipelines.local.retry import RetryPolicy, humanize_seconds
-from argofl.pipelines.local.state import Call
+from argofl.pipelines.local.refs import KeyRefs
+from argofl.pipelines.local.resources import ResourceRunner
+from argofl.pipelines.local.retries import RetryRunner
+from argofl.pipelines.local.retry import RetryPolicy
+from argofl.pipelines.local.state import WorkflowState
 from argofl.pipelines.local.step_groups import StepsRunner
-from argofl.pipelines.local.templating import NONE, expand_scope, substitute_obj
+from argofl.pipelines.local.templating import NONE, substitute_obj
+from argofl.steps.store import Store
 
-__all__ = ["Engine", "LocalRunResult", "generate_name", "new_uid"]
+__all__ = [
+    "TEMPLATE_KINDS",
+    "Engine",
+    "LocalRunResult",
+    "TemplateRunner",
+    "generate_name",
+    "new_uid",
+    "template_kind",
+]
+
+TEMPLATE_KINDS = (
+    "steps",
+    "dag",
+    "container",
+    "script",
+    "resource",
+    "suspend",
+    "containerSet",
+    "data",
+    "http",
+    "plugin",
+)
+"""Argo's template types: a template has exactly one of these keys (:mod:`.validate` checks it)."""
+
+
+def template_kind(tmpl: Mapping[str, Any]) -> str:
+    """Which of :data:`TEMPLATE_KINDS` ``tmpl`` is; one with none runs as a (command-less) container."""
+    return next((kind for kind in TEMPLATE_KINDS if kind in tmpl), "container")
+
+
+class TemplateRunner(Protocol):
+    """Runs one bound template invocation of its kind and returns its node."""
+
+    def __call__(self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: LogKey | None) -> Node: ...
 
 
 @dataclass
@@ -55,38 +96,130 @@ class LocalRunResult:
     stopped_by: int | None = None  # the signal that interrupted the run (see run_workflow)
 
 
-class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
-    """Runs one workflow; create it, then call :meth:`run` once."""
+class Engine:
+    """Runs one workflow; create it, then call :meth:`run` once (:meth:`interrupt` from any thread)."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        uid: str,
+        metadata: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        templates: Mapping[str, dict[str, Any]],
+        parameters: list[dict[str, Any]],
+        run_dir: Path,
+        store: Store,
+        env: Mapping[str, str] | None,
+        on_node: Callable[[dict[str, Any]], None] | None,
+        parallelism: int | None,
+        key_refs: KeyRefs | None = None,
+        containers: DockerRuntime | None = None,
+        workflow_templates: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.on_node = on_node
+        self.workflow_templates = dict(workflow_templates or {})
+        self.state = WorkflowState(
+            name=name,
+            uid=uid,
+            metadata=metadata,
+            spec=spec,
+            templates=templates,
+            parameters=parameters,
+            run_dir=run_dir,
+            store=store,
+            env=env,
+            on_node=on_node,
+            parallelism=parallelism,
+            key_refs=key_refs,
+            containers=containers,
+        )
+        self.graph = self.state.graph
+        children = Children(self.state, self.execute)
+        self.pods = PodRunner(self.state)
+        self.steps = StepsRunner(self.state, children)
+        self.dags = DagRunner(self.state, children)
+        self.retries = RetryRunner(self.state, self._execute_once)
+        self.resources = ResourceRunner(self.state, self.workflow_templates, self._child)
+
+    def runners(self) -> dict[str, TemplateRunner]:
+        """The runner of each template kind (:func:`template_kind`): the one place that chooses how a
+        template runs."""
+        return {
+            "container": self.pods.run,
+            "script": self.pods.run,
+            "steps": self.steps.run,
+            "dag": self.dags.run,
+            "resource": self.resources.run,
+        }
+
+    def _child(
+        self,
+        *,
+        name: str,
+        metadata: Mapping[str, Any],
+        spec: Mapping[str, Any],
+        templates: Mapping[str, dict[str, Any]],
+        parameters: list[dict[str, Any]],
+        run_dir: Path,
+    ) -> Engine:
+        """The engine of a Workflow this run created (:mod:`.resources`): the same store, environment,
+        progress callback, container runtime, key references, WorkflowTemplates and pod slots."""
+        state = self.state
+        child = Engine(
+            name=name,
+            uid=new_uid(),
+            metadata=metadata,
+            spec=spec,
+            templates=templates,
+            parameters=parameters,
+            run_dir=run_dir,
+            store=state.store,
+            env=state.extra_env,
+            on_node=self.on_node,
+            parallelism=None,
+            key_refs=state.key_refs,
+            containers=state.containers,
+            workflow_templates=self.workflow_templates,
+        )
+        if state.pod_slots is not None:
+            child.state.pod_slots = state.pod_slots
+        return child
+
+    def interrupt(self, message: str, *, hard: bool = False) -> list[threading.Thread]:
+        """Stop the run as ``argo stop`` does (:meth:`.state.WorkflowState.interrupt`)."""
+        return self.state.interrupt(message, hard=hard)
 
     # ------------------------------------------------------------------------------------ the run
 
     def run(self) -> LocalRunResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._write_status()
-        self._writer.start()
+        state = self.state
+        state.run_dir.mkdir(parents=True, exist_ok=True)
+        state.status_file.write()
+        state.status_file.start()
         try:
             root = self.execute(
                 Call(
-                    name=self.name,
-                    template=str(self.spec["entrypoint"]),
+                    name=state.name,
+                    template=str(state.spec["entrypoint"]),
                     arguments={
-                        "parameters": self.parameters,
-                        "artifacts": (self.spec.get("arguments") or {}).get("artifacts") or [],
+                        "parameters": state.parameters,
+                        "artifacts": (state.spec.get("arguments") or {}).get("artifacts") or [],
                     },
                     boundary_id=None,
                     parents=[],
                 )
             )
-            self._wait_daemon_node(root)
+            state.wait_daemon_node(root)
             wf_status = {
-                "Succeeded": "Succeeded",
-                "Skipped": "Succeeded",
-                "Omitted": "Succeeded",
-                "Failed": "Failed",
-                "Error": "Error",
-            }.get(root.phase, "Error")
-            with self.lock:
-                self.globals["workflow.status"] = wf_status
+                Phase.SUCCEEDED: Phase.SUCCEEDED,
+                Phase.SKIPPED: Phase.SUCCEEDED,
+                Phase.OMITTED: Phase.SUCCEEDED,
+                Phase.FAILED: Phase.FAILED,
+                Phase.ERROR: Phase.ERROR,
+            }.get(root.phase, Phase.ERROR)
+            with state.lock:
+                state.globals["workflow.status"] = wf_status
                 failures = [
                     {
                         "displayName": n.display_name,
@@ -96,53 +229,50 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
                         "podName": n.id,
                         "finishedAt": (rfc3339(n.finished_at) or "")[:19] + "Z",
                     }
-                    for n in self.nodes.values()
+                    for n in self.graph.nodes.values()
                     if n.phase in FAILED_OR_ERROR
                 ]
-                self.globals["workflow.failures"] = json.dumps(go_json(failures), ensure_ascii=False)
+                state.globals["workflow.failures"] = json.dumps(go_json(failures), ensure_ascii=False)
             on_exit = self._exit_handler()
-            phase, message = wf_status, root.message if wf_status != "Succeeded" else ""
-            if on_exit is not None and wf_status == "Succeeded" and on_exit.failed_or_error:
+            phase, message = wf_status, root.message if wf_status != Phase.SUCCEEDED else ""
+            if on_exit is not None and wf_status == Phase.SUCCEEDED and on_exit.failed_or_error:
                 phase, message = on_exit.phase, on_exit.message
-            self._stop_daemons(None, everything=True)
-            if self.interrupted is not None:  # as `argo stop`: Failed, whatever the nodes reached
-                phase, message = "Failed", self.interrupted
-                self._finalize_nodes(self.interrupted)
-            with self.lock:
-                self.phase = phase
-                self.message = message
-                self.globals["workflow.status"] = phase
-                self.finished_at = time.time()
+            state.stop_daemons(None, everything=True)
+            if state.interrupted is not None:  # as `argo stop`: Failed, whatever the nodes reached
+                phase, message = Phase.FAILED, state.interrupted
+                self.graph.finalize(state.interrupted)
+            with state.lock:
+                state.phase = phase
+                state.message = message
+                state.globals["workflow.status"] = phase
+                state.finished_at = time.time()
         except BaseException as exc:
             stopped = f"stopped: executor interrupted ({type(exc).__name__})"
-            for thread in self.interrupt(stopped, hard=True):
+            for thread in state.interrupt(stopped, hard=True):
                 thread.join()
-            self._stop_daemons(None, everything=True)
-            self._finalize_nodes(stopped)
-            with self.lock:
-                if self.phase == "Running":
-                    self.phase = "Error"
-                    self.finished_at = time.time()
+            state.stop_daemons(None, everything=True)
+            self.graph.finalize(stopped)
+            with state.lock:
+                if state.phase == Phase.RUNNING:
+                    state.phase = Phase.ERROR
+                    state.finished_at = time.time()
             raise
         finally:
-            if self._exit_grace is not None:
-                self._exit_grace.cancel()
-            with self._dirty:
-                self._stop_writer = True
-                self._dirty.notify()
-            self._writer.join()
-            self._write_status()
-        return LocalRunResult(self.name, self.uid, self.phase, self.status(), self.run_dir)
+            if state.exit_grace is not None:
+                state.exit_grace.cancel()
+            state.status_file.close()
+        return LocalRunResult(state.name, state.uid, state.phase, state.status(), state.run_dir)
 
     def _exit_handler(self) -> Node | None:
-        hook = (self.spec.get("hooks") or {}).get("exit")
-        template = self.spec.get("onExit") or (hook or {}).get("template")
+        spec = self.state.spec
+        hook = (spec.get("hooks") or {}).get("exit")
+        template = spec.get("onExit") or (hook or {}).get("template")
         if not template:
             return None
-        arguments = substitute_obj((hook or {}).get("arguments") or {}, self._global_scope(), NONE)
+        arguments = substitute_obj((hook or {}).get("arguments") or {}, self.state.global_scope(), NONE)
         return self.execute(
             Call(
-                name=f"{self.name}.onExit",
+                name=f"{self.state.name}.onExit",
                 template=str(template),
                 arguments=arguments,
                 boundary_id=None,
@@ -156,22 +286,22 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
 
     def execute(self, call: Call, *, retried: bool = False) -> Node:
         """Run one template invocation to completion (a daemon: until it is ready) and return its node."""
-        tmpl_raw = self._template(call.template)
+        tmpl_raw = find_template(self.state.templates, call.template)
         if tmpl_raw is None:
-            return self._error_node(call, f"template {call.template!r} not found")
+            return self.graph.error_node(call, f"template {call.template!r} not found")
         local = {"node.name": call.name, **call.local}
         try:
-            tmpl = self._process_args(tmpl_raw, call.arguments, local)
-            strategy = tmpl.get("retryStrategy") or self.spec.get("retryStrategy")
+            tmpl = process_args(tmpl_raw, call.arguments, local, self.state.global_scope())
+            strategy = tmpl.get("retryStrategy") or self.state.spec.get("retryStrategy")
             policy = (
                 RetryPolicy.parse(strategy, f"templates.{call.template_name}.retryStrategy")
                 if strategy
                 else None
             )
         except (WorkflowInputError, ExpressionError) as exc:
-            return self._error_node(call, str(exc))
+            return self.graph.error_node(call, str(exc))
         if policy is not None:
-            return self._execute_retry(call, tmpl, policy)
+            return self.retries.run(call, tmpl, policy)
         return self._execute_once(call, tmpl, retried=retried)
 
     def _execute_once(
@@ -180,138 +310,13 @@ class Engine(StepsRunner, DagRunner, PodRunner, TemplateBinder):
         tmpl: dict[str, Any],
         *,
         retried: bool = False,
-        log_key: tuple[str, int] | None = None,
+        log_key: LogKey | None = None,
     ) -> Node:
+        kind = template_kind(tmpl)
+        runner = self.runners().get(kind)
+        if runner is None:
+            return self.graph.error_node(call, f"{kind} templates are not supported by the local executor")
         try:
-            if "steps" in tmpl:
-                return self._run_steps(call, tmpl, retried)
-            if "dag" in tmpl:
-                return self._run_dag(call, tmpl, retried)
-            if "resource" in tmpl:  # a child Workflow (:mod:`.resources`)
-                from argofl.pipelines.local.resources import run_resource
-
-                return run_resource(self, call, tmpl, retried)
-            return self._run_pod(call, tmpl, retried, log_key)
+            return runner(call, tmpl, retried, log_key)
         except (WorkflowInputError, ExpressionError, ArtifactError) as exc:
-            with self.lock:
-                existing = self.nodes.get(node_id(self.name, call.name))
-            if existing is None:
-                return self._error_node(call, str(exc))
-            return self._set_phase(existing, "Error", str(exc))
-
-    # ------------------------------------------------------------------------------------- retries
-
-    def _execute_retry(self, call: Call, tmpl: dict[str, Any], policy: RetryPolicy) -> Node:
-        rnode = self._create_for_call(call, "Retry", "Running", tmpl)
-        attempts: list[Node] = []
-        while True:
-            n = len(attempts)
-            last = attempts[-1] if attempts else None
-            local = {
-                "retries": str(n),
-                "lastRetry.exitCode": ((last.outputs or {}).get("exitCode") or "0") if last else "0",
-                "lastRetry.status": last.phase if last else "",
-                "lastRetry.duration": _seconds(last) if last else "0",
-                "lastRetry.message": last.message if last else "",
-                "pod.name": node_id(self.name, f"{call.name}({n})"),
-            }
-            attempt_tmpl = substitute_obj(tmpl, local, NONE)
-            child_call = Call(
-                name=f"{call.name}({n})",
-                template=call.template,
-                arguments=call.arguments,
-                boundary_id=call.boundary_id,
-                parents=[rnode.id],
-                on_exit=call.on_exit,
-                local=call.local,
-            )
-            child = self._execute_once(child_call, attempt_tmpl, retried=True, log_key=(rnode.id, n))
-            attempts.append(child)
-            if child.daemoned and child.phase == "Running":
-                with self.lock:
-                    rnode.daemoned = True
-                    for daemon in self.daemons.values():
-                        if daemon.node is child:
-                            daemon.retry_parent = rnode
-                self._changed(rnode)
-                return rnode
-            if not child.failed_or_error:
-                with self.lock:
-                    rnode.outputs = copy.deepcopy(child.outputs)
-                return self._set_phase(rnode, child.phase if child.phase != "Omitted" else "Succeeded", "")
-            stopping = self._stopping(call)
-            stop = (
-                (child.phase, stopping)
-                if stopping
-                else self._retry_stop_reason(policy, child, attempts, tmpl)
-            )
-            if stop is not None:
-                with self.lock:
-                    rnode.outputs = copy.deepcopy(child.outputs)
-                return self._set_phase(rnode, "Error" if stop[0] == "Error" else child.phase, stop[1])
-            wait = policy.backoff_seconds(len(attempts))
-            if wait:
-                self._set_phase(rnode, "Running", f"Backoff for {humanize_seconds(wait)}")
-                until = (child.finished_at or time.time()) + wait
-                if self.deadline is not None and not call.on_exit and until > self.deadline:
-                    with self.lock:
-                        rnode.outputs = copy.deepcopy(child.outputs)
-                    return self._set_phase(
-                        rnode, child.phase, f"retry exceeded workflow deadline {rfc3339(self.deadline)}"
-                    )
-                self._interrupt_event.wait(max(0.0, until - time.time()))
-                if self._stopping(call) is None:  # after an interrupt, an exit handler still backs off
-                    time.sleep(max(0.0, until - time.time()))
-                self._set_phase(rnode, "Running", "")
-
-    def _retry_stop_reason(
-        self, policy: RetryPolicy, child: Node, attempts: list[Node], tmpl: Mapping[str, Any]
-    ) -> tuple[str, str] | None:
-        if self.deadline is not None and time.time() > self.deadline:
-            return child.phase, f"retry exceeded workflow deadline {rfc3339(self.deadline)}"
-        first_start = attempts[0].started_at
-        if (
-            policy.backoff_max_duration is not None
-            and time.time() > first_start + policy.backoff_max_duration
-        ):
-            return child.phase, "Max duration limit exceeded"
-        if policy.backoff_duration is not None and policy.backoff_max_duration is not None:
-            wait = policy.backoff_seconds(len(attempts)) or 0.0
-            if (child.finished_at or time.time()) + wait > first_start + policy.backoff_max_duration:
-                return child.phase, "Backoff would exceed max duration limit"
-        if not policy.should_retry_phase(child.phase, child.message):
-            return child.phase, child.message
-        if policy.limit is not None and len(attempts) > policy.limit:
-            return child.phase, "No more retries left"
-        if policy.expression:
-            last = {
-                "exitCode": (child.outputs or {}).get("exitCode") or "-1",
-                "status": child.phase,
-                "duration": _seconds(child),
-                "message": child.message,
-            }
-            try:
-                allowed = policy.expression_allows(
-                    len(attempts) - 1, last, expand_scope(self._global_scope())
-                )
-            except ExpressionError as exc:
-                return "Error", str(exc)
-            if not allowed:
-                return child.phase, "retryStrategy.expression evaluated to false"
-        return None
-
-
-def _seconds(node: Node) -> str:
-    """A node's duration as Argo reports ``lastRetry.duration``: from timestamps kept to the second."""
-    end = node.finished_at or time.time()
-    return str(int(end) - int(node.started_at))
-
-
-def generate_name(prefix: str) -> str:
-    """``prefix`` + 5 random ``[a-z0-9]``, like Kubernetes' generateName."""
-    alphabet = string.ascii_lowercase + string.digits
-    return prefix + "".join(random.choice(alphabet) for _ in range(5))
-
-
-def new_uid() -> str:
-    return str(uuid.uuid4())
+            return self.graph.fail_call(call, str(exc))

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
+import string
 import time
+import uuid
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 __all__ = [
@@ -12,23 +16,30 @@ __all__ = [
     "FAILED_OR_ERROR",
     "FULFILLED",
     "Node",
+    "Phase",
     "fnv32a",
+    "generate_name",
+    "new_uid",
     "node_id",
     "rfc3339",
 ]
 
-PENDING, RUNNING, SUCCEEDED, FAILED, ERROR, SKIPPED, OMITTED = (
-    "Pending",
-    "Running",
-    "Succeeded",
-    "Failed",
-    "Error",
-    "Skipped",
-    "Omitted",
-)
-FULFILLED = frozenset({SUCCEEDED, FAILED, ERROR, SKIPPED, OMITTED})
-COMPLETED = frozenset({SUCCEEDED, FAILED, ERROR})
-FAILED_OR_ERROR = frozenset({FAILED, ERROR})
+
+class Phase(StrEnum):
+    """A node's or the workflow's phase; the values are Argo's strings, written as-is to ``status.json``."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    ERROR = "Error"
+    SKIPPED = "Skipped"
+    OMITTED = "Omitted"
+
+
+FULFILLED = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ERROR, Phase.SKIPPED, Phase.OMITTED})
+COMPLETED = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.ERROR})
+FAILED_OR_ERROR = frozenset({Phase.FAILED, Phase.ERROR})
 
 
 def fnv32a(text: str) -> int:
@@ -63,7 +74,7 @@ class Node:
     display_name: str
     type: str
     template_name: str | None
-    phase: str
+    phase: Phase
     boundary_id: str | None = None
     message: str = ""
     children: list[str] = field(default_factory=list)
@@ -85,7 +96,7 @@ class Node:
     @property
     def fulfilled(self) -> bool:
         """Argo's ``Fulfilled()``: finished, or a daemon that has started."""
-        return self.phase in FULFILLED or (self.daemoned and self.phase != PENDING)
+        return self.phase in FULFILLED or (self.daemoned and self.phase != Phase.PENDING)
 
     @property
     def completed(self) -> bool:
@@ -101,7 +112,7 @@ class Node:
             "name": self.name,
             "displayName": self.display_name,
             "type": self.type,
-            "phase": self.phase,
+            "phase": str(self.phase),
             "startedAt": rfc3339(self.started_at),
             "finishedAt": rfc3339(self.finished_at),
         }
@@ -128,3 +139,13 @@ class Node:
         if self.type == "Pod":
             out["hostNodeName"] = "localhost"
         return out
+
+
+def generate_name(prefix: str) -> str:
+    """``prefix`` + 5 random ``[a-z0-9]``, like Kubernetes' generateName."""
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(random.choice(alphabet) for _ in range(5))
+
+
+def new_uid() -> str:
+    return str(uuid.uuid4())

@@ -8,8 +8,9 @@ parameters and artifacts are collected from the node's files and the phase is se
 A ``daemon`` template returns once its ``readinessProbe`` passes and keeps running (and holding its slot)
 until it exits or its boundary finishes.
 
-With a :class:`~.containers.DockerRuntime` in ``containers`` (``--runtime docker``) each pod is a
-container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the same.
+With a :class:`~.containers.DockerRuntime` in ``WorkflowState.containers`` (``--runtime docker``) each pod
+is a container of its image instead (:meth:`PodRunner._run_container`); phases, logs and status are the
+same. What the stages of one pod share travels in a :class:`Pod`.
 
 Local approximations of the process runtime: the image is ignored and ``python``/``python3`` run the
 current interpreter; a daemon gets a loopback address of its own as its pod IP (:mod:`.addresses`).
@@ -28,8 +29,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from argofl.pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
@@ -37,38 +38,49 @@ from argofl.pipelines.local.containers import (
     ContainerOutcome,
     ContainerProcess,
     ContainerStartError,
-    DockerRuntime,
     exec_in_container,
 )
 from argofl.pipelines.local.errors import LocalExecutorError, WorkflowInputError
 from argofl.pipelines.local.expressions import format_value
-from argofl.pipelines.local.model import Node
+from argofl.pipelines.local.graph import Call, LogKey
+from argofl.pipelines.local.model import Node, Phase
 from argofl.pipelines.local.probes import wait_ready
 from argofl.pipelines.local.process import ProcessOutcome, StepProcess
-from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.retry import parse_duration
 from argofl.pipelines.local.sandbox import PathView
-from argofl.pipelines.local.state import Call, Daemon, WorkflowState
+from argofl.pipelines.local.state import Daemon, WorkflowState
 from argofl.steps.store import ObjectNotFound
 
-__all__ = ["SCRIPT_PATH", "PodRunner"]
+__all__ = ["SCRIPT_PATH", "Pod", "PodRunner"]
 
 SCRIPT_PATH = "/argo/staging/script"
 
 
-class PodRunner(WorkflowState):
-    """Runs container and script templates as host processes, or as containers with ``containers``."""
+@dataclass
+class Pod:
+    """One pod being run: its node and call, its bound template, its files and logs, and its slot."""
 
-    containers: DockerRuntime | None = None
-    key_refs: KeyRefs = MappingProxyType({})  # Secrets and ConfigMaps from --secrets (:mod:`.refs`)
+    node: Node
+    call: Call
+    tmpl: dict[str, Any]
+    view: PathView
+    log_base: Path  # logs/<owner>/attempt-<n>: ``.log`` (stdout and stderr) and ``.stdout``
+    release: Callable[[], None]  # give the pod slot back (a daemon does once it has exited)
+    tmpl_deadline: float | None = None  # the template's activeDeadlineSeconds/timeout, once started
+    deadline: float | None = None  # the earlier of that and the workflow's deadline
 
-    def _allocate_ip(self) -> str:
-        return self.addresses.allocate()
+
+class PodRunner:
+    """Runs container and script templates as host processes, or as containers with ``state.containers``."""
+
+    def __init__(self, state: WorkflowState) -> None:
+        self.state = state
+        self.graph = state.graph
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
         """A host process's environment: this process's, ``env=``, and the template's (paths rewritten)."""
         env = dict(os.environ)
-        env.update(self.extra_env)
+        env.update(self.state.extra_env)
         bin_dir = str(Path(sys.executable).parent)
         env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
         env.update(self._template_env(ctr, node, ip, view.rewrite))
@@ -81,8 +93,8 @@ class PodRunner(WorkflowState):
         env: dict[str, str] = {}
         env.update(
             {
-                "ARGO_WORKFLOW_NAME": self.name,
-                "ARGO_WORKFLOW_UID": self.uid,
+                "ARGO_WORKFLOW_NAME": self.state.name,
+                "ARGO_WORKFLOW_UID": self.state.uid,
                 "ARGO_NODE_ID": node.id,
                 "ARGO_POD_NAME": node.id,
                 "ARGO_TEMPLATE": json.dumps({"name": node.template_name}),
@@ -103,15 +115,15 @@ class PodRunner(WorkflowState):
                     value = {
                         "status.podIP": ip or "127.0.0.1",
                         "metadata.name": node.id,
-                        "metadata.namespace": self.globals["workflow.namespace"],
+                        "metadata.namespace": self.state.globals["workflow.namespace"],
                         "spec.nodeName": "localhost",
                     }.get(path, "")
                 else:
                     ref = source.get("secretKeyRef") or source.get("configMapKeyRef") or {}
                     kind = "Secret" if "secretKeyRef" in source else "ConfigMap"
-                    found = self.key_refs.get((kind, str(ref.get("name"))), {}).get(str(ref.get("key")))
+                    found = self.state.key_refs.get((kind, str(ref.get("name"))), {}).get(str(ref.get("key")))
                     if found is None:
-                        found = self.extra_env.get(name, os.environ.get(name))
+                        found = self.state.extra_env.get(name, os.environ.get(name))
                     if found is None:
                         if ref.get("optional"):
                             continue
@@ -124,10 +136,8 @@ class PodRunner(WorkflowState):
             env[name] = rewrite(value)
         return env
 
-    def _run_pod(
-        self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: tuple[str, int] | None
-    ) -> Node:
-        slots = self.pod_slots
+    def run(self, call: Call, tmpl: dict[str, Any], retried: bool, log_key: LogKey | None = None) -> Node:
+        slots = self.state.pod_slots
         if slots is not None:
             slots.acquire()
         released = False
@@ -140,12 +150,12 @@ class PodRunner(WorkflowState):
 
         keep_slot = False
         try:
-            node = self._create_for_call(call, "Pod", "Pending", tmpl, retried=retried)
-            if self.deadline is not None and not call.on_exit and time.time() >= self.deadline:
-                return self._set_phase(node, "Failed", "Step exceeded its deadline")
-            stopping = self._stopping(call)
+            node = self.graph.create_for_call(call, "Pod", Phase.PENDING, tmpl, retried=retried)
+            if self.state.deadline is not None and not call.on_exit and time.time() >= self.state.deadline:
+                return self.graph.set_phase(node, Phase.FAILED, "Step exceeded its deadline")
+            stopping = self.state.stopping(call)
             if stopping is not None:
-                return self._set_phase(node, "Failed", stopping)
+                return self.graph.set_phase(node, Phase.FAILED, stopping)
             keep_slot = self._run_pod_process(node, call, tmpl, log_key or (node.id, 0), release)
             return node
         finally:
@@ -153,12 +163,7 @@ class PodRunner(WorkflowState):
                 release()
 
     def _run_pod_process(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: dict[str, Any],
-        log_key: tuple[str, int],
-        release: Callable[[], None],
+        self, node: Node, call: Call, tmpl: dict[str, Any], log_key: LogKey, release: Callable[[], None]
     ) -> bool:
         """Run the pod's process; return True when a daemon keeps running (and holds its slot)."""
         script = tmpl.get("script")
@@ -170,31 +175,35 @@ class PodRunner(WorkflowState):
         declared += [(p.get("valueFrom") or {}).get("path") for p in outputs_spec.get("parameters") or []]
         if script is not None:
             declared.append(SCRIPT_PATH)
-        node_dir = self.run_dir / "nodes" / node.id
+        node_dir = self.state.run_dir / "nodes" / node.id
         view = PathView(node_dir / "root", node_dir / "work", [str(p) for p in declared if p])
         view.prepare()
         node.log_key, node.attempt = log_key
+        log_dir = self.state.run_dir / "logs" / log_key[0]
+        pod = Pod(node, call, tmpl, view, log_dir / f"attempt-{log_key[1]}", release)
         for art in inputs.get("artifacts") or []:
             if not art.get("path"):
                 continue
             if not has_location(art):
                 if art.get("optional"):
                     continue
-                self._set_phase(node, "Error", f"inputs.artifacts.{art.get('name')} has no location")
+                self.graph.set_phase(node, Phase.ERROR, f"inputs.artifacts.{art.get('name')} has no location")
                 return False
             try:
-                load_artifact(self.store, art, view.private(str(art["path"])))
+                load_artifact(self.state.store, art, view.private(str(art["path"])))
             except ObjectNotFound as exc:
                 if art.get("optional"):
                     continue
-                self._set_phase(node, "Error", f"failed to load input artifact {art.get('name')!r}: {exc}")
+                self.graph.set_phase(
+                    node, Phase.ERROR, f"failed to load input artifact {art.get('name')!r}: {exc}"
+                )
                 return False
             except ArtifactError as exc:
-                self._set_phase(node, "Error", str(exc))
+                self.graph.set_phase(node, Phase.ERROR, str(exc))
                 return False
         argv = [format_value(a) for a in list(ctr.get("command") or []) + list(ctr.get("args") or [])]
-        if self.containers is not None:
-            return self._run_container(node, call, tmpl, ctr, view, argv, log_key, release)
+        if self.state.containers is not None:
+            return self._run_container(pod, ctr, argv)
         if script is not None:
             script_file = view.private(SCRIPT_PATH)
             script_file.parent.mkdir(parents=True, exist_ok=True)
@@ -205,71 +214,46 @@ class PodRunner(WorkflowState):
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         daemon = bool(tmpl.get("daemon"))
-        ip = self._allocate_ip() if daemon else None
+        ip = self.state.addresses.allocate() if daemon else None
         if ip:
-            with self.lock:
+            with self.graph.lock:
                 node.pod_ip = ip
         env = self._pod_env(ctr, node, view, ip)
         cwd = view.private(str(ctr["workingDir"])) if ctr.get("workingDir") else view.workdir
         cwd.mkdir(parents=True, exist_ok=True)
-        tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
-        deadline = min(limits) if limits else None
-        log_dir = self.run_dir / "logs" / log_key[0]
+        self._set_deadlines(pod)
         try:
             proc = StepProcess(
                 argv,
                 env=env,
                 cwd=cwd,
-                log_path=log_dir / f"attempt-{log_key[1]}.log",
-                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+                log_path=pod.log_base.with_suffix(".log"),
+                stdout_path=pod.log_base.with_suffix(".stdout"),
             )
         except OSError as exc:
-            with self.lock:
+            with self.graph.lock:
                 node.outputs = {"exitCode": "127"}
-            self._set_phase(
+            self.graph.set_phase(
                 node,
-                "Error",
+                Phase.ERROR,
                 f"main: StartError: cannot run {argv[0] if argv else '<nothing>'}: {exc.strerror or exc}",
             )
             return False
-        with self.lock:
+        with self.graph.lock:
             node.process_started_at = proc.started_at
-        self._set_phase(node, "Running")
-        self._pod_started(node, proc, call)
+        self.graph.set_phase(node, Phase.RUNNING)
+        self.state.pod_started(node, proc, call)
         if daemon:
-            return self._daemonize(
-                node,
-                call,
-                tmpl,
-                proc,
-                view,
-                env,
-                cwd,
-                deadline,
-                log_dir / f"attempt-{log_key[1]}",
-                release,
-                tmpl_deadline,
-            )
-        outcome = proc.wait(deadline)
-        self._complete_pod(node, tmpl, view, outcome, log_dir / f"attempt-{log_key[1]}", tmpl_deadline)
+            return self._daemonize(pod, proc, env, cwd, ctr.get("readinessProbe"))
+        self._complete_pod(pod, proc.wait(pod.deadline))
         return False
 
-    def _run_container(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: dict[str, Any],
-        ctr: dict[str, Any],
-        view: PathView,
-        argv: list[str],
-        log_key: tuple[str, int],
-        release: Callable[[], None],
-    ) -> bool:
+    def _run_container(self, pod: Pod, ctr: dict[str, Any], argv: list[str]) -> bool:
         """The Docker runtime's :meth:`_run_pod_process` (:mod:`.containers`): the same phases and status."""
-        runtime = self.containers
+        runtime = self.state.containers
         if runtime is None:
             raise LocalExecutorError("no container runtime")
+        node, tmpl, view = pod.node, pod.tmpl, pod.view
         inputs = tmpl.get("inputs") or {}
         outputs_spec = tmpl.get("outputs") or {}
         mounts: list[tuple[Path, str, bool]] = []
@@ -291,55 +275,56 @@ class PodRunner(WorkflowState):
             if (p.get("valueFrom") or {}).get("path")
         ]
         daemon = bool(tmpl.get("daemon"))
-        log_dir = self.run_dir / "logs" / log_key[0]
         try:
             ip = runtime.allocate_ip()
             if daemon:
-                with self.lock:
+                with self.graph.lock:
                     node.pod_ip = ip
-            env = dict(self.extra_env)
+            env = dict(self.state.extra_env)
             env.update(self._template_env(ctr, node, ip, str))
             container = runtime.create(
                 node_id=node.id,
-                spec=self.spec,
+                spec=self.state.spec,
                 tmpl=tmpl,
                 ctr=ctr,
                 argv=argv,
                 env=env,
                 ip=ip,
                 mounts=mounts,
-                volumes_dir=self.run_dir / "nodes" / node.id / "volumes",
+                volumes_dir=self.state.run_dir / "nodes" / node.id / "volumes",
             )
             proc = ContainerProcess(
                 runtime,
                 container,
                 outputs=[(path, view.private(path)) for path in outputs],
-                log_path=log_dir / f"attempt-{log_key[1]}.log",
-                stdout_path=log_dir / f"attempt-{log_key[1]}.stdout",
+                log_path=pod.log_base.with_suffix(".log"),
+                stdout_path=pod.log_base.with_suffix(".stdout"),
             )
         except ContainerStartError as exc:
-            with self.lock:
+            with self.graph.lock:
                 node.outputs = {"exitCode": "128"}
-            self._set_phase(node, "Error", f"main: StartError: {exc}")
+            self.graph.set_phase(node, Phase.ERROR, f"main: StartError: {exc}")
             return False
-        tmpl_deadline = self._pod_deadline(tmpl, node, call)
-        limits = [d for d in (tmpl_deadline, None if call.on_exit else self.deadline) if d is not None]
-        deadline = min(limits) if limits else None
-        with self.lock:
+        self._set_deadlines(pod)
+        with self.graph.lock:
             node.process_started_at = proc.started_at
-        self._set_phase(node, "Running")
-        self._pod_started(node, proc, call)
-        log_base = log_dir / f"attempt-{log_key[1]}"
+        self.graph.set_phase(node, Phase.RUNNING)
+        self.state.pod_started(node, proc, pod.call)
         if daemon:
             probed = exec_in_container(tmpl, runtime.docker, container)
             cwd = view.workdir
             cwd.mkdir(parents=True, exist_ok=True)
-            return self._daemonize(
-                node, call, probed, proc, view, env, cwd, deadline, log_base, release, tmpl_deadline
-            )
-        outcome = proc.wait(deadline)
-        self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+            probe = (probed.get("script") or probed.get("container") or {}).get("readinessProbe")
+            return self._daemonize(pod, proc, env, cwd, probe)
+        self._complete_pod(pod, proc.wait(pod.deadline))
         return False
+
+    def _set_deadlines(self, pod: Pod) -> None:
+        """The pod's deadlines, counted from now (its start): the template's and the workflow's."""
+        pod.tmpl_deadline = self._pod_deadline(pod.tmpl, pod.node, pod.call)
+        workflow = None if pod.call.on_exit else self.state.deadline
+        limits = [d for d in (pod.tmpl_deadline, workflow) if d is not None]
+        pod.deadline = min(limits) if limits else None
 
     def _pod_deadline(self, tmpl: Mapping[str, Any], node: Node, call: Call) -> float | None:
         candidates: list[float] = []
@@ -356,17 +341,9 @@ class PodRunner(WorkflowState):
             )
         return min(candidates) if candidates else None
 
-    def _complete_pod(
-        self,
-        node: Node,
-        tmpl: Mapping[str, Any],
-        view: PathView,
-        outcome: ProcessOutcome,
-        log_base: Path,
-        tmpl_deadline: float | None,
-        stopped_ok: bool = False,
-    ) -> None:
-        self._pod_ended(node)
+    def _complete_pod(self, pod: Pod, outcome: ProcessOutcome, stopped_ok: bool = False) -> None:
+        node, tmpl, view, log_base = pod.node, pod.tmpl, pod.view, pod.log_base
+        self.state.pod_ended(node)
         stdout = (
             log_base.with_suffix(".stdout").read_bytes().decode("utf-8", errors="replace")
             if log_base.with_suffix(".stdout").exists()
@@ -380,29 +357,29 @@ class PodRunner(WorkflowState):
             self._collect_outputs(node, tmpl, view, outputs, strict=succeeded and not stopped_ok)
         except (ArtifactError, WorkflowInputError, OSError) as exc:
             error = str(exc)
-        with self.lock:
+        with self.graph.lock:
             node.outputs = outputs
             node.process_finished_at = outcome.finished_at
         if succeeded and error is None:
-            self._add_global_outputs(outputs)
-            self._set_phase(node, "Succeeded", "")
+            self.state.add_global_outputs(outputs)
+            self.graph.set_phase(node, Phase.SUCCEEDED, "")
         elif succeeded:
-            self._set_phase(node, "Error", error)
+            self.graph.set_phase(node, Phase.ERROR, error)
         elif outcome.stopped == "interrupted":
-            self._set_phase(node, "Failed", self.interrupted or "stopped")
+            self.graph.set_phase(node, Phase.FAILED, self.state.interrupted or "stopped")
         elif outcome.stopped == "deadline":
-            own = tmpl_deadline is not None and outcome.finished_at >= tmpl_deadline
+            own = pod.tmpl_deadline is not None and outcome.finished_at >= pod.tmpl_deadline
             message = (
                 "Pod was active on the node longer than the specified deadline"
                 if own
                 else "Step exceeded its deadline"
             )
-            self._set_phase(node, "Failed", message)
+            self.graph.set_phase(node, Phase.FAILED, message)
         else:
             reason = outcome.reason if isinstance(outcome, ContainerOutcome) else "Error"
             message = f"main: {reason} (exit code {outcome.exit_code})"
             error_line = termination_message(log_base.with_suffix(".log"))
-            self._set_phase(node, "Failed", f"{message}: {error_line}" if error_line else message)
+            self.graph.set_phase(node, Phase.FAILED, f"{message}: {error_line}" if error_line else message)
 
     def _collect_outputs(
         self, node: Node, tmpl: Mapping[str, Any], view: PathView, outputs: dict[str, Any], strict: bool
@@ -452,25 +429,16 @@ class PodRunner(WorkflowState):
                     f"failed to save output artifact {a.get('name')!r}: {a['path']}: no such file or "
                     "directory"
                 )
-            arts.append(save_artifact(self.store, a, source, f"{self.name}/{node.id}"))
+            arts.append(save_artifact(self.state.store, a, source, f"{self.state.name}/{node.id}"))
         if arts:
             outputs["artifacts"] = arts
 
     def _daemonize(
-        self,
-        node: Node,
-        call: Call,
-        tmpl: Mapping[str, Any],
-        proc: StepProcess,
-        view: PathView,
-        env: Mapping[str, str],
-        cwd: Path,
-        deadline: float | None,
-        log_base: Path,
-        release: Callable[[], None],
-        tmpl_deadline: float | None = None,
+        self, pod: Pod, proc: StepProcess, env: Mapping[str, str], cwd: Path, probe: Mapping[str, Any] | None
     ) -> bool:
-        ctr = tmpl.get("script") or tmpl.get("container") or {}
+        """Wait for the daemon's ``readinessProbe``; once ready, a monitor thread completes the pod when
+        it exits. True when the daemon keeps running (and holds its slot)."""
+        node = pod.node
 
         def exited(timeout: float) -> bool:
             try:
@@ -479,33 +447,32 @@ class PodRunner(WorkflowState):
             except Exception:  # subprocess.TimeoutExpired
                 return False
 
-        ready = wait_ready(ctr.get("readinessProbe"), node.pod_ip or "127.0.0.1", env, cwd, exited)
+        ready = wait_ready(probe, node.pod_ip or "127.0.0.1", env, cwd, exited)
         if not ready:
-            outcome = proc.wait(deadline)
-            self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline)
+            self._complete_pod(pod, proc.wait(pod.deadline))
             return False
         done = threading.Event()
-        daemon = Daemon(proc, node, call.boundary_id, done)
-        with self.lock:
+        daemon = Daemon(proc, node, pod.call.boundary_id, done)
+        with self.graph.lock:
             node.daemoned = True
-            self.daemons[node.id] = daemon
-        self._changed(node)
+            self.state.daemons[node.id] = daemon
+        self.graph.changed(node)
 
         def monitor() -> None:
             try:
-                outcome = proc.wait(deadline)
+                outcome = proc.wait(pod.deadline)
                 stopped = outcome.stopped == "stopped"
-                with self.lock:
-                    self.daemons.pop(node.id, None)
+                with self.graph.lock:
+                    self.state.daemons.pop(node.id, None)
                     node.daemoned = False
-                self._complete_pod(node, tmpl, view, outcome, log_base, tmpl_deadline, stopped_ok=stopped)
+                self._complete_pod(pod, outcome, stopped_ok=stopped)
                 if daemon.retry_parent is not None:
-                    with self.lock:
+                    with self.graph.lock:
                         daemon.retry_parent.daemoned = False
                         daemon.retry_parent.outputs = copy.deepcopy(node.outputs)
-                    self._set_phase(daemon.retry_parent, node.phase, node.message)
+                    self.graph.set_phase(daemon.retry_parent, node.phase, node.message)
             finally:
-                release()
+                pod.release()
                 done.set()
 
         threading.Thread(target=monitor, name=f"daemon-{node.id}", daemon=True).start()

@@ -6,16 +6,18 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+from argofl.pipelines.local.model import Phase
+
 __all__ = ["SYMBOLS", "render_status"]
 
-SYMBOLS = {
-    "Succeeded": "✔",
-    "Failed": "✖",
-    "Error": "⚠",
-    "Skipped": "○",
-    "Omitted": "○",
-    "Running": "●",
-    "Pending": "◷",
+SYMBOLS: dict[str, str] = {
+    Phase.SUCCEEDED: "✔",
+    Phase.FAILED: "✖",
+    Phase.ERROR: "⚠",
+    Phase.SKIPPED: "○",
+    Phase.OMITTED: "○",
+    Phase.RUNNING: "●",
+    Phase.PENDING: "◷",
 }
 
 
@@ -72,7 +74,7 @@ def render_status(name: str, status: Mapping[str, Any]) -> str:
     """The status of run ``name`` as ``argo get`` would print it."""
     nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
     pods = [n for n in nodes.values() if n.get("type") == "Pod"]
-    done = [n for n in pods if n.get("phase") in ("Succeeded", "Failed", "Error")]
+    done = [n for n in pods if n.get("phase") in (Phase.SUCCEEDED, Phase.FAILED, Phase.ERROR)]
     lines = [
         f"Name:                {name}",
         f"Status:              {status.get('phase', '')}",

@@ -9,6 +9,7 @@ from typing import Any
 
 from argofl.pipelines.local.errors import WorkflowInputError
 from argofl.pipelines.local.expressions import evaluate_bool
+from argofl.pipelines.local.model import Phase
 
 __all__ = ["RetryPolicy", "humanize_seconds", "parse_duration"]
 
@@ -100,9 +101,9 @@ class RetryPolicy:
         if self.policy == "Always":
             return True
         if self.policy == "OnFailure":
-            return phase == "Failed"
+            return phase == Phase.FAILED
         if self.policy == "OnError":
-            return phase == "Error"
+            return phase == Phase.ERROR
         return bool(_TRANSIENT.search(message or ""))
 
     def expression_allows(self, retries: int, last: Mapping[str, str], env: Mapping[str, Any]) -> bool:

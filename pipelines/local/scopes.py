@@ -17,7 +17,7 @@ from typing import Any
 
 from argofl.pipelines.local.errors import WorkflowInputError
 from argofl.pipelines.local.expressions import format_value, go_json
-from argofl.pipelines.local.model import Node, rfc3339
+from argofl.pipelines.local.model import Node, Phase, rfc3339
 
 __all__ = [
     "Scope",
@@ -83,7 +83,7 @@ def aggregate_outputs(prefix: str, children: Iterable[Node]) -> dict[str, str]:
     values: dict[str, list[str]] = {}
     any_outputs = False
     for node in nodes:
-        if node.outputs is None or node.phase != "Succeeded":
+        if node.outputs is None or node.phase != Phase.SUCCEEDED:
             continue
         any_outputs = True
         params = node.outputs.get("parameters") or []

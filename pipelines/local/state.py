@@ -1,64 +1,39 @@
-"""Workflow-wide state shared by every part of the executor: globals, nodes, ``status.json`` and daemons.
+"""Workflow-wide state the runners share: globals, global outputs, deadlines, daemons and running pods.
 
-:class:`WorkflowState` is the base class of :class:`~pipelines.local.engine.Engine` and of the runners it
-is assembled from (:mod:`.binding`, :mod:`.pods`, :mod:`.children`, :mod:`.step_groups`, :mod:`.dag`). It
-holds the ``workflow.*`` variables and the workflow's global outputs, creates nodes and moves their phases
-under one lock — each change is reported to ``on_node`` and wakes a background thread that rewrites
-``status.json`` atomically, coalescing bursts — and keeps the registry of running daemon pods, which are
-stopped when their boundary (or the workflow) finishes. It also keeps every running pod, so that
-:meth:`WorkflowState.interrupt` can stop the whole run, as ``argo stop`` does. :class:`Call` is one
-template invocation.
+:class:`WorkflowState` holds the ``workflow.*`` variables and the workflow's global outputs, the run's
+phase and ``status.json`` (:mod:`.status_file`), its :class:`~.graph.NodeGraph` (whose lock also guards
+this state), the registry of running daemon pods, which are stopped when their boundary (or the
+workflow) finishes, and every running pod, so that :meth:`WorkflowState.interrupt` can stop the whole run,
+as ``argo stop`` does. The runners (:mod:`.pods`, :mod:`.step_groups`, :mod:`.dag`) receive it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import re
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from argofl.pipelines.local.addresses import AddressPool
-from argofl.pipelines.local.errors import LocalExecutorError
+from argofl.pipelines.local.containers import DockerRuntime
 from argofl.pipelines.local.expressions import go_json
-from argofl.pipelines.local.model import FULFILLED, Node, node_id, rfc3339
+from argofl.pipelines.local.graph import Call, NodeGraph
+from argofl.pipelines.local.model import Node, Phase, rfc3339
 from argofl.pipelines.local.process import StepProcess
+from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.slots import Slots
+from argofl.pipelines.local.status_file import StatusFile
 from argofl.pipelines.local.templating import NONE, substitute
 from argofl.steps.store import Store
 
-__all__ = ["EXIT_HANDLER_GRACE_SECONDS", "Call", "Daemon", "RunningPod", "WorkflowState"]
+__all__ = ["EXIT_HANDLER_GRACE_SECONDS", "Daemon", "RunningPod", "WorkflowState"]
 
 EXIT_HANDLER_GRACE_SECONDS = 60.0
 """After an interrupt, how long the exit handler may run before it is stopped too."""
-
-
-_LOOP_CHILD = re.compile(r"^(.*)\((\d+):[^()]*\)$")
-"""A loop child's node name, ``<loop node name>(<index>:<item>)`` (the item has no parentheses)."""
-
-
-@dataclass
-class Call:
-    """One template invocation: the node to create, the template and its arguments."""
-
-    name: str
-    template: str | dict[str, Any]
-    arguments: dict[str, Any]
-    boundary_id: str | None
-    parents: list[str]
-    hooked: bool = False
-    on_exit: bool = False
-    local: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def template_name(self) -> str | None:
-        return self.template if isinstance(self.template, str) else self.template.get("name")
 
 
 class RunningPod(Protocol):
@@ -79,8 +54,8 @@ class Daemon:
     retry_parent: Node | None = None
 
 
-class WorkflowState(ABC):
-    """The state of one workflow run; :class:`~pipelines.local.engine.Engine` adds the behaviour."""
+class WorkflowState:
+    """The state of one workflow run, shared by the runners that execute it."""
 
     def __init__(
         self,
@@ -96,6 +71,8 @@ class WorkflowState(ABC):
         env: Mapping[str, str] | None,
         on_node: Callable[[dict[str, Any]], None] | None,
         parallelism: int | None,
+        key_refs: KeyRefs | None = None,
+        containers: DockerRuntime | None = None,
     ) -> None:
         self.name = name
         self.uid = uid
@@ -106,13 +83,14 @@ class WorkflowState(ABC):
         self.run_dir = run_dir
         self.store = store
         self.extra_env = dict(env or {})
-        self.on_node = on_node
-        self.nodes: dict[str, Node] = {}
-        self.lock = threading.RLock()
-        self._callback_lock = threading.Lock()
+        self.status_file = StatusFile(run_dir, self.status)
+        self.graph = NodeGraph(name, on_node=on_node, on_dirty=self.status_file.mark_dirty)
+        self.lock = self.graph.lock
+        self.key_refs: KeyRefs = key_refs or MappingProxyType({})  # --secrets (:mod:`.refs`)
+        self.containers = containers  # --runtime docker: pods are containers (:mod:`.containers`)
         self.started_at = time.time()
         self.finished_at: float | None = None
-        self.phase = "Running"
+        self.phase: Phase = Phase.RUNNING
         self.message = ""
         limits = [int(x) for x in (spec.get("parallelism"), parallelism) if x not in (None, "", 0)]
         self.pod_slots = Slots(min(limits)) if limits else None
@@ -126,13 +104,9 @@ class WorkflowState(ABC):
         self.pods: dict[str, tuple[RunningPod, bool]] = {}  # node id -> (pod, runs the exit handler)
         self.interrupted: str | None = None  # the message nodes end with after interrupt()
         self.hard_stopped = False  # a second interrupt: the exit handler is stopped too
-        self._interrupt_event = threading.Event()
-        self._exit_grace: threading.Timer | None = None
+        self.interrupt_event = threading.Event()
+        self.exit_grace: threading.Timer | None = None
         self.addresses = AddressPool()
-        self._dirty = threading.Condition()
-        self._dirty_flag = False
-        self._stop_writer = False
-        self._writer = threading.Thread(target=self._status_writer, name="status-writer", daemon=True)
         self._init_globals()
 
     # ------------------------------------------------------------------------------------ globals
@@ -167,20 +141,20 @@ class WorkflowState(ABC):
             g[f"workflow.annotations.{k}"] = str(v)
         g["workflow.labels"] = go_json(labels)
         g["workflow.annotations"] = go_json(annotations)
-        g["workflow.status"] = "Running"
+        g["workflow.status"] = Phase.RUNNING
         # parameter values may themselves use workflow.* variables
         for p in self.parameters:
             value = substitute(str(p["value"]), g, NONE)
             p["value"] = value
             g[f"workflow.parameters.{p['name']}"] = value
 
-    def _global_scope(self) -> dict[str, Any]:
+    def global_scope(self) -> dict[str, Any]:
         with self.lock:
             scope: dict[str, Any] = dict(self.globals)
         scope["workflow.duration"] = f"{time.time() - self.started_at:f}"
         return scope
 
-    def _add_global_outputs(self, outputs: Mapping[str, Any] | None) -> None:
+    def add_global_outputs(self, outputs: Mapping[str, Any] | None) -> None:
         if not outputs:
             return
         with self.lock:
@@ -199,153 +173,16 @@ class WorkflowState(ABC):
                     self.output_artifacts = [a for a in self.output_artifacts if a["name"] != gname]
                     self.output_artifacts.append(entry)
 
-    # ---------------------------------------------------------------------------------- node state
-
-    def _display_name(self, name: str, boundary_id: str | None) -> str:
-        boundary = self.nodes.get(boundary_id) if boundary_id else None
-        if boundary is None:
-            return name
-        display = name[len(boundary.name) :] if name.startswith(boundary.name) else name
-        if display.startswith("["):
-            end = display.find("]")
-            if end > 0 and display[1:end].isdigit() and display[end + 1 : end + 2] == ".":
-                display = display[end + 1 :]
-        if display.startswith("."):
-            display = display[1:]
-        return display or name
-
-    def _create_for_call(
-        self, call: Call, type_: str, phase: str, tmpl: Mapping[str, Any], *, retried: bool = False
-    ) -> Node:
-        """The node of a template call (its name, boundary, parents, template and inputs)."""
-        return self._create(
-            call.name,
-            type_,
-            phase,
-            boundary_id=call.boundary_id,
-            parents=call.parents,
-            template_name=call.template_name,
-            inputs=tmpl.get("inputs"),
-            hooked=call.hooked,
-            retried=retried,
-        )
-
-    def _create(
-        self,
-        name: str,
-        type_: str,
-        phase: str,
-        *,
-        boundary_id: str | None,
-        parents: list[str],
-        template_name: str | None,
-        inputs: dict[str, Any] | None = None,
-        message: str = "",
-        hooked: bool = False,
-        retried: bool = False,
-    ) -> Node:
-        with self.lock:
-            nid = node_id(self.name, name)
-            if nid in self.nodes:
-                raise LocalExecutorError(f"internal error: node {name!r} created twice")
-            node = Node(
-                id=nid,
-                name=name,
-                display_name=self._display_name(name, boundary_id),
-                type=type_,
-                template_name=template_name,
-                phase=phase,
-                boundary_id=boundary_id,
-                message=message,
-                inputs=inputs or None,
-                hooked=hooked,
-                retried=retried,
-            )
-            if node.fulfilled:
-                node.finished_at = node.started_at
-            self.nodes[nid] = node
-            for parent in parents:
-                self._link(parent, nid)
-        self._changed(node)
-        return node
-
-    def _link(self, parent_id: str, child_id: str) -> None:
-        """Make ``child_id`` a child of ``parent_id``. Loop children are created by concurrent threads;
-        they are kept in index order, as Argo's controller creates them."""
-        with self.lock:
-            parent = self.nodes.get(parent_id)
-            if parent is None or child_id in parent.children:
-                return
-            position = len(parent.children)
-            loop = _LOOP_CHILD.match(self.nodes[child_id].name)
-            if loop is not None:
-                base, index = loop.group(1), int(loop.group(2))
-                for i, sibling_id in enumerate(parent.children):
-                    sibling = _LOOP_CHILD.match(self.nodes[sibling_id].name)
-                    if sibling is not None and sibling.group(1) == base and int(sibling.group(2)) > index:
-                        position = i
-                        break
-            parent.children.insert(position, child_id)
-
-    def _set_phase(self, node: Node, phase: str, message: str | None = None) -> Node:
-        with self.lock:
-            changed = node.phase != phase
-            node.phase = phase
-            if message is not None:
-                node.message = message
-            if (
-                node.phase in ("Succeeded", "Failed", "Error", "Skipped", "Omitted")
-                and node.finished_at is None
-            ):
-                node.finished_at = time.time()
-        if changed:
-            self._changed(node)
-        else:
-            self._mark_dirty()
-        return node
-
-    def _changed(self, node: Node) -> None:
-        self._mark_dirty()
-        if self.on_node is not None:
-            with self.lock:
-                snapshot = node.to_dict()
-            with self._callback_lock:
-                self.on_node(snapshot)
-
-    def _outbound(self, nid: str) -> list[str]:
-        node = self.nodes[nid]
-        if node.type in ("Pod", "Skipped", "Suspend"):
-            return [nid]
-        if node.type == "TaskGroup":
-            if not node.children:
-                return [nid]
-            return [o for c in node.children for o in self._outbound(c)]
-        if node.type == "Retry":
-            attempts = [c for c in node.children if not self.nodes[c].hooked]
-            return [attempts[-1]] if attempts else []
-        return [o for c in node.outbound_nodes for o in self._outbound(c)]
-
-    def _error_node(self, call: Call, message: str) -> Node:
-        return self._create(
-            call.name,
-            "Skipped",
-            "Error",
-            boundary_id=call.boundary_id,
-            parents=call.parents,
-            template_name=call.template_name,
-            message=message,
-            hooked=call.hooked,
-        )
-
-    # ------------------------------------------------------------------------------- status on disk
+    # ------------------------------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
+        """The workflow's status in Argo's shape (``status.json``)."""
         with self.lock:
             status: dict[str, Any] = {
-                "phase": self.phase,
+                "phase": str(self.phase),
                 "startedAt": rfc3339(self.started_at),
                 "finishedAt": rfc3339(self.finished_at),
-                "nodes": {nid: n.to_dict() for nid, n in self.nodes.items()},
+                "nodes": {nid: n.to_dict() for nid, n in self.graph.nodes.items()},
             }
             if self.message:
                 status["message"] = self.message
@@ -358,34 +195,9 @@ class WorkflowState(ABC):
                 status["outputs"] = outputs
         return status
 
-    def _mark_dirty(self) -> None:
-        with self._dirty:
-            self._dirty_flag = True
-            self._dirty.notify()
-
-    def _write_status(self) -> None:
-        data = json.dumps(self.status(), indent=1, sort_keys=False)
-        tmp = self.run_dir / f".status.json.{threading.get_ident()}.tmp"
-        tmp.write_text(data)
-        os.replace(tmp, self.run_dir / "status.json")
-
-    def _status_writer(self) -> None:
-        while True:
-            with self._dirty:
-                while not self._dirty_flag and not self._stop_writer:
-                    self._dirty.wait()
-                if self._stop_writer:
-                    return
-                self._dirty_flag = False
-            with contextlib.suppress(OSError):
-                self._write_status()
-            # coalesce bursts of changes; this thread is off the critical path
-            with self._dirty:
-                self._dirty.wait(timeout=0.2)
-
     # ------------------------------------------------------------------------------------- daemons
 
-    def _wait_daemon_node(self, node: Node) -> None:
+    def wait_daemon_node(self, node: Node) -> None:
         """A daemon entrypoint runs until it exits: the workflow has nothing else to wait for."""
         for daemon in list(self.daemons.values()):
             if daemon.node.id == node.id or (
@@ -393,7 +205,7 @@ class WorkflowState(ABC):
             ):
                 daemon.done.wait()
 
-    def _stop_daemons(self, boundary_id: str | None, everything: bool = False) -> None:
+    def stop_daemons(self, boundary_id: str | None, everything: bool = False) -> None:
         with self.lock:
             targets = [d for d in self.daemons.values() if everything or d.boundary_id == boundary_id]
         for daemon in targets:
@@ -415,13 +227,13 @@ class WorkflowState(ABC):
             if hard:
                 self.hard_stopped = True
             targets = [pod for pod, on_exit in self.pods.values() if hard or not on_exit]
-        self._interrupt_event.set()
+        self.interrupt_event.set()
         if first and not hard:
-            self._exit_grace = threading.Timer(
+            self.exit_grace = threading.Timer(
                 EXIT_HANDLER_GRACE_SECONDS, self.interrupt, args=(message,), kwargs={"hard": True}
             )
-            self._exit_grace.daemon = True
-            self._exit_grace.start()
+            self.exit_grace.daemon = True
+            self.exit_grace.start()
         threads = [
             threading.Thread(target=pod.stop, args=("interrupted",), name="interrupt", daemon=True)
             for pod in targets
@@ -430,33 +242,20 @@ class WorkflowState(ABC):
             thread.start()
         return threads
 
-    def _stopping(self, call: Call) -> str | None:
+    def stopping(self, call: Call) -> str | None:
         """The interrupt message when ``call`` must not start anything new, else None."""
         with self.lock:
             if self.interrupted is not None and (self.hard_stopped or not call.on_exit):
                 return self.interrupted
         return None
 
-    def _pod_started(self, node: Node, pod: RunningPod, call: Call) -> None:
+    def pod_started(self, node: Node, pod: RunningPod, call: Call) -> None:
         """Register a running pod; one started while an interrupt was under way is stopped at once."""
         with self.lock:
             self.pods[node.id] = (pod, call.on_exit)
-        if self._stopping(call) is not None:
+        if self.stopping(call) is not None:
             pod.stop("interrupted")
 
-    def _pod_ended(self, node: Node) -> None:
+    def pod_ended(self, node: Node) -> None:
         with self.lock:
             self.pods.pop(node.id, None)
-
-    def _finalize_nodes(self, message: str) -> None:
-        """Every node still pending or running ends in Error with ``message`` (the run is over)."""
-        with self.lock:
-            open_nodes = [n for n in self.nodes.values() if n.phase not in FULFILLED]
-        for node in open_nodes:
-            self._set_phase(node, "Error", message)
-
-    # ------------------------------------------------------------------------------ template dispatch
-
-    @abstractmethod
-    def execute(self, call: Call, *, retried: bool = False) -> Node:
-        """Run one template invocation to completion (a daemon: until it is ready) and return its node."""

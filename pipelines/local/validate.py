@@ -16,7 +16,7 @@ from typing import Any
 from argofl.pipelines.local.depends import resolve_depends
 from argofl.pipelines.local.errors import ExpressionError, UnsupportedWorkflow, WorkflowInputError
 from argofl.pipelines.local.expressions import format_value, parse
-from argofl.pipelines.local.resources import check_resource
+from argofl.pipelines.local.resource_spec import check_resource
 from argofl.pipelines.local.templating import find_tags
 
 __all__ = ["check_structure", "check_supported", "global_parameters", "spec_of"]

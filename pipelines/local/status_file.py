@@ -1,0 +1,62 @@
+"""``status.json``: rewritten atomically by a background thread after changes, coalescing bursts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StatusFile"]
+
+
+class StatusFile:
+    """Writes ``snapshot()`` to ``run_dir/status.json`` whenever :meth:`mark_dirty` was called."""
+
+    def __init__(self, run_dir: Path, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.run_dir = run_dir
+        self._snapshot = snapshot
+        self._dirty = threading.Condition()
+        self._dirty_flag = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="status-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the background thread and write the final status."""
+        with self._dirty:
+            self._stop = True
+            self._dirty.notify()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.write()
+
+    def mark_dirty(self) -> None:
+        with self._dirty:
+            self._dirty_flag = True
+            self._dirty.notify()
+
+    def write(self) -> None:
+        data = json.dumps(self._snapshot(), indent=1, sort_keys=False)
+        tmp = self.run_dir / f".status.json.{threading.get_ident()}.tmp"
+        tmp.write_text(data)
+        os.replace(tmp, self.run_dir / "status.json")
+
+    def _loop(self) -> None:
+        while True:
+            with self._dirty:
+                while not self._dirty_flag and not self._stop:
+                    self._dirty.wait()
+                if self._stop:
+                    return
+                self._dirty_flag = False
+            with contextlib.suppress(OSError):
+                self.write()
+            # coalesce bursts of changes; this thread is off the critical path
+            with self._dirty:
+                self._dirty.wait(timeout=0.2)
