@@ -207,10 +207,13 @@ def _run_name(runs_dir: Path) -> str:
 
 
 _WRITE_OUTSIDE_TMP = """
-import os
+import os, sys
 with open("/tmp/scratch", "w") as f:
     f.write("ok")
-print("uid", os.getuid(), "gid", os.getgid(), "wrote /tmp", flush=True)
+# one write: with PYTHONUNBUFFERED each piece of a print() is its own write, and Docker may interleave
+# the traceback on stderr between them
+sys.stdout.write(f"uid {os.getuid()} gid {os.getgid()} wrote /tmp\\n")
+sys.stdout.flush()
 with open("/home/outside-tmp", "w") as f:
     f.write("must fail")
 """
