@@ -94,3 +94,45 @@ def test_a_child_that_raises_becomes_an_error_node_and_the_run_ends(
     assert nodes["bad"]["message"] == "internal error: boom"
     assert nodes["good"]["phase"] == "Succeeded"
     assert result.phase in ("Failed", "Error")
+
+
+def test_a_dag_waiting_on_a_fan_out_sleeps_while_its_slow_items_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fan-out whose first item is done and second still running must not make the DAG loop spin.
+
+    Before the fix the loop waited on every future of the running tasks, including the finished one,
+    so ``wait`` returned at once, thousands of times a second, taking a core from the steps.
+    """
+    from argofl.pipelines.local import dag as dag_module
+
+    calls: list[int] = []
+    real_wait = dag_module.wait
+
+    def counting_wait(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real_wait(*args, **kwargs)
+
+    monkeypatch.setattr(dag_module, "wait", counting_wait)
+    sleep = {
+        "name": "sleep",
+        "inputs": {"parameters": [{"name": "s"}]},
+        "container": {"command": ["sh", "-c", "sleep {{inputs.parameters.s}}"]},
+    }
+    dag = {
+        "name": "main",
+        "dag": {
+            "tasks": [
+                {
+                    "name": "fan",
+                    "template": "sleep",
+                    "arguments": {"parameters": [{"name": "s", "value": "{{item}}"}]},
+                    "withItems": ["0", "1.5"],
+                }
+            ]
+        },
+    }
+    result = run_workflow(_wf([dag, sleep]), runs_dir=tmp_path / "runs")
+    assert result.status["phase"] == "Succeeded"
+    # one wait per finished item (and a few wake-ups), not a spin while the slow item runs
+    assert len(calls) <= 5, f"the DAG loop called wait() {len(calls)} times for a fan-out of 2 items"

@@ -105,7 +105,10 @@ class DagRunner:
                 break
             finished = [name for name, futures in run.running.items() if all(f.done() for f in futures)]
             if not finished:
-                wait([f for futures in run.running.values() for f in futures], return_when=FIRST_COMPLETED)
+                # only the futures still running: a finished item of an unfinished fan-out would make
+                # wait() return at once, and this loop spin for as long as its siblings run
+                pending = [f for futures in run.running.values() for f in futures if not f.done()]
+                wait(pending, return_when=FIRST_COMPLETED)
                 continue
             for name in finished:
                 self._finish_task(run, name)
