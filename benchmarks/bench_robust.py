@@ -30,6 +30,7 @@ from argofl.steps.runinfo import RunLayout
 from argofl.steps.settings import Settings
 from argofl.steps.step_aggregate import NotEnoughUpdates
 from argofl.steps.store import open_store
+from argofl.steps.strategies import DP_DELTA, DP_NOISE
 
 
 def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -95,8 +96,8 @@ def run_one(name: str, overrides: dict[str, Any], args: argparse.Namespace, stor
     }
     if "dp_epsilon" in metrics:
         row["epsilon"] = round(metrics["dp_epsilon"], 3)
-        row["delta"] = s.dp_delta
-        row["noise_multiplier"] = s.dp_noise
+        row["delta"] = s.option(DP_DELTA)
+        row["noise_multiplier"] = s.option(DP_NOISE)
     return row
 
 

@@ -8,7 +8,10 @@ given with the same rules as ``argofl compile`` does before freezing them into t
 Choices come from their registries (:data:`~steps.frameworks.FRAMEWORKS`,
 :data:`~steps.frameworks.BUILTIN_MODELS`, :data:`~steps.data.DATASETS`, :data:`~steps.partition.SCHEMES`,
 :data:`~steps.strategies.STRATEGIES`, :data:`~steps.attacks.ATTACKS`), read when a value is checked:
-an entry added there is a valid setting without an edit here.
+an entry added there is a valid setting without an edit here. The strategies' options
+(:func:`~steps.strategies.strategy_options`) are settings too, declared with their strategies: a field
+each, added after ``strategy`` when this module is imported (:func:`_with_strategy_options`); steps read
+them with :meth:`Settings.option`.
 """
 
 from __future__ import annotations
@@ -16,17 +19,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from argofl.steps import checks
 from argofl.steps.attacks import ATTACKS
 from argofl.steps.data import DATASETS
 from argofl.steps.errors import BadInputError
 from argofl.steps.frameworks import BUILTIN_MODELS, FRAMEWORKS
 from argofl.steps.mapping import dataclass_from_mapping
 from argofl.steps.partition import SCHEMES
-from argofl.steps.strategies import STRATEGIES
+from argofl.steps.strategies import STRATEGIES, Option, strategy_options
 
 __all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
 
@@ -37,43 +41,10 @@ class SettingsError(BadInputError, ValueError):
     """A setting is unknown, of the wrong type or out of range."""
 
 
-def _choice(choices: Collection[str]) -> Callable[[Any], str | None]:
-    """A check that ``value`` is one of ``choices`` (a registry: read at each check, not copied)."""
-
-    def check(value: Any) -> str | None:
-        return None if value in choices else f"must be one of {', '.join(choices)}"
-
-    return check
-
-
 def _listed(choices: Collection[str]) -> str:
     """``"a, b or c"``, for help texts."""
     *first, last = choices
     return f"{', '.join(first)} or {last}" if first else last
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be ≥ {low:g}"
-
-
-def _positive(value: Any) -> str | None:
-    return None if value > 0 else "must be > 0"
-
-
-def _fraction(value: Any) -> str | None:
-    return None if 0 < value <= 1 else "must be in (0, 1]"
-
-
-def _momentum(value: Any) -> str | None:
-    return None if 0 <= value < 1 else "must be in [0, 1)"
-
-
-def _open_unit(value: Any) -> str | None:
-    return None if 0 < value < 1 else "must be in (0, 1)"
-
-
-def _half(value: Any) -> str | None:
-    return None if 0 <= value < 0.5 else "must be in [0, 0.5)"
 
 
 def _client_list(value: Any) -> str | None:
@@ -94,7 +65,39 @@ def _model(value: Any) -> str | None:
     return f"must be a built-in model ({', '.join(BUILTIN_MODELS)}) or 'package.module:factory'"
 
 
+_T = TypeVar("_T")
+_V = TypeVar("_V", int, float, str)
+
+_PLACED_AFTER = {"max_client_examples": "server_tau"}
+"""Settings listed after a strategy option rather than at their place here: where they were added when the
+options were still declared in this class, so that compiled workflows keep their parameters' order."""
+
+
+def _with_strategy_options(cls: type[_T]) -> type[_T]:
+    """Declare a field per strategy option right after ``strategy`` (before :func:`dataclass` reads the
+    class): each option then is a setting like the others, in config, parameters, checks and ``run.json``."""
+    annotations: dict[str, Any] = {}
+    for name, annotation in cls.__annotations__.items():
+        annotations[name] = annotation
+        if name != "strategy":
+            continue
+        for option in strategy_options().values():
+            if option.name in cls.__annotations__ or not re.fullmatch(r"[a-z][a-z0-9_]*", option.name):
+                raise TypeError(f"strategy option {option.name!r}: not a new lowercase_name for a setting")
+            annotations[option.name] = option.type.__name__
+            metadata = {"help": option.help, "check": option.check}
+            setattr(cls, option.name, field(default=option.default, metadata=metadata))
+    names = list(annotations)
+    for name, after in _PLACED_AFTER.items():
+        if after in annotations:
+            names.remove(name)
+            names.insert(names.index(after) + 1, name)
+    cls.__annotations__ = {name: annotations[name] for name in names}
+    return cls
+
+
 @dataclass(frozen=True)
+@_with_strategy_options
 class Settings:
     """The settings of one federated experiment (see ``configs/`` for annotated examples)."""
 
@@ -102,11 +105,11 @@ class Settings:
         metadata={"help": "experiment name (MLflow experiment, store prefix)", "check": _dns_name}
     )
     framework: str = field(
-        default="torch", metadata={"help": _listed(FRAMEWORKS), "check": _choice(FRAMEWORKS)}
+        default="torch", metadata={"help": _listed(FRAMEWORKS), "check": checks.choice(FRAMEWORKS)}
     )
     dataset: str = field(
         default="fashion-mnist",
-        metadata={"help": _listed(DATASETS), "check": _choice(DATASETS)},
+        metadata={"help": _listed(DATASETS), "check": checks.choice(DATASETS)},
     )
     data_dir: str = field(
         default="", metadata={"help": "dataset directory (default: the dataset's usual place)"}
@@ -115,120 +118,66 @@ class Settings:
         default=0,
         metadata={
             "help": "use only the first N training examples (0 = all; for smoke tests)",
-            "check": _at_least(0),
+            "check": checks.at_least(0),
         },
     )
     model: str = field(
         default="cnn",
         metadata={"help": f"{', '.join(BUILTIN_MODELS)} or package.module:factory", "check": _model},
     )
-    partition: str = field(default="iid", metadata={"help": _listed(SCHEMES), "check": _choice(SCHEMES)})
-    alpha: float = field(
-        default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)", "check": _positive}
+    partition: str = field(
+        default="iid", metadata={"help": _listed(SCHEMES), "check": checks.choice(SCHEMES)}
     )
-    clients: int = field(default=10, metadata={"help": "number of clients", "check": _at_least(1)})
+    alpha: float = field(
+        default=0.5,
+        metadata={"help": "Dirichlet concentration (smaller = more skew)", "check": checks.positive},
+    )
+    clients: int = field(default=10, metadata={"help": "number of clients", "check": checks.at_least(1)})
     fraction: float = field(
-        default=1.0, metadata={"help": "fraction of clients sampled per round", "check": _fraction}
+        default=1.0, metadata={"help": "fraction of clients sampled per round", "check": checks.fraction}
     )
     min_clients: int = field(
         default=1,
         metadata={
             "help": "fewest clients sampled, and fewest valid updates needed to aggregate",
-            "check": _at_least(1),
+            "check": checks.at_least(1),
         },
     )
     clients_per_pod: int = field(
-        default=1, metadata={"help": "clients trained one after another in one pod", "check": _at_least(1)}
+        default=1,
+        metadata={"help": "clients trained one after another in one pod", "check": checks.at_least(1)},
     )
-    rounds: int = field(default=5, metadata={"help": "federated rounds", "check": _at_least(1)})
-    local_epochs: int = field(default=1, metadata={"help": "local epochs per round", "check": _at_least(1)})
-    batch_size: int = field(default=32, metadata={"help": "local batch size", "check": _at_least(1)})
-    lr: float = field(default=0.05, metadata={"help": "local SGD learning rate", "check": _positive})
-    momentum: float = field(default=0.9, metadata={"help": "local SGD momentum", "check": _momentum})
+    rounds: int = field(default=5, metadata={"help": "federated rounds", "check": checks.at_least(1)})
+    local_epochs: int = field(
+        default=1, metadata={"help": "local epochs per round", "check": checks.at_least(1)}
+    )
+    batch_size: int = field(default=32, metadata={"help": "local batch size", "check": checks.at_least(1)})
+    lr: float = field(default=0.05, metadata={"help": "local SGD learning rate", "check": checks.positive})
+    momentum: float = field(default=0.9, metadata={"help": "local SGD momentum", "check": checks.momentum})
     seed: int = field(
-        default=0, metadata={"help": "seed for init, sampling, partitioning, training", "check": _at_least(0)}
+        default=0,
+        metadata={"help": "seed for init, sampling, partitioning, training", "check": checks.at_least(0)},
     )
     strategy: str = field(
         default="fedavg",
         metadata={
             "help": "aggregation (README's strategy table): " + ", ".join(STRATEGIES),
-            "check": _choice(STRATEGIES),
+            "check": checks.choice(STRATEGIES),
         },
-    )
-    server_lr: float = field(
-        default=1.0,
-        metadata={"help": "server learning rate η of fedavgm / fedadam (fedadam: ~0.01)", "check": _positive},
-    )
-    server_momentum: float = field(
-        default=0.9, metadata={"help": "server momentum β (fedadam: β1)", "check": _momentum}
-    )
-    server_beta2: float = field(
-        default=0.99, metadata={"help": "fedadam's second-moment decay β2", "check": _momentum}
-    )
-    server_tau: float = field(
-        default=1e-3, metadata={"help": "fedadam's adaptivity τ (added to √v)", "check": _positive}
     )
     max_client_examples: int = field(
         default=0,
         metadata={
             "help": "most training examples one client's update may claim (0 = no cap besides the "
             "client's partition size)",
-            "check": _at_least(0),
+            "check": checks.at_least(0),
         },
-    )
-    prox_mu: float = field(
-        default=0.01, metadata={"help": "fedprox's proximal weight μ (0 = FedAvg)", "check": _at_least(0)}
-    )
-    trim_beta: float = field(
-        default=0.1,
-        metadata={"help": "trimmed-mean: fraction cut at each end per coordinate", "check": _half},
-    )
-    krum_f: int = field(
-        default=1, metadata={"help": "krum: assumed number of malicious clients f", "check": _at_least(0)}
-    )
-    krum_m: int = field(
-        default=1,
-        metadata={"help": "krum: updates averaged (1 = Krum, > 1 = Multi-Krum)", "check": _at_least(1)},
-    )
-    dp_clip: float = field(
-        default=1.0,
-        metadata={
-            "help": "dp-fedavg: L2 clip norm C of each update (adaptive: C at first)",
-            "check": _positive,
-        },
-    )
-    dp_noise: float = field(
-        default=1.0, metadata={"help": "dp-fedavg: noise multiplier z (noise std z·C)", "check": _positive}
-    )
-    dp_mode: str = field(
-        default="central",
-        metadata={
-            "help": "dp-fedavg: noise added by the server (central) or each client (local)",
-            "check": _choice(("central", "local")),
-        },
-    )
-    dp_clipping: str = field(
-        default="fixed",
-        metadata={
-            "help": "dp-fedavg: fixed or adaptive (Andrew et al. 2021) clipping",
-            "check": _choice(("fixed", "adaptive")),
-        },
-    )
-    dp_quantile: float = field(
-        default=0.5,
-        metadata={"help": "dp-fedavg adaptive clipping: target quantile γ of norms", "check": _open_unit},
-    )
-    dp_clip_lr: float = field(
-        default=0.2, metadata={"help": "dp-fedavg adaptive clipping: learning rate η_C", "check": _positive}
-    )
-    dp_delta: float = field(
-        default=1e-5, metadata={"help": "dp-fedavg: δ at which ε is reported", "check": _open_unit}
     )
     attack: str = field(
         default="none",
         metadata={
             "help": "TEST FEATURE: what attack_clients do: " + ", ".join(ATTACKS),
-            "check": _choice(ATTACKS),
+            "check": checks.choice(ATTACKS),
         },
     )
     attack_clients: str = field(
@@ -237,14 +186,20 @@ class Settings:
     )
     attack_scale: float = field(
         default=10.0,
-        metadata={"help": "TEST FEATURE: sign-flip/scale factor, gaussian noise std", "check": _positive},
+        metadata={
+            "help": "TEST FEATURE: sign-flip/scale factor, gaussian noise std",
+            "check": checks.positive,
+        },
     )
     threads: int = field(
         default=1,
-        metadata={"help": "CPU threads per training process (fixed for determinism)", "check": _at_least(1)},
+        metadata={
+            "help": "CPU threads per training process (fixed for determinism)",
+            "check": checks.at_least(1),
+        },
     )
     eval_batch_size: int = field(
-        default=1000, metadata={"help": "evaluation batch size", "check": _at_least(1)}
+        default=1000, metadata={"help": "evaluation batch size", "check": checks.at_least(1)}
     )
 
     def __post_init__(self) -> None:
@@ -272,9 +227,14 @@ class Settings:
                 f"{'no' if self.attack == 'none' else 'some'} attack_clients, got {self.attack_clients!r}"
             )
 
+    def option(self, option: Option[_V]) -> _V:
+        """The value of a strategy's option, e.g. ``settings.option(DP_CLIP)`` (a float)."""
+        value: _V = getattr(self, option.name)
+        return value
+
     def server_options(self) -> dict[str, Any]:
         """The strategy's options, as :func:`steps.strategies.get_strategy` takes them."""
-        return {name: getattr(self, name) for name in STRATEGIES[self.strategy].options}
+        return {option.name: getattr(self, option.name) for option in STRATEGIES[self.strategy].options}
 
     def attackers(self) -> list[str]:
         """TEST FEATURE: the malicious clients (``attack_clients`` as client ids)."""

@@ -19,6 +19,7 @@ from argofl.steps.frameworks import get_backend
 from argofl.steps.runinfo import RunError, RunLayout, now, open_run, write_json
 from argofl.steps.settings import Settings
 from argofl.steps.store import ObjectNotFound, Store
+from argofl.steps.strategies import DP_CLIPPING, DP_DELTA, DP_MODE, DP_NOISE
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,10 @@ def _privacy(store: Store, layout: RunLayout, s: Settings, final: dict[str, floa
                 per_round[str(r)] = metrics["dp_epsilon"]
     return {
         "epsilon": final["dp_epsilon"],
-        "delta": s.dp_delta,
-        "mode": s.dp_mode,
-        "noise_multiplier": s.dp_noise,
-        "clipping": s.dp_clipping,
+        "delta": s.option(DP_DELTA),
+        "mode": s.option(DP_MODE),
+        "noise_multiplier": s.option(DP_NOISE),
+        "clipping": s.option(DP_CLIPPING),
         "epsilon_per_round": per_round,
     }
 

@@ -17,7 +17,15 @@ from argofl.steps.client_data import ClientDataError, client_data, client_train_
 from argofl.steps.frameworks import get_backend
 from argofl.steps.partition import client_seed
 from argofl.steps.runinfo import RunError, load_secret, open_run, write_json
-from argofl.steps.strategies import STRATEGIES, ClientUpdate, WeightedAverage
+from argofl.steps.strategies import (
+    DP_CLIP,
+    DP_MODE,
+    DP_NOISE,
+    PROX_MU,
+    STRATEGIES,
+    ClientUpdate,
+    WeightedAverage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +80,8 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
     start = load_checkpoint(store, layout.global_key(round - 1))
     input_shape, num_classes = model_shape(s)
     model = backend.build_model(s.model, input_shape=input_shape, num_classes=num_classes, seed=s.seed)
-    prox_mu = s.prox_mu if STRATEGIES[s.strategy].proximal else 0.0
-    local_dp = STRATEGIES[s.strategy].secret and s.dp_mode == "local"
+    prox_mu = s.option(PROX_MU) if STRATEGIES[s.strategy].proximal else 0.0
+    local_dp = STRATEGIES[s.strategy].secret and s.option(DP_MODE) == "local"
     secret = load_secret(store, layout) if local_dp else b""
     attackers = s.attackers()
     for client in todo:
@@ -122,8 +130,8 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
             weights = privacy.privatize(
                 weights,
                 start.arrays,
-                clip=s.dp_clip,
-                noise=s.dp_noise,
+                clip=s.option(DP_CLIP),
+                noise=s.option(DP_NOISE),
                 seed=privacy.noise_seed(secret, "round", str(round), "client", client),
             )
         if group_key is not None:

@@ -15,17 +15,21 @@ iteration order; callers sort updates (e.g. by client id) for reproducible bytes
   update at once per coordinate, so they read the updates tensor by tensor (``per_tensor``).
 * ``dp-fedavg`` — client-level differential privacy (:mod:`steps.privacy`).
 
-:data:`STRATEGIES` is the one list of strategies: settings, the CLI help and the steps read it.
+:data:`STRATEGIES` is the one list of strategies: settings, the CLI help and the steps read it. Each
+strategy's options (:class:`Option`: name, type, default, help, check) are declared here too, once
+(strategies that share one refer to the same :class:`Option`); :class:`steps.settings.Settings` makes
+each a setting: a config key, a workflow parameter (``-p``), checked like the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
+from argofl.steps import checks
 from argofl.steps.errors import BadInputError
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "Option",
     "PartialSum",
     "Strategy",
     "StrategyInfo",
@@ -44,6 +49,7 @@ __all__ = [
     "client_metrics",
     "fedavg",
     "get_strategy",
+    "strategy_options",
 ]
 
 
@@ -481,6 +487,62 @@ class FedProx(FedAvg):
 Options = Mapping[str, Any]
 """Strategy options by setting name (``server_lr``, ``trim_beta``, …), as :class:`Settings` holds them."""
 
+V = TypeVar("V", int, float, str)
+
+
+@dataclass(frozen=True)
+class Option(Generic[V]):
+    """One option of one or more strategies, declared once: a setting like the others (a config key,
+    the workflow parameter ``name`` with ``-`` for ``_``), of ``type``, ``default`` when not given.
+
+    ``check(value)`` returns the problem (``"must be > 0"``; reported as ``"name: problem, got value"``)
+    or None. Steps read a value with ``settings.option(OPTION)`` (typed as ``type``)."""
+
+    name: str
+    type: type[V]
+    default: V
+    help: str
+    check: checks.Check | None = None
+
+
+SERVER_LR = Option(
+    "server_lr", float, 1.0, "server learning rate η of fedavgm / fedadam (fedadam: ~0.01)", checks.positive
+)
+SERVER_MOMENTUM = Option("server_momentum", float, 0.9, "server momentum β (fedadam: β1)", checks.momentum)
+SERVER_BETA2 = Option("server_beta2", float, 0.99, "fedadam's second-moment decay β2", checks.momentum)
+SERVER_TAU = Option("server_tau", float, 1e-3, "fedadam's adaptivity τ (added to √v)", checks.positive)
+PROX_MU = Option("prox_mu", float, 0.01, "fedprox's proximal weight μ (0 = FedAvg)", checks.at_least(0))
+TRIM_BETA = Option(
+    "trim_beta", float, 0.1, "trimmed-mean: fraction cut at each end per coordinate", checks.half
+)
+KRUM_F = Option("krum_f", int, 1, "krum: assumed number of malicious clients f", checks.at_least(0))
+KRUM_M = Option("krum_m", int, 1, "krum: updates averaged (1 = Krum, > 1 = Multi-Krum)", checks.at_least(1))
+DP_CLIP = Option(
+    "dp_clip", float, 1.0, "dp-fedavg: L2 clip norm C of each update (adaptive: C at first)", checks.positive
+)
+DP_NOISE = Option("dp_noise", float, 1.0, "dp-fedavg: noise multiplier z (noise std z·C)", checks.positive)
+DP_MODE = Option(
+    "dp_mode",
+    str,
+    "central",
+    "dp-fedavg: noise added by the server (central) or each client (local)",
+    checks.choice(("central", "local")),
+)
+DP_CLIPPING = Option(
+    "dp_clipping",
+    str,
+    "fixed",
+    "dp-fedavg: fixed or adaptive (Andrew et al. 2021) clipping",
+    checks.choice(("fixed", "adaptive")),
+)
+DP_QUANTILE = Option(
+    "dp_quantile", float, 0.5, "dp-fedavg adaptive clipping: target quantile γ of norms", checks.open_unit
+)
+DP_CLIP_LR = Option(
+    "dp_clip_lr", float, 0.2, "dp-fedavg adaptive clipping: learning rate η_C", checks.positive
+)
+DP_DELTA = Option("dp_delta", float, 1e-5, "dp-fedavg: δ at which ε is reported", checks.open_unit)
+
 FEDADAM_MAX_SERVER_LR = 0.5
 
 
@@ -492,7 +554,8 @@ def _no_check(settings: Options) -> str | None:
 class StrategyInfo:
     """One strategy as the rest of argofl sees it.
 
-    ``options`` are the settings it reads; ``check(settings)`` returns ``"key: problem, got value"`` for a
+    ``options`` are the settings of its own it reads (declared once above: a setting each, in
+    :func:`strategy_options`); ``check(settings)`` returns ``"key: problem, got value"`` for a
     combination of settings it cannot run with; ``build(options, noise_seed)`` makes the strategy
     (``noise_seed`` derives from the run's secret, for strategies with ``secret``); ``proximal``: the
     clients add FedProx's term; ``secret``: init writes a per-run noise secret to the store;
@@ -502,7 +565,7 @@ class StrategyInfo:
 
     summary: str
     build: Callable[[Options, int | None], Strategy]
-    options: tuple[str, ...] = ()
+    options: tuple[Option[Any], ...] = ()
     check: Callable[[Options], str | None] = _no_check
     proximal: bool = False
     secret: bool = False
@@ -555,20 +618,20 @@ STRATEGIES: dict[str, StrategyInfo] = {
     "fedavgm": StrategyInfo(
         "FedAvg, then server momentum on the pseudo-gradient",
         lambda o, _: FedAvgM(**_pick(o, "server_lr", "server_momentum")),
-        ("server_lr", "server_momentum"),
+        (SERVER_LR, SERVER_MOMENTUM),
         linear=True,
     ),
     "fedadam": StrategyInfo(
         "FedAvg, then server Adam on the pseudo-gradient",
         lambda o, _: FedAdam(**_pick(o, "server_lr", "server_momentum", "server_beta2", "server_tau")),
-        ("server_lr", "server_momentum", "server_beta2", "server_tau"),
+        (SERVER_LR, SERVER_MOMENTUM, SERVER_BETA2, SERVER_TAU),
         check=_check_fedadam,
         linear=True,
     ),
     "fedprox": StrategyInfo(
         "FedAvg with a proximal term on the clients",
         lambda o, _: FedProx(),
-        ("prox_mu",),
+        (PROX_MU,),
         proximal=True,
         linear=True,
     ),
@@ -576,30 +639,36 @@ STRATEGIES: dict[str, StrategyInfo] = {
     "trimmed-mean": StrategyInfo(
         "coordinate-wise mean without the trim_beta largest and smallest values",
         lambda o, _: _robust("trimmed-mean", o),
-        ("trim_beta",),
+        (TRIM_BETA,),
     ),
     "krum": StrategyInfo(
         "(Multi-)Krum: the mean of the krum_m updates closest to their neighbours",
         lambda o, _: _robust("krum", o),
-        ("krum_f", "krum_m"),
+        (KRUM_F, KRUM_M),
         check=_check_krum,
     ),
     "dp-fedavg": StrategyInfo(
         "FedAvg of clipped updates with Gaussian noise (client-level DP)",
         _dp,
-        (
-            "dp_clip",
-            "dp_noise",
-            "dp_mode",
-            "dp_clipping",
-            "dp_quantile",
-            "dp_clip_lr",
-            "dp_delta",
-        ),
+        (DP_CLIP, DP_NOISE, DP_MODE, DP_CLIPPING, DP_QUANTILE, DP_CLIP_LR, DP_DELTA),
         check=_check_dp,
         secret=True,
     ),
 }
+
+
+def strategy_options() -> dict[str, Option[Any]]:
+    """Every strategy's options by name, in the order :data:`STRATEGIES` first lists them (an option two
+    strategies share, once); raises TypeError for two different options of one name."""
+    options: dict[str, Option[Any]] = {}
+    for name, info in STRATEGIES.items():
+        for option in info.options:
+            if options.setdefault(option.name, option) is not option:
+                raise TypeError(
+                    f"strategy {name}: option {option.name!r} is declared twice; declare it once and "
+                    "list the same Option in each strategy that reads it"
+                )
+    return options
 
 
 def get_strategy(name: str, *, noise_seed: int | None = None, **options: Any) -> Strategy:

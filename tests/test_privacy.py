@@ -115,4 +115,12 @@ def test_epsilon_comes_from_the_rdp_accountant_and_behaves():
 def test_dp_settings_are_one_line_naming_the_key(overrides, message):
     with pytest.raises(SettingsError, match=message):
         Settings(experiment="x", strategy="dp-fedavg", clients=10, **overrides)
-    Settings(experiment="x", strategy="dp-fedavg", clients=10, dp_clipping="adaptive", dp_noise=0.9)
+    Settings.from_mapping(
+        {
+            "experiment": "x",
+            "strategy": "dp-fedavg",
+            "clients": 10,
+            "dp_clipping": "adaptive",
+            "dp_noise": 0.9,
+        }
+    )

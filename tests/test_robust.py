@@ -138,7 +138,8 @@ def test_registry_is_the_one_list_of_strategies():
         assert name in field.metadata["help"]
         assert info.summary
         for option in info.options:
-            assert option in Settings.__dataclass_fields__, (name, option)
+            setting = Settings.__dataclass_fields__[option.name]
+            assert (setting.default, setting.metadata["help"]) == (option.default, option.help), (name, option)
     with pytest.raises(
         SettingsError, match="strategy: must be one of fedavg, fedavgm, fedadam, fedprox, median"
     ):
@@ -174,7 +175,9 @@ def test_strategy_and_attack_settings_are_one_line_naming_the_key(overrides, mes
 
 
 def test_get_strategy_builds_each_registered_strategy_with_its_options():
-    s = Settings(experiment="x", strategy="krum", clients=10, min_clients=7, krum_f=2, krum_m=3)
+    s = Settings.from_mapping(
+        {"experiment": "x", "strategy": "krum", "clients": 10, "min_clients": 7, "krum_f": 2, "krum_m": 3}
+    )
     krum = get_strategy(s.strategy, **s.server_options())
     assert isinstance(krum, Krum)
     assert (krum.f, krum.m) == (2, 3)
