@@ -82,8 +82,10 @@ def _with_strategy_options(cls: type[_T]) -> type[_T]:
         if name != "strategy":
             continue
         for option in strategy_options().values():
-            if option.name in cls.__annotations__ or not re.fullmatch(r"[a-z][a-z0-9_]*", option.name):
-                raise TypeError(f"strategy option {option.name!r}: not a new lowercase_name for a setting")
+            if option.name in cls.__annotations__:
+                raise TypeError(f"strategy option {option.name!r}: already a setting; name it otherwise")
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", option.name):
+                raise TypeError(f"strategy option {option.name!r}: expected a lowercase_name (a config key)")
             annotations[option.name] = option.type.__name__
             metadata = {"help": option.help, "check": option.check}
             setattr(cls, option.name, field(default=option.default, metadata=metadata))
@@ -213,6 +215,12 @@ class Settings:
                 raise SettingsError(f"{f.name}: {problem}, got {value!r}")
         if self.min_clients > self.clients:
             raise SettingsError(f"min_clients: must be ≤ clients ({self.clients}), got {self.min_clients}")
+        late = [o.name for o in STRATEGIES[self.strategy].options if o.name not in self.__dataclass_fields__]
+        if late:
+            raise TypeError(
+                f"strategy {self.strategy}: option(s) {', '.join(late)} registered after "
+                "argofl.steps.settings was imported: declare strategies in steps/strategies.py"
+            )
         problem = STRATEGIES[self.strategy].check(dataclasses.asdict(self))
         if problem:
             raise SettingsError(problem)

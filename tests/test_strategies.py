@@ -228,18 +228,29 @@ def test_server_options_are_checked_and_state_of_the_wrong_shape_refused():
         FedAvgM().aggregate(w, iter(updates), {"m/w": np.zeros(4, np.float32)})
 
 
-def readme_strategy_table() -> list[str]:
-    """The first column of README's strategy table (the one whose header starts ``| `strategy` |``)."""
+def readme_strategy_rows() -> dict[str, str]:
+    """README's strategy table (the one whose header starts ``| `strategy` |``): name → options cell."""
     lines = (ROOT / "README.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| `strategy` |"))
     rows = itertools.takewhile(lambda line: line.startswith("|"), lines[start + 2 :])
-    names = []
+    table = {}
     for row in rows:
-        cell = row.split("|")[1].strip()
-        match = re.fullmatch(r"`([^`]+)`( \(default\))?", cell)
-        assert match, f"README strategy table: expected `name` in the first column, got {cell!r}"
-        names.append(match[1])
-    return names
+        cells = [cell.strip() for cell in row.split("|")[1:-1]]
+        match = re.fullmatch(r"`([^`]+)`( \(default\))?", cells[0])
+        assert match, f"README strategy table: expected `name` in the first column, got {cells[0]!r}"
+        table[match[1]] = cells[-1]
+    return table
+
+
+def readme_strategy_table() -> list[str]:
+    """The first column of README's strategy table."""
+    return list(readme_strategy_rows())
+
+
+def test_readme_strategy_table_lists_each_strategys_registered_options():
+    for name, cell in readme_strategy_rows().items():
+        named = set(re.findall(r"`([a-z][a-z0-9_]*)`", cell))
+        assert named == {option.name for option in STRATEGIES[name].options}, name
 
 
 def test_readme_strategy_table_lists_exactly_the_registered_strategies():
