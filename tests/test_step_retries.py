@@ -139,6 +139,7 @@ def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_
     step_init.run(s, run_key="retry-test/nouri", workflow_name="wf", workflow_uid="uid")
     for group in step_distribute.run(run_key="retry-test/nouri", round=1):
         step_train.run(run_key="retry-test/nouri", round=1, clients=group)
+    step_aggregate.run(run_key="retry-test/nouri", round=1)  # needs no MLflow; evaluate logs the round
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -148,7 +149,7 @@ def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_
             "-c",
             "from argofl.pipelines.cli import main; main()",
             "step",
-            "aggregate",
+            "evaluate",
             "--run-key",
             "retry-test/nouri",
             "--round",
