@@ -61,7 +61,9 @@ def report_key(layout: RunLayout, round: int) -> str:
     return join_key(layout.round_prefix(round), "aggregate-report.json")
 
 
-def build(round: int, metrics: Mapping[str, float], rows: Sequence[Row], rejected: Mapping[str, str]) -> RoundReport:
+def build(
+    round: int, metrics: Mapping[str, float], rows: Sequence[Row], rejected: Mapping[str, str]
+) -> RoundReport:
     """The report of ``round`` from the aggregated ``metrics`` (the global checkpoint's), the aggregated
     clients' ``rows`` (in aggregation order) and the ``rejected`` clients' reasons."""
     to_log = {f"train_{k}": float(v) for k, v in metrics.items() if k in ("loss", "accuracy")}
@@ -75,7 +77,12 @@ def build(round: int, metrics: Mapping[str, float], rows: Sequence[Row], rejecte
 
 def save(store: Store, layout: RunLayout, report: RoundReport) -> str:
     """Write ``report`` atomically beside its round; return its URI."""
-    doc = {"round": report.round, "metrics": report.metrics, "artifact": report.artifact, "table": report.table}
+    doc = {
+        "round": report.round,
+        "metrics": report.metrics,
+        "artifact": report.artifact,
+        "table": report.table,
+    }
     return write_json(store, report_key(layout, report.round), doc)
 
 

@@ -126,7 +126,9 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     return {**metrics, **{"fed-" + k.replace("_", "-"): v for k, v in fed.items()}}
 
 
-def _log(run_id: str, round: int, metrics: Mapping[str, float], report: round_report.RoundReport | None) -> None:
+def _log(
+    run_id: str, round: int, metrics: Mapping[str, float], report: round_report.RoundReport | None
+) -> None:
     """Log the round's ``metrics`` and the aggregate step's ``report`` to MLflow, once: its table
     first (an artifact rewritten whole), then every metric in one batch whose
     :data:`~argofl.steps.round_report.MARKER` tells a retry that the round is logged."""

@@ -56,7 +56,12 @@ def _expected(store: FileStore, layout: RunLayout, round: int) -> tuple[dict[str
     }
     for key in ("loss", "accuracy"):
         values = np.array([m[key] for _, _, m in rows])
-        spread = {"count": float(values.size), "mean": values.mean(), "std": values.std(), "min": values.min()}
+        spread = {
+            "count": float(values.size),
+            "mean": values.mean(),
+            "std": values.std(),
+            "min": values.min(),
+        }
         for name, q in (("p05", 0.05), ("p25", 0.25), ("median", 0.5), ("p75", 0.75), ("p95", 0.95)):
             spread[name] = np.quantile(values, q)
         spread["max"] = values.max()
@@ -95,13 +100,18 @@ def test_evaluate_logs_what_the_aggregate_step_logged_before(
     for round in (1, 2):
         want, table = _expected(env, layout, round)
         want |= {
-            f"test_{k}": v for k, v in json.loads(env.get_bytes(layout.eval_key(round))).items() if k in ("loss", "accuracy")
+            f"test_{k}": v
+            for k, v in json.loads(env.get_bytes(layout.eval_key(round))).items()
+            if k in ("loss", "accuracy")
         }
         got = {
-            key: [m.value for m in client.get_metric_history(run_id, key) if m.step == round] for key in logged
+            key: [m.value for m in client.get_metric_history(run_id, key) if m.step == round]
+            for key in logged
         }
         assert {k: v for k, v in got.items() if v} == {k: [v] for k, v in want.items()}
-        path = client.download_artifacts(run_id, f"clients/round-{round:04d}.json", str(tmp_path / f"a{round}"))
+        path = client.download_artifacts(
+            run_id, f"clients/round-{round:04d}.json", str(tmp_path / f"a{round}")
+        )
         assert json.loads(Path(path).read_text()) == table
     assert json.loads(env.get_bytes(round_report.report_key(layout, 1)))["table"]["data"][-1][1] == "rejected"
 
