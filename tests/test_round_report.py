@@ -19,6 +19,7 @@ from argofl.steps.partials import partial_key, replies_of
 from argofl.steps.runinfo import RunLayout, RunRecord, write_json
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
+from argofl.steps.strategies import ClientUpdate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ def _expected(store: FileStore, layout: RunLayout, round: int) -> tuple[dict[str
     clients = [c for c in manifest.extra["clients"].split(",") if c]
     rejected = json.loads(manifest.extra["rejected"])
     if "partials" in manifest.extra:
-        replies = {}
+        replies: dict[str, ClientUpdate] = {}
         for first in filter(None, manifest.extra["partials"].split(",")):
             key = partial_key(layout, round, first)
             if checkpoint_exists(store, key):
