@@ -201,9 +201,14 @@ def test_new_file_is_stored_when_its_block_ends_and_not_before_nor_after_an_erro
         path.write_bytes(b"abc" * 1000)
         assert not store.exists("ckpt/new.bin")  # not visible while it is written
     assert store.get_bytes("ckpt/new.bin") == b"abc" * 1000
-    with pytest.raises(RuntimeError, match="encoder failed"), store.new_file("ckpt/new.bin") as path:
-        path.write_bytes(b"half")
-        raise RuntimeError("encoder failed")
+
+    def fail_midway() -> None:
+        with store.new_file("ckpt/new.bin") as path:
+            path.write_bytes(b"half")
+            raise RuntimeError("encoder failed")
+
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        fail_midway()
     assert store.get_bytes("ckpt/new.bin") == b"abc" * 1000  # the old object stays
     assert store.list() == ["ckpt/new.bin"]
     if isinstance(store, FileStore):
