@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -500,9 +499,10 @@ def save_checkpoint(
         if not isinstance(extra_key, str) or not isinstance(extra_value, str):
             raise CheckpointError(f"extra entries must map str to str, got {extra_key!r}: {extra_value!r}")
 
-    with tempfile.TemporaryDirectory(prefix="argofl-checkpoint-") as scratch:
-        # encoded into a file, not memory: the blob never sits in memory beside the arrays
-        blob = encode_to_file(arrays, Path(scratch) / "blob.safetensors")
+    # encoded into a file, not memory (the blob never sits in memory beside the arrays): the store's
+    # own new file, so a file store keeps it without a copy
+    with store.new_file(blob_key) as blob:
+        encode_to_file(arrays, blob)
         sha256, size = _file_digest(blob)
         manifest = CheckpointManifest(
             round=int(round),
@@ -522,9 +522,8 @@ def save_checkpoint(
                     "replace it"
                 )
             store.delete(manifest_key)
-        uri = store.put_file(blob_key, blob)
     store.put_bytes(manifest_key, document)
-    return uri
+    return store.key_uri(blob_key)
 
 
 def _file_digest(path: Path) -> tuple[str, int]:

@@ -3,6 +3,9 @@
 Updates are loaded one at a time (memory O(model)). An update that is missing (its train step
 failed), corrupt, of the wrong shape or non-finite is rejected with a logged reason; the round
 goes on with the rest as long as at least ``min_clients`` valid updates remain.
+
+The step never talks to MLflow: it writes the round's report (:mod:`~argofl.steps.round_report`)
+before the global checkpoint, and the evaluate step logs it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import cast
 
 import numpy as np
 
-from argofl.steps import labels, partials, tracking
+from argofl.steps import labels, partials, round_report
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -61,7 +64,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         log.warning(
             "round %d is already aggregated at %s; leaving it untouched", round, store.key_uri(global_key)
         )
-        return _log_round(store, layout, round, record.mlflow_run_id)
+        return _ensure_report(store, layout, round)
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
@@ -79,8 +82,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         _aggregate(store, layout, record, round, clients, groups, Path(scratch.name))
     finally:
         scratch.cleanup()
-    # the model's memory is released by now: MLflow's (a large import) does not add to it
-    return _log_round(store, layout, round, record.mlflow_run_id)
+    return dict(load_manifest(store, global_key).metrics)
 
 
 def _aggregate(
@@ -209,6 +211,10 @@ def _aggregate(
     account = getattr(strategy, "epsilon", None)
     if account is not None:  # dp-fedavg: the privacy spent after this round
         metrics["dp_epsilon"] = account(rounds=round, sample_rate=len(clients) / s.clients)
+    # before the global checkpoint, which commits the round: a committed round has its report (a
+    # retry that finds no global rewrites it with the same content)
+    rows = [(u.client, u.examples, u.metrics) for u in accepted]
+    round_report.save(store, layout, round_report.build(round, metrics, rows, rejected))
     if strategy.stateful and not checkpoint_exists(store, layout.server_state_key(round)):
         # before the global checkpoint: a committed global always has its state (a retried step
         # that finds the state already written recomputes the same bytes and keeps it)
@@ -276,28 +282,16 @@ def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[
     return f"claims {examples} examples, more than the {most} it can have ({why})"
 
 
-def _log_round(store: Store, layout: RunLayout, round: int, run_id: str) -> dict[str, float]:
-    """Log the committed round's metrics to MLflow unless an earlier attempt did; return them.
-
-    Metrics come from the committed manifests (the global's and its clients'), so a retry after a
-    failed MLflow call logs exactly what the first attempt would have."""
+def _ensure_report(store: Store, layout: RunLayout, round: int) -> dict[str, float]:
+    """The committed round's metrics; its report rebuilt from the committed manifests (the global's and
+    its clients') if it has none (a round committed by an earlier release)."""
     manifest = load_manifest(store, layout.global_key(round))
     metrics = dict(manifest.metrics)
-    if tracking.has_metric(run_id, "clients_aggregated", step=round):
-        return metrics
-    clients = [c for c in manifest.extra.get("clients", "").split(",") if c]
-    to_log = {f"train_{k}": v for k, v in metrics.items() if k in ("loss", "accuracy")}
-    to_log.update(
-        {"clients_aggregated": float(len(clients)), "clients_rejected": metrics.get("rejected", 0.0)}
-    )
-    to_log.update({k: v for k, v in metrics.items() if k.startswith("dp_")})
-    rows = _client_rows(store, layout, round, manifest, clients)
-    for key in ("loss", "accuracy"):  # the spread across clients; each client's values in the table
-        values = [row_metrics[key] for _, _, row_metrics in rows if key in row_metrics]
-        to_log.update(tracking.distribution(f"client_train_{key}", values))
-    tracking.log_metrics(run_id, to_log, step=round)
-    rejected = json.loads(manifest.extra.get("rejected", "{}"))
-    tracking.log_dict(run_id, tracking.client_table(rows, rejected), f"clients/round-{round:04d}.json")
+    if not store.exists(round_report.report_key(layout, round)):
+        clients = [c for c in manifest.extra.get("clients", "").split(",") if c]
+        rows = _client_rows(store, layout, round, manifest, clients)
+        rejected = json.loads(manifest.extra.get("rejected", "{}"))
+        round_report.save(store, layout, round_report.build(round, metrics, rows, rejected))
     return metrics
 
 

@@ -5,6 +5,9 @@ Federated evaluation: each sampled client with a local test split evaluated the 
 entered the round (``round-NNNN/client-eval/``); the round reports their example-weighted loss and
 accuracy and the spread of accuracy across clients. Without a central test set (``data.central_eval``
 off) the round's ``loss``/``accuracy`` are the federated ones.
+
+The step also logs the aggregate step's report of the round (:mod:`~argofl.steps.round_report`): its
+client table first, then all the round's metrics in one batch, unless an earlier attempt got that far.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 
-from argofl.steps import tracking
+from argofl.steps import round_report, tracking
 from argofl.steps.checkpoint import load_checkpoint
 from argofl.steps.data import load_dataset
 from argofl.steps.frameworks import get_backend
@@ -103,8 +106,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     to_log = {f"fed_{k}": v for k, v in fed.items()} if fed["clients"] else {}
     if data.central:
         to_log.update({"test_loss": metrics["loss"], "test_accuracy": metrics["accuracy"]})
-    if to_log:
-        tracking.log_metrics(record.mlflow_run_id, to_log, step=round)
+    _log(record.mlflow_run_id, round, to_log, round_report.load(store, layout, round))
     if data.central:
         log.info("round %d: test loss %.4f, accuracy %.4f", round, metrics["loss"], metrics["accuracy"])
     if fed["clients"]:
@@ -122,3 +124,21 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     elif not data.central:
         log.warning("round %d: no central test set and no client reported an evaluation", round)
     return {**metrics, **{"fed-" + k.replace("_", "-"): v for k, v in fed.items()}}
+
+
+def _log(
+    run_id: str, round: int, metrics: Mapping[str, float], report: round_report.RoundReport | None
+) -> None:
+    """Log the round's ``metrics`` and the aggregate step's ``report`` to MLflow, once: its table
+    first (an artifact rewritten whole), then every metric in one batch whose
+    :data:`~argofl.steps.round_report.MARKER` tells a retry that the round is logged."""
+    if report is None:
+        log.warning("round %d has no aggregate report; its aggregation metrics are not logged", round)
+    elif tracking.has_metric(run_id, round_report.MARKER, step=round):
+        log.info("round %d: metrics already logged by an earlier attempt", round)
+        return
+    else:
+        tracking.log_dict(run_id, report.table, report.artifact)
+        metrics = {**report.metrics, **metrics}
+    if metrics:
+        tracking.log_metrics(run_id, metrics, step=round)

@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -135,6 +135,15 @@ class Store(ABC):
         with open(path, "rb") as fh:
             return self.put_stream(key, fh, os.fstat(fh.fileno()).st_size)
 
+    @contextlib.contextmanager
+    def new_file(self, key: str) -> Iterator[Path]:
+        """A fresh file to write the object at ``key`` into; stored atomically at ``key`` when the block
+        ends without an exception, never otherwise (:class:`FileStore` writes it in place: no copy)."""
+        with tempfile.TemporaryDirectory(prefix="argofl-put-") as scratch:
+            path = Path(scratch) / "object"
+            yield path
+            self.put_file(key, path)
+
     def get_file(self, key: str, path: str | os.PathLike[str]) -> Path:
         """Download ``key`` to ``path`` (atomically replacing it); return the path."""
         dest = Path(path)
@@ -212,6 +221,30 @@ class FileStore(Store):
             raise ObjectNotFound(f"no object at {self.key_uri(key)}") from None
         except OSError as exc:
             raise StoreError(f"cannot read {self.key_uri(key)}: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
+    def new_file(self, key: str) -> Iterator[Path]:
+        dest = self._path(key)
+        uri = self.key_uri(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_PARTIAL_SUFFIX, dir=dest.parent)
+            os.close(fd)
+        except OSError as exc:
+            raise StoreError(f"cannot write {uri}: {exc.strerror or exc}") from exc
+        try:
+            yield Path(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fchmod(fd, 0o666 & ~_UMASK)  # as put_stream's objects
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            raise StoreError(f"cannot write {uri}: {exc.strerror or exc}") from exc
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

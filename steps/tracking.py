@@ -1,6 +1,7 @@
 """MLflow tracking for a run: one MLflow run per experiment run, created by ``init``.
 
-Only init, aggregate, evaluate and finalize talk to MLflow (train steps never import it). The
+Only init, evaluate and finalize talk to MLflow (train and aggregate steps never import it; the
+aggregate step leaves its round's metrics to evaluate: :mod:`~argofl.steps.round_report`). The
 tracking URI comes from ``$MLFLOW_TRACKING_URI``, which must be set (no stray ``./mlflow.db``).
 An unreachable or failing server is a :class:`TrackingError` (transient: exit code 75, retried).
 """
@@ -8,20 +9,17 @@ An unreachable or failing server is a :class:`TrackingError` (transient: exit co
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from argofl.steps.errors import BadInputError, TransientError
 
 __all__ = [
-    "QUANTILES",
     "RunRef",
     "TrackingError",
     "TrackingNotConfigured",
-    "client_table",
     "create_run",
-    "distribution",
     "end_run",
     "has_metric",
     "local_artifact_location",
@@ -144,47 +142,6 @@ def has_metric(run_id: str, key: str, *, step: int) -> bool:
 def log_dict(run_id: str, doc: Mapping[str, Any], path: str) -> None:
     """Store ``doc`` as a JSON artifact of the run."""
     _call("log an artifact", _client().log_dict, run_id, dict(doc), path)
-
-
-QUANTILES = {"p05": 0.05, "p25": 0.25, "median": 0.5, "p75": 0.75, "p95": 0.95}
-"""The quantiles of a per-round distribution across clients, by metric-name suffix."""
-
-
-def distribution(prefix: str, values: Sequence[float]) -> dict[str, float]:
-    """``{prefix}_count``, ``_mean``, ``_std`` (population), ``_min``, :data:`QUANTILES` and ``_max`` of
-    ``values`` (nothing for no values): one round's spread across clients as a few MLflow metrics."""
-    import numpy as np
-
-    if not values:
-        return {}
-    data = np.asarray(values, dtype=np.float64)
-    out = {
-        f"{prefix}_count": float(data.size),
-        f"{prefix}_mean": float(data.mean()),
-        f"{prefix}_std": float(data.std()),
-        f"{prefix}_min": float(data.min()),
-    }
-    for suffix, q in QUANTILES.items():
-        out[f"{prefix}_{suffix}"] = float(np.quantile(data, q))
-    out[f"{prefix}_max"] = float(data.max())
-    return out
-
-
-def client_table(
-    rows: Iterable[tuple[str, int, Mapping[str, float]]],
-    rejected: Mapping[str, str],
-    metrics: Sequence[str] = ("loss", "accuracy"),
-) -> dict[str, Any]:
-    """The per-client table of a round (``{"columns": [...], "data": [[...], ...]}``, by client id):
-    accepted clients with their examples and train metrics, rejected ones with the reason."""
-    columns = ["client", "status", "examples", *(f"train_{m}" for m in metrics), "reason"]
-    data: list[list[Any]] = [
-        [client, "aggregated", examples, *(values.get(m) for m in metrics), ""]
-        for client, examples, values in rows
-    ]
-    data += [[client, "rejected", 0, *(None for _ in metrics), reason] for client, reason in rejected.items()]
-    data.sort(key=lambda row: int(row[0]) if str(row[0]).isdigit() else str(row[0]))
-    return {"columns": columns, "data": data}
 
 
 def end_run(run_id: str, status: str) -> None:

@@ -238,7 +238,6 @@ def _write_round(
         arrays["b"][:] = c
         arrays["w"][c] += 1
         save_checkpoint(store, layout.update_key(1, str(c)), arrays, round=1, client=str(c), examples=100 + c)
-    monkeypatch.setattr(step_aggregate, "_log_round", lambda *args: {})
     return layout
 
 

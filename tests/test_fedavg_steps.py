@@ -363,6 +363,7 @@ def test_mlflow_gets_client_distributions_and_a_table_not_metrics_per_client(env
 
     s = settings(clients=4, min_clients=4, rounds=1, clients_per_pod=3)
     run_rounds(s, "steps-test/dist", 1)
+    step_evaluate.run(run_key="steps-test/dist", round=1)  # it logs the aggregate step's report
     run_id = json.loads(env.get_bytes(RunLayout("steps-test/dist").record_key))["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     metrics = client.get_run(run_id).data.metrics

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import argofl.steps.runinfo
-from argofl.steps import partials, step_aggregate, step_distribute, step_init, step_train
+from argofl.steps import partials, step_aggregate, step_distribute, step_evaluate, step_init, step_train
 from argofl.steps.checkpoint import TensorSpec, checkpoint_exists, checkpoint_keys, load_checkpoint
 from argofl.steps.runinfo import RunLayout, open_run
 from argofl.steps.settings import Settings
@@ -135,6 +135,8 @@ def test_pods_of_four_give_the_flat_checkpoints(store: FileStore, strategy: str)
         for key in ("loss", "accuracy", "examples", "clients"):
             assert grouped[round - 1][key] == pytest.approx(flat[round - 1][key], rel=1e-12)
     assert grouped[0]["clients"] == 8
+    for run_key in (f"partials/flat-{strategy}", f"partials/grouped-{strategy}"):
+        step_evaluate.run(run_key=run_key, round=2)  # logs the aggregate step's report to MLflow
     flat_mlflow = _metrics(f"partials/flat-{strategy}")
     grouped_mlflow = _metrics(f"partials/grouped-{strategy}")
     for key in ("clients_aggregated", "client_train_loss_count", "client_train_loss_median"):

@@ -102,7 +102,9 @@ def test_init_with_mlflow_unreachable_is_transient_and_a_retry_succeeds(env, mon
     assert again.exit_code == 0, again.output
 
 
-def test_aggregate_logs_the_rounds_metrics_on_retry_after_mlflow_failed(env, monkeypatch):
+def test_evaluate_logs_the_rounds_metrics_once_on_retry_after_mlflow_failed(env, monkeypatch):
+    """The aggregate step needs no MLflow; evaluate logs the round's metrics (its own and the aggregate
+    step's report) and, retried after MLflow failed, logs each of them exactly once."""
     s = Settings.from_mapping(SETTINGS)
     run_key = "retry-test/agg"
     out = step_init.run(s, run_key=run_key, workflow_name="wf", workflow_uid="uid")
@@ -110,20 +112,26 @@ def test_aggregate_logs_the_rounds_metrics_on_retry_after_mlflow_failed(env, mon
         step_train.run(run_key=run_key, round=1, clients=group)
     tracking_uri = f"sqlite:///{Path(env.root).parent / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _closed_port_uri())
-    failed = CliRunner().invoke(step_cli, ["aggregate", "--run-key", run_key, "--round", "1"])
+    aggregated = CliRunner().invoke(step_cli, ["aggregate", "--run-key", run_key, "--round", "1"])
+    assert aggregated.exit_code == 0, aggregated.output
+    failed = CliRunner().invoke(step_cli, ["evaluate", "--run-key", run_key, "--round", "1"])
     assert failed.exit_code == EXIT_TRANSIENT, failed.output
-    assert env.exists(RunLayout(run_key).global_key(1) + ".json")  # the checkpoint was committed
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    retried = CliRunner().invoke(step_cli, ["aggregate", "--run-key", run_key, "--round", "1"])
+    assert not tracking.has_metric(out["mlflow-run-id"], "clients_aggregated", step=1)
+    retried = CliRunner().invoke(step_cli, ["evaluate", "--run-key", run_key, "--round", "1"])
     assert retried.exit_code == 0, retried.output
-    assert tracking.has_metric(out["mlflow-run-id"], "clients_aggregated", step=1)
-    assert tracking.has_metric(out["mlflow-run-id"], "client_train_loss_mean", step=1)
-    # once logged, a further retry logs nothing twice
+    # once logged, further retries (of either step) log nothing twice
     step_aggregate.run(run_key=run_key, round=1)
+    again = CliRunner().invoke(step_cli, ["evaluate", "--run-key", run_key, "--round", "1"])
+    assert again.exit_code == 0, again.output
     from mlflow.tracking import MlflowClient
 
-    history = MlflowClient(tracking_uri).get_metric_history(out["mlflow-run-id"], "clients_aggregated")
-    assert [m.step for m in history] == [1]
+    client = MlflowClient(tracking_uri)
+    for key in ("clients_aggregated", "client_train_loss_mean", "test_accuracy"):
+        assert [m.step for m in client.get_metric_history(out["mlflow-run-id"], key)] == [1], key
+    assert [a.path for a in client.list_artifacts(out["mlflow-run-id"], "clients")] == [
+        "clients/round-0001.json"
+    ]
 
 
 def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_db(env, tmp_path):
@@ -131,6 +139,7 @@ def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_
     step_init.run(s, run_key="retry-test/nouri", workflow_name="wf", workflow_uid="uid")
     for group in step_distribute.run(run_key="retry-test/nouri", round=1):
         step_train.run(run_key="retry-test/nouri", round=1, clients=group)
+    step_aggregate.run(run_key="retry-test/nouri", round=1)  # needs no MLflow; evaluate logs the round
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -140,7 +149,7 @@ def test_a_step_without_mlflow_tracking_uri_fails_clearly_and_creates_no_mlflow_
             "-c",
             "from argofl.pipelines.cli import main; main()",
             "step",
-            "aggregate",
+            "evaluate",
             "--run-key",
             "retry-test/nouri",
             "--round",

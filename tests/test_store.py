@@ -196,6 +196,28 @@ def test_write_failing_midway_leaves_nothing(store: Store, tmp_path: Path) -> No
         assert files_under(store.root) == []  # no temporary file either
 
 
+def test_new_file_is_stored_when_its_block_ends_and_not_before_nor_after_an_error(store: Store) -> None:
+    with store.new_file("ckpt/new.bin") as path:
+        path.write_bytes(b"abc" * 1000)
+        assert not store.exists("ckpt/new.bin")  # not visible while it is written
+    assert store.get_bytes("ckpt/new.bin") == b"abc" * 1000
+
+    def fail_midway() -> None:
+        with store.new_file("ckpt/new.bin") as path:
+            path.write_bytes(b"half")
+            raise RuntimeError("encoder failed")
+
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        fail_midway()
+    assert store.get_bytes("ckpt/new.bin") == b"abc" * 1000  # the old object stays
+    assert store.list() == ["ckpt/new.bin"]
+    if isinstance(store, FileStore):
+        assert files_under(store.root) == ["ckpt/new.bin"]  # no temporary file either
+        umask = os.umask(0o022)
+        os.umask(umask)
+        assert (store.root / "ckpt/new.bin").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 # --------------------------------------------------------------------------- FileStore specifics
 
 
