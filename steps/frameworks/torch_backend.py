@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from argofl.steps.frameworks.allocator import tune_for_training
 from argofl.steps.frameworks.base import (
     Backend,
     FrameworkError,
@@ -110,6 +111,7 @@ class TorchBackend:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
     def configure(self, *, threads: int | None, deterministic: bool = True) -> None:
+        tune_for_training()  # a step's first epoch would otherwise pay glibc's warm-up page faults
         if threads is not None:
             if threads < 1:
                 raise FrameworkError(f"threads={threads} must be >= 1 (or None for the default)")
