@@ -100,7 +100,7 @@ def aggregator_peak(runs: Path) -> dict[str, float]:
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"argofl step aggregate on {runs} failed with status {status}")
-    return {"aggregate_step_s": round(wall, 2), "aggregate_peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    return {"aggregate_step_s": round(wall, 2), "aggregate_peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
 def main() -> None:

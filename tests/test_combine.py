@@ -154,6 +154,25 @@ def test_a_missing_update_is_rejected_with_its_reason_and_min_clients_counts_cli
     assert not checkpoint_exists(store, RunLayout(run_key).global_key(1))
 
 
+def test_a_missing_pod_partial_rejects_its_clients_in_the_combined_partial(store: FileStore) -> None:
+    run_key = "tree/missing-pod"
+    plan = _train(run_key, 1, 2, clients_per_pod=2)
+    layout = RunLayout(run_key)
+    for key in checkpoint_keys(partials.partial_key(layout, 1, "2")):
+        store.delete(key)
+    for batch in plan["combines"]:
+        step_combine.run(run_key=run_key, round=1, pods=batch)
+    summed, refused = partials.replies_of(
+        load_checkpoint(store, partials.combined_key(layout, 1, "0")).manifest, "batch 0"
+    )
+    assert [r.client for r in summed] == ["0", "1"]
+    assert refused == dict.fromkeys(["2", "3"], "no update (its train pod failed or did not run)")
+    metrics = step_aggregate.run(run_key=run_key, round=1)
+    assert (metrics["clients"], metrics["rejected"]) == (7, 2)
+    rejected = json.loads(load_checkpoint(store, layout.global_key(1)).manifest.extra["rejected"])
+    assert rejected == refused
+
+
 def test_a_combined_partial_claiming_too_many_examples_is_refused_whole(store: FileStore) -> None:
     run_key = "tree/claims"
     plan = _train(run_key, 1, 3, clients_per_pod=1, min_clients=3)
