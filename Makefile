@@ -64,6 +64,7 @@ bench: install data
 	$(BIN)/python benchmarks/bench_rounds.py -p clients=50 -p rounds=3 --target 1.3
 	$(BIN)/python benchmarks/bench_rounds.py configs/fedavg-fmnist-torch-blocks.yaml --no-floor \
 		-p clients=4 -p min-clients=2 -p rounds=3 -p rounds-per-workflow=2 -p data-limit=600
+	$(BIN)/python benchmarks/bench_clients.py --fanin 4
 	$(BIN)/python benchmarks/bench_aggregate.py
 	$(BIN)/python benchmarks/bench_checkpoint.py
 	$(BIN)/python benchmarks/bench_training.py

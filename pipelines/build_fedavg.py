@@ -7,6 +7,7 @@ fedavg (steps, parallelism 1)
 │   └── round (dag)
 │       ├── distribute                    prints the JSON list of client groups
 │       ├── train(i:clients)              withParam over distribute's result, continueOn failed, retried
+│       ├── combine(i:pods)               with cluster.aggregate_fanin: withParam over its batches of pods
 │       ├── aggregate                     FedAvg of the valid updates (needs min-clients)
 │       └── evaluate                      test metrics → output parameters, MLflow
 └── finalize                              summary.json, final model to MLflow
@@ -116,14 +117,18 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
             global_outputs=INIT_OUTPUTS,
         )
         groups = cfg.placement
+        fanin = c.aggregate_fanin
         distribute = step_container(
             cfg,
             "distribute",
             "Sample this round's clients (JSON list of pods"
-            + ("; one list per placement group)" if groups else ")"),
-            round_arg + (["--placement", placement_arg(groups)] if groups else []),
+            + ("; one list per placement group" if groups else "")
+            + ("; the combine tasks' batches of pods)" if fanin else ")"),
+            round_arg
+            + (["--placement", placement_arg(groups)] if groups else [])
+            + (["--fanin", str(fanin)] if fanin else []),
             inputs=round_in,
-            outputs=tuple(f"clients-{g.name}" for g in groups),
+            outputs=(*(f"clients-{g.name}" for g in groups), *(("combines",) if fanin else ())),
         )
         train_args = [*round_arg, "--clients", "{{inputs.parameters.clients}}"]
         train_inputs = [*round_in, Parameter(name="clients")]
@@ -168,6 +173,17 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
                 Artifact(name="global-checkpoint", path=CHECKPOINT_DIR, archive=NoneArchiveStrategy())
             ],
         )
+        combine = (
+            step_container(
+                cfg,
+                "combine",
+                f"Sum ≤ {fanin} pods' updates or partial sums into one (a tree of aggregate tasks)",
+                [*round_arg, "--pods", "{{inputs.parameters.pods}}"],
+                inputs=[*round_in, Parameter(name="pods")],
+            )
+            if fanin
+            else None
+        )
         evaluate = step_container(
             cfg,
             "evaluate",
@@ -205,14 +221,20 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
                 )
             # a placement group without sampled clients this round fans out over [] and is Skipped
             ended = "Succeeded || {t}.Failed || {t}.Errored" + (" || {t}.Skipped" if groups else "")
-            t_aggregate = Task(
-                name="aggregate",
-                template=aggregate,
-                arguments=r,
-                depends=" && ".join(
-                    f"({t}.{ended.format(t=t)})" if groups else f"{t}.{ended.format(t=t)}" for t in trains
-                ),
+            trained = " && ".join(
+                f"({t}.{ended.format(t=t)})" if groups else f"{t}.{ended.format(t=t)}" for t in trains
             )
+            if combine is not None:  # one combine task per batch of ≤ fan-in pods, then the aggregate
+                Task(
+                    name="combine",
+                    template=combine,
+                    arguments={**r, "pods": "{{item}}"},
+                    with_param="{{tasks.distribute.outputs.parameters.combines}}",
+                    continue_on=ContinueOn(failed=True, error=True),
+                    depends=trained,
+                )
+                trained = "combine.Succeeded || combine.Failed || combine.Errored"
+            t_aggregate = Task(name="aggregate", template=aggregate, arguments=r, depends=trained)
             t_evaluate = Task(name="evaluate", template=evaluate, arguments=r, depends="aggregate")
             del t_distribute, t_aggregate, t_evaluate
 

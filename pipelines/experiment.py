@@ -46,11 +46,17 @@ class ClusterOptions:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     rounds_per_workflow: int = 0  # > 0: each block of this many rounds is a child Workflow (blocks.py)
+    aggregate_fanin: int = 0  # > 0: combine tasks each sum ≤ this many pods' outputs (steps/step_combine.py)
 
     def __post_init__(self) -> None:
         for name in ("gpus", "retries", "rounds_per_workflow"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"cluster.{name}: must be ≥ 0, got {getattr(self, name)!r}")
+        if self.aggregate_fanin == 1 or self.aggregate_fanin < 0:
+            raise ConfigError(
+                "cluster.aggregate_fanin: expected 0 (flat aggregation) or at least 2, got "
+                f"{self.aggregate_fanin!r}"
+            )
         for name in ("parallelism", "step_timeout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"cluster.{name}: must be ≥ 1, got {getattr(self, name)!r}")

@@ -22,6 +22,7 @@ from argofl.pipelines.progress import NodeDisplay
 from argofl.pipelines.split_config import SplitExperimentConfig, check_split_parameters, split_config
 from argofl.steps.client_data import DataOptions
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.steps.strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from hera.workflows import Workflow, WorkflowTemplate
@@ -114,6 +115,12 @@ def _fedavg_config(
         except SettingsError as exc:
             raise ConfigError(str(exc)) from None
     placement = parse_placement(sections.get("placement"), clients=settings.clients, where=where)
+    if cluster.aggregate_fanin and not STRATEGIES[settings.strategy].linear:
+        raise ConfigError(
+            f"{where}: cluster.aggregate_fanin: a tree of aggregate tasks needs a linear strategy "
+            f"({', '.join(n for n, i in STRATEGIES.items() if i.linear)}), not {settings.strategy!r}; "
+            "remove it"
+        )
     return ExperimentConfig(
         name=name, settings=settings, cluster=cluster, source=source, data=data, placement=placement
     )

@@ -71,6 +71,11 @@ def split_config(
             f"{where}: cluster.rounds_per_workflow: only kind fedavg runs blocks of rounds as child "
             "workflows, not kind split; remove it"
         )
+    if cluster.aggregate_fanin:
+        raise ConfigError(
+            f"{where}: cluster.aggregate_fanin: only kind fedavg combines partial sums, not kind split; "
+            "remove it"
+        )
     try:
         options = SplitOptions.from_mapping(split, where=where)
     except SettingsError as exc:

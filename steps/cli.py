@@ -196,18 +196,31 @@ def init_cmd(
     metavar="JSON",
     help='Placement groups {"site-a": [0, 1], ...}: output clients-<group> lists each group\'s pods.',
 )
+@click.option(
+    "--fanin",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Combine tasks' fan-in (cluster.aggregate_fanin): output combines lists their batches of pods.",
+)
 @_outputs_option
 def distribute_cmd(
-    run_key: str, round_: int, placement: str | None, outputs: tuple[tuple[str, str], ...]
+    run_key: str, round_: int, placement: str | None, fanin: int, outputs: tuple[tuple[str, str], ...]
 ) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
     from argofl.steps import step_distribute
 
     def body() -> list[str]:
         groups = step_distribute.parse_placement(placement) if placement is not None else None
-        plan = step_distribute.plan_round(run_key=run_key, round=round_, placement=groups)
+        plan = step_distribute.plan_round(run_key=run_key, round=round_, placement=groups, fanin=fanin)
         pods = plan.get("pods", {})
-        _write_outputs(outputs, {f"clients-{name}": json.dumps(labels) for name, labels in pods.items()})
+        _write_outputs(
+            outputs,
+            {
+                **{f"clients-{name}": json.dumps(labels) for name, labels in pods.items()},
+                **({"combines": json.dumps(plan["combines"])} if "combines" in plan else {}),
+            },
+        )
         labels: list[str] = plan["groups"]
         return labels
 
@@ -241,6 +254,22 @@ def train_cmd(
             outputs, step_train.run(run_key=run_key, round=round_, clients=clients, only=allowed)
         )
     )
+
+
+@step.command("combine")
+@_run_key_option
+@_round_option
+@click.option(
+    "--pods",
+    required=True,
+    help="The batch of pods to combine: 'round 3 / pods 0-7' (the loop label) or '0-7'.",
+)
+@_outputs_option
+def combine_cmd(run_key: str, round_: int, pods: str, outputs: tuple[tuple[str, str], ...]) -> None:
+    """Sum a batch of pods' updates or partial sums into one partial sum (a tree of aggregate tasks)."""
+    from argofl.steps import step_combine
+
+    _guard(lambda: _write_outputs(outputs, step_combine.run(run_key=run_key, round=round_, pods=pods)))
 
 
 @step.command("aggregate")

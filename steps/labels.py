@@ -23,7 +23,9 @@ __all__ = [
     "clients_label",
     "format_ids",
     "parse_clients",
+    "parse_pods",
     "parse_round",
+    "pods_label",
     "round_label",
 ]
 
@@ -31,6 +33,7 @@ ROUND_FORMAT = "round %d"
 """printf format of the rounds loop (``withSequence.format``)."""
 
 _ROUND = re.compile(r"(?:round )?(\d+)")
+_PODS = re.compile(r"(?:round (\d+) / pods? )?(\d+)(?:-(\d+))?")
 _CLIENTS = re.compile(r"(?:round (\d+) / clients? )?(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)")
 MAX_RANGE = 1_000_000
 """The most ids one ``A-B`` range of a label may expand to."""
@@ -111,3 +114,26 @@ def parse_clients(text: str, *, round: int | None = None) -> list[str]:
             )
         out.extend(str(i) for i in range(lo, hi + 1))
     return out
+
+
+def pods_label(round: int, first: int, last: int) -> str:
+    """``round 3 / pods 0-7``: a combine task's batch, the pods ``first..last`` of the round's plan."""
+    if not 0 <= first <= last:
+        raise LabelError(f"round {round}: a pods label needs 0 ≤ first ≤ last, got {first}, {last}")
+    if first == last:
+        return f"{round_label(round)} / pod {first}"
+    return f"{round_label(round)} / pods {first}-{last}"
+
+
+def parse_pods(text: str, *, round: int | None = None) -> tuple[int, int]:
+    """``"round 3 / pods 0-7"`` or ``"0-7"`` → ``(0, 7)`` (inclusive); ``"round 3 / pod 4"`` → ``(4, 4)``."""
+    found = _PODS.fullmatch(text.strip())
+    if found is None:
+        raise LabelError(f"bad pods {text!r}: expected 'round N / pods A-B', 'round N / pod A' or 'A-B'")
+    labelled_round, first, last = found.groups()
+    if labelled_round is not None and round is not None and int(labelled_round) != round:
+        raise LabelError(f"pods {text!r} belong to round {labelled_round}, but this step runs round {round}")
+    lo, hi = int(first), int(first if last is None else last)
+    if hi < lo:
+        raise LabelError(f"bad pods {text!r}: the range must run upwards")
+    return lo, hi

@@ -21,9 +21,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
+from argofl.steps import labels
 from argofl.steps.checkpoint import (
     FLOAT_DTYPES,
     CheckpointCorrupt,
@@ -40,6 +42,8 @@ from argofl.steps.store import Store, join_key
 from argofl.steps.strategies import STRATEGIES, ClientUpdate
 
 __all__ = [
+    "combine_groups",
+    "combined_key",
     "partial_key",
     "partial_specs",
     "pre_aggregates",
@@ -58,6 +62,23 @@ def pre_aggregates(settings: Settings) -> bool:
 def partial_key(layout: RunLayout, round: int, first_client: str) -> str:
     """The checkpoint key of the partial sum of the group whose first client is ``first_client``."""
     return join_key(layout.round_prefix(round), "partials", f"group-{first_client}")
+
+
+def combined_key(layout: RunLayout, round: int, first_client: str) -> str:
+    """The key of a combine task's partial sum (the sum of a batch of pods' outputs, see
+    :mod:`~argofl.steps.step_combine`) whose first client is ``first_client``."""
+    return join_key(layout.round_prefix(round), "partials", f"combined-{first_client}")
+
+
+def combine_groups(plan: Mapping[str, Any], round: int) -> list[list[str]]:
+    """The clients of each combine batch of a round planned with a fan-in (``plan.combines``: labels of
+    ranges of ``plan.groups``), in order: the groups the aggregate step reads combined partials of."""
+    groups = [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
+    out = []
+    for label in plan["combines"]:
+        first, last = labels.parse_pods(str(label), round=round)
+        out.append([c for group in groups[first : last + 1] for c in group])
+    return out
 
 
 def partial_specs(like: Mapping[str, TensorSpec]) -> dict[str, TensorSpec]:

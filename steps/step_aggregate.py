@@ -68,8 +68,11 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
+        combined = "combines" in plan  # a tree of aggregate tasks: read the combine tasks' partials
         groups = (
-            [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
+            partials.combine_groups(plan, round)
+            if combined
+            else [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
             if partials.pre_aggregates(record.settings)
             else []
         )
@@ -79,7 +82,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         ) from None
     scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
     try:
-        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name))
+        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name), combined=combined)
     finally:
         scratch.cleanup()
     return dict(load_manifest(store, global_key).metrics)
@@ -93,9 +96,12 @@ def _aggregate(
     clients: list[str],
     groups: list[list[str]],
     scratch: Path,
+    *,
+    combined: bool = False,
 ) -> None:
     """Fold the round's valid updates (or, with a linear strategy and groups of clients per pod, the
-    groups' partial sums) and commit the new global checkpoint (and server state)."""
+    groups' partial sums; with ``combined``, the combine tasks') and commit the new global checkpoint
+    (and server state)."""
     s = record.settings
     global_key = layout.global_key(round)
     # the previous global is verified in one streaming pass and read only by strategies that use it
@@ -160,7 +166,7 @@ def _aggregate(
         by_first = {group[0]: group for group in groups if group}
 
         def load(first: str) -> _Loaded:
-            key = partials.partial_key(layout, round, first)
+            key = (partials.combined_key if combined else partials.partial_key)(layout, round, first)
             partials.read_partial_manifest(store, key, previous_manifest)
             manifest, arrays = open_streamed(store, key, like=like64, scratch=scratch)
             return _Loaded(manifest, arrays, arrays.close)
@@ -188,7 +194,7 @@ def _aggregate(
                 rejected[client] = reason
                 log.warning("round %d: rejected client %s: %s", round, client, reason)
 
-    hierarchical = partials.pre_aggregates(s)
+    hierarchical = bool(groups)
     state = _load_state(store, layout, round, strategy, previous)
     try:
         # only a linear strategy (FedAvg's fold) is given partial sums
@@ -230,6 +236,7 @@ def _aggregate(
             "clients": ",".join(u.client for u in accepted),
             "rejected": json.dumps(rejected, sort_keys=True),
             **({"partials": ",".join(g[0] for g in groups if g)} if hierarchical else {}),
+            **({"combined": "true"} if combined else {}),
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
@@ -308,7 +315,8 @@ def _client_rows(
         return rows
     replies: dict[str, ClientUpdate] = {}
     for first in filter(None, manifest.extra["partials"].split(",")):
-        key = partials.partial_key(layout, round, first)
+        combined = manifest.extra.get("combined") == "true"
+        key = (partials.combined_key if combined else partials.partial_key)(layout, round, first)
         if checkpoint_exists(store, key):
             summed, _ = partials.replies_of(load_manifest(store, key), store.key_uri(key))
             replies.update((r.client, r) for r in summed)

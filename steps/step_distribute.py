@@ -13,6 +13,7 @@ from argofl.steps.checkpoint import checkpoint_exists
 from argofl.steps.labels import clients_label
 from argofl.steps.runinfo import RunError, open_run, write_json
 from argofl.steps.settings import Settings
+from argofl.steps.step_combine import combine_batches, refuse_nonlinear
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,19 @@ def run(*, run_key: str, round: int) -> list[str]:
 
 
 def plan_round(
-    *, run_key: str, round: int, placement: Mapping[str, Sequence[int]] | None = None
+    *, run_key: str, round: int, placement: Mapping[str, Sequence[int]] | None = None, fanin: int = 0
 ) -> dict[str, Any]:
     """Sample ``round``'s clients, write ``plan.json`` and return it.
 
-    The plan has ``clients`` (sampled), ``groups`` (pod labels) and, with ``placement``, ``pods``:
-    each placement group's pod labels.
+    The plan has ``clients`` (sampled), ``groups`` (pod labels), with ``placement`` ``pods`` (each
+    placement group's pod labels) and with a ``fanin`` ``combines``: the combine tasks' batches of at
+    most ``fanin`` pods (:mod:`~argofl.steps.step_combine`).
     """
     store, layout, record = open_run(run_key)
     settings = record.settings
+    if fanin < 0 or fanin == 1:
+        raise RunError(f"--fanin {fanin}: expected 0 (flat aggregation) or at least 2")
+    refuse_nonlinear(settings, fanin, f"distribute round {round}")
     if not 1 <= round <= settings.rounds:
         raise RunError(f"round must be in 1..{settings.rounds}, got {round}")
     if not checkpoint_exists(store, layout.global_key(round - 1)):
@@ -89,6 +94,8 @@ def plan_round(
         pods = place_groups(round, clients, settings.clients_per_pod, placement)
         plan["groups"] = [label for labels in pods.values() for label in labels]
         plan["pods"] = pods
+    if fanin:
+        plan["combines"] = combine_batches(round, len(plan["groups"]), fanin)
     write_json(store, layout.plan_key(round), plan)
     log.info(
         "round %d: sampled %d of %d clients in %d pods",
