@@ -29,7 +29,8 @@ load and make fork-safe with their own ``pthread_atfork`` handlers (OpenBLAS's w
 background thread of pyarrow, which ``import mlflow`` loads through pandas) are allowed, as they are under
 ``multiprocessing``'s fork start method. Forked children share the server's hash seed
 and the preloaded module state; ``random`` and numpy's global generator are reseeded and ``tempfile``
-forgets its cached directory in each child.
+forgets its cached directory in each child. The ``weakref.finalize`` callbacks of preloaded objects
+(torch's operator libraries) belong to the server: a step's exit runs only its own.
 
 Lifetime: the server dies with the executor (``PR_SET_PDEATHSIG`` to the long-lived thread that started
 it, and the end of its control socket), and each forked step dies with the server (its own
