@@ -12,7 +12,7 @@ files themselves or a ``<name>/`` sub-directory with them. Datasets downloaded e
 ``~/.cache/argofl/datasets/<name>``; with ``download=True`` (or ``ARGOFL_DOWNLOAD=1``) missing files are
 downloaded there. Parsed arrays are cached per process and returned read-only; decompressed IDX files
 are kept in ``~/.cache/argofl/decoded/`` (keyed by the file's path, size and modification time), so later
-processes skip the inflate (most of a train step's data loading).
+processes skip the inflate and memory-map them (``ARGOFL_DECODED_CACHE=0`` turns that off).
 """
 
 from __future__ import annotations
@@ -80,22 +80,21 @@ class _Spec:
 _IDX_UBYTE = 0x08
 
 
-def _read_gz(path: Path) -> bytes:
-    decoded = _decoded_path(path)
-    if decoded is not None:
-        with contextlib.suppress(OSError):
-            return decoded.read_bytes()
+DECODED_CACHE_VARIABLE = "ARGOFL_DECODED_CACHE"
+"""Set to ``0`` (or ``false``/``off``/``no``) to inflate IDX files in every process, without the cache."""
+
+
+def _inflate(path: Path) -> bytes:
     try:
-        data = zlib.decompress(path.read_bytes(), 31)  # 31: gzip container
+        return zlib.decompress(path.read_bytes(), 31)  # 31: gzip container
     except (OSError, zlib.error) as exc:
         raise DatasetError(f"cannot read {path}: {exc}; delete it and get the dataset again") from exc
-    if decoded is not None:
-        _write_quietly(decoded, data)
-    return data
 
 
 def _decoded_path(path: Path) -> Path | None:
     """Where the decompressed ``path`` is cached: named by its resolved path, size and mtime."""
+    if os.environ.get(DECODED_CACHE_VARIABLE, "").strip().lower() in ("0", "false", "off", "no"):
+        return None
     try:
         st = path.stat()
     except OSError:
@@ -118,22 +117,64 @@ def _write_quietly(target: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def _read_idx(path: Path, ndim: int) -> np.ndarray:
-    """Parse an IDX file of unsigned bytes with ``ndim`` dimensions (gzip-compressed if ``.gz``)."""
-    data = _read_gz(path) if path.suffix == ".gz" else path.read_bytes()
+def _map_decoded(cached: Path, source: Path, ndim: int) -> np.ndarray | None:
+    """The IDX array of the cache file ``cached``, memory-mapped (a step reads only the pages of its
+    clients' examples); None when there is none, or when it is not a whole IDX file of ``ndim``
+    dimensions: that one is deleted, to be rebuilt from ``source``."""
+    try:
+        buffer = np.memmap(cached, dtype=np.uint8, mode="r")
+    except (OSError, ValueError):  # absent or unreadable; ValueError: empty, nothing to map
+        if cached.exists():
+            log.warning("decoded cache %s is empty or unreadable; rebuilding it from %s", cached, source)
+            with contextlib.suppress(OSError):
+                cached.unlink()
+        return None
+    try:
+        return _parse_idx(buffer.view(np.ndarray), cached, ndim)
+    except DatasetError as exc:
+        log.warning("%s; rebuilding it from %s", exc, source)
+        with contextlib.suppress(OSError):
+            cached.unlink()
+        return None
+
+
+def _parse_idx(data: np.ndarray, path: Path, ndim: int) -> np.ndarray:
+    """The array of the IDX file of unsigned bytes held in ``data`` (its bytes, uint8)."""
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DatasetError(f"corrupt IDX file {path}: {len(data)} bytes is shorter than its header")
-    magic = int.from_bytes(data[:4], "big")
+    head = data[:header].tobytes()
+    magic = int.from_bytes(head[:4], "big")
     if magic != (_IDX_UBYTE << 8 | ndim):
         raise DatasetError(
             f"corrupt IDX file {path}: magic number {magic:#010x}, expected {_IDX_UBYTE << 8 | ndim:#010x}"
         )
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dims = tuple(int(d) for d in np.frombuffer(head, dtype=">u4", count=ndim, offset=4))
     expected = header + int(np.prod(dims))
     if len(data) != expected:
         raise DatasetError(f"corrupt IDX file {path}: {len(data)} bytes, header {dims} implies {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+    return data[header:].reshape(dims)
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse an IDX file of unsigned bytes with ``ndim`` dimensions (gzip-compressed if ``.gz``).
+
+    A ``.gz`` file is inflated once: later calls, in any process, map its decompressed copy under
+    ``~/.cache/argofl/decoded/`` (checked for a whole IDX file, else rebuilt) unless
+    ``$ARGOFL_DECODED_CACHE`` is ``0``.
+    """
+    if path.suffix != ".gz":
+        return _parse_idx(np.frombuffer(path.read_bytes(), dtype=np.uint8), path, ndim)
+    cached = _decoded_path(path)
+    if cached is not None:
+        mapped = _map_decoded(cached, path, ndim)
+        if mapped is not None:
+            return mapped
+    data = _inflate(path)
+    array = _parse_idx(np.frombuffer(data, dtype=np.uint8), path, ndim)
+    if cached is not None:
+        _write_quietly(cached, data)
+    return array
 
 
 def _read_idx_pair(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:

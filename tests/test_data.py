@@ -215,3 +215,66 @@ def test_decompressed_files_are_reused_until_the_file_changes(
     write_mnist_like(tmp_path / "mnist", n_test=4)  # new content: new size and mtime, a new key
     assert len(load_dataset("mnist", "test", str(tmp_path))) == 4
     assert len(inflated) == 2
+
+
+def _decoded_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "home" / ".cache" / "argofl" / "decoded").glob("*.bin"))
+
+
+def test_later_loads_map_the_decoded_file(tmp_path: Path) -> None:
+    """A later process maps the decompressed file (reads only the pages it uses): same arrays."""
+    write_mnist_like(tmp_path / "mnist", n_test=3)
+    first = load_dataset("mnist", "test", str(tmp_path))
+    assert not any(isinstance(b, np.memmap) for b in _bases(first.x))  # inflated this time
+    data.clear_cache()
+    again = load_dataset("mnist", "test", str(tmp_path))
+    assert any(isinstance(b, np.memmap) for b in _bases(again.x))
+    assert type(again.x) is np.ndarray  # a plain array to its users
+    assert not again.x.flags.writeable
+    np.testing.assert_array_equal(again.x, first.x)
+    np.testing.assert_array_equal(again.y, first.y)
+
+
+def _bases(array: np.ndarray) -> list[object]:
+    chain: list[object] = []
+    base = array.base
+    while base is not None:
+        chain.append(base)
+        base = getattr(base, "base", None)
+    return chain
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[:-7], id="truncated"),
+        pytest.param(lambda b: b + b"\0", id="too-long"),
+        pytest.param(lambda b: b"", id="empty"),
+        pytest.param(lambda b: b"\xff" + b[1:], id="bad-magic"),
+        pytest.param(lambda b: b[:4] + (9999).to_bytes(4, "big") + b[8:], id="bad-dims"),
+    ],
+)
+def test_a_damaged_decoded_file_is_rebuilt_not_trusted(
+    tmp_path: Path, damage: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_mnist_like(tmp_path / "mnist", n_test=3)
+    first = load_dataset("mnist", "test", str(tmp_path))
+    x, y = first.x.copy(), first.y.copy()
+    for cached in _decoded_files(tmp_path):
+        cached.write_bytes(damage(cached.read_bytes()))  # type: ignore[operator]
+    data.clear_cache()
+    again = load_dataset("mnist", "test", str(tmp_path))
+    np.testing.assert_array_equal(again.x, x)
+    np.testing.assert_array_equal(again.y, y)
+    assert "rebuilding it from" in caplog.text
+    data.clear_cache()
+    rebuilt = load_dataset("mnist", "test", str(tmp_path))  # from the rewritten cache
+    assert any(isinstance(b, np.memmap) for b in _bases(rebuilt.x))
+    np.testing.assert_array_equal(rebuilt.x, x)
+
+
+def test_decoded_cache_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARGOFL_DECODED_CACHE", "0")
+    write_mnist_like(tmp_path / "mnist", n_test=3)
+    assert len(load_dataset("mnist", "test", str(tmp_path))) == 3
+    assert _decoded_files(tmp_path) == []

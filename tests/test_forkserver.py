@@ -59,6 +59,16 @@ def main(args):
         raise KeyboardInterrupt
     if action == "message":
         sys.exit("bye")
+    if action == "finalizer":
+        import weakref
+
+        class Owned:
+            pass
+
+        mine = Owned()
+        weakref.finalize(mine, print, "step finalizer ran", flush=True)
+        sys.modules["_probe_keep"] = mine  # alive until the step exits
+        return 0
     if action == "sleep":
         child = subprocess.Popen(["sleep", "60"])
         print(child.pid, flush=True)
@@ -342,3 +352,34 @@ def _wait_gone(pid: int, seconds: float = 10.0) -> None:
     end = time.monotonic() + seconds
     while _alive(pid) and time.monotonic() < end:
         time.sleep(0.05)
+
+
+SERVER_OBJECT = """
+import os, weakref
+
+
+class Resource:
+    pass
+
+
+RESOURCE = Resource()
+MARKER = os.path.join(os.path.dirname(__file__), "server-finalizer-ran")
+weakref.finalize(RESOURCE, lambda: open(MARKER, "a").write(f"{os.getpid()}\\n"))
+"""
+
+
+def test_a_step_leaves_the_servers_finalizers_to_the_server(probe: Path, tmp_path: Path) -> None:
+    """An object the server created at preload (torch's operator libraries, a temporary directory) is
+    not finalized by each step that exits; what the step creates is."""
+    (probe.parent / "server_object.py").write_text(textwrap.dedent(SERVER_OBJECT))
+    fs = forkserver.ForkServer(
+        dict(os.environ), script=probe, entry="probe_main:main", preload=("json", "server_object")
+    )
+    try:
+        assert fs.wait_ready(60), fs.failure
+        code, out, _ = _run(fs, [str(probe), "step", "finalizer"], dict(os.environ), tmp_path, tmp_path)
+        assert fs.forked == 1
+    finally:
+        fs.close()
+    assert (code, out) == (0, b"step finalizer ran\n")
+    assert not (probe.parent / "server-finalizer-ran").exists()

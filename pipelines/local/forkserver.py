@@ -29,7 +29,8 @@ load and make fork-safe with their own ``pthread_atfork`` handlers (OpenBLAS's w
 background thread of pyarrow, which ``import mlflow`` loads through pandas) are allowed, as they are under
 ``multiprocessing``'s fork start method. Forked children share the server's hash seed
 and the preloaded module state; ``random`` and numpy's global generator are reseeded and ``tempfile``
-forgets its cached directory in each child.
+forgets its cached directory in each child. The ``weakref.finalize`` callbacks of preloaded objects
+(torch's operator libraries) belong to the server: a step's exit runs only its own.
 
 Lifetime: the server dies with the executor (``PR_SET_PDEATHSIG`` to the long-lived thread that started
 it, and the end of its control socket), and each forked step dies with the server (its own
@@ -427,6 +428,7 @@ def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload:
     if problem:
         control.send(problem.encode())
         os._exit(1)
+    _disown_finalizers()
     import gc
 
     gc.collect()
@@ -483,6 +485,16 @@ def _preload(modules: Sequence[str]) -> str:
     sys.stdout.flush()
     sys.stderr.flush()
     return ""
+
+
+def _disown_finalizers() -> None:
+    """Keep the ``weakref.finalize`` callbacks of what the server imported from running when a step
+    exits: their objects are the server's (torch's operator libraries: ~30 ms of dispatcher clean-up in
+    every step; a temporary directory would be deleted by the first step). A step's own run as usual."""
+    import weakref
+
+    for finalizer in list(getattr(weakref.finalize, "_registry", {})):
+        finalizer.atexit = False
 
 
 def _reap(channels: dict[int, socket.socket]) -> None:
