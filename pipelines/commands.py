@@ -127,6 +127,8 @@ def run_cmd(
     With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
+    if runtime == "process":
+        _prestart_steps()
     from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
@@ -148,6 +150,14 @@ def run_cmd(
     display = kind_of(cfg).display
     templates = workflow_templates_for(cfg)
     _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
+
+
+def _prestart_steps() -> None:
+    """Let the fork server import torch and MLflow while this process compiles the workflow."""
+    from argofl.pipelines.local import forkserver
+
+    bin_dir = str(Path(sys.executable).parent)
+    forkserver.prestart({**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", os.defpath)})
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:

@@ -383,3 +383,29 @@ def test_a_step_leaves_the_servers_finalizers_to_the_server(probe: Path, tmp_pat
         fs.close()
     assert (code, out) == (0, b"step finalizer ran\n")
     assert not (probe.parent / "server-finalizer-ran").exists()
+
+
+def test_argofl_run_forks_every_step_including_the_first(
+    tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``argofl run`` starts the server before compiling, and init (requested while the server still
+    imports) waits for it instead of importing torch and MLflow again as a fresh process."""
+    from argofl.pipelines.cli import cli
+
+    monkeypatch.delenv(forkserver.DISABLE_VARIABLE, raising=False)
+    forkserver.shutdown()  # this test needs the server `argofl run` starts, not an earlier one
+    config = tmp_path / "first-fedavg.yaml"
+    config.write_text(
+        yaml.safe_dump({"experiment": "first-fedavg", "data_limit": 200, "clients": 2, "rounds": 1})
+    )
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli, ["run", str(config), "--runs-dir", str(runs), "-p", f"data-dir={fmnist_dir}"]
+    )
+    assert result.exit_code == 0, result.output
+    server = forkserver.default_server()
+    assert server is not None
+    status = json.loads(next(runs.glob("workflows/*/status.json")).read_text())
+    pods = [n["displayName"] for n in status["nodes"].values() if n.get("type") == "Pod"]
+    assert any(p.startswith("init") for p in pods)
+    assert server.forked == len(pods), f"{server.forked} of {len(pods)} pods forked: {pods}"

@@ -34,7 +34,8 @@ forgets its cached directory in each child. The ``weakref.finalize`` callbacks o
 
 Lifetime: the server dies with the executor (``PR_SET_PDEATHSIG`` to the long-lived thread that started
 it, and the end of its control socket), and each forked step dies with the server (its own
-``PR_SET_PDEATHSIG``). Requests made while the server is still importing run as normal processes.
+``PR_SET_PDEATHSIG``). ``argofl run`` starts it first thing (:func:`prestart`); a request made while it is
+still importing waits for it (:data:`STARTING_WAIT_S`), and runs as a normal process if it fails.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ __all__ = [
     "ForkedProcess",
     "default_server",
     "popen",
+    "prestart",
     "startup_environment",
 ]
 
@@ -214,6 +216,7 @@ class ForkServer:
         self._control: socket.socket | None = None  # set while serving
         self._socket: socket.socket | None = None  # our end of the control socket, from the start
         self._closing = False
+        self._gave_up = False  # a wait for the server's start timed out: requests no longer wait
         # the thread that starts the server lives as long as the server may: PR_SET_PDEATHSIG fires
         # when the creating thread (not the process) ends
         self._keeper = threading.Thread(target=self._keep, name="argofl-forkserver", daemon=True)
@@ -227,6 +230,14 @@ class ForkServer:
         """Block until the server serves (True) or has failed or ``timeout`` passed (False)."""
         self._settled.wait(timeout)
         return self.ready
+
+    def await_start(self, timeout: float) -> None:
+        """Wait for a server that is still importing: a fresh process would import the same modules, on
+        the core the server needs. Once a wait has timed out, later calls do not wait."""
+        if self._settled.is_set() or self._gave_up:
+            return
+        if not self._settled.wait(timeout):
+            self._gave_up = True
 
     def _keep(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -365,6 +376,18 @@ def _disabled(env: Mapping[str, str]) -> bool:
     return any(str(source.get(DISABLE_VARIABLE, "")).strip().lower() in _OFF for source in (os.environ, env))
 
 
+STARTING_WAIT_S = 120.0
+"""How long a step requested while the server is still importing waits for it before running as a fresh
+process (a server that fails stops the wait at once)."""
+
+
+def prestart(env: Mapping[str, str]) -> None:
+    """Start this process's server now (when steps may be forked), so that it imports while the caller
+    compiles and prepares the run."""
+    if not _disabled(env):
+        default_server(env)
+
+
 _default: ForkServer | None = None
 _default_lock = threading.Lock()
 
@@ -408,6 +431,7 @@ def popen(
     if len(argv) >= 2 and argv[1] == "step" and not _disabled(env):
         server = default_server(env)
         if server is not None and server.serves(argv, env):
+            server.await_start(STARTING_WAIT_S)
             fd = stderr if isinstance(stderr, int) else stderr.fileno()
             forked = server.spawn(argv, env=env, cwd=cwd, stderr=fd)
             if forked is not None:
