@@ -115,14 +115,14 @@ def _tree(
     pods = []
     for start in range(0, len(updates), per_pod):
         pod = WeightedAverage()
-        for arrays, weight in updates[start : start + per_pod]:
-            pod.add(arrays, weight)
+        for arrays, examples in updates[start : start + per_pod]:
+            pod.add(arrays, examples)
         pods.append(pod.take_sums())
     total = WeightedAverage()
     for start in range(0, len(pods), fanin):
         combine = WeightedAverage()
-        for sums, weight, count in pods[start : start + fanin]:
-            combine.add_sum(sums, weight, count=count, dtypes=dtypes)
+        for pod_sums, pod_weight, pod_count in pods[start : start + fanin]:
+            combine.add_sum(pod_sums, pod_weight, count=pod_count, dtypes=dtypes)
         sums, weight, count = combine.take_sums()
         total.add_sum(sums, weight, count=count, dtypes=dtypes)
     return total.result()
