@@ -32,6 +32,7 @@ from argofl.steps.checkpoint import checkpoint_exists, checkpoint_keys, load_che
 from argofl.steps.runinfo import RunError, RunLayout
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
+from argofl.steps.strategies import WeightedAverage
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"experiment": "tree", "data_limit": 450, "clients": 9, "min_clients": 2}
@@ -91,6 +92,67 @@ def test_pods_labels_are_index_ranges_that_parse_back() -> None:
         labels.parse_pods("round 3 / pods 0-2", round=4)
     with pytest.raises(labels.LabelError, match="bad pods '5-2'"):
         labels.parse_pods("5-2")
+
+
+@pytest.mark.parametrize(("pods", "fanin"), [(1, 2), (7, 3), (9, 3), (1000, 32), (1024, 32)])
+def test_combine_batches_cover_every_pod_once_with_short_labels(pods: int, fanin: int) -> None:
+    batches = step_combine.combine_batches(5, pods, fanin)
+    ranges = [labels.parse_pods(b, round=5) for b in batches]
+    covered = [pod for first, last in ranges for pod in range(first, last + 1)]
+    assert covered == list(range(pods))  # each pod exactly once, in plan order
+    assert all(last - first + 1 <= fanin for first, last in ranges)
+    assert len(batches) == -(-pods // fanin)
+    # the withParam value stays small however many clients a pod holds: ~30 bytes a batch
+    assert len(json.dumps(batches)) <= 32 * len(batches)
+
+
+def _tree(
+    updates: list[tuple[dict[str, np.ndarray], int]], per_pod: int, fanin: int
+) -> dict[str, np.ndarray]:
+    """The global of a two-level tree: pods sum ``per_pod`` updates, combines sum ``fanin`` pods' sums,
+    the aggregator sums the combined ones (the order of steps/step_combine.py and step_aggregate.py)."""
+    dtypes = {k: a.dtype for k, a in updates[0][0].items()}
+    pods = []
+    for start in range(0, len(updates), per_pod):
+        pod = WeightedAverage()
+        for arrays, examples in updates[start : start + per_pod]:
+            pod.add(arrays, examples)
+        pods.append(pod.take_sums())
+    total = WeightedAverage()
+    for start in range(0, len(pods), fanin):
+        combine = WeightedAverage()
+        for pod_sums, pod_weight, pod_count in pods[start : start + fanin]:
+            combine.add_sum(pod_sums, pod_weight, count=pod_count, dtypes=dtypes)
+        sums, weight, count = combine.take_sums()
+        total.add_sum(sums, weight, count=count, dtypes=dtypes)
+    return total.result()
+
+
+@pytest.mark.parametrize(("per_pod", "fanin"), [(1, 3), (1, 8), (2, 2), (3, 4), (64, 2)])
+def test_a_two_level_tree_gives_the_flat_mean_to_one_float32_ulp(per_pod: int, fanin: int) -> None:
+    # the bound of steps/partials.py: float64 sums in another order differ by ~clients·2⁻⁵³ relative,
+    # far below a float32 ulp (2⁻²⁴); a float32 weight moves by at most one ulp, float64 ones ~2⁻⁵²
+    rng = np.random.default_rng(11)
+    updates = [
+        (
+            {
+                "w": rng.standard_normal(5_000).astype(np.float32) * np.float32(10.0 ** rng.integers(-3, 3)),
+                "d": rng.standard_normal(40),
+                "n": np.array(rng.integers(0, 1000), dtype=np.int64),
+            },
+            int(rng.integers(1, 500)),
+        )
+        for _ in range(64)
+    ]
+    flat = WeightedAverage()
+    for arrays, weight in updates:
+        flat.add(arrays, weight)
+    want = flat.result()
+    got = _tree(updates, per_pod, fanin)
+    assert got["w"].dtype == np.float32
+    np.testing.assert_array_max_ulp(got["w"], want["w"], maxulp=1)
+    np.testing.assert_allclose(got["d"], want["d"], rtol=len(updates) * 2.0**-52, atol=0)
+    assert got["n"] == want["n"]
 
 
 @pytest.mark.parametrize(("per_pod", "fanin"), [(1, 3), (2, 2)])
