@@ -14,7 +14,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import argofl.steps.runinfo
 from argofl.pipelines.cli import cli
 from argofl.pipelines.config import load_config
 from argofl.pipelines.experiment import ConfigError
@@ -33,18 +32,10 @@ from argofl.steps.runinfo import RunError, RunLayout
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import WeightedAverage
+from tests.stores import step_store  # noqa: F401  (fixture: store)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"experiment": "tree", "data_limit": 450, "clients": 9, "min_clients": 2}
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path) -> FileStore:
-    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    file_store = FileStore(tmp_path / "store")
-    monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: file_store)
-    return file_store
 
 
 def _train(run_key: str, round: int, fanin: int, **settings: object) -> dict[str, Any]:

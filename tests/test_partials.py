@@ -5,19 +5,18 @@ ulp (see steps/partials.py for the bound), with per-client metrics and checks ke
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-import argofl.steps.runinfo
 from argofl.steps import partials, step_aggregate, step_distribute, step_evaluate, step_init, step_train
 from argofl.steps.checkpoint import TensorSpec, checkpoint_exists, checkpoint_keys, load_checkpoint
 from argofl.steps.runinfo import RunLayout, open_run
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import STRATEGIES, WeightedAverage
+from tests.stores import step_store  # noqa: F401  (fixture: store)
 
 
 def test_only_weighted_sum_strategies_are_linear() -> None:
@@ -72,15 +71,6 @@ def test_group_sums_give_the_flat_mean_to_one_float32_ulp() -> None:
 
 
 # ------------------------------------------------------------------------ the steps, end to end
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path) -> FileStore:
-    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    file_store = FileStore(tmp_path / "store")
-    monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: file_store)
-    return file_store
 
 
 def _init(run_key: str, settings: dict[str, object]) -> None:
