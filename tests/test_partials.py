@@ -73,15 +73,23 @@ def test_group_sums_give_the_flat_mean_to_one_float32_ulp() -> None:
 # ------------------------------------------------------------------------ the steps, end to end
 
 
-def _init(run_key: str, settings: dict[str, object]) -> None:
-    step_init.run(Settings.from_mapping(settings), run_key=run_key, workflow_name="w", workflow_uid="u")
+BASE = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": 1}
+
+
+def _init(run_key: str, **overrides: object) -> None:
+    """Start a run of :data:`BASE` with ``overrides``."""
+    settings = Settings.from_mapping({**BASE, **overrides})
+    step_init.run(settings, run_key=run_key, workflow_name="w", workflow_uid="u")
+
+
+def _distributed(run_key: str, **overrides: object) -> list[str]:
+    """Start a one-round run in pods of four clients; the groups its round 1 is distributed in."""
+    _init(run_key, clients_per_pod=4, **overrides)
+    return step_distribute.run(run_key=run_key, round=1)
 
 
 def _run(run_key: str, rounds: int, **overrides: object) -> list[dict[str, float]]:
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": rounds}
-    step_init.run(
-        Settings.from_mapping({**base, **overrides}), run_key=run_key, workflow_name="w", workflow_uid="u"
-    )
+    _init(run_key, rounds=rounds, **overrides)
     out = []
     for round in range(1, rounds + 1):
         for group in step_distribute.run(run_key=run_key, round=round):
@@ -147,15 +155,8 @@ def _rewrite_partial(store: FileStore, layout: RunLayout, first: str, change: di
 
 def test_a_group_claiming_too_many_examples_is_refused_whole(store: FileStore, caplog) -> None:
     run_key = "partials/claims"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 4, "rounds": 1}
-    step_init.run(
-        Settings.from_mapping({**base, "clients_per_pod": 4}),
-        run_key=run_key,
-        workflow_name="w",
-        workflow_uid="u",
-    )
+    groups = _distributed(run_key, min_clients=4)
     layout = RunLayout(run_key)
-    groups = step_distribute.run(run_key=run_key, round=1)
     for group in groups:
         step_train.run(run_key=run_key, round=1, clients=group)
     assert step_train.run(run_key=run_key, round=1, clients=groups[0])["seconds"] == 0.0  # a retry
@@ -173,15 +174,8 @@ def test_a_group_claiming_too_many_examples_is_refused_whole(store: FileStore, c
 
 def test_min_clients_counts_clients_not_pods(store: FileStore) -> None:
     run_key = "partials/min"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 5, "rounds": 1}
-    step_init.run(
-        Settings.from_mapping({**base, "clients_per_pod": 4}),
-        run_key=run_key,
-        workflow_name="w",
-        workflow_uid="u",
-    )
+    groups = _distributed(run_key, min_clients=5)
     layout = RunLayout(run_key)
-    groups = step_distribute.run(run_key=run_key, round=1)
     step_train.run(run_key=run_key, round=1, clients=groups[0])  # the second pod never ran
     with pytest.raises(step_aggregate.NotEnoughUpdates, match="4 valid updates of 8 sampled clients"):
         step_aggregate.run(run_key=run_key, round=1)
@@ -202,9 +196,7 @@ def test_a_pod_refuses_a_non_finite_update_and_sums_the_others(
 
     monkeypatch.setattr(step_train.attacks, "poison_update", nan_update)
     run_key = "partials/nan"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": 1}
-    _init(run_key, {**base, "clients_per_pod": 4, "attack": "sign-flip", "attack_clients": "1"})
-    for group in step_distribute.run(run_key=run_key, round=1):
+    for group in _distributed(run_key, attack="sign-flip", attack_clients="1"):
         step_train.run(run_key=run_key, round=1, clients=group)
     layout = RunLayout(run_key)
     summed, refused = partials.replies_of(
