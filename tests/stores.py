@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import argofl.steps.runinfo
+from argofl.steps.checkpoint import Checkpoint, load_checkpoint
 from argofl.steps.store import FileStore, Store, open_store
 
 
@@ -27,3 +29,17 @@ def step_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path
     file_store = FileStore(tmp_path / "store")
     monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: file_store)
     return file_store
+
+
+def assert_within_one_ulp(store: Store, got_key: str, want_key: str) -> tuple[Checkpoint, Checkpoint]:
+    """Assert the checkpoint at ``got_key`` has the tensors of the one at ``want_key``: the same names
+    and dtypes, floats within one float32 ulp, integers equal; return both (got, want)."""
+    got, want = load_checkpoint(store, got_key), load_checkpoint(store, want_key)
+    assert sorted(got.arrays) == sorted(want.arrays)
+    for name, array in want.arrays.items():
+        assert got.arrays[name].dtype == array.dtype
+        if np.issubdtype(array.dtype, np.floating):
+            np.testing.assert_array_max_ulp(got.arrays[name], array, maxulp=1)
+        else:
+            np.testing.assert_array_equal(got.arrays[name], array)
+    return got, want

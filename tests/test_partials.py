@@ -16,7 +16,7 @@ from argofl.steps.runinfo import RunLayout, open_run
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import STRATEGIES, WeightedAverage
-from tests.stores import step_store  # noqa: F401  (fixture: store)
+from tests.stores import assert_within_one_ulp, step_store  # noqa: F401  (fixture: store)
 
 
 def test_only_weighted_sum_strategies_are_linear() -> None:
@@ -114,15 +114,9 @@ def test_pods_of_four_give_the_flat_checkpoints(store: FileStore, strategy: str)
         RunLayout(f"partials/grouped-{strategy}"),
     )
     for round in (1, 2):
-        want = load_checkpoint(store, flat_layout.global_key(round))
-        got = load_checkpoint(store, grouped_layout.global_key(round))
-        assert sorted(got.arrays) == sorted(want.arrays)
-        for name, array in want.arrays.items():
-            assert got.arrays[name].dtype == array.dtype
-            if np.issubdtype(array.dtype, np.floating):
-                np.testing.assert_array_max_ulp(got.arrays[name], array, maxulp=1)
-            else:
-                np.testing.assert_array_equal(got.arrays[name], array)
+        got, want = assert_within_one_ulp(
+            store, grouped_layout.global_key(round), flat_layout.global_key(round)
+        )
         assert got.manifest.extra["clients"] == want.manifest.extra["clients"]
         assert "partials" in got.manifest.extra
         assert "partials" not in want.manifest.extra
