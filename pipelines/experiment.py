@@ -7,23 +7,47 @@ file and choosing the kind is :mod:`pipelines.config`'s job.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from argofl.steps.client_data import DataOptions
 from argofl.steps.errors import BadInputError
 from argofl.steps.mapping import dataclass_from_mapping
-from argofl.steps.settings import Settings
+from argofl.steps.settings import Settings, SettingsError
 
-__all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig"]
+__all__ = ["ClusterOptions", "ConfigError", "ExperimentConfig", "parse_section"]
+
+T = TypeVar("T")
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
 
 class ConfigError(BadInputError, ValueError):
     """A config file is unreadable or invalid; the message names the file and the key."""
+
+
+def parse_section(
+    sections: Mapping[str, Any],
+    section: str,
+    from_mapping: Callable[..., T],
+    *,
+    where: str,
+    default: T,
+) -> T:
+    """A kind's config section ``section`` (in ``sections``) as ``from_mapping(doc, where=where)``;
+    ``default`` when it is absent or null. A section that is no mapping or has bad values raises
+    :class:`ConfigError` naming it."""
+    doc = sections.get(section)
+    if doc is None:
+        return default
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: {section}: expected a mapping, got {type(doc).__name__}")
+    try:
+        return from_mapping(doc, where=where)
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)

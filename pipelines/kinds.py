@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig
+from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
 from argofl.pipelines.progress import NodeDisplay
 from argofl.pipelines.split_config import SplitExperimentConfig, check_split_parameters, split_config
 from argofl.steps.client_data import DataOptions
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.steps.settings import PARAM_NAMES, Settings
 from argofl.steps.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -105,15 +105,7 @@ def _fedavg_config(
 ) -> ExperimentConfig:
     from argofl.pipelines.placement import parse_placement  # hera, on use
 
-    doc = sections.get("data")
-    data = DataOptions()
-    if doc is not None:
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{where}: data: expected a mapping, got {type(doc).__name__}")
-        try:
-            data = DataOptions.from_mapping(doc, where=where)
-        except SettingsError as exc:
-            raise ConfigError(str(exc)) from None
+    data = parse_section(sections, "data", DataOptions.from_mapping, where=where, default=DataOptions())
     placement = parse_placement(sections.get("placement"), clients=settings.clients, where=where)
     if cluster.aggregate_fanin and not STRATEGIES[settings.strategy].linear:
         raise ConfigError(

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig
-from argofl.steps.settings import Settings, SettingsError, param_name
+from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
+from argofl.steps.settings import Settings, param_name
 from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
 
 __all__ = [
@@ -58,10 +58,7 @@ def split_config(
     where: str,
 ) -> SplitExperimentConfig:
     """Validate the ``split:`` section (in ``sections``) of a ``kind: split`` config."""
-    split = sections.get("split")
-    split = {} if split is None else split
-    if not isinstance(split, dict):
-        raise ConfigError(f"{where}: split: expected a mapping, got {type(split).__name__}")
+    options = parse_section(sections, "split", SplitOptions.from_mapping, where=where, default=SplitOptions())
     if settings.strategy != "fedavg":
         raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
     if settings.attack != "none":
@@ -76,10 +73,6 @@ def split_config(
             f"{where}: cluster.aggregate_fanin: only kind fedavg combines partial sums, not kind split; "
             "remove it"
         )
-    try:
-        options = SplitOptions.from_mapping(split, where=where)
-    except SettingsError as exc:
-        raise ConfigError(str(exc)) from None
     return SplitExperimentConfig(
         name=name, settings=settings, cluster=cluster, source=source, kind="split", split=options
     )

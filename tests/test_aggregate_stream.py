@@ -27,18 +27,12 @@ from argofl.steps.checkpoint import (
 from argofl.steps.checkpoint_stream import open_streamed
 from argofl.steps.runinfo import RunLayout, RunRecord, write_json
 from argofl.steps.settings import Settings
-from argofl.steps.store import FileStore, Store, open_store
+from argofl.steps.store import FileStore, Store
 from argofl.steps.strategies import ClientUpdate, FedAvg, WeightedAverage
+from tests.stores import backend_store  # noqa: F401  (fixture: store)
 
 KEY = "exp/run/round-0001/updates/3"
 BLOB, MANIFEST = KEY + ".safetensors", KEY + ".json"
-
-
-@pytest.fixture(params=["file", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "file":
-        return FileStore(tmp_path / "store")
-    return open_store(request.getfixturevalue("s3_env"))
 
 
 @pytest.fixture

@@ -33,17 +33,11 @@ from argofl.steps.checkpoint import (
     save_checkpoint,
     specs_of,
 )
-from argofl.steps.store import FileStore, Store, open_store
+from argofl.steps.store import FileStore, Store
+from tests.stores import backend_store  # noqa: F401  (fixture: store)
 
 KEY = "exp/run-1/round-0003/updates/3"
 BLOB, MANIFEST = KEY + ".safetensors", KEY + ".json"
-
-
-@pytest.fixture(params=["file", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "file":
-        return FileStore(tmp_path / "store")
-    return open_store(request.getfixturevalue("s3_env"))
 
 
 @pytest.fixture

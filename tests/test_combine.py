@@ -14,7 +14,6 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import argofl.steps.runinfo
 from argofl.pipelines.cli import cli
 from argofl.pipelines.config import load_config
 from argofl.pipelines.experiment import ConfigError
@@ -33,18 +32,10 @@ from argofl.steps.runinfo import RunError, RunLayout
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import WeightedAverage
+from tests.stores import assert_within_one_ulp, step_store  # noqa: F401  (fixture: store)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"experiment": "tree", "data_limit": 450, "clients": 9, "min_clients": 2}
-
-
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path) -> FileStore:
-    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    file_store = FileStore(tmp_path / "store")
-    monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: file_store)
-    return file_store
 
 
 def _train(run_key: str, round: int, fanin: int, **settings: object) -> dict[str, Any]:
@@ -66,17 +57,6 @@ def _round(run_key: str, round: int, fanin: int, **settings: object) -> dict[str
     for batch in plan.get("combines", []):
         step_combine.run(run_key=run_key, round=round, pods=batch)
     return step_aggregate.run(run_key=run_key, round=round)
-
-
-def _assert_within_one_ulp(store: FileStore, got_key: str, want_key: str) -> None:
-    got, want = load_checkpoint(store, got_key), load_checkpoint(store, want_key)
-    assert sorted(got.arrays) == sorted(want.arrays)
-    for name, array in want.arrays.items():
-        assert got.arrays[name].dtype == array.dtype
-        if np.issubdtype(array.dtype, np.floating):
-            np.testing.assert_array_max_ulp(got.arrays[name], array, maxulp=1)
-        else:
-            np.testing.assert_array_equal(got.arrays[name], array)
 
 
 def test_pods_labels_are_index_ranges_that_parse_back() -> None:
@@ -163,7 +143,7 @@ def test_a_tree_of_combines_gives_the_flat_checkpoints(store: FileStore, per_pod
         got = _round(tree, round, fanin, clients_per_pod=per_pod)
         for key in ("loss", "accuracy", "examples", "clients", "rejected"):
             assert got[key] == pytest.approx(want[key], rel=1e-12), key
-        _assert_within_one_ulp(store, RunLayout(tree).global_key(round), RunLayout(flat).global_key(round))
+        assert_within_one_ulp(store, RunLayout(tree).global_key(round), RunLayout(flat).global_key(round))
         manifest = load_checkpoint(store, RunLayout(tree).global_key(round)).manifest
         # the aggregator read one combined partial per batch of ≤ fanin pods, not one object per pod
         assert manifest.extra["combined"] == "true"

@@ -5,19 +5,18 @@ ulp (see steps/partials.py for the bound), with per-client metrics and checks ke
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
-import argofl.steps.runinfo
 from argofl.steps import partials, step_aggregate, step_distribute, step_evaluate, step_init, step_train
 from argofl.steps.checkpoint import TensorSpec, checkpoint_exists, checkpoint_keys, load_checkpoint
 from argofl.steps.runinfo import RunLayout, open_run
 from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import STRATEGIES, WeightedAverage
+from tests.stores import assert_within_one_ulp, step_store  # noqa: F401  (fixture: store)
 
 
 def test_only_weighted_sum_strategies_are_linear() -> None:
@@ -74,24 +73,23 @@ def test_group_sums_give_the_flat_mean_to_one_float32_ulp() -> None:
 # ------------------------------------------------------------------------ the steps, end to end
 
 
-@pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path) -> FileStore:
-    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    file_store = FileStore(tmp_path / "store")
-    monkeypatch.setattr(argofl.steps.runinfo, "store_from_env", lambda: file_store)
-    return file_store
+BASE = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": 1}
 
 
-def _init(run_key: str, settings: dict[str, object]) -> None:
-    step_init.run(Settings.from_mapping(settings), run_key=run_key, workflow_name="w", workflow_uid="u")
+def _init(run_key: str, **overrides: object) -> None:
+    """Start a run of :data:`BASE` with ``overrides``."""
+    settings = Settings.from_mapping({**BASE, **overrides})
+    step_init.run(settings, run_key=run_key, workflow_name="w", workflow_uid="u")
+
+
+def _distributed(run_key: str, **overrides: object) -> list[str]:
+    """Start a one-round run in pods of four clients; the groups its round 1 is distributed in."""
+    _init(run_key, clients_per_pod=4, **overrides)
+    return step_distribute.run(run_key=run_key, round=1)
 
 
 def _run(run_key: str, rounds: int, **overrides: object) -> list[dict[str, float]]:
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": rounds}
-    step_init.run(
-        Settings.from_mapping({**base, **overrides}), run_key=run_key, workflow_name="w", workflow_uid="u"
-    )
+    _init(run_key, rounds=rounds, **overrides)
     out = []
     for round in range(1, rounds + 1):
         for group in step_distribute.run(run_key=run_key, round=round):
@@ -116,15 +114,9 @@ def test_pods_of_four_give_the_flat_checkpoints(store: FileStore, strategy: str)
         RunLayout(f"partials/grouped-{strategy}"),
     )
     for round in (1, 2):
-        want = load_checkpoint(store, flat_layout.global_key(round))
-        got = load_checkpoint(store, grouped_layout.global_key(round))
-        assert sorted(got.arrays) == sorted(want.arrays)
-        for name, array in want.arrays.items():
-            assert got.arrays[name].dtype == array.dtype
-            if np.issubdtype(array.dtype, np.floating):
-                np.testing.assert_array_max_ulp(got.arrays[name], array, maxulp=1)
-            else:
-                np.testing.assert_array_equal(got.arrays[name], array)
+        got, want = assert_within_one_ulp(
+            store, grouped_layout.global_key(round), flat_layout.global_key(round)
+        )
         assert got.manifest.extra["clients"] == want.manifest.extra["clients"]
         assert "partials" in got.manifest.extra
         assert "partials" not in want.manifest.extra
@@ -157,15 +149,8 @@ def _rewrite_partial(store: FileStore, layout: RunLayout, first: str, change: di
 
 def test_a_group_claiming_too_many_examples_is_refused_whole(store: FileStore, caplog) -> None:
     run_key = "partials/claims"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 4, "rounds": 1}
-    step_init.run(
-        Settings.from_mapping({**base, "clients_per_pod": 4}),
-        run_key=run_key,
-        workflow_name="w",
-        workflow_uid="u",
-    )
+    groups = _distributed(run_key, min_clients=4)
     layout = RunLayout(run_key)
-    groups = step_distribute.run(run_key=run_key, round=1)
     for group in groups:
         step_train.run(run_key=run_key, round=1, clients=group)
     assert step_train.run(run_key=run_key, round=1, clients=groups[0])["seconds"] == 0.0  # a retry
@@ -183,15 +168,8 @@ def test_a_group_claiming_too_many_examples_is_refused_whole(store: FileStore, c
 
 def test_min_clients_counts_clients_not_pods(store: FileStore) -> None:
     run_key = "partials/min"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 5, "rounds": 1}
-    step_init.run(
-        Settings.from_mapping({**base, "clients_per_pod": 4}),
-        run_key=run_key,
-        workflow_name="w",
-        workflow_uid="u",
-    )
+    groups = _distributed(run_key, min_clients=5)
     layout = RunLayout(run_key)
-    groups = step_distribute.run(run_key=run_key, round=1)
     step_train.run(run_key=run_key, round=1, clients=groups[0])  # the second pod never ran
     with pytest.raises(step_aggregate.NotEnoughUpdates, match="4 valid updates of 8 sampled clients"):
         step_aggregate.run(run_key=run_key, round=1)
@@ -212,9 +190,7 @@ def test_a_pod_refuses_a_non_finite_update_and_sums_the_others(
 
     monkeypatch.setattr(step_train.attacks, "poison_update", nan_update)
     run_key = "partials/nan"
-    base = {"experiment": "partials", "data_limit": 600, "clients": 8, "min_clients": 2, "rounds": 1}
-    _init(run_key, {**base, "clients_per_pod": 4, "attack": "sign-flip", "attack_clients": "1"})
-    for group in step_distribute.run(run_key=run_key, round=1):
+    for group in _distributed(run_key, attack="sign-flip", attack_clients="1"):
         step_train.run(run_key=run_key, round=1, clients=group)
     layout = RunLayout(run_key)
     summed, refused = partials.replies_of(

@@ -15,16 +15,9 @@ import pytest
 
 from argofl.steps.store import FileStore, ObjectNotFound, S3Store, Store, StoreError, open_store, open_uri
 from tests.servers import free_port
+from tests.stores import backend_store  # noqa: F401  (fixture: store)
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture(params=["file", "s3"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """An empty store of each backend; the S3 one is a fresh bucket that does not exist yet."""
-    if request.param == "file":
-        return FileStore(tmp_path / "store")
-    return open_store(request.getfixturevalue("s3_env"))
 
 
 class SlowStream:

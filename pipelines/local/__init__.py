@@ -30,6 +30,7 @@ from argofl.pipelines.local.errors import LocalExecutorError, UnsupportedWorkflo
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.runlock import hold_run_lock
 from argofl.pipelines.local.signals import StopOnSignals
+from argofl.pipelines.local.state import RunOptions
 from argofl.pipelines.local.validate import check_structure, check_supported, global_parameters, spec_of
 from argofl.steps.store import FileStore, Store
 
@@ -116,7 +117,7 @@ def run_workflow(
         )
     store = artifact_store if artifact_store is not None else FileStore(runs_dir / "artifacts")
     runtime = DockerRuntime(containers, name, run_dir) if containers is not None else None
-    engine = Engine(
+    options = RunOptions(
         name=name,
         uid=new_uid(),
         metadata=metadata,
@@ -130,8 +131,8 @@ def run_workflow(
         parallelism=parallelism,
         key_refs=key_refs,
         containers=runtime,
-        workflow_templates=workflow_templates,
     )
+    engine = Engine(options, workflow_templates)
     with hold_run_lock(run_dir):
         try:
             if runtime is not None:

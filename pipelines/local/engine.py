@@ -24,29 +24,26 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from argofl.pipelines.local.artifacts import ArtifactError
 from argofl.pipelines.local.binding import find_template, process_args
 from argofl.pipelines.local.children import Children
-from argofl.pipelines.local.containers import DockerRuntime
 from argofl.pipelines.local.dag import DagRunner
 from argofl.pipelines.local.errors import ExpressionError, WorkflowInputError
 from argofl.pipelines.local.expressions import go_json
 from argofl.pipelines.local.graph import Call, LogKey
 from argofl.pipelines.local.model import FAILED_OR_ERROR, Node, Phase, generate_name, new_uid, rfc3339
 from argofl.pipelines.local.pods import PodRunner
-from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local.resources import ResourceRunner
 from argofl.pipelines.local.retries import RetryRunner
 from argofl.pipelines.local.retry import RetryPolicy
-from argofl.pipelines.local.state import WorkflowState
+from argofl.pipelines.local.state import RunOptions, WorkflowState
 from argofl.pipelines.local.step_groups import StepsRunner
 from argofl.pipelines.local.templating import NONE, substitute_obj
-from argofl.steps.store import Store
 
 __all__ = [
     "TEMPLATE_KINDS",
@@ -100,40 +97,11 @@ class Engine:
     """Runs one workflow; create it, then call :meth:`run` once (:meth:`interrupt` from any thread)."""
 
     def __init__(
-        self,
-        *,
-        name: str,
-        uid: str,
-        metadata: Mapping[str, Any],
-        spec: Mapping[str, Any],
-        templates: Mapping[str, dict[str, Any]],
-        parameters: list[dict[str, Any]],
-        run_dir: Path,
-        store: Store,
-        env: Mapping[str, str] | None,
-        on_node: Callable[[dict[str, Any]], None] | None,
-        parallelism: int | None,
-        key_refs: KeyRefs | None = None,
-        containers: DockerRuntime | None = None,
-        workflow_templates: Mapping[str, Mapping[str, Any]] | None = None,
+        self, options: RunOptions, workflow_templates: Mapping[str, Mapping[str, Any]] | None = None
     ) -> None:
-        self.on_node = on_node
+        self.on_node = options.on_node
         self.workflow_templates = dict(workflow_templates or {})
-        self.state = WorkflowState(
-            name=name,
-            uid=uid,
-            metadata=metadata,
-            spec=spec,
-            templates=templates,
-            parameters=parameters,
-            run_dir=run_dir,
-            store=store,
-            env=env,
-            on_node=on_node,
-            parallelism=parallelism,
-            key_refs=key_refs,
-            containers=containers,
-        )
+        self.state = WorkflowState(options)
         self.graph = self.state.graph
         children = Children(self.state, self.execute)
         self.pods = PodRunner(self.state)
@@ -166,7 +134,8 @@ class Engine:
         """The engine of a Workflow this run created (:mod:`.resources`): the same store, environment,
         progress callback, container runtime, key references, WorkflowTemplates and pod slots."""
         state = self.state
-        child = Engine(
+        options = replace(
+            state.options,
             name=name,
             uid=new_uid(),
             metadata=metadata,
@@ -174,14 +143,9 @@ class Engine:
             templates=templates,
             parameters=parameters,
             run_dir=run_dir,
-            store=state.store,
-            env=state.extra_env,
-            on_node=self.on_node,
             parallelism=None,
-            key_refs=state.key_refs,
-            containers=state.containers,
-            workflow_templates=self.workflow_templates,
         )
+        child = Engine(options, self.workflow_templates)
         if state.pod_slots is not None:
             child.state.pod_slots = state.pod_slots
         return child

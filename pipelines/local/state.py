@@ -54,40 +54,46 @@ class Daemon:
     retry_parent: Node | None = None
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """What one workflow run is given: the Workflow, where it runs, and the shared services
+    (store, environment, progress callback, key references, container runtime)."""
+
+    name: str
+    uid: str
+    metadata: Mapping[str, Any]
+    spec: Mapping[str, Any]
+    templates: Mapping[str, dict[str, Any]]
+    parameters: list[dict[str, Any]]
+    run_dir: Path
+    store: Store
+    env: Mapping[str, str] | None
+    on_node: Callable[[dict[str, Any]], None] | None
+    parallelism: int | None
+    key_refs: KeyRefs | None = None
+    containers: DockerRuntime | None = None
+
+
 class WorkflowState:
     """The state of one workflow run, shared by the runners that execute it."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        uid: str,
-        metadata: Mapping[str, Any],
-        spec: Mapping[str, Any],
-        templates: Mapping[str, dict[str, Any]],
-        parameters: list[dict[str, Any]],
-        run_dir: Path,
-        store: Store,
-        env: Mapping[str, str] | None,
-        on_node: Callable[[dict[str, Any]], None] | None,
-        parallelism: int | None,
-        key_refs: KeyRefs | None = None,
-        containers: DockerRuntime | None = None,
-    ) -> None:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        name, spec, run_dir, parallelism = options.name, options.spec, options.run_dir, options.parallelism
         self.name = name
-        self.uid = uid
-        self.metadata = metadata
+        self.uid = options.uid
+        self.metadata = options.metadata
         self.spec = spec
-        self.templates = templates
-        self.parameters = parameters
+        self.templates = options.templates
+        self.parameters = options.parameters
         self.run_dir = run_dir
-        self.store = store
-        self.extra_env = dict(env or {})
+        self.store = options.store
+        self.extra_env = dict(options.env or {})
         self.status_file = StatusFile(run_dir, self.status)
-        self.graph = NodeGraph(name, on_node=on_node, on_dirty=self.status_file.mark_dirty)
+        self.graph = NodeGraph(name, on_node=options.on_node, on_dirty=self.status_file.mark_dirty)
         self.lock = self.graph.lock
-        self.key_refs: KeyRefs = key_refs or MappingProxyType({})  # --secrets (:mod:`.refs`)
-        self.containers = containers  # --runtime docker: pods are containers (:mod:`.containers`)
+        self.key_refs: KeyRefs = options.key_refs or MappingProxyType({})  # --secrets (:mod:`.refs`)
+        self.containers = options.containers  # --runtime docker: pods are containers (:mod:`.containers`)
         self.started_at = time.time()
         self.finished_at: float | None = None
         self.phase: Phase = Phase.RUNNING
