@@ -22,7 +22,7 @@ from typing import cast
 
 import numpy as np
 
-from argofl.steps import labels, partials, round_report
+from argofl.steps import labels, partials, round_report, update_checks
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -130,31 +130,19 @@ def _aggregate(
 
     def updates() -> Iterator[ClientUpdate]:
         for client, ckpt in _read_ahead(clients, load):
-            if isinstance(ckpt, CheckpointNotFound):
-                rejected[client] = "no update (its train step failed or did not run)"
-            elif isinstance(ckpt, CheckpointError):
-                rejected[client] = str(ckpt)
+            if isinstance(ckpt, CheckpointError):
+                rejected[client] = update_checks.update_refused(ckpt)
             else:
                 try:
-                    if (
-                        ckpt.manifest.examples <= 0
-                        or ckpt.manifest.round != round
-                        or ckpt.manifest.client != client
-                    ):
-                        rejected[client] = (
-                            f"manifest says round {ckpt.manifest.round}, client {ckpt.manifest.client}, "
-                            f"{ckpt.manifest.examples} examples; expected round {round}, client "
-                            f"{client}, > 0 examples"
-                        )
-                        continue
-                    problem = _too_many_examples(client, ckpt.manifest.examples, limit)
+                    problem = update_checks.update_problem(ckpt.manifest, client, round, limit)
                     if problem:
                         rejected[client] = problem
-                        log.warning("round %d: rejected client %s: %s", round, client, problem)
-                        continue
-                    update = ClientUpdate(client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics)
-                    accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
-                    yield update
+                    else:
+                        update = ClientUpdate(
+                            client, ckpt.arrays, ckpt.manifest.examples, ckpt.manifest.metrics
+                        )
+                        accepted.append(ClientUpdate(client, {}, update.examples, update.metrics))
+                        yield update
                 finally:
                     ckpt.close()  # a per-tensor strategy's lazy arrays stay readable: it reads them last
             if client in rejected:
@@ -173,24 +161,20 @@ def _aggregate(
 
         for first, loaded in _read_ahead(list(by_first), load):
             group = by_first[first]
-            if isinstance(loaded, CheckpointNotFound):
-                refusals = dict.fromkeys(group, "no update (its train pod failed or did not run)")
-                replies: list[ClientUpdate] = []
-            elif isinstance(loaded, CheckpointError):
-                refusals = dict.fromkeys(group, f"the partial sum of its group is refused: {loaded}")
-                replies = []
+            replies: list[ClientUpdate] = []
+            if isinstance(loaded, CheckpointError):
+                refusals = update_checks.group_refused(group, loaded)
             else:
                 try:
-                    replies, refusals = _check_partial(loaded.manifest, group, round, limit, store, first)
+                    replies, refusals = update_checks.partial_problem(
+                        loaded.manifest, group, round, limit, first
+                    )
                     if replies:
                         accepted.extend(replies)
                         yield PartialSum(loaded.arrays, tuple(replies), dtypes)
                 finally:
                     loaded.close()
-            for client in group:
-                if client not in refusals and client not in {r.client for r in replies}:
-                    refusals[client] = "no update (its train pod did not sum it)"
-            for client, reason in refusals.items():
+            for client, reason in update_checks.unsummed(group, replies, refusals).items():
                 rejected[client] = reason
                 log.warning("round %d: rejected client %s: %s", round, client, reason)
 
@@ -240,53 +224,6 @@ def _aggregate(
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
-
-
-def _check_partial(
-    manifest: CheckpointManifest,
-    group: list[str],
-    round: int,
-    limit: Callable[[str], tuple[int, str]],
-    store: Store,
-    first: str,
-) -> tuple[list[ClientUpdate], dict[str, str]]:
-    """The clients a group's partial sum holds and the ones its pod refused, after the checks the
-    aggregator makes on each update's manifest; a partial failing any of them is refused whole (one
-    client's share cannot be taken out of a sum): every client of the group gets the reason."""
-    where = f"partial sum of the group of client {first}"
-    try:
-        replies, refused = partials.replies_of(manifest, where)
-    except CheckpointError as exc:
-        return [], dict.fromkeys(group, str(exc))
-    names = [r.client for r in replies] + list(refused)
-    problem = ""
-    if manifest.round != round or manifest.client is not None:
-        problem = f"manifest says round {manifest.round}, client {manifest.client}; expected round {round}"
-    elif len(set(names)) != len(names) or not set(names) <= set(group):
-        problem = f"it names clients {names}, expected each at most once of its group {group}"
-    elif manifest.examples != sum(r.examples for r in replies):
-        problem = f"it says {manifest.examples} examples, its clients {sum(r.examples for r in replies)}"
-    else:
-        for reply in replies:
-            why = (
-                f"claims {reply.examples} examples, expected > 0"
-                if reply.examples <= 0
-                else _too_many_examples(reply.client, reply.examples, limit)
-            )
-            if why:
-                problem = f"client {reply.client} {why}"
-                break
-    if problem:
-        return [], dict.fromkeys(group, f"the {where} is refused: {problem}")
-    return replies, dict(refused)
-
-
-def _too_many_examples(client: str, examples: int, limit: Callable[[str], tuple[int, str]]) -> str:
-    """Why ``client``'s claimed ``examples`` are more than it can have ("" when they are not)."""
-    most, why = limit(client)
-    if examples <= most:
-        return ""
-    return f"claims {examples} examples, more than the {most} it can have ({why})"
 
 
 def _ensure_report(store: Store, layout: RunLayout, round: int) -> dict[str, float]:

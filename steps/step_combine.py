@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
-from argofl.steps import labels, partials
+from argofl.steps import labels, partials, update_checks
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
-    CheckpointNotFound,
     checkpoint_exists,
     load_checkpoint,
     load_manifest,
@@ -36,7 +35,6 @@ from argofl.steps.checkpoint import (
 from argofl.steps.client_limits import example_limit
 from argofl.steps.runinfo import RunError, RunLayout, RunRecord, open_run
 from argofl.steps.settings import Settings
-from argofl.steps.step_aggregate import _check_partial, _too_many_examples
 from argofl.steps.store import Store
 from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, WeightedAverage
 
@@ -136,7 +134,7 @@ def _group_partial(
     round: int,
     group: list[str],
     previous: CheckpointManifest,
-    limit: Callable[[str], tuple[int, str]],
+    limit: update_checks.ExampleLimit,
     total: WeightedAverage,
     dtypes: Mapping[str, np.dtype[np.generic]],
 ) -> tuple[list[ClientUpdate], dict[str, str]]:
@@ -146,12 +144,10 @@ def _group_partial(
     try:
         partials.read_partial_manifest(store, key, previous)
         ckpt = load_checkpoint(store, key, like=partials.partial_specs(previous.tensors))
-    except CheckpointNotFound:
-        refusals = dict.fromkeys(group, "no update (its train pod failed or did not run)")
     except CheckpointError as exc:
-        refusals = dict.fromkeys(group, f"the partial sum of its group is refused: {exc}")
+        refusals = update_checks.group_refused(group, exc)
     else:
-        summed, refusals = _check_partial(ckpt.manifest, group, round, limit, store, group[0])
+        summed, refusals = update_checks.partial_problem(ckpt.manifest, group, round, limit, group[0])
         if summed:
             total.add_sum(
                 ckpt.arrays,
@@ -160,11 +156,7 @@ def _group_partial(
                 dtypes=dtypes,
                 source=f"partial sum of the group of client {group[0]}",
             )
-    named = {r.client for r in summed}
-    for client in group:
-        if client not in refusals and client not in named:
-            refusals[client] = "no update (its train pod did not sum it)"
-    return summed, refusals
+    return summed, update_checks.unsummed(group, summed, refusals)
 
 
 def _updates(
@@ -173,7 +165,7 @@ def _updates(
     round: int,
     group: list[str],
     previous: CheckpointManifest,
-    limit: Callable[[str], tuple[int, str]],
+    limit: update_checks.ExampleLimit,
     total: WeightedAverage,
 ) -> tuple[list[ClientUpdate], dict[str, str]]:
     """A pod's clients' updates folded into ``total`` after the aggregator's checks."""
@@ -184,20 +176,11 @@ def _updates(
             ckpt = load_checkpoint(
                 store, layout.update_key(round, client), like=previous.tensors, blob_size=previous.size
             )
-        except CheckpointNotFound:
-            refusals[client] = "no update (its train step failed or did not run)"
-            continue
         except CheckpointError as exc:
-            refusals[client] = str(exc)
+            refusals[client] = update_checks.update_refused(exc)
             continue
         m = ckpt.manifest
-        if m.examples <= 0 or m.round != round or m.client != client:
-            refusals[client] = (
-                f"manifest says round {m.round}, client {m.client}, {m.examples} examples; expected round "
-                f"{round}, client {client}, > 0 examples"
-            )
-            continue
-        problem = _too_many_examples(client, m.examples, limit)
+        problem = update_checks.update_problem(m, client, round, limit)
         if problem:
             refusals[client] = problem
             continue
