@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from argofl.steps.errors import BadInputError
+from argofl.steps.switches import is_off
 
 __all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetError", "clear_cache", "load_dataset"]
 
@@ -93,7 +94,7 @@ def _inflate(path: Path) -> bytes:
 
 def _decoded_path(path: Path) -> Path | None:
     """Where the decompressed ``path`` is cached: named by its resolved path, size and mtime."""
-    if os.environ.get(DECODED_CACHE_VARIABLE, "").strip().lower() in ("0", "false", "off", "no"):
+    if is_off(DECODED_CACHE_VARIABLE):
         return None
     try:
         st = path.stat()

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from argofl.steps import mlflow_db
 from argofl.steps.errors import BadInputError, TransientError
 
 __all__ = [
@@ -60,6 +61,7 @@ def _client() -> Any:
             "MLFLOW_TRACKING_URI is not set: steps log to MLflow, so set it to the tracking server "
             "(http://HOST:5000) or a database (sqlite:////abs/path/mlflow.db); nothing was logged"
         )
+    mlflow_db.prepare(uri)
     return MlflowClient(uri)
 
 

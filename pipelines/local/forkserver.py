@@ -57,6 +57,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from argofl.steps.switches import is_off
+
 __all__ = [
     "DISABLE_VARIABLE",
     "PRELOAD",
@@ -120,7 +122,6 @@ _STARTUP_PREFIXES = (
 _STARTUP_NAMES = frozenset(
     {"LANG", "LANGUAGE", "TZ", "HOME", "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL"}
 )
-_OFF = frozenset({"0", "false", "off", "no"})
 _PR_SET_PDEATHSIG = 1
 
 
@@ -373,7 +374,7 @@ def _argofl_script() -> Path:
 
 
 def _disabled(env: Mapping[str, str]) -> bool:
-    return any(str(source.get(DISABLE_VARIABLE, "")).strip().lower() in _OFF for source in (os.environ, env))
+    return is_off(DISABLE_VARIABLE) or is_off(DISABLE_VARIABLE, env)
 
 
 STARTING_WAIT_S = 120.0

@@ -17,6 +17,8 @@ import ctypes
 import ctypes.util
 import os
 
+from argofl.steps.switches import is_off
+
 __all__ = ["DISABLE_VARIABLE", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_for_training"]
 
 DISABLE_VARIABLE = "ARGOFL_MALLOC_TUNING"
@@ -39,7 +41,7 @@ def tune_for_training() -> bool:
     Nothing is changed off glibc, when the user set glibc's own ``MALLOC_*_`` variables (theirs win), or
     when :data:`DISABLE_VARIABLE` says so.
     """
-    if os.environ.get(DISABLE_VARIABLE, "").strip().lower() in ("0", "false", "off", "no"):
+    if is_off(DISABLE_VARIABLE):
         return False
     if any(name in os.environ for name in _USER_VARIABLES):
         return False
