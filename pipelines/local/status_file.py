@@ -10,7 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StatusFile"]
+__all__ = ["COALESCE_S", "StatusFile"]
+
+COALESCE_S = 0.2
+"""Least time between two background writes of ``status.json``."""
 
 
 class StatusFile:
@@ -57,6 +60,7 @@ class StatusFile:
                 self._dirty_flag = False
             with contextlib.suppress(OSError):
                 self.write()
-            # coalesce bursts of changes; this thread is off the critical path
+            # coalesce bursts of changes: changes made meanwhile wait for the next write (only a stop
+            # ends the pause early); the whole status is serialised each time
             with self._dirty:
-                self._dirty.wait(timeout=0.2)
+                self._dirty.wait_for(lambda: self._stop, timeout=COALESCE_S)
