@@ -69,6 +69,10 @@ def main(args):
         weakref.finalize(mine, print, "step finalizer ran", flush=True)
         sys.modules["_probe_keep"] = mine  # alive until the step exits
         return 0
+    if action == "where":  # which server forked it, and what that server had imported
+        print(json.dumps({"ppid": os.getppid(), "slow_module": "probe_slow" in sys.modules,
+                          "policy": os.sched_getscheduler(0), "own_session": os.getsid(0) == os.getpid()}))
+        return 0
     if action == "sleep":
         child = subprocess.Popen(["sleep", "60"])
         print(child.pid, flush=True)
@@ -266,7 +270,8 @@ def test_preloading_leaves_cuda_threads_and_determinism_to_each_step() -> None:
     code = (
         "import json, sys, threading\n"
         "from argofl.pipelines.local import forkserver\n"
-        "problem = forkserver._preload(forkserver.PRELOAD)\n"
+        "forkserver._import_all(forkserver.PRELOAD + forkserver.IDLE_PRELOAD)\n"
+        "problem = forkserver._unsafe_to_fork()\n"
         "import torch\n"
         "print(json.dumps({'problem': problem, 'threads': threading.active_count(),\n"
         "    'cuda': torch.cuda.is_initialized(),\n"
@@ -409,3 +414,56 @@ def test_argofl_run_forks_every_step_including_the_first(
     pods = [n["displayName"] for n in status["nodes"].values() if n.get("type") == "Pod"]
     assert any(p.startswith("init") for p in pods)
     assert server.forked == len(pods), f"{server.forked} of {len(pods)} pods forked: {pods}"
+
+
+def _where(server: forkserver.ForkServer, probe: Path, tmp_path: Path) -> dict[str, Any]:
+    code, out, err = _run(server, [str(probe), "step", "where"], dict(os.environ), tmp_path, tmp_path)
+    assert code == 0, err
+    return dict(json.loads(out))
+
+
+def test_idle_steps_fork_from_the_second_server_once_it_has_imported(probe: Path, tmp_path: Path) -> None:
+    """``where`` stands for finalize: the first server forks it until the second one has imported the
+    slow module, at idle priority, then the second one does; other steps stay with the first."""
+    release = tmp_path / "release"
+    (probe.parent / "probe_slow.py").write_text(
+        f"import os, time\nwhile not os.path.exists({str(release)!r}):\n    time.sleep(0.02)\n"
+        f"open({str(tmp_path / 'policy')!r}, 'w').write(str(os.sched_getscheduler(0)))\n"
+    )
+    fs = forkserver.ForkServer(
+        dict(os.environ),
+        script=probe,
+        entry="probe_main:main",
+        preload=("json",),
+        idle_preload=("probe_slow",),
+        idle_steps=("where",),
+    )
+    try:
+        assert fs.wait_ready(60), fs.failure
+        early = _where(fs, probe, tmp_path)  # the second server is still importing
+        assert early["ppid"] == fs.pid
+        assert not early["slow_module"]
+        release.touch()
+        end = time.monotonic() + 60
+        late = early
+        while late["ppid"] == fs.pid and time.monotonic() < end:
+            time.sleep(0.05)
+            late = _where(fs, probe, tmp_path)
+        assert late["ppid"] != fs.pid, "the second server never took over"
+        assert late["slow_module"]
+        assert late["own_session"]
+        assert (tmp_path / "policy").read_text() == str(os.SCHED_IDLE)  # imported at idle priority
+        assert late["policy"] == os.SCHED_OTHER  # which was the importing thread's only
+        helper = late["ppid"]
+        code, out, _ = _run(fs, [str(probe), "step", "report"], dict(os.environ), tmp_path, tmp_path)
+        assert code == 0
+        assert json.loads(out)["own_group"]
+        assert _parent(helper) == fs.pid
+    finally:
+        fs.close()
+    _wait_gone(helper)
+    assert not _alive(helper), "the second server outlived the first"
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -32,6 +32,13 @@ and the preloaded module state; ``random`` and numpy's global generator are rese
 forgets its cached directory in each child. The ``weakref.finalize`` callbacks of preloaded objects
 (torch's operator libraries) belong to the server: a step's exit runs only its own.
 
+A second server, forked from the first once that is ready, imports :data:`IDLE_PRELOAD` (what only
+``finalize`` needs: TorchDynamo for the model's ``pt2`` export, seconds) in a thread of ``SCHED_IDLE``
+priority, which runs only when a core has nothing else to do (a run's evaluations leave one idle). Once
+done it forks the :data:`IDLE_STEPS`, which the first server passes on to it; until then the first forks
+them. Its forked steps run at normal priority (a thread's policy is its own) and die with it; it dies
+with the first server.
+
 Lifetime: the server dies with the executor (``PR_SET_PDEATHSIG`` to the long-lived thread that started
 it, and the end of its control socket), and each forked step dies with the server (its own
 ``PR_SET_PDEATHSIG``). ``argofl run`` starts it first thing (:func:`prestart`); a request made while it is
@@ -61,6 +68,8 @@ from argofl.steps.switches import is_off
 
 __all__ = [
     "DISABLE_VARIABLE",
+    "IDLE_PRELOAD",
+    "IDLE_STEPS",
     "PRELOAD",
     "ForkServer",
     "ForkedProcess",
@@ -82,10 +91,6 @@ PRELOAD = (
     "mlflow.tracking",
     "mlflow.entities",
     "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.pytorch",  # finalize logs the model with it
-    "torch.export",  # which mlflow.pytorch saves the model with (imports TorchDynamo: seconds)
-    # the installed-packages map MLflow builds to check a logged model's requirements (seconds)
-    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
     "argofl.pipelines.cli",
     "argofl.steps.cli",
     "argofl.steps.frameworks.torch_backend",
@@ -99,6 +104,20 @@ PRELOAD = (
 )
 """Modules the server imports before forking, or ``module:function`` to call once imported (what is not
 installed, or fails, is skipped: the step then pays for it itself)."""
+
+IDLE_PRELOAD = (
+    "mlflow.pytorch",  # finalize logs the model with it
+    "torch.export._trace",  # which mlflow.pytorch saves the model with (imports TorchDynamo: ~2 s)
+    # the installed-packages map MLflow builds to check a logged model's requirements (~0.3 s)
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+)
+"""What only :data:`IDLE_STEPS` need: imported by a second server, forked from the first once it is ready,
+in a thread of idle scheduling priority (it takes only CPU time nothing else wants); it serves those steps
+once done. Preloading them in the first server would delay every run's first step and make every fork
+of every step dearer (page tables)."""
+
+IDLE_STEPS = ("finalize",)
+"""``argofl step NAME`` commands the second server forks once it is ready (the first one until then)."""
 
 _STARTUP_PREFIXES = (
     "PYTHON",
@@ -199,14 +218,19 @@ class ForkServer:
         script: Path | None = None,
         entry: str = "argofl.pipelines.cli:main",
         preload: Sequence[str] = PRELOAD,
+        idle_preload: Sequence[str] = IDLE_PRELOAD,
+        idle_steps: Sequence[str] = IDLE_STEPS,
     ) -> None:
         """Start a server with environment ``env`` that serves ``<script> step …`` by calling ``entry``
-        (``module:function``, given ``argv[1:]``) after importing ``preload``."""
+        (``module:function``, given ``argv[1:]``) after importing ``preload``; ``<script> step NAME …``
+        for NAME in ``idle_steps`` is forked, once it is ready, from a second server that imports
+        ``idle_preload`` too, at idle priority (no second server when either is empty)."""
         self.env = dict(env)
         self.startup = startup_environment(env)
         self.script = script or _argofl_script()
         self.entry = entry
         self.preload = tuple(preload)
+        self.idle = {"modules": list(idle_preload), "steps": list(idle_steps)}
         self.forked = 0  # steps forked so far (tests and benchmarks read it)
         self.pid: int | None = None  # the server process
         self.failure: str | None = None
@@ -248,7 +272,7 @@ class ForkServer:
         code = (
             "import os, sys; sys.path[0] = os.path.dirname(sys.argv[1]); "
             "from argofl.pipelines.local.forkserver import _serve; "
-            "_serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[1], sys.argv[4], sys.argv[5])"
+            "_serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[1], sys.argv[4], sys.argv[5], sys.argv[6])"
         )
         try:
             proc = subprocess.Popen(
@@ -261,6 +285,7 @@ class ForkServer:
                     str(os.getpid()),
                     self.entry,
                     json.dumps(self.preload),
+                    json.dumps(self.idle),
                 ],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -443,21 +468,83 @@ def popen(
 # --------------------------------------------------------------------------------------- server side
 
 
-def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload: str) -> None:
-    """The server process: preload, then fork one child per request until the control socket ends."""
+def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload: str, idle: str) -> None:
+    """The server process: preload, start the idle server, then fork one child per request until the
+    control socket ends."""
     _set_parent_death_signal(signal.SIGKILL)
     control = socket.socket(fileno=control_fd)
     if os.getppid() != executor_pid:
         os._exit(1)
-    problem = _preload([str(m) for m in json.loads(preload)])
+    _import_all([str(m) for m in json.loads(preload)])
+    problem = _unsafe_to_fork()
     if problem:
         control.send(problem.encode())
         os._exit(1)
+    _settle()
+    second = json.loads(idle)
+    modules, steps = [str(m) for m in second["modules"]], frozenset(str(n) for n in second["steps"])
+    helper = _start_idle_server(control, modules, (script, entry)) if modules and steps else None
+    control.send(b"ready")
+    _loop(control, (script, entry), helper, steps)
+
+
+def _settle() -> None:
+    """Done importing: the children leave the server's finalizers alone and share its objects' pages."""
     _disown_finalizers()
     import gc
 
     gc.collect()
     gc.freeze()  # fewer copy-on-write pages in the children
+
+
+def _start_idle_server(control: socket.socket, modules: list[str], serving: tuple[str, str]) -> socket.socket:
+    """Fork the second server; our end of the socket it is sent its requests on (it says ``ready`` there
+    once it has imported ``modules``, or closes it)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server_pid = os.getpid()
+    pid = os.fork()
+    if pid != 0:
+        theirs.close()
+        return ours
+    try:  # the second server
+        ours.close()
+        control.close()
+        _set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != server_pid:
+            os._exit(1)
+        _import_idly(modules)
+        if _unsafe_to_fork():
+            os._exit(0)  # the first server sees the socket end and forks every step itself
+        _settle()
+        theirs.send(b"ready")
+        _loop(theirs, serving, None, frozenset())
+    finally:
+        os._exit(1)  # _loop exits by itself
+
+
+def _import_idly(modules: list[str]) -> None:
+    """Import ``modules`` in a thread of idle scheduling priority: it runs only on CPU time that nothing
+    else wants. The thread has ended on return; this thread's priority, which forked steps inherit, is
+    unchanged."""
+
+    def work() -> None:
+        with contextlib.suppress(AttributeError, OSError):  # SCHED_IDLE is Linux's
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        _import_all(modules)
+
+    importer = threading.Thread(target=work, name="argofl-idle-preload")
+    importer.start()
+    importer.join()
+
+
+def _loop(
+    control: socket.socket,
+    serving: tuple[str, str],
+    helper: socket.socket | None,
+    helper_steps: frozenset[str],
+) -> None:
+    """Serve requests from ``control``: fork each, or pass those for ``helper_steps`` on to ``helper`` once
+    it is ready; when ``control`` ends, kill what was forked and exit."""
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -467,14 +554,25 @@ def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload:
     selector = selectors.DefaultSelector()
     selector.register(control, selectors.EVENT_READ, "control")
     selector.register(wake_r, selectors.EVENT_READ, "child")
-    control.send(b"ready")
     server_fds = [control.fileno(), wake_r, wake_w]
+    if helper is not None:
+        selector.register(helper, selectors.EVENT_READ, "helper")
+        server_fds.append(helper.fileno())
+    helper_ready = False
     while True:
         for key, _ in selector.select():
             if key.data == "child":
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     os.read(wake_r, 4096)
                 _reap(channels)
+                continue
+            if key.data == "helper" and helper is not None:
+                with contextlib.suppress(InterruptedError):
+                    helper_ready = _helper_says_ready(helper)
+                    if not helper_ready:  # it ended (or refused): fork its steps here
+                        selector.unregister(helper)
+                        helper.close()
+                        helper = None
                 continue
             try:
                 message, fds, _, _ = socket.recv_fds(control, 1 << 20, 3)
@@ -485,12 +583,37 @@ def _serve(control_fd: int, executor_pid: int, script: str, entry: str, preload:
                     with contextlib.suppress(OSError):
                         os.killpg(pid, signal.SIGKILL)
                 os._exit(0)
-            _fork_step(message, fds, channels, server_fds, selector, (script, entry))
+            if helper is not None and helper_ready and _step_name(message) in helper_steps:
+                try:
+                    socket.send_fds(helper, [message], fds)
+                except OSError:  # it has just ended: fork the step here
+                    pass
+                else:
+                    for fd in fds:
+                        os.close(fd)
+                    continue
+            _fork_step(message, fds, channels, server_fds, selector, serving)
         _reap(channels)
 
 
-def _preload(modules: Sequence[str]) -> str:
-    """Import ``modules``; a non-empty reason when forking from here would be unsafe."""
+def _helper_says_ready(helper: socket.socket) -> bool:
+    try:
+        return helper.recv(64) == b"ready"
+    except OSError:
+        return False
+
+
+def _step_name(message: bytes) -> str:
+    """``NAME`` of a request for ``argofl step NAME …`` (``""`` for anything else)."""
+    try:
+        argv = json.loads(message)["argv"]
+        return str(argv[2]) if len(argv) > 2 and argv[1] == "step" else ""
+    except (ValueError, KeyError, TypeError, IndexError):
+        return ""
+
+
+def _import_all(modules: Sequence[str]) -> None:
+    """Import ``modules`` (``module:function`` also calls it); what fails is skipped."""
     import importlib
 
     for name in modules:
@@ -501,6 +624,10 @@ def _preload(modules: Sequence[str]) -> str:
                 getattr(loaded, function)()
         except Exception:  # a warm-up that fails is only a missed saving
             continue
+
+
+def _unsafe_to_fork() -> str:
+    """A non-empty reason when forking from here would be unsafe."""
     if threading.active_count() != 1:
         names = sorted(t.name for t in threading.enumerate())
         return f"refused: importing started Python threads {names}"
