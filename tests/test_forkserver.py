@@ -97,7 +97,9 @@ def probe(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(probe: Path) -> Iterator[forkserver.ForkServer]:
-    fs = forkserver.ForkServer(dict(os.environ), script=probe, entry="probe_main:main", preload=("json",))
+    fs = forkserver.ForkServer(
+        dict(os.environ), script=probe, entry="probe_main:main", preload=("json",), idle_preload=()
+    )
     assert fs.wait_ready(60), fs.failure
     yield fs
     fs.close()
