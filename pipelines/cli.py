@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from argofl.pipelines.exits import ArgoflGroup
+from argofl.pipelines.stop_signals import guard_stops
 
 # command name -> "module:attribute" of a click command; imported only when invoked or listed.
 _COMMANDS: dict[str, str] = {
@@ -24,6 +25,9 @@ _COMMANDS: dict[str, str] = {
     "watch": "argofl.pipelines.cluster_commands:watch_cmd",
     "resubmit": "argofl.pipelines.cluster_commands:resubmit_cmd",
 }
+
+# the commands that run a workflow here: their stop signals are handled from main's first line
+_RUNS_WORKFLOW = (("run",), ("resume",), ("local", "run"))
 
 
 class LazyGroup(ArgoflGroup):
@@ -48,4 +52,13 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Console-script entry point."""
-    return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="argofl")
+    args = argv if argv is not None else sys.argv[1:]
+    if not any(tuple(args[: len(command)]) == command for command in _RUNS_WORKFLOW):
+        return cli.main(args=args, prog_name="argofl")
+    with guard_stops() as stops:  # before the imports: a stop during them must not be lost
+        try:
+            return cli.main(args=args, prog_name="argofl")
+        except SystemExit as exc:
+            if stops.signum is not None and exc.code in (0, None):  # the stop came after the run
+                raise SystemExit(128 + stops.signum) from None
+            raise

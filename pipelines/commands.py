@@ -29,6 +29,7 @@ from argofl.pipelines.parameters import (
     resubmission_manifest,
 )
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
+from argofl.pipelines.stop_signals import stop_before_start
 from argofl.steps.store import Store, open_store
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
@@ -127,6 +128,7 @@ def run_cmd(
     With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
+    stop_before_start()  # a Ctrl-C while the commands were imported: start nothing
     if runtime == "process":
         _prestart_steps()
     from argofl.pipelines.compile import manifest_for, workflow_templates_for
@@ -146,6 +148,7 @@ def run_cmd(
     )
     if parallelism is None:
         parallelism = local_parallelism(manifest)
+    stop_before_start()
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display
     templates = workflow_templates_for(cfg)
@@ -183,6 +186,7 @@ def _run_locally(
     from argofl.pipelines.local import run_workflow
     from argofl.steps.store import FileStore
 
+    stop_before_start()
     started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code
     result = run_workflow(

@@ -3,7 +3,8 @@ tracking server.
 
 Each ``start_*`` function starts the server as a subprocess in its own process group, waits until
 it answers HTTP, and returns a :class:`RunningServer`, which is also a context manager that stops
-the whole process group on exit::
+the whole process group on exit. A server also dies with the test process when that is killed and no
+finalizer runs (the executor's :func:`argofl.pipelines.local.lifeline.popen`)::
 
     with start_moto_server() as s3:
         os.environ.update(s3.env)
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+
+from argofl.pipelines.local import lifeline
 
 __all__ = [
     "RunningServer",
@@ -94,6 +97,7 @@ class RunningServer:
             self.process.wait(timeout)
         # Workers (uvicorn under mlflow) may outlive the leader: the group id is still the leader's pid.
         _signal_group(self.process, signal.SIGKILL)
+        lifeline.watchdog().forget(self.process.pid)
         if self._cleanup_dir is not None:
             shutil.rmtree(self._cleanup_dir, ignore_errors=True)
 
@@ -157,12 +161,17 @@ def _start(
     endpoint = f"http://{host}:{port}"
     log_path = log_dir / f"{name}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(
+        # A pytest killed by SIGTERM or SIGKILL runs no finalizer; its servers die with it all the same,
+        # started as the executor starts a step: in their own process group, with a parent-death signal
+        # (SIGKILL), and that group registered with a watchdog that kills it once pytest is gone (mlflow's
+        # uvicorn worker has no parent-death signal). The signal fires when the forking *thread* ends:
+        # pytest runs fixtures on its main thread, which would do, but lifeline.popen forks from its own
+        # thread, which lives as long as the process, so a server started from a test's thread is safe.
+        process = lifeline.popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
             env={**os.environ, **(extra_env or {})},
         )
     server = RunningServer(name, endpoint, env, process, log_path, cleanup_dir)

@@ -19,6 +19,7 @@ from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
 from argofl.pipelines.parameters import check_overrides, overrides_option
+from argofl.pipelines.stop_signals import stop_before_start
 
 __all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 
@@ -151,6 +152,7 @@ def run_cmd(
     manifest = _load(workflow)
     parameters = check_overrides(manifest, overrides)  # as argofl run/submit: one message, exit 2
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
+    stop_before_start()
     result = run_workflow(
         manifest,
         parameters,

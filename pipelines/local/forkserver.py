@@ -50,6 +50,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import selectors
@@ -275,6 +276,8 @@ class ForkServer:
             "_serve(int(sys.argv[2]), int(sys.argv[3]), sys.argv[1], sys.argv[4], sys.argv[5], sys.argv[6])"
         )
         try:
+            if self._closing:  # close() came first (it shuts the socket down when it comes later)
+                raise OSError(errno.ECANCELED, "closed before it started")
             proc = subprocess.Popen(
                 [
                     sys.executable,
@@ -327,8 +330,10 @@ class ForkServer:
             with self._lock:
                 self._control = self._socket = None
                 ours.close()  # the server sees the end of its control socket and exits
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+                importing = self._closing and not self._ready.is_set()
+            if not importing:  # one still importing would see it only when done (seconds): killed
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=10)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()

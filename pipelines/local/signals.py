@@ -3,7 +3,10 @@
 Within :class:`StopOnSignals`, the first signal interrupts the run (running pods are stopped, nothing new
 starts, the exit handler runs) and a second one stops the exit handler too. The handlers only hand the
 work to a thread: a signal handler runs between two bytecodes of the main thread, which may hold the
-executor's lock. Outside the main thread nothing is installed.
+executor's lock. The signals are taken over from the command's
+:class:`~argofl.pipelines.stop_signals.StopSignals` (installed before the run, so a signal received
+before it started stops it at once), or installed for the run's duration where none is (from the main
+thread only: elsewhere nothing is installed).
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "StopOnSignals"]
+from argofl.pipelines.stop_signals import STOP_SIGNALS, StopSignals, installed
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+__all__ = ["STOP_SIGNALS", "StopOnSignals"]
 
 
 class StopOnSignals:
@@ -25,23 +28,30 @@ class StopOnSignals:
 
     def __init__(self, interrupt: Callable[..., Any]) -> None:
         self._interrupt = interrupt
-        self._previous: dict[int, Any] = {}
+        self._guard: StopSignals | None = None
+        self._own = False
         self.signum: int | None = None
 
     def __enter__(self) -> StopOnSignals:
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        guard = installed()
+        self._own = guard is None
+        if guard is None:
+            guard = StopSignals()
+            guard.install()
+        self._guard = guard
+        guard.hand_over(self._handle)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
+        if self._guard is not None:
+            self._guard.take_back()
+            if self._own:
+                self._guard.restore()
+        self._guard = None
 
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
+    def _handle(self, signum: int) -> None:
         first = self.signum is None
         if first:
             self.signum = signum
