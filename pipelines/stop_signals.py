@@ -5,9 +5,10 @@
 the run. Until the executor takes the signals over (:meth:`StopSignals.hand_over`, which
 :class:`~argofl.pipelines.local.signals.StopOnSignals` calls), a stop signal is only remembered: the
 command then refuses to start the run (:func:`stop_before_start`) and exits with ``128 + N``. After the
-run, one lets the command write its results and then end with ``128 + N``. An inherited ``SIG_IGN`` is
-overridden, as the executor always did: a background job of a non-interactive shell, which starts with
-SIGINT ignored, stops on ``kill -INT`` at any moment, not only once its run has started.
+run, one lets the command write its results and then end with ``128 + N``. An inherited ``SIG_IGN`` of
+SIGINT or SIGTERM is overridden, as the executor always did: a background job of a non-interactive shell,
+which starts with SIGINT ignored, stops on ``kill -INT`` at any moment, not only once its run has started.
+An ignored SIGHUP (``nohup``) stays ignored.
 
 This module imports nothing heavy: a signal during the imports that follow it must find it installed.
 """
@@ -44,9 +45,12 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Handle the stop signals (from the main thread only: elsewhere nothing is installed)."""
+        """Handle the stop signals (from the main thread only: elsewhere nothing is installed). An ignored
+        SIGHUP stays ignored: ``nohup argofl run …`` must outlive its terminal."""
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
+                if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                    continue
                 self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:

@@ -127,6 +127,19 @@ def test_a_stop_pending_when_the_executor_takes_the_signals_over_interrupts_the_
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
 
 
+def test_an_ignored_sighup_stays_ignored_and_an_ignored_sigint_is_handled() -> None:
+    """``nohup argofl run`` outlives its terminal; a background job (SIGINT ignored) still stops on it."""
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGHUP, signal.SIGINT)}
+    try:
+        with stop_signals.guard_stops():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+            assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # given back
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 # ------------------------------------------------------------------------ argofl run, as a process
 
 
