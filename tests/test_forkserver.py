@@ -244,7 +244,7 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
         import os, signal, subprocess
         from argofl.pipelines.local import forkserver
         fs = forkserver.ForkServer(dict(os.environ), script={str(probe)!r}, entry="probe_main:main",
-                                   preload=("json",))
+                                   preload=("json",), idle_preload=("decimal",), idle_steps=("where",))
         assert fs.wait_ready(60), fs.failure
         err = open({str(tmp_path / "err")!r}, "wb")
         step = fs.spawn([{str(probe)!r}, "step", "sleep"], env=dict(os.environ), cwd="/", stderr=err.fileno())
@@ -252,6 +252,9 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
         def parent(p):
             return open(f"/proc/{{p}}/stat").read().rsplit(")", 1)[1].split()[1]
         server = [p for p in os.listdir("/proc") if p.isdigit() and parent(p) == str(os.getpid())]
+        # and the second server, also a child of the first (the step is the first's other child)
+        server += [p for p in os.listdir("/proc")
+                   if p.isdigit() and parent(p) in server and p != str(step.pid)]
         print(step.pid, grandchild, *server, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
         """
@@ -261,7 +264,7 @@ def test_forked_steps_and_the_server_die_with_the_executor(probe: Path, tmp_path
     step_pid, grandchild, *servers = (int(p) for p in proc.stdout.split())
     with contextlib.suppress(ProcessLookupError):
         os.kill(grandchild, signal.SIGKILL)  # orphaned with its step's group, like any step's child
-    assert servers, "the fork server was not a child of the executor"
+    assert len(servers) == 2, f"expected the fork server and its second server, found {servers}"
     for pid in [step_pid, *servers]:
         _wait_gone(pid)
         assert not _alive(pid), f"process {pid} outlived the executor"
