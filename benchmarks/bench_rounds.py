@@ -131,6 +131,7 @@ def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str,
         eval_threads=s.threads or 1,
         seed=s.seed,
         limit=s.data_limit or None,
+        eval_batch_size=s.eval_batch_size,
         skip_startup=True,
         device="auto",
     )

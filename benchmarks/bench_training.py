@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:  # runnable without installing argofl
 from argofl.steps.data import load_dataset  # noqa: E402
 from argofl.steps.frameworks import FRAMEWORKS, get_backend  # noqa: E402
 from argofl.steps.partition import client_seed, partition  # noqa: E402
+from argofl.steps.settings import EVAL_BATCH_SIZE  # noqa: E402
 
 # The flagship hyperparameters per framework (1 local epoch, 10 IID clients, 5 rounds).
 FLAGSHIP: dict[str, dict[str, Any]] = {
@@ -161,7 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             global_weights = fedavg([(w, m["examples"]) for w, m, _, _ in results])
             started = time.perf_counter()
             backend.set_weights(model, global_weights)
-            ev = backend.evaluate(model, test.x, test.y, batch_size=1000)
+            ev = backend.evaluate(model, test.x, test.y, batch_size=getattr(args, "eval_batch_size", EVAL_BATCH_SIZE))
             eval_wall += time.perf_counter() - started
             accuracy = ev["accuracy"]
             train_loss = np.mean([m["loss"] for _, m, _, _ in results])
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="use only the first N training images")
+    parser.add_argument(
+        "--eval-batch-size", type=int, default=EVAL_BATCH_SIZE, help="the evaluate step's default"
+    )
     parser.add_argument("--skip-startup", action="store_true", help="do not time a train step's start-up")
     parser.add_argument(
         "--device",

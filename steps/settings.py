@@ -98,6 +98,13 @@ def _with_strategy_options(cls: type[_T]) -> type[_T]:
     return cls
 
 
+EVAL_BATCH_SIZE = 256
+"""Default evaluation batch: on CPU, a batch whose activations stay below glibc's 32 MiB mmap threshold
+reuses the same heap memory batch after batch; 1000 Fashion-MNIST images through the built-in CNN
+(50 MB for the first conv layer's output) took fresh, page-faulting memory each batch: 1.33 s against
+0.88 s for the 10,000 test images in a new process."""
+
+
 @dataclass(frozen=True)
 @_with_strategy_options
 class Settings:
@@ -201,7 +208,7 @@ class Settings:
         },
     )
     eval_batch_size: int = field(
-        default=1000, metadata={"help": "evaluation batch size", "check": checks.at_least(1)}
+        default=EVAL_BATCH_SIZE, metadata={"help": "evaluation batch size", "check": checks.at_least(1)}
     )
 
     def __post_init__(self) -> None:

@@ -32,6 +32,7 @@ from argofl.steps.frameworks import (
     WeightsMismatch,
     get_backend,
 )
+from argofl.steps.settings import EVAL_BATCH_SIZE
 from tests.require import require_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,20 @@ def test_training_improves_test_accuracy(backend: Backend, fmnist: tuple[Dataset
     assert np.isfinite(metrics["loss"])
     assert after["accuracy"] > before["accuracy"] + 0.2
     assert after["loss"] < before["loss"]
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(
+    backend: Backend, fmnist: tuple[Dataset, Dataset]
+) -> None:
+    """The default evaluation batch (256) was chosen for speed: the metrics are those of any batching."""
+    train, test = fmnist
+    model = build(backend)
+    backend.train(model, train.x, train.y, seed=0, **HPARAMS)
+    by_default = backend.evaluate(model, test.x, test.y, batch_size=EVAL_BATCH_SIZE)
+    whole = backend.evaluate(model, test.x, test.y, batch_size=len(test))
+    assert by_default["examples"] == whole["examples"] == len(test)
+    assert by_default["accuracy"] == whole["accuracy"]
+    assert by_default["loss"] == pytest.approx(whole["loss"], rel=1e-5)
 
 
 def test_training_is_deterministic_and_depends_only_on_inputs(
