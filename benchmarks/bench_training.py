@@ -162,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             global_weights = fedavg([(w, m["examples"]) for w, m, _, _ in results])
             started = time.perf_counter()
             backend.set_weights(model, global_weights)
-            ev = backend.evaluate(model, test.x, test.y, batch_size=getattr(args, "eval_batch_size", EVAL_BATCH_SIZE))
+            eval_batch = getattr(args, "eval_batch_size", EVAL_BATCH_SIZE)
+            ev = backend.evaluate(model, test.x, test.y, batch_size=eval_batch)
             eval_wall += time.perf_counter() - started
             accuracy = ev["accuracy"]
             train_loss = np.mean([m["loss"] for _, m, _, _ in results])
