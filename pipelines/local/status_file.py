@@ -6,14 +6,19 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COALESCE_S", "StatusFile"]
+__all__ = ["MIN_PAUSE_S", "WRITE_SHARE", "StatusFile"]
 
-COALESCE_S = 0.2
-"""Least time between two background writes of ``status.json``."""
+MIN_PAUSE_S = 0.05
+"""Least time between two background writes of ``status.json`` (how stale it may be when small)."""
+
+WRITE_SHARE = 0.2
+"""Most of the writer thread's time spent writing: after a write that took ``t`` seconds (a large
+run's status is megabytes of JSON), the next one waits at least ``t / WRITE_SHARE``."""
 
 
 class StatusFile:
@@ -58,9 +63,11 @@ class StatusFile:
                 if self._stop:
                     return
                 self._dirty_flag = False
+            started = time.monotonic()
             with contextlib.suppress(OSError):
                 self.write()
+            pause = max(MIN_PAUSE_S, (time.monotonic() - started) / WRITE_SHARE)
             # coalesce bursts of changes: changes made meanwhile wait for the next write (only a stop
             # ends the pause early); the whole status is serialised each time
             with self._dirty:
-                self._dirty.wait_for(lambda: self._stop, timeout=COALESCE_S)
+                self._dirty.wait_for(lambda: self._stop, timeout=pause)
