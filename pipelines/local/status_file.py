@@ -16,9 +16,10 @@ __all__ = ["MIN_PAUSE_S", "WRITE_SHARE", "StatusFile"]
 MIN_PAUSE_S = 0.05
 """Least time between two background writes of ``status.json`` (how stale it may be when small)."""
 
-WRITE_SHARE = 0.2
+WRITE_SHARE = 0.05
 """Most of the writer thread's time spent writing: after a write that took ``t`` seconds (a large
-run's status is megabytes of JSON), the next one waits at least ``t / WRITE_SHARE``."""
+run's status is megabytes of JSON), the next one waits at least ``t / WRITE_SHARE`` (the steps need the
+CPU more than the file needs freshness)."""
 
 
 class StatusFile:
