@@ -136,3 +136,16 @@ def test_a_dag_waiting_on_a_fan_out_sleeps_while_its_slow_items_run(
     assert result.status["phase"] == "Succeeded"
     # one wait per finished item (and a few wake-ups), not a spin while the slow item runs
     assert len(calls) <= 5, f"the DAG loop called wait() {len(calls)} times for a fan-out of 2 items"
+
+
+def test_generated_names_do_not_follow_a_seeded_global_random() -> None:
+    """A seeded model (Keras' ``set_random_seed`` seeds ``random``) must not make two runs of one
+    process take the same name (and so the same Docker network, run directory, …)."""
+    import random
+
+    from argofl.pipelines.local.model import generate_name
+
+    random.seed(0)
+    first = generate_name("run-")
+    random.seed(0)
+    assert generate_name("run-") != first

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import random
+import secrets
 import string
 import time
 import uuid
@@ -142,9 +142,11 @@ class Node:
 
 
 def generate_name(prefix: str) -> str:
-    """``prefix`` + 5 random ``[a-z0-9]``, like Kubernetes' generateName."""
+    """``prefix`` + 5 random ``[a-z0-9]``, like Kubernetes' generateName. Drawn from the OS, not the
+    global ``random`` generator, which a seeded model or library (Keras' ``set_random_seed``) makes
+    repeat its names: a second run of the same process named its Docker network like the first's."""
     alphabet = string.ascii_lowercase + string.digits
-    return prefix + "".join(random.choice(alphabet) for _ in range(5))
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(5))
 
 
 def new_uid() -> str:
