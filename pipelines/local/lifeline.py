@@ -1,11 +1,17 @@
 """Step processes die with the executor, however it ends.
 
-A step process is started from one long-lived thread (:func:`popen`) with a parent-death signal
-(:func:`die_with_parent`): Linux sends SIGKILL to the child when the *thread* that forked it exits, so a
-short-lived node thread must not fork it. That covers the step's main process; what it started in turn
-(a grandchild in its process group) is killed by a watchdog process (:class:`GroupWatchdog`) that holds
-the read end of a pipe the executor writes the live process groups to: when the executor dies, even by
-SIGKILL, the pipe closes and the watchdog SIGKILLs every group still listed.
+A step process is started from one long-lived thread (:func:`popen`) with a parent-death signal: Linux
+sends SIGKILL to the child when the *thread* that forked it exits, so a short-lived node thread must not
+fork it. Where util-linux's ``setpriv`` is installed the child sets the signal itself (``setpriv
+--pdeathsig KILL``, then a ``/bin/sh`` guard that exits unless the executor is still its parent) and
+``subprocess`` starts it with ``vfork``: copying a large executor's page tables for a ``preexec_fn``
+(:func:`die_with_parent`, the fallback) took 30 ms per start with the GIL held, and seconds in a queue
+of them on a loaded machine, eaten out of the pods' deadlines.
+
+That covers the step's main process; what it started in turn (a grandchild in its process group) is
+killed by a watchdog process (:class:`GroupWatchdog`) that holds the read end of a pipe the executor
+writes the live process groups to: when the executor dies, even by SIGKILL, the pipe closes and the
+watchdog SIGKILLs every group still listed.
 On platforms without ``prctl`` only the watchdog applies.
 """
 
@@ -13,12 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -58,14 +67,66 @@ _SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argofl-spawner"
 """Its one worker thread lives as long as this process: children's parent-death signal is tied to it."""
 
 
+_GUARD = 'if [ "$PPID" = "$0" ]; then exec "$@"; fi; exit 137'
+"""Run by ``/bin/sh -c`` after ``setpriv`` set the signal: ``$0`` is the executor's pid, ``$@`` the step."""
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    """util-linux's ``setpriv`` when it can set a parent-death signal (2.33 or later), and ``/bin/sh``."""
+    found = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    if found is None or not os.access("/bin/sh", os.X_OK):
+        return None
+    try:
+        usage = subprocess.run([found, "--help"], capture_output=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return found if b"--pdeathsig" in usage else None
+
+
+def _executable(name: str, env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None) -> str:
+    """The file ``subprocess`` would execute for ``argv[0] = name``, or the ``OSError`` it would raise
+    (``/bin/sh`` searches the same ``PATH`` but words its errors differently).
+
+    A relative path counts from ``cwd``; a bare name is searched in ``env``'s ``PATH``. The file must be
+    a binary or start with ``#!``: ``/bin/sh`` would run any other text as a shell script."""
+    if cwd is not None and not os.path.isdir(cwd):
+        return name  # Popen reports the working directory itself
+    candidates = [name] if os.path.dirname(name) else [os.path.join(d, name) for d in os.get_exec_path(env)]
+    failure = errno.ENOENT
+    for candidate in candidates:
+        path = os.path.join(cwd, candidate) if cwd is not None else candidate
+        if not os.path.exists(path):
+            continue
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            failure = errno.EACCES
+            continue
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError:
+            return os.path.abspath(path)  # executable but unreadable: only a binary can be
+        if magic == b"\x7fELF" or magic.startswith(b"#!"):
+            return os.path.abspath(path)
+        failure = errno.ENOEXEC
+    raise OSError(failure, os.strerror(failure), name)
+
+
 def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     """``subprocess.Popen`` from the spawner thread, in a new session, dying with this process; the
     new process group is registered with :func:`watchdog`."""
     kwargs.setdefault("start_new_session", True)
-    setup = die_with_parent(os.getpid())
+    parent = os.getpid()
+    setpriv = _setpriv() if argv and "executable" not in kwargs and not kwargs.get("shell") else None
+    if setpriv is not None:
+        _executable(argv[0], kwargs.get("env"), kwargs.get("cwd"))  # raises what Popen would
+        guard = [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", _GUARD, str(parent)]
+        command, preexec = guard + list(argv), None
+    else:
+        command, preexec = list(argv), die_with_parent(parent)
 
     def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, preexec_fn=setup, **kwargs)
+        return subprocess.Popen(command, preexec_fn=preexec, **kwargs)
 
     proc = _SPAWNER.submit(start).result()
     watchdog().watch(proc.pid)
