@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 from argofl.pipelines.local import DockerOptions, LocalRunResult, run_workflow
+from argofl.pipelines.local.containers import DockerRuntime
+from argofl.pipelines.local.reaper import reap
 from tests.docker_env import docker_cli, leftovers, tools_image
 
 pytestmark = pytest.mark.slow
@@ -363,3 +365,38 @@ def test_key_refs_from_a_secrets_file_reach_the_container(docker: tuple[str, str
     assert result.phase == "Succeeded", result.status.get("message")
     [pod] = _pods(result).values()
     assert pod["outputs"]["result"] == "from-the-secrets-file"
+
+
+@pytest.mark.parametrize("remover", ["executor", "reaper"])
+def test_the_network_goes_even_when_something_is_still_attached(
+    docker: tuple[str, str], tmp_path: Path, remover: str
+) -> None:
+    # Docker 20.10 once kept a stale endpoint on a run's network, so a plain `network rm` failed and a
+    # later run of the same name could not create it; a container attached by hand does the same
+    cli, image = docker
+    name = f"attached-{remover}-{os.getpid()}"
+    runtime = DockerRuntime(DockerOptions(docker=cli, image_map={"*": image}), name, tmp_path)
+    runtime.open()
+    stranger = subprocess.run(
+        [cli, "run", "--detach", "--network", runtime.network, image, "sleep", "300"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        plain = subprocess.run([cli, "network", "rm", runtime.network], capture_output=True, text=True)
+        assert plain.returncode != 0
+        assert "active endpoints" in plain.stderr
+        if remover == "executor":
+            runtime.close()
+        else:
+            reap(cli, runtime.label, runtime.network)  # what it does once the executor is gone
+            runtime.close()
+        assert leftovers(cli, name) == []
+        state = subprocess.run(
+            [cli, "inspect", "--format", "{{.State.Running}}", stranger], capture_output=True, text=True
+        )
+        assert state.stdout.strip() == "true", "only the network went: the container is not the run's"
+    finally:
+        subprocess.run([cli, "rm", "--force", stranger], capture_output=True)
+        subprocess.run([cli, "network", "rm", runtime.network], capture_output=True)

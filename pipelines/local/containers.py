@@ -34,6 +34,7 @@ from typing import Any
 
 from argofl.pipelines.local.errors import WorkflowInputError
 from argofl.pipelines.local.process import TERM_GRACE_SECONDS, ProcessOutcome, StepProcess
+from argofl.pipelines.local.reaper import remove_network
 
 __all__ = [
     "RUN_LABEL",
@@ -232,7 +233,8 @@ class DockerRuntime:
         ids = self._docker("ps", "--all", "--quiet", "--filter", f"label={self.label}", check=False).split()
         if ids:
             self.docker_quiet("rm", "--force", "--volumes", *ids)
-        self.docker_quiet("network", "rm", self.network)
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            remove_network(self.docker, self.network, DOCKER_TIMEOUT)
         if self._reaper_pipe is not None:
             with contextlib.suppress(OSError):
                 os.close(self._reaper_pipe)

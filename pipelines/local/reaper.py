@@ -11,7 +11,41 @@ from __future__ import annotations
 import subprocess
 import sys
 
-__all__ = ["reap"]
+__all__ = ["reap", "remove_network"]
+
+_ENDPOINTS = "{{range $id, $e := .Containers}}{{$id}} {{$e.Name}} {{end}}"
+
+
+def remove_network(docker: str, network: str, timeout: float = 120) -> bool:
+    """Remove ``network``, first force-disconnecting whatever is still attached; True once it is gone.
+
+    The run's containers are removed by then, but Docker 20.10 sometimes keeps a stale endpoint of a
+    removed container (``network rm`` answers "has active endpoints" until dockerd restarts), and a
+    container someone attached to the run's private network would keep it too.
+    """
+    for attempt in range(3):
+        done = subprocess.run(
+            [docker, "network", "rm", network], capture_output=True, text=True, check=False, timeout=timeout
+        )
+        if done.returncode == 0 or "not found" in done.stderr or "No such network" in done.stderr:
+            return True
+        if attempt == 2:
+            break
+        listed = subprocess.run(
+            [docker, "network", "inspect", network, "--format", _ENDPOINTS],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+        for endpoint in dict.fromkeys(listed.stdout.split()):  # ids and names: a stale one answers to either
+            subprocess.run(
+                [docker, "network", "disconnect", "--force", network, endpoint],
+                capture_output=True,
+                check=False,
+                timeout=timeout,
+            )
+    return False
 
 
 def reap(docker: str, label: str, network: str) -> None:
@@ -28,7 +62,7 @@ def reap(docker: str, label: str, network: str) -> None:
         subprocess.run(
             [docker, "rm", "--force", "--volumes", *ids], capture_output=True, check=False, timeout=300
         )
-    subprocess.run([docker, "network", "rm", network], capture_output=True, check=False, timeout=120)
+    remove_network(docker, network)
 
 
 def main(argv: list[str]) -> int:
