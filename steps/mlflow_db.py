@@ -23,7 +23,7 @@ from pathlib import Path
 
 from argofl.steps.switches import is_off
 
-__all__ = ["DISABLE_VARIABLE", "prepare", "template_path"]
+__all__ = ["DISABLE_VARIABLE", "prepare", "sqlite_path", "template_path"]
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,21 @@ def template_path() -> Path:
     return Path.home() / ".cache" / "argofl" / "mlflow" / f"empty-{key}.db"
 
 
+def sqlite_path(tracking_uri: str) -> str | None:
+    """The database file of a ``sqlite:///PATH[?query]`` tracking URI (``""`` or ``:memory:`` for an
+    in-memory one); None for any other URI."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+
+
 def prepare(tracking_uri: str) -> bool:
     """Create the database of a ``sqlite:///`` ``tracking_uri`` that does not exist yet, as a copy of the
     template (made first if missing); whether it did. Anything else (another scheme, an existing file, a
     cache that cannot be written, the switch off) is left to MLflow."""
-    if not tracking_uri.startswith("sqlite:///") or is_off(DISABLE_VARIABLE):
+    path = sqlite_path(tracking_uri)
+    if path is None or is_off(DISABLE_VARIABLE):
         return False
-    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
     database = Path(path)
     if path in ("", ":memory:") or database.exists() or not database.parent.is_dir():
         return False

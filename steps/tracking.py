@@ -105,10 +105,10 @@ def local_artifact_location(tracking_uri: str, experiment: str) -> str | None:
     """Where a local (``sqlite:///``) tracking store keeps an experiment's artifacts:
     ``mlartifacts/<experiment>/`` beside the database. MLflow's own default, ``./mlruns``, is relative
     to whichever step process created the experiment. Servers choose for themselves (None)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    database = mlflow_db.sqlite_path(tracking_uri)
+    if database is None:
         return None
-    database = Path(tracking_uri.removeprefix("sqlite:///"))
-    return (database.resolve().parent / "mlartifacts" / experiment).as_uri()
+    return (Path(database).resolve().parent / "mlartifacts" / experiment).as_uri()
 
 
 def run_ref(run_id: str) -> RunRef:

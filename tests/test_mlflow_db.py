@@ -131,3 +131,12 @@ def test_without_a_writable_cache_mlflow_creates_the_database(
 def test_other_tracking_uris_are_left_to_mlflow(home: Path, tmp_path: Path, uri: str) -> None:
     assert not mlflow_db.prepare(uri.format(tmp=tmp_path))
     assert not mlflow_db.template_path().exists()
+
+
+def test_a_query_in_a_sqlite_uri_is_not_part_of_the_database_path(tmp_path: Path) -> None:
+    database = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{database}?timeout=30&note=a/b"
+    assert mlflow_db.sqlite_path(uri) == str(database)
+    assert mlflow_db.sqlite_path("http://127.0.0.1:5000") is None
+    assert tracking.local_artifact_location(uri, "exp") == (tmp_path / "mlartifacts" / "exp").as_uri()
+    assert tracking.local_artifact_location("http://127.0.0.1:5000", "exp") is None
