@@ -168,6 +168,30 @@ def test_forked_step_matches_a_fresh_process(
         assert (out, last_err) == (b"out\n", [b"err"])
 
 
+def test_signals_the_executor_ignores_are_ignored_in_a_forked_step_too(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path
+) -> None:
+    # a fresh process keeps what its parent ignores (a background job of a script ignores SIGINT; nohup,
+    # SIGHUP); a forked step got Python's SIGINT handler and SIG_DFL whatever the executor ignored
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    env.pop("PYTEST_CURRENT_TEST", None)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP)}
+    reports = []
+    try:
+        for sig in before:
+            signal.signal(sig, signal.SIG_IGN)
+        for how in (subprocess.Popen, server):
+            code, out, _ = _run(how, [str(probe), "step", "report"], env, tmp_path, tmp_path)
+            assert code == 0
+            reports.append(json.loads(out)["signals"])
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert server.forked == 1
+    assert reports[0]["SIGINT"] == reports[0]["SIGHUP"] == str(signal.SIG_IGN)
+    assert reports[1] == reports[0]
+
+
 def test_startup_environment_or_the_escape_hatch_run_a_normal_process(
     server: forkserver.ForkServer, probe: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -143,6 +143,16 @@ _STARTUP_NAMES = frozenset(
     {"LANG", "LANGUAGE", "TZ", "HOME", "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL"}
 )
 _PR_SET_PDEATHSIG = 1
+_RESET_SIGNALS = (
+    signal.SIGINT,
+    signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""What a forked step sets as a fresh process has it: default, or ignored where the executor ignores it."""
 
 
 def startup_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -371,7 +381,9 @@ class ForkServer:
             raise FileNotFoundError(2, f"no such directory: {cwd}", cwd)
         channel, remote = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         read_end, write_end = os.pipe()
-        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+        # what a fresh process would inherit: the signals ignored here right now
+        ignored = [int(sig) for sig in _RESET_SIGNALS if signal.getsignal(sig) == signal.SIG_IGN]
+        request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": cwd, "ignored": ignored}).encode()
         try:
             with self._lock:
                 if self._control is None:
@@ -688,6 +700,7 @@ def _fork_step(
     try:
         request = json.loads(message)
         argv, env, cwd = list(request["argv"]), dict(request["env"]), str(request["cwd"])
+        ignored = {int(sig) for sig in request.get("ignored", [])}
     except (ValueError, KeyError, TypeError) as exc:
         with contextlib.suppress(OSError):
             channel.sendall(f"error bad request: {exc}\n".encode())
@@ -703,7 +716,7 @@ def _fork_step(
             selector.close()
             for other in channels.values():
                 other.close()
-            _become_step(server_pid, channel, stdout_fd, stderr_fd, server_fds, env, cwd)
+            _become_step(server_pid, channel, stdout_fd, stderr_fd, server_fds, env, cwd, ignored)
             sys.argv = [serving[0], *argv[1:]]
             code = _run_main(serving[1], argv[1:])
         except BaseException:  # setting up the step failed (a Popen would not have started it)
@@ -730,23 +743,22 @@ def _become_step(
     server_fds: list[int],
     env: dict[str, str],
     cwd: str,
+    ignored: set[int],
 ) -> None:
-    """In the child: what a fresh ``Popen(start_new_session=True, stdin=DEVNULL, …)`` process has."""
+    """In the child: what a fresh ``Popen(start_new_session=True, stdin=DEVNULL, …)`` process has, the
+    signals the executor ignores (``ignored``) ignored too, as ``exec`` keeps them."""
     os.setsid()
     _set_parent_death_signal(signal.SIGKILL)
     if os.getppid() != server_pid:
         os._exit(128 + signal.SIGKILL)
     signal.set_wakeup_fd(-1)
-    for sig in (
-        signal.SIGCHLD,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-    ):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in _RESET_SIGNALS:
+        if sig in ignored:
+            signal.signal(sig, signal.SIG_IGN)
+        elif sig == signal.SIGINT:
+            signal.signal(sig, signal.default_int_handler)  # Python's own, unless it started ignored
+        else:
+            signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     channel.close()
     for fd in server_fds:
