@@ -5,7 +5,8 @@ Runs a config with `argofl run` (local executor, file:// store, local MLflow), t
 Argo-shaped status: for each round, wall time of the round node, and the time spent inside client
 training (reported by each train step); orchestration = everything else (process start-up, imports,
 data loading, checkpoint I/O, aggregation, evaluation, scheduling), computed as
-1 - (training seconds / parallelism) / round wall time. In the same run it measures the compute floor
+1 - (training seconds / parallelism) / round wall time; the median time of each step's pods, and of
+a train pod beyond the training it reports. In the same run it measures the compute floor
 (the same clients, rounds and hyperparameters trained and evaluated in-process by
 `bench_training.py`, `parallelism` workers) and prints the run's wall time as a multiple of it beside
 `--target`; and the node status (JSON → gzip → base64, as Argo compresses it) per round, projected to
@@ -206,6 +207,25 @@ def node_status_figures(
     return figures
 
 
+def pod_times(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median seconds of each step's pods, and of a train pod beyond the training it reports."""
+    by_step: dict[str, list[float]] = {}
+    beyond: list[float] = []
+    for n in nodes:
+        if n["type"] != "Pod" or n.get("phase") != "Succeeded" or not n.get("finishedAt"):
+            continue
+        took = _ts(n["finishedAt"]) - _ts(n["startedAt"])
+        by_step.setdefault(str(n.get("templateName")), []).append(took)
+        trained = [p["value"] for p in n.get("outputs", {}).get("parameters", []) if p["name"] == "seconds"]
+        if n.get("templateName") == "train" and trained:
+            beyond.append(took - float(trained[0]))
+    return {
+        "median_s": {step: round(statistics.median(v), 3) for step, v in sorted(by_step.items())},
+        "count": {step: len(v) for step, v in sorted(by_step.items())},
+        "train_pod_beyond_training_ms": round(statistics.median(beyond) * 1000, 1) if beyond else None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"))
@@ -270,11 +290,13 @@ def main() -> None:
                 "orchestration_share": round(1 - (train_s / args.parallelism) / wall, 3),
             }
         )
+    pods = pod_times(nodes)
     print(
         json.dumps(
             {
                 "config": Path(args.config).name,
                 "total_wall_s": round(total, 1),
+                "pods": pods,
                 "final_accuracy": summary["final_accuracy"],
                 "rounds": rounds,
                 "mean_round_wall_s": round(statistics.mean(r["wall_s"] for r in rounds), 1),
@@ -293,6 +315,12 @@ def main() -> None:
     floor = None if args.no_floor else compute_floor(args.config, args.params, args.parallelism)
     projected = sizes["projected"]
     lines = [
+        (
+            "a train pod beyond its training (median, node start to end)",
+            f"{pods['train_pod_beyond_training_ms']} ms over {pods['count'].get('train', 0)} pods; "
+            + ", ".join(f"{step} {t} s" for step, t in pods["median_s"].items() if step != "train"),
+            "nearly free",
+        ),
         (
             "step process start-up (argofl step train --help)",
             f"fresh {startup['argofl_step_help_s']} s, forked {startup['forked_argofl_step_train_help_s']} s "
