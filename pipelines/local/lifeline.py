@@ -84,14 +84,14 @@ def _setpriv() -> str | None:
     return found if b"--pdeathsig" in usage else None
 
 
-def _executable(name: str, env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None) -> str:
-    """The file ``subprocess`` would execute for ``argv[0] = name``, or the ``OSError`` it would raise
-    (``/bin/sh`` searches the same ``PATH`` but words its errors differently).
+def _check_executable(name: str, env: Mapping[str, str] | None, cwd: str | os.PathLike[str] | None) -> None:
+    """Raise the ``OSError`` ``subprocess`` would raise for ``argv[0] = name`` (``/bin/sh`` searches the
+    same ``PATH`` but words its errors differently); nothing when it would start.
 
     A relative path counts from ``cwd``; a bare name is searched in ``env``'s ``PATH``. The file must be
     a binary or start with ``#!``: ``/bin/sh`` would run any other text as a shell script."""
     if cwd is not None and not os.path.isdir(cwd):
-        return name  # Popen reports the working directory itself
+        return  # Popen reports the working directory itself
     candidates = [name] if os.path.dirname(name) else [os.path.join(d, name) for d in os.get_exec_path(env)]
     failure = errno.ENOENT
     for candidate in candidates:
@@ -105,9 +105,9 @@ def _executable(name: str, env: Mapping[str, str] | None, cwd: str | os.PathLike
             with open(path, "rb") as f:
                 magic = f.read(4)
         except OSError:
-            return os.path.abspath(path)  # executable but unreadable: only a binary can be
+            return  # executable but unreadable: only a binary can be
         if magic == b"\x7fELF" or magic.startswith(b"#!"):
-            return os.path.abspath(path)
+            return
         failure = errno.ENOEXEC
     raise OSError(failure, os.strerror(failure), name)
 
@@ -119,7 +119,7 @@ def popen(argv: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     parent = os.getpid()
     setpriv = _setpriv() if argv and "executable" not in kwargs and not kwargs.get("shell") else None
     if setpriv is not None:
-        _executable(argv[0], kwargs.get("env"), kwargs.get("cwd"))  # raises what Popen would
+        _check_executable(argv[0], kwargs.get("env"), kwargs.get("cwd"))
         guard = [setpriv, "--pdeathsig", "KILL", "--", "/bin/sh", "-c", _GUARD, str(parent)]
         command, preexec = guard + list(argv), None
     else:
