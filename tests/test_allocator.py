@@ -60,3 +60,21 @@ def test_the_users_own_malloc_variables_win(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     monkeypatch.setenv(allocator.DISABLE_VARIABLE, "off")
     assert allocator.tune_for_training() is False
+
+
+@pytest.mark.skipif(not allocator._glibc(), reason="glibc malloc only")
+def test_tuning_finds_malloc_without_starting_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ctypes.util.find_library`` runs ``ldconfig -p``: a subprocess in every training step."""
+    started: list[object] = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        started.append(args)
+        raise OSError("no process may start here")
+
+    monkeypatch.delenv(allocator.DISABLE_VARIABLE, raising=False)
+    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
+    monkeypatch.setattr(os, "popen", refuse)
+    assert allocator.tune_for_training() is True
+    assert started == []

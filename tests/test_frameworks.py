@@ -396,6 +396,51 @@ def test_torch_process_never_imports_tensorflow() -> None:
     assert out.strip() == "True True []"
 
 
+def torch_dropout_net(input_shape: tuple[int, int, int], num_classes: int) -> Any:
+    """A model whose training draws from the seeded generator (dropout)."""
+    import torch
+
+    size = input_shape[0] * input_shape[1] * input_shape[2]
+    return torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(size, 16), torch.nn.Dropout(0.5), torch.nn.Linear(16, num_classes)
+    )
+
+
+def test_torch_on_the_cpu_seeds_as_manual_seed_does_without_queueing_accelerator_seeds(
+    torch_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``torch.manual_seed`` queues a seed for CUDA, XPU and MTIA with a captured Python stack (~3 ms
+    of a step's start); on the CPU the backend seeds the CPU generator alone, with the same weights."""
+    import torch
+
+    from argofl.steps.frameworks import torch_backend as module
+
+    backend = torch_backend
+    factories = types.ModuleType("argofl_test_factories")
+    factories.dropout_net = torch_dropout_net  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "argofl_test_factories", factories)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(64, 6, 6, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, size=64).astype(np.int64)
+
+    def trained(seed: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        net = build(backend, "argofl_test_factories:dropout_net", seed=seed, input_shape=(6, 6, 1))
+        metrics = backend.train(net, x, y, **HPARAMS, seed=seed)
+        return backend.get_weights(net), metrics
+
+    accelerators = (getattr(torch, name, None) for name in ("cuda", "xpu", "mtia"))
+    queues = [q for m in accelerators if isinstance(q := getattr(m, "_queued_calls", None), list)]
+    queued = [len(q) for q in queues]
+    ours = trained(4)
+    assert queues
+    assert [len(q) for q in queues] == queued
+    monkeypatch.setattr(module, "_seed", lambda seed, device: torch.manual_seed(seed))
+    public = trained(4)
+    assert_same(ours[0], public[0])
+    assert ours[1] == public[1]
+    assert differs(ours[0], trained(5)[0])  # the seed matters (initial weights and dropout)
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_momentum_sgd_matches_torch_optim_sgd_bit_for_bit(torch_backend: Backend, momentum: float) -> None:
     """The clients' SGD (no torch.optim, so no TorchDynamo import) is torch.optim.SGD, exactly."""

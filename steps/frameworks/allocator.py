@@ -14,7 +14,6 @@ the next batch instead of going back to the kernel. Numerics are unchanged.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from argofl.steps.switches import is_off
@@ -47,7 +46,7 @@ def tune_for_training() -> bool:
         return False
     if not _glibc():
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the loaded C library: find_library would run ldconfig
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     return libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and ok
 
