@@ -8,6 +8,7 @@ fedavg (steps, parallelism 1)
 │       ├── distribute                    prints the JSON list of client groups
 │       ├── train(i:clients)              withParam over distribute's result, continueOn failed, retried
 │       ├── combine(i:pods)               with cluster.aggregate_fanin: withParam over its batches of pods
+│       ├── combine-2 … combine-L(i:…)    with cluster.aggregate_levels: L, over the level below's batches
 │       ├── aggregate                     FedAvg of the valid updates (needs min-clients)
 │       └── evaluate                      test metrics → output parameters, MLflow
 └── finalize                              summary.json, final model to MLflow
@@ -39,6 +40,7 @@ from argofl.pipelines.workflow_parts import (
     workflow_settings,
     wp,
 )
+from argofl.steps.combine_plan import output_name
 from argofl.steps.settings import PARAM_NAMES
 from argofl.steps.step_evaluate import FEDERATED_OUTPUTS
 
@@ -118,6 +120,7 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
         )
         groups = cfg.placement
         fanin = c.aggregate_fanin
+        levels = c.aggregate_levels if fanin else 0
         distribute = step_container(
             cfg,
             "distribute",
@@ -126,9 +129,13 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
             + ("; the combine tasks' batches of pods)" if fanin else ")"),
             round_arg
             + (["--placement", placement_arg(groups)] if groups else [])
-            + (["--fanin", str(fanin)] if fanin else []),
+            + (["--fanin", str(fanin)] if fanin else [])
+            + (["--levels", str(levels)] if levels > 1 else []),
             inputs=round_in,
-            outputs=(*(f"clients-{g.name}" for g in groups), *(("combines",) if fanin else ())),
+            outputs=(
+                *(f"clients-{g.name}" for g in groups),
+                *(output_name(k) for k in range(1, levels + 1)),
+            ),
         )
         train_args = [*round_arg, "--clients", "{{inputs.parameters.clients}}"]
         train_inputs = [*round_in, Parameter(name="clients")]
@@ -177,7 +184,10 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
             step_container(
                 cfg,
                 "combine",
-                f"Sum ≤ {fanin} pods' updates or partial sums into one (a tree of aggregate tasks)",
+                f"Sum ≤ {fanin} pods' updates or partial sums into one (a tree of aggregate tasks)"
+                if levels == 1
+                else f"Sum ≤ {fanin} pods' updates or partial sums, or ≤ {fanin} combined partials of the "
+                "level below, into one (a tree of aggregate tasks)",
                 [*round_arg, "--pods", "{{inputs.parameters.pods}}"],
                 inputs=[*round_in, Parameter(name="pods")],
             )
@@ -224,16 +234,19 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
             trained = " && ".join(
                 f"({t}.{ended.format(t=t)})" if groups else f"{t}.{ended.format(t=t)}" for t in trains
             )
-            if combine is not None:  # one combine task per batch of ≤ fan-in pods, then the aggregate
+            # one combine task per batch of ≤ fan-in pods (level 1) or of the level below's partials, every
+            # level after the one below has ended, then the aggregate
+            for level in range(1, levels + 1):
+                task = "combine" if level == 1 else f"combine-{level}"
                 Task(
-                    name="combine",
+                    name=task,
                     template=combine,
                     arguments={**r, "pods": "{{item}}"},
-                    with_param="{{tasks.distribute.outputs.parameters.combines}}",
+                    with_param=f"{{{{tasks.distribute.outputs.parameters.{output_name(level)}}}}}",
                     continue_on=ContinueOn(failed=True, error=True),
                     depends=trained,
                 )
-                trained = "combine.Succeeded || combine.Failed || combine.Errored"
+                trained = f"{task}.Succeeded || {task}.Failed || {task}.Errored"
             t_aggregate = Task(name="aggregate", template=aggregate, arguments=r, depends=trained)
             t_evaluate = Task(name="evaluate", template=evaluate, arguments=r, depends="aggregate")
             del t_distribute, t_aggregate, t_evaluate

@@ -71,6 +71,7 @@ class ClusterOptions:
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     rounds_per_workflow: int = 0  # > 0: each block of this many rounds is a child Workflow (blocks.py)
     aggregate_fanin: int = 0  # > 0: combine tasks each sum ≤ this many pods' outputs (steps/step_combine.py)
+    aggregate_levels: int = 1  # levels of combine tasks with aggregate_fanin (steps/combine_plan.py)
 
     def __post_init__(self) -> None:
         for name in ("gpus", "retries", "rounds_per_workflow"):
@@ -81,6 +82,13 @@ class ClusterOptions:
                 "cluster.aggregate_fanin: expected 0 (flat aggregation) or at least 2, got "
                 f"{self.aggregate_fanin!r}"
             )
+        if self.aggregate_levels < 1:
+            raise ConfigError(
+                "cluster.aggregate_levels: expected at least 1 level of combine tasks, got "
+                f"{self.aggregate_levels!r}"
+            )
+        if self.aggregate_levels > 1 and not self.aggregate_fanin:
+            raise _levels_without_fanin(self.aggregate_levels)
         for name in ("parallelism", "step_timeout"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"cluster.{name}: must be ≥ 1, got {getattr(self, name)!r}")
@@ -108,7 +116,17 @@ class ClusterOptions:
     def from_mapping(cls, values: Mapping[str, Any], *, where: str) -> ClusterOptions:
         """Build options from a config's ``cluster:`` section; a number is accepted for cpu and memory."""
         values = {k: _number_as_str(v) if k in ("cpu", "memory") else v for k, v in values.items()}
-        return dataclass_from_mapping(cls, values, where=where, error=ConfigError, prefix="cluster.")
+        options = dataclass_from_mapping(cls, values, where=where, error=ConfigError, prefix="cluster.")
+        if "aggregate_levels" in values and not options.aggregate_fanin:
+            raise _levels_without_fanin(options.aggregate_levels)
+        return options
+
+
+def _levels_without_fanin(levels: int) -> ConfigError:
+    return ConfigError(
+        f"cluster.aggregate_levels: {levels!r} needs cluster.aggregate_fanin ≥ 2 (the combine tasks' "
+        "fan-in); set aggregate_fanin or remove aggregate_levels"
+    )
 
 
 def _number_as_str(value: Any) -> Any:

@@ -203,22 +203,37 @@ def init_cmd(
     show_default=True,
     help="Combine tasks' fan-in (cluster.aggregate_fanin): output combines lists their batches of pods.",
 )
+@click.option(
+    "--levels",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Levels of combine tasks (cluster.aggregate_levels): outputs combines-2 … list the deeper batches.",
+)
 @_outputs_option
 def distribute_cmd(
-    run_key: str, round_: int, placement: str | None, fanin: int, outputs: tuple[tuple[str, str], ...]
+    run_key: str,
+    round_: int,
+    placement: str | None,
+    fanin: int,
+    levels: int,
+    outputs: tuple[tuple[str, str], ...],
 ) -> None:
     """Sample the round's clients; print the JSON list of client groups."""
-    from argofl.steps import step_distribute
+    from argofl.steps import combine_plan, step_distribute
 
     def body() -> list[str]:
         groups = step_distribute.parse_placement(placement) if placement is not None else None
-        plan = step_distribute.plan_round(run_key=run_key, round=round_, placement=groups, fanin=fanin)
+        plan = step_distribute.plan_round(
+            run_key=run_key, round=round_, placement=groups, fanin=fanin, levels=levels
+        )
         pods = plan.get("pods", {})
+        batches = [combine_plan.output_name(k) for k in range(1, combine_plan.level_count(plan) + 1)]
         _write_outputs(
             outputs,
             {
                 **{f"clients-{name}": json.dumps(labels) for name, labels in pods.items()},
-                **({"combines": json.dumps(plan["combines"])} if "combines" in plan else {}),
+                **{name: json.dumps(plan[name]) for name in batches},
             },
         )
         labels: list[str] = plan["groups"]
@@ -262,11 +277,13 @@ def train_cmd(
 @click.option(
     "--pods",
     required=True,
-    help="The batch of pods to combine: 'round 3 / pods 0-7' (the loop label) or '0-7'.",
+    help="The batch to combine (the loop label): 'round 3 / pods 0-7' (or '0-7') at level 1, "
+    "'round 3 / level 2 / batches 0-7' deeper.",
 )
 @_outputs_option
 def combine_cmd(run_key: str, round_: int, pods: str, outputs: tuple[tuple[str, str], ...]) -> None:
-    """Sum a batch of pods' updates or partial sums into one partial sum (a tree of aggregate tasks)."""
+    """Sum a batch of pods' updates or partial sums (or deeper, combined partials) into one partial sum
+    (a tree of aggregate tasks)."""
     from argofl.steps import step_combine
 
     _guard(lambda: _write_outputs(outputs, step_combine.run(run_key=run_key, round=round_, pods=pods)))

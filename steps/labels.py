@@ -19,9 +19,11 @@ from argofl.steps.errors import BadInputError
 __all__ = [
     "ROUND_FORMAT",
     "LabelError",
+    "batch_label",
     "client_sequence_format",
     "clients_label",
     "format_ids",
+    "parse_batch",
     "parse_clients",
     "parse_pods",
     "parse_round",
@@ -34,6 +36,7 @@ ROUND_FORMAT = "round %d"
 
 _ROUND = re.compile(r"(?:round )?(\d+)")
 _PODS = re.compile(r"(?:round (\d+) / pods? )?(\d+)(?:-(\d+))?")
+_BATCHES = re.compile(r"(?:round (\d+) / )?level (\d+) / batch(?:es)? (\d+)(?:-(\d+))?")
 _CLIENTS = re.compile(r"(?:round (\d+) / clients? )?(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)")
 MAX_RANGE = 1_000_000
 """The most ids one ``A-B`` range of a label may expand to."""
@@ -137,3 +140,41 @@ def parse_pods(text: str, *, round: int | None = None) -> tuple[int, int]:
     if hi < lo:
         raise LabelError(f"bad pods {text!r}: the range must run upwards")
     return lo, hi
+
+
+def batch_label(round: int, level: int, first: int, last: int) -> str:
+    """A combine task's batch at tree level ``level``: the pods ``first..last`` at level 1
+    (:func:`pods_label`), else ``round 3 / level 2 / batches 0-7``, level ``level - 1``'s batches."""
+    if level == 1:
+        return pods_label(round, first, last)
+    if level < 1 or not 0 <= first <= last:
+        raise LabelError(
+            f"round {round}: a batch label needs level ≥ 1 and 0 ≤ first ≤ last, got {level}, {first}, {last}"
+        )
+    if first == last:
+        return f"{round_label(round)} / level {level} / batch {first}"
+    return f"{round_label(round)} / level {level} / batches {first}-{last}"
+
+
+def parse_batch(text: str, *, round: int | None = None) -> tuple[int, int, int]:
+    """``"round 3 / level 2 / batches 0-7"`` → ``(2, 0, 7)`` (level, first, last); a pods label (or
+    ``"0-7"``) is level 1: ``"round 3 / pods 0-7"`` → ``(1, 0, 7)``."""
+    found = _BATCHES.fullmatch(text.strip())
+    if found is None:
+        if "level" in text:
+            raise LabelError(
+                f"bad batch {text!r}: expected 'round N / level L / batches A-B' or 'round N / pods A-B'"
+            )
+        return (1, *parse_pods(text, round=round))
+    labelled_round, level, first, last = found.groups()
+    if labelled_round is not None and round is not None and int(labelled_round) != round:
+        raise LabelError(
+            f"batch {text!r} belongs to round {labelled_round}, but this step runs round {round}"
+        )
+    lo, hi = int(first), int(first if last is None else last)
+    if int(level) < 2 or hi < lo:
+        raise LabelError(
+            f"bad batch {text!r}: the level must be at least 2 (level 1 is 'pods A-B') and the range "
+            "must run upwards"
+        )
+    return int(level), lo, hi

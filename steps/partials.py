@@ -21,11 +21,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
-from argofl.steps import labels
 from argofl.steps.checkpoint import (
     FLOAT_DTYPES,
     CheckpointCorrupt,
@@ -42,7 +40,6 @@ from argofl.steps.store import Store, join_key
 from argofl.steps.strategies import STRATEGIES, ClientUpdate
 
 __all__ = [
-    "combine_groups",
     "combined_key",
     "partial_key",
     "partial_specs",
@@ -64,21 +61,12 @@ def partial_key(layout: RunLayout, round: int, first_client: str) -> str:
     return join_key(layout.round_prefix(round), "partials", f"group-{first_client}")
 
 
-def combined_key(layout: RunLayout, round: int, first_client: str) -> str:
-    """The key of a combine task's partial sum (the sum of a batch of pods' outputs, see
-    :mod:`~argofl.steps.step_combine`) whose first client is ``first_client``."""
-    return join_key(layout.round_prefix(round), "partials", f"combined-{first_client}")
-
-
-def combine_groups(plan: Mapping[str, Any], round: int) -> list[list[str]]:
-    """The clients of each combine batch of a round planned with a fan-in (``plan.combines``: labels of
-    ranges of ``plan.groups``), in order: the groups the aggregate step reads combined partials of."""
-    groups = [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
-    out = []
-    for label in plan["combines"]:
-        first, last = labels.parse_pods(str(label), round=round)
-        out.append([c for group in groups[first : last + 1] for c in group])
-    return out
+def combined_key(layout: RunLayout, round: int, first_client: str, level: int = 1) -> str:
+    """The key of a combine task's partial sum at tree ``level`` (the sum of a batch of the level
+    below's outputs, see :mod:`~argofl.steps.step_combine`) whose first client is ``first_client``:
+    ``combined-<first client>`` at level 1, ``combined-l<level>-<first client>`` deeper."""
+    name = f"combined-{first_client}" if level == 1 else f"combined-l{level}-{first_client}"
+    return join_key(layout.round_prefix(round), "partials", name)
 
 
 def partial_specs(like: Mapping[str, TensorSpec]) -> dict[str, TensorSpec]:

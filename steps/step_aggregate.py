@@ -22,7 +22,7 @@ from typing import cast
 
 import numpy as np
 
-from argofl.steps import labels, partials, round_report, update_checks
+from argofl.steps import combine_plan, labels, partials, round_report, update_checks
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -68,10 +68,10 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
     try:
         plan = json.loads(store.get_bytes(layout.plan_key(round)))
         clients = sorted((str(c) for c in plan["clients"]), key=int)
-        combined = "combines" in plan  # a tree of aggregate tasks: read the combine tasks' partials
+        levels = combine_plan.level_count(plan)  # a tree of aggregate tasks: read its last level's partials
         groups = (
-            partials.combine_groups(plan, round)
-            if combined
+            combine_plan.level_groups(plan, round, levels)
+            if levels
             else [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
             if partials.pre_aggregates(record.settings)
             else []
@@ -82,7 +82,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         ) from None
     scratch = tempfile.TemporaryDirectory(prefix="argofl-updates-")
     try:
-        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name), combined=combined)
+        _aggregate(store, layout, record, round, clients, groups, Path(scratch.name), levels=levels)
     finally:
         scratch.cleanup()
     return dict(load_manifest(store, global_key).metrics)
@@ -97,11 +97,11 @@ def _aggregate(
     groups: list[list[str]],
     scratch: Path,
     *,
-    combined: bool = False,
+    levels: int = 0,
 ) -> None:
     """Fold the round's valid updates (or, with a linear strategy and groups of clients per pod, the
-    groups' partial sums; with ``combined``, the combine tasks') and commit the new global checkpoint
-    (and server state)."""
+    groups' partial sums; with ``levels`` of combine tasks, the last level's) and commit the new global
+    checkpoint (and server state)."""
     s = record.settings
     global_key = layout.global_key(round)
     # the previous global is verified in one streaming pass and read only by strategies that use it
@@ -154,7 +154,7 @@ def _aggregate(
         by_first = {group[0]: group for group in groups if group}
 
         def load(first: str) -> _Loaded:
-            key = (partials.combined_key if combined else partials.partial_key)(layout, round, first)
+            key = _partial_key(layout, round, first, levels)
             partials.read_partial_manifest(store, key, previous_manifest)
             manifest, arrays = open_streamed(store, key, like=like64, scratch=scratch)
             return _Loaded(manifest, arrays, arrays.close)
@@ -220,7 +220,8 @@ def _aggregate(
             "clients": ",".join(u.client for u in accepted),
             "rejected": json.dumps(rejected, sort_keys=True),
             **({"partials": ",".join(g[0] for g in groups if g)} if hierarchical else {}),
-            **({"combined": "true"} if combined else {}),
+            **({"combined": "true"} if levels else {}),
+            **({"combine_levels": str(levels)} if levels > 1 else {}),
         },
     )
     log.info("round %d: aggregated %d updates (%d rejected) → %s", round, len(accepted), len(rejected), uri)
@@ -251,13 +252,23 @@ def _client_rows(
             rows.append((client, client_manifest.examples, client_manifest.metrics))
         return rows
     replies: dict[str, ClientUpdate] = {}
+    levels = int(manifest.extra.get("combine_levels", "1")) if manifest.extra.get("combined") == "true" else 0
     for first in filter(None, manifest.extra["partials"].split(",")):
-        combined = manifest.extra.get("combined") == "true"
-        key = (partials.combined_key if combined else partials.partial_key)(layout, round, first)
+        key = _partial_key(layout, round, first, levels)
         if checkpoint_exists(store, key):
             summed, _ = partials.replies_of(load_manifest(store, key), store.key_uri(key))
             replies.update((r.client, r) for r in summed)
     return [(c, replies[c].examples, replies[c].metrics) for c in clients]
+
+
+def _partial_key(layout: RunLayout, round: int, first: str, levels: int) -> str:
+    """The partial the aggregate reads for the group whose first client is ``first``: a pod's (no
+    combine tasks), else the last of ``levels`` combine levels'."""
+    return (
+        partials.combined_key(layout, round, first, levels)
+        if levels
+        else partials.partial_key(layout, round, first)
+    )
 
 
 def _load_state(

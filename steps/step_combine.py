@@ -1,4 +1,4 @@
-"""``combine``: one level of a tree of aggregate tasks (``cluster.aggregate_fanin``, linear strategies).
+"""``combine``: one task of a tree of aggregate tasks (``cluster.aggregate_fanin``, linear strategies).
 
 With very many train pods the aggregator would read one object per pod. With a fan-in ``F`` the round's
 distribute step also cuts its pods (``plan.groups``) into batches of at most ``F`` consecutive pods,
@@ -7,9 +7,12 @@ outputs — each pod's partial sum (``clients_per_pod > 1``) or its client's upd
 checks them exactly as the aggregator does, and writes one float64 partial sum at
 ``round-NNNN/partials/combined-<first client>`` (:func:`~argofl.steps.partials.save_partial`): the sum,
 the clients it holds with their examples and metrics, and every refused client with its reason (a pod's
-own refusals and the combine's). The aggregate step then reads ``⌈pods / F⌉`` combined partials, checked
-as a group's partial, so per-client metrics, ``min_clients``, rejection reasons and the example-count
-checks work as before.
+own refusals and the combine's). With ``cluster.aggregate_levels: L`` each level ``k`` of ``2..L`` does
+the same over batches of at most ``F`` of level ``k - 1``'s partials (``round 3 / level 2 / batches
+0-31``, :mod:`~argofl.steps.combine_plan`), checked as a group's partial, and writes
+``combined-l<k>-<first client>``. The aggregate step then reads the last level's partials, checked the
+same way, so per-client metrics, ``min_clients``, rejection reasons and the example-count checks work as
+before.
 
 Only the float64 summation order differs from flat aggregation (see :mod:`~argofl.steps.partials` for
 the bound: a float32 weight of the global differs by at most one ulp). A combine task that finds its
@@ -24,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from argofl.steps import labels, partials, update_checks
+from argofl.steps import combine_plan, labels, partials, update_checks
 from argofl.steps.checkpoint import (
     CheckpointError,
     CheckpointManifest,
@@ -38,7 +41,7 @@ from argofl.steps.settings import Settings
 from argofl.steps.store import Store
 from argofl.steps.strategies import STRATEGIES, AggregationError, ClientUpdate, WeightedAverage
 
-__all__ = ["combine_batches", "refuse_nonlinear", "run"]
+__all__ = ["refuse_nonlinear", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +56,37 @@ def refuse_nonlinear(settings: Settings, fanin: int, where: str) -> None:
         )
 
 
-def combine_batches(round: int, pods: int, fanin: int) -> list[str]:
-    """Labels of the combine tasks' batches: ``pods`` pods cut into runs of at most ``fanin``."""
-    return [labels.pods_label(round, i, min(i + fanin, pods) - 1) for i in range(0, pods, fanin)]
-
-
 def run(*, run_key: str, round: int, pods: str) -> dict[str, float]:
-    """Sum the outputs of the round's pods ``pods`` (a batch label) into one partial; returns its
-    ``clients`` (summed) and ``rejected`` counts."""
+    """Sum the outputs of the batch ``pods`` (a batch label: pods at level 1, the level below's batches
+    deeper) into one partial; returns its ``clients`` (summed) and ``rejected`` counts."""
     store, layout, record = open_run(run_key)
     s = record.settings
     refuse_nonlinear(s, 1, f"combine round {round}")
+    level, first, last = labels.parse_batch(pods, round=round)
     plan_key = layout.plan_key(round)
     try:
         plan = json.loads(store.get_bytes(plan_key))
-        groups = [labels.parse_clients(str(g), round=round) for g in plan["groups"]]
+        planned = combine_plan.level_count(plan)
+        below = combine_plan.level_groups(plan, round, min(level, planned) - 1)
     except Exception as exc:
         raise RunError(f"round {round} has no readable plan at {store.key_uri(plan_key)}: {exc}") from None
-    first, last = labels.parse_pods(pods, round=round)
-    if last >= len(groups):
+    if level > planned:
         raise RunError(
-            f"combine {pods!r}: round {round} has {len(groups)} pods (0-{len(groups) - 1}); nothing written"
+            f"combine {pods!r}: round {round} is planned with {planned} levels of combine tasks, not "
+            f"{level}; nothing written"
         )
-    batch = groups[first : last + 1]
-    key = partials.combined_key(layout, round, batch[0][0])
+    if last >= len(below):
+        what = "pods" if level == 1 else f"level-{level - 1} batches"
+        raise RunError(
+            f"combine {pods!r}: round {round} has {len(below)} {what} (0-{len(below) - 1}); nothing written"
+        )
+    batch = below[first : last + 1]
+    key = partials.combined_key(layout, round, batch[0][0], level)
     if checkpoint_exists(store, key):
-        log.info("pods %s: round %d combined partial already committed; leaving it", pods, round)
+        log.info("batch %s: round %d combined partial already committed; leaving it", pods, round)
         manifest = load_manifest(store, key)
     else:
-        manifest = load_manifest(store, _combine(store, layout, s, record, round, batch, key))
+        manifest = load_manifest(store, _combine(store, layout, s, record, round, batch, key, level))
     replies, rejected = partials.replies_of(manifest, store.key_uri(key))
     return {"clients": float(len(replies)), "rejected": float(len(rejected))}
 
@@ -94,8 +99,10 @@ def _combine(
     round: int,
     batch: list[list[str]],
     key: str,
+    level: int,
 ) -> str:
-    """Fold the batch's valid pod outputs and commit the combined partial at ``key``; returns ``key``."""
+    """Fold the batch's valid outputs of the level below (pods' at level 1) and commit the combined
+    partial at ``key``; returns ``key``."""
     previous = load_manifest(store, layout.global_key(round - 1))
     like = previous.tensors
     dtypes = {name: np.dtype(spec.dtype) for name, spec in like.items()}
@@ -104,8 +111,12 @@ def _combine(
     replies: list[ClientUpdate] = []
     rejected: dict[str, str] = {}
     for group in batch:
-        if partials.pre_aggregates(s):
-            summed, refusals = _group_partial(store, layout, round, group, previous, limit, total, dtypes)
+        if level > 1:  # a combined partial of the level below, checked as a pod's partial sum
+            below = partials.combined_key(layout, round, group[0], level - 1)
+            summed, refusals = _group_partial(store, below, round, group, previous, limit, total, dtypes)
+        elif partials.pre_aggregates(s):
+            pod = partials.partial_key(layout, round, group[0])
+            summed, refusals = _group_partial(store, pod, round, group, previous, limit, total, dtypes)
         else:
             summed, refusals = _updates(store, layout, round, group, previous, limit, total)
         replies.extend(summed)
@@ -118,10 +129,11 @@ def _combine(
         sums = {name: np.zeros(spec.shape, dtype=np.float64) for name, spec in like.items()}
     uri = partials.save_partial(store, key, sums, round=round, replies=replies, rejected=rejected)
     log.info(
-        "round %d: combined %d updates of %d pods (%d rejected) → %s",
+        "round %d: combined %d updates of %d %s (%d rejected) → %s",
         round,
         len(replies),
         len(batch),
+        "pods" if level == 1 else f"level-{level - 1} batches",
         len(rejected),
         uri,
     )
@@ -130,7 +142,7 @@ def _combine(
 
 def _group_partial(
     store: Store,
-    layout: RunLayout,
+    key: str,
     round: int,
     group: list[str],
     previous: CheckpointManifest,
@@ -138,8 +150,8 @@ def _group_partial(
     total: WeightedAverage,
     dtypes: Mapping[str, np.dtype[np.generic]],
 ) -> tuple[list[ClientUpdate], dict[str, str]]:
-    """A pod's partial sum folded into ``total`` after the aggregator's checks; its clients and refusals."""
-    key = partials.partial_key(layout, round, group[0])
+    """The partial sum at ``key`` (a pod's, or a combine task's of the level below) folded into ``total``
+    after the aggregator's checks; its clients and refusals."""
     summed: list[ClientUpdate] = []
     try:
         partials.read_partial_manifest(store, key, previous)

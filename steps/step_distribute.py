@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from argofl.steps import combine_plan
 from argofl.steps.checkpoint import checkpoint_exists
 from argofl.steps.labels import clients_label
 from argofl.steps.runinfo import RunError, open_run, write_json
 from argofl.steps.settings import Settings
-from argofl.steps.step_combine import combine_batches, refuse_nonlinear
+from argofl.steps.step_combine import refuse_nonlinear
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,26 @@ def run(*, run_key: str, round: int) -> list[str]:
 
 
 def plan_round(
-    *, run_key: str, round: int, placement: Mapping[str, Sequence[int]] | None = None, fanin: int = 0
+    *,
+    run_key: str,
+    round: int,
+    placement: Mapping[str, Sequence[int]] | None = None,
+    fanin: int = 0,
+    levels: int = 1,
 ) -> dict[str, Any]:
     """Sample ``round``'s clients, write ``plan.json`` and return it.
 
     The plan has ``clients`` (sampled), ``groups`` (pod labels), with ``placement`` ``pods`` (each
-    placement group's pod labels) and with a ``fanin`` ``combines``: the combine tasks' batches of at
-    most ``fanin`` pods (:mod:`~argofl.steps.step_combine`).
+    placement group's pod labels) and with a ``fanin`` ``combines``: the level-1 combine tasks' batches
+    of at most ``fanin`` pods (:mod:`~argofl.steps.step_combine`), and ``combines-2`` … ``combines-L``
+    those of each deeper level of ``levels`` (:mod:`~argofl.steps.combine_plan`).
     """
     store, layout, record = open_run(run_key)
     settings = record.settings
     if fanin < 0 or fanin == 1:
         raise RunError(f"--fanin {fanin}: expected 0 (flat aggregation) or at least 2")
+    if levels < 1 or (levels > 1 and not fanin):
+        raise RunError(f"--levels {levels}: expected 1, or more levels of combine tasks with a --fanin ≥ 2")
     refuse_nonlinear(settings, fanin, f"distribute round {round}")
     if not 1 <= round <= settings.rounds:
         raise RunError(f"round must be in 1..{settings.rounds}, got {round}")
@@ -95,7 +104,7 @@ def plan_round(
         plan["groups"] = [label for labels in pods.values() for label in labels]
         plan["pods"] = pods
     if fanin:
-        plan["combines"] = combine_batches(round, len(plan["groups"]), fanin)
+        plan.update(combine_plan.plan_levels(round, len(plan["groups"]), fanin, levels))
     write_json(store, layout.plan_key(round), plan)
     log.info(
         "round %d: sampled %d of %d clients in %d pods",

@@ -18,6 +18,7 @@ from argofl.pipelines.cli import cli
 from argofl.pipelines.config import load_config
 from argofl.pipelines.experiment import ConfigError
 from argofl.steps import (
+    combine_plan,
     labels,
     partials,
     round_report,
@@ -60,7 +61,7 @@ def _round(run_key: str, round: int, fanin: int, **settings: object) -> dict[str
 
 
 def test_pods_labels_are_index_ranges_that_parse_back() -> None:
-    assert step_combine.combine_batches(3, 7, 3) == [
+    assert combine_plan.combine_batches(3, 7, 3) == [
         "round 3 / pods 0-2",
         "round 3 / pods 3-5",
         "round 3 / pod 6",
@@ -76,7 +77,7 @@ def test_pods_labels_are_index_ranges_that_parse_back() -> None:
 
 @pytest.mark.parametrize(("pods", "fanin"), [(1, 2), (7, 3), (9, 3), (1000, 32), (1024, 32)])
 def test_combine_batches_cover_every_pod_once_with_short_labels(pods: int, fanin: int) -> None:
-    batches = step_combine.combine_batches(5, pods, fanin)
+    batches = combine_plan.combine_batches(5, pods, fanin)
     ranges = [labels.parse_pods(b, round=5) for b in batches]
     covered = [pod for first, last in ranges for pod in range(first, last + 1)]
     assert covered == list(range(pods))  # each pod exactly once, in plan order
