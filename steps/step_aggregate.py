@@ -163,7 +163,9 @@ def _aggregate(
             group = by_first[first]
             replies: list[ClientUpdate] = []
             if isinstance(loaded, CheckpointError):
-                refusals = update_checks.group_refused(group, loaded)
+                refusals = update_checks.group_refused(
+                    group, loaded, "combine task" if levels else "train pod"
+                )
             else:
                 try:
                     replies, refusals = update_checks.partial_problem(

@@ -113,7 +113,9 @@ def _combine(
     for group in batch:
         if level > 1:  # a combined partial of the level below, checked as a pod's partial sum
             below = partials.combined_key(layout, round, group[0], level - 1)
-            summed, refusals = _group_partial(store, below, round, group, previous, limit, total, dtypes)
+            summed, refusals = _group_partial(
+                store, below, round, group, previous, limit, total, dtypes, writer="combine task"
+            )
         elif partials.pre_aggregates(s):
             pod = partials.partial_key(layout, round, group[0])
             summed, refusals = _group_partial(store, pod, round, group, previous, limit, total, dtypes)
@@ -149,15 +151,16 @@ def _group_partial(
     limit: update_checks.ExampleLimit,
     total: WeightedAverage,
     dtypes: Mapping[str, np.dtype[np.generic]],
+    writer: str = "train pod",
 ) -> tuple[list[ClientUpdate], dict[str, str]]:
-    """The partial sum at ``key`` (a pod's, or a combine task's of the level below) folded into ``total``
-    after the aggregator's checks; its clients and refusals."""
+    """The partial sum at ``key`` (written by a ``writer``: a pod, or a combine task of the level below)
+    folded into ``total`` after the aggregator's checks; its clients and refusals."""
     summed: list[ClientUpdate] = []
     try:
         partials.read_partial_manifest(store, key, previous)
         ckpt = load_checkpoint(store, key, like=partials.partial_specs(previous.tensors))
     except CheckpointError as exc:
-        refusals = update_checks.group_refused(group, exc)
+        refusals = update_checks.group_refused(group, exc, writer)
     else:
         summed, refusals = update_checks.partial_problem(ckpt.manifest, group, round, limit, group[0])
         if summed:

@@ -85,10 +85,11 @@ def partial_problem(
     return replies, dict(refused)
 
 
-def group_refused(group: list[str], error: CheckpointError) -> dict[str, str]:
-    """Every client of ``group`` refused, because its pod's partial sum could not be read."""
+def group_refused(group: list[str], error: CheckpointError, writer: str = "train pod") -> dict[str, str]:
+    """Every client of ``group`` refused, because the partial sum its ``writer`` (its pod, or a combine
+    task) writes could not be read."""
     if isinstance(error, CheckpointNotFound):
-        return dict.fromkeys(group, "no update (its train pod failed or did not run)")
+        return dict.fromkeys(group, f"no update (its {writer} failed or did not run)")
     return dict.fromkeys(group, f"the partial sum of its group is refused: {error}")
 
 

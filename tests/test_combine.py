@@ -5,6 +5,7 @@ checkpoint to within one float32 ulp (steps/partials.py), with per-client rows, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = {"experiment": "tree", "data_limit": 450, "clients": 9, "min_clients": 2}
 
 
-def _train(run_key: str, round: int, fanin: int, **settings: object) -> dict[str, Any]:
+def _train(run_key: str, round: int, fanin: int, levels: int = 1, **settings: object) -> dict[str, Any]:
     if round == 1:
         step_init.run(
             Settings.from_mapping({**BASE, "rounds": 2, **settings}),
@@ -47,16 +48,28 @@ def _train(run_key: str, round: int, fanin: int, **settings: object) -> dict[str
             workflow_name="w",
             workflow_uid="u",
         )
-    plan = step_distribute.plan_round(run_key=run_key, round=round, fanin=fanin)
+    plan = step_distribute.plan_round(
+        run_key=run_key, round=round, fanin=fanin, levels=levels if fanin else 1
+    )
     for group in plan["groups"]:
         step_train.run(run_key=run_key, round=round, clients=group)
     return plan
 
 
-def _round(run_key: str, round: int, fanin: int, **settings: object) -> dict[str, float]:
-    plan = _train(run_key, round, fanin, **settings)
-    for batch in plan.get("combines", []):
-        step_combine.run(run_key=run_key, round=round, pods=batch)
+def _combine_levels(
+    run_key: str, round: int, plan: dict[str, Any], skip: frozenset[str] = frozenset()
+) -> None:
+    """Run every combine task of ``plan``, level by level as the round's DAG does, but those in ``skip``
+    (a failed task)."""
+    for level in range(1, combine_plan.level_count(plan) + 1):
+        for batch in plan[combine_plan.output_name(level)]:
+            if batch not in skip:
+                step_combine.run(run_key=run_key, round=round, pods=batch)
+
+
+def _round(run_key: str, round: int, fanin: int, levels: int = 1, **settings: object) -> dict[str, float]:
+    plan = _train(run_key, round, fanin, levels, **settings)
+    _combine_levels(run_key, round, plan)
     return step_aggregate.run(run_key=run_key, round=round)
 
 
@@ -306,3 +319,238 @@ def test_a_local_run_with_a_fanin_gives_the_flat_runs_checkpoint(tmp_path: Path,
         np.testing.assert_array_max_ulp(got[name], array, maxulp=1)
     combined = sorted(p.name for p in (tmp_path / "tree" / "store").rglob("combined-*.safetensors"))
     assert combined == ["combined-0.safetensors", "combined-3.safetensors", "combined-6.safetensors"]
+
+
+# deeper trees: cluster.aggregate_levels
+
+
+def test_batch_labels_of_deeper_levels_parse_back() -> None:
+    assert labels.batch_label(3, 1, 0, 7) == "round 3 / pods 0-7"
+    assert labels.batch_label(3, 2, 4, 4) == "round 3 / level 2 / batch 4"
+    assert labels.parse_batch("round 3 / level 2 / batches 0-31", round=3) == (2, 0, 31)
+    assert labels.parse_batch("round 3 / level 4 / batch 6") == (4, 6, 6)
+    assert labels.parse_batch("round 3 / pods 0-7", round=3) == (1, 0, 7)
+    assert labels.parse_batch("5") == (1, 5, 5)
+    with pytest.raises(labels.LabelError, match="belongs to round 3, but this step runs round 4"):
+        labels.parse_batch("round 3 / level 2 / batches 0-1", round=4)
+    with pytest.raises(labels.LabelError, match="bad batch 'round 3 / level 1 / batches 0-1'"):
+        labels.parse_batch("round 3 / level 1 / batches 0-1")
+    with pytest.raises(labels.LabelError, match="bad batch 'level 2 / batch x'"):
+        labels.parse_batch("level 2 / batch x")
+
+
+@pytest.mark.parametrize(
+    ("pods", "fanin", "levels"), [(5, 2, 3), (9, 2, 4), (100, 3, 5), (1000, 4, 5), (1025, 32, 3)]
+)
+def test_every_task_of_a_deep_enough_tree_reads_at_most_fanin_objects(
+    pods: int, fanin: int, levels: int
+) -> None:
+    assert pods > fanin**2  # one level would leave the aggregate more than fanin objects
+    assert fanin**levels >= pods
+    plan = {"groups": [labels.clients_label(1, [p]) for p in range(pods)]}
+    plan.update(combine_plan.plan_levels(1, pods, fanin, levels))
+    assert combine_plan.level_count(plan) == levels
+    below = pods
+    for level in range(1, levels + 1):
+        batches = plan[combine_plan.output_name(level)]
+        ranges = [labels.parse_batch(b, round=1) for b in batches]
+        assert {found for found, _, _ in ranges} == {level}
+        covered = [i for _, first, last in ranges for i in range(first, last + 1)]
+        assert covered == list(range(below))  # each output of the level below read exactly once
+        assert all(last - first + 1 <= fanin for _, first, last in ranges)  # ≤ F objects a task
+        assert len(json.dumps(batches)) <= 40 * len(batches)  # Argo parameters stay small
+        below = len(batches)
+    assert below <= fanin  # the aggregate reads the last level's outputs
+    # every client once, in order, in the last level's groups (the aggregate's partials)
+    last = combine_plan.level_groups(plan, 1, levels)
+    assert [c for group in last for c in group] == [str(p) for p in range(pods)]
+
+
+def test_a_level_over_a_single_output_still_runs_one_batch_of_one() -> None:
+    assert combine_plan.plan_levels(2, 3, 4, 3) == {
+        "combines": ["round 2 / pods 0-2"],
+        "combines-2": ["round 2 / level 2 / batch 0"],
+        "combines-3": ["round 2 / level 3 / batch 0"],
+    }
+
+
+@pytest.mark.parametrize("per_pod", [1, 2])
+def test_a_three_level_tree_gives_the_flat_checkpoints(store: FileStore, per_pod: int) -> None:
+    flat, tree = f"levels/flat-{per_pod}", f"levels/tree-{per_pod}"
+    layout = RunLayout(tree)
+    for round in (1, 2):
+        want = _round(flat, round, 0, clients_per_pod=per_pod)
+        got = _round(tree, round, 2, 3, clients_per_pod=per_pod)
+        for key in ("loss", "accuracy", "examples", "clients", "rejected"):
+            assert got[key] == pytest.approx(want[key], rel=1e-12), key
+        assert_within_one_ulp(store, layout.global_key(round), RunLayout(flat).global_key(round))
+        manifest = load_checkpoint(store, layout.global_key(round)).manifest
+        assert (manifest.extra["combined"], manifest.extra["combine_levels"]) == ("true", "3")
+        # 9 pods → 5 → 3 → 2 partials the aggregate reads; 5 pods (two clients each) → 3 → 2 → 1
+        assert len(manifest.extra["partials"].split(",")) == {1: 2, 2: 1}[per_pod]
+        assert round_report.load(store, layout, round) == round_report.load(store, RunLayout(flat), round)
+    # each level wrote its own partials, named so that levels never collide
+    names = {key.rsplit("/", 1)[-1] for key in store.list(layout.round_prefix(2)) if "/partials/" in key}
+    assert {n.split(".")[0] for n in names if n.startswith("combined-l3-")} == (
+        {"combined-l3-0", "combined-l3-8"} if per_pod == 1 else {"combined-l3-0"}
+    )
+    # a retried deeper combine leaves its partial
+    plan = json.loads(store.get_bytes(layout.plan_key(2)))
+    blob, _ = checkpoint_keys(partials.combined_key(layout, 2, plan["clients"][0], 3))
+    before = store.get_bytes(blob)
+    step_combine.run(run_key=tree, round=2, pods=plan["combines-3"][0])
+    assert store.get_bytes(blob) == before
+
+
+def _damage(store: FileStore, run_key: str) -> None:
+    """Client 4's update is missing (its train step failed) and client 7's corrupt (refused)."""
+    layout = RunLayout(run_key)
+    for key in checkpoint_keys(layout.update_key(1, "4")):
+        store.delete(key)
+    blob, _ = checkpoint_keys(layout.update_key(1, "7"))
+    data = bytearray(store.get_bytes(blob))
+    data[-1] ^= 0xFF
+    store.put_bytes(blob, bytes(data))
+
+
+def test_refused_clients_keep_their_reasons_through_three_levels(store: FileStore) -> None:
+    results = []
+    for fanin in (0, 2):
+        run_key = f"levels/damaged-{fanin}"
+        plan = _train(run_key, 1, fanin, 3, clients_per_pod=1)
+        _damage(store, run_key)
+        _combine_levels(run_key, 1, plan)
+        metrics = step_aggregate.run(run_key=run_key, round=1)
+        manifest = load_checkpoint(store, RunLayout(run_key).global_key(1)).manifest
+        report = round_report.load(store, RunLayout(run_key), 1)
+        assert report is not None
+        # the reasons name the run's keys: compare them with the run key left out
+        results.append(
+            json.loads(
+                json.dumps([metrics, manifest.extra["rejected"], dataclasses.asdict(report)]).replace(
+                    run_key, "R"
+                )
+            )
+        )
+    (flat_metrics, flat_rejected, flat_report), (metrics, rejected, report) = results
+    assert sorted(json.loads(rejected)) == ["4", "7"]
+    assert json.loads(rejected)["4"] == "no update (its train step failed or did not run)"
+    assert "sha256 mismatch" in json.loads(rejected)["7"]
+    assert rejected == flat_rejected  # the words of the flat aggregate, carried up three levels
+    assert (
+        (metrics["clients"], metrics["rejected"])
+        == (flat_metrics["clients"], flat_metrics["rejected"])
+        == (7, 2)
+    )
+    assert report == flat_report  # the round's results: client rows and rejection reasons
+
+
+def test_a_failed_combine_task_rejects_its_clients_at_the_next_level(store: FileStore) -> None:
+    run_key = "levels/failed-combine"
+    plan = _train(run_key, 1, 2, 3, clients_per_pod=1)
+    failed = plan["combines"][1]  # pods 2-3: clients 2 and 3
+    _combine_levels(run_key, 1, plan, skip=frozenset([failed]))
+    layout = RunLayout(run_key)
+    summed, refused = partials.replies_of(
+        load_checkpoint(store, partials.combined_key(layout, 1, "0", 2)).manifest, "level 2"
+    )
+    assert [r.client for r in summed] == ["0", "1"]
+    assert refused == dict.fromkeys(["2", "3"], "no update (its combine task failed or did not run)")
+    metrics = step_aggregate.run(run_key=run_key, round=1)
+    assert (metrics["clients"], metrics["rejected"]) == (7, 2)
+    assert json.loads(load_checkpoint(store, layout.global_key(1)).manifest.extra["rejected"]) == refused
+
+
+def test_a_combine_outside_the_planned_tree_is_refused(store: FileStore) -> None:
+    run_key = "levels/outside"
+    _train(run_key, 1, 2, 2, clients_per_pod=1)
+    with pytest.raises(RunError, match=r"planned with 2 levels of combine tasks, not 3; nothing written"):
+        step_combine.run(run_key=run_key, round=1, pods="round 1 / level 3 / batch 0")
+    with pytest.raises(RunError, match=r"round 1 has 5 level-1 batches \(0-4\); nothing written"):
+        step_combine.run(run_key=run_key, round=1, pods="round 1 / level 2 / batches 4-5")
+    with pytest.raises(RunError, match=r"--levels 0: expected 1, or more levels .* with a --fanin ≥ 2"):
+        step_distribute.plan_round(run_key=run_key, round=1, fanin=2, levels=0)
+    with pytest.raises(RunError, match=r"--levels 2: expected 1, or more levels .* with a --fanin ≥ 2"):
+        step_distribute.plan_round(run_key=run_key, round=1, levels=2)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "error"),
+    [
+        ({"aggregate_fanin": 2, "aggregate_levels": 0}, r"aggregate_levels: expected at least 1 .*, got 0$"),
+        ({"aggregate_levels": 3}, r"aggregate_levels: 3 needs cluster\.aggregate_fanin ≥ 2"),
+        ({"aggregate_levels": 1}, r"aggregate_levels: 1 needs cluster\.aggregate_fanin ≥ 2"),
+        ({"aggregate_fanin": 2, "aggregate_levels": "two"}, r"aggregate_levels"),
+    ],
+)
+def test_aggregate_levels_is_checked_when_the_config_is_loaded(
+    tmp_path: Path, cluster: dict[str, object], error: str
+) -> None:
+    for config in ("fedavg-fmnist-torch.yaml", "split-fmnist-torch.yaml"):
+        doc = yaml.safe_load((ROOT / "configs" / config).read_text())
+        doc["cluster"] = {**doc.get("cluster", {}), **cluster}
+        path = tmp_path / config
+        path.write_text(yaml.safe_dump(doc))
+        with pytest.raises(ConfigError, match=rf"cluster\.{error}"):
+            load_config(path)
+
+
+def test_the_round_dag_chains_one_combine_task_per_level(tmp_path: Path) -> None:
+    from argofl.pipelines.build_fedavg import build_workflow
+
+    doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
+    manifests = []
+    for levels in (None, 1, 3):
+        cluster = {"aggregate_fanin": 4, **({"aggregate_levels": levels} if levels else {})}
+        path = tmp_path / str(levels) / "tree.yaml"  # one name: the manifests differ only by the option
+        path.parent.mkdir()
+        path.write_text(yaml.safe_dump({**doc, "cluster": {**doc["cluster"], **cluster}}))
+        manifests.append(build_workflow(load_config(path)).to_dict())
+    assert manifests[1] == manifests[0]  # levels: 1 is the one-level tree of before
+    templates = {t["name"]: t for t in manifests[2]["spec"]["templates"]}
+    tasks = {t["name"]: t for t in templates["round"]["dag"]["tasks"]}
+    for level, name in ((2, "combine-2"), (3, "combine-3")):
+        below = "combine" if level == 2 else "combine-2"
+        assert tasks[name]["template"] == "combine"
+        assert tasks[name]["withParam"] == f"{{{{tasks.distribute.outputs.parameters.combines-{level}}}}}"
+        assert tasks[name]["depends"] == f"{below}.Succeeded || {below}.Failed || {below}.Errored"
+        assert tasks[name]["continueOn"] == {"error": True, "failed": True}
+    assert tasks["aggregate"]["depends"] == "combine-3.Succeeded || combine-3.Failed || combine-3.Errored"
+    assert templates["distribute"]["container"]["args"][4:8] == ["--fanin", "4", "--levels", "3"]
+    outputs = {p["name"] for p in templates["distribute"]["outputs"]["parameters"]}
+    assert outputs == {"combines", "combines-2", "combines-3"}
+
+
+@pytest.mark.slow
+def test_a_local_run_with_three_levels_gives_the_flat_runs_checkpoint(
+    tmp_path: Path, fmnist_dir: Path
+) -> None:
+    doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
+    doc["cluster"].update(aggregate_fanin=2, aggregate_levels=3)
+    tree_config = tmp_path / "tree.yaml"
+    tree_config.write_text(yaml.safe_dump(doc))
+    params = ["rounds=1", "clients=8", "clients-per-pod=1", "min-clients=2", "fraction=1", "data-limit=600"]
+    params.append(f"data-dir={fmnist_dir}")
+
+    def run(config: Path, name: str) -> Path:
+        runs = tmp_path / name
+        args = ["run", str(config), "--runs-dir", str(runs)]
+        for param in params:
+            args += ["-p", param]
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        return runs / "store"
+
+    flat, tree = run(ROOT / "configs" / "fedavg-fmnist-torch.yaml", "flat"), run(tree_config, "tree")
+    from safetensors.numpy import load
+
+    (want,) = flat.rglob("round-0001/global.safetensors")
+    (got,) = tree.rglob("round-0001/global.safetensors")
+    for name, array in load(want.read_bytes()).items():
+        np.testing.assert_array_max_ulp(load(got.read_bytes())[name], array, maxulp=1)
+    combined = sorted(p.name.split(".")[0] for p in tree.rglob("combined-*.safetensors"))
+    # 8 pods → 4 level-1 partials → 2 at level 2 → 1 at level 3, the one object the aggregate read
+    assert combined == [
+        *("combined-0", "combined-2", "combined-4", "combined-6"),
+        *("combined-l2-0", "combined-l2-4", "combined-l3-0"),
+    ]
