@@ -291,33 +291,38 @@ def test_the_round_dag_fans_combine_out_over_distributes_batches(tmp_path: Path)
     assert {p["name"] for p in templates["distribute"]["outputs"]["parameters"]} == {"combines"}
 
 
-@pytest.mark.slow
-def test_a_local_run_with_a_fanin_gives_the_flat_runs_checkpoint(tmp_path: Path, fmnist_dir: Path) -> None:
+def _local_runs(tmp_path: Path, cluster: dict[str, int], params: list[str]) -> tuple[Path, Path]:
+    """The stores of two ``argofl run``s of the example config: flat, and with ``cluster`` options; each
+    run's round-1 global checkpoint is asserted the same to one float32 ulp."""
     doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
-    doc["cluster"]["aggregate_fanin"] = 3
+    doc["cluster"].update(cluster)
     tree_config = tmp_path / "tree.yaml"
     tree_config.write_text(yaml.safe_dump(doc))
-    params = ["rounds=1", "clients=9", "clients-per-pod=1", "min-clients=9", "data-limit=450"]
-    params.append(f"data-dir={fmnist_dir}")
 
-    def run(config: Path, name: str) -> bytes:
+    def run(config: Path, name: str) -> Path:
         runs = tmp_path / name
         args = ["run", str(config), "--runs-dir", str(runs)]
         for param in params:
             args += ["-p", param]
         result = CliRunner().invoke(cli, args)
         assert result.exit_code == 0, result.output
-        (found,) = (runs / "store").rglob("round-0001/global.safetensors")
-        return found.read_bytes()
+        return runs / "store"
 
-    flat = run(ROOT / "configs" / "fedavg-fmnist-torch.yaml", "flat")
-    tree = run(tree_config, "tree")
+    flat, tree = run(ROOT / "configs" / "fedavg-fmnist-torch.yaml", "flat"), run(tree_config, "tree")
     from safetensors.numpy import load
 
-    want, got = load(flat), load(tree)
-    for name, array in want.items():
-        np.testing.assert_array_max_ulp(got[name], array, maxulp=1)
-    combined = sorted(p.name for p in (tmp_path / "tree" / "store").rglob("combined-*.safetensors"))
+    (want,) = flat.rglob("round-0001/global.safetensors")
+    (got,) = tree.rglob("round-0001/global.safetensors")
+    for name, array in load(want.read_bytes()).items():
+        np.testing.assert_array_max_ulp(load(got.read_bytes())[name], array, maxulp=1)
+    return flat, tree
+
+
+@pytest.mark.slow
+def test_a_local_run_with_a_fanin_gives_the_flat_runs_checkpoint(tmp_path: Path, fmnist_dir: Path) -> None:
+    params = ["rounds=1", "clients=9", "clients-per-pod=1", "min-clients=9", "data-limit=450"]
+    _, tree = _local_runs(tmp_path, {"aggregate_fanin": 3}, [*params, f"data-dir={fmnist_dir}"])
+    combined = sorted(p.name for p in tree.rglob("combined-*.safetensors"))
     assert combined == ["combined-0.safetensors", "combined-3.safetensors", "combined-6.safetensors"]
 
 
@@ -525,29 +530,9 @@ def test_the_round_dag_chains_one_combine_task_per_level(tmp_path: Path) -> None
 def test_a_local_run_with_three_levels_gives_the_flat_runs_checkpoint(
     tmp_path: Path, fmnist_dir: Path
 ) -> None:
-    doc = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
-    doc["cluster"].update(aggregate_fanin=2, aggregate_levels=3)
-    tree_config = tmp_path / "tree.yaml"
-    tree_config.write_text(yaml.safe_dump(doc))
     params = ["rounds=1", "clients=8", "clients-per-pod=1", "min-clients=2", "fraction=1", "data-limit=600"]
-    params.append(f"data-dir={fmnist_dir}")
-
-    def run(config: Path, name: str) -> Path:
-        runs = tmp_path / name
-        args = ["run", str(config), "--runs-dir", str(runs)]
-        for param in params:
-            args += ["-p", param]
-        result = CliRunner().invoke(cli, args)
-        assert result.exit_code == 0, result.output
-        return runs / "store"
-
-    flat, tree = run(ROOT / "configs" / "fedavg-fmnist-torch.yaml", "flat"), run(tree_config, "tree")
-    from safetensors.numpy import load
-
-    (want,) = flat.rglob("round-0001/global.safetensors")
-    (got,) = tree.rglob("round-0001/global.safetensors")
-    for name, array in load(want.read_bytes()).items():
-        np.testing.assert_array_max_ulp(load(got.read_bytes())[name], array, maxulp=1)
+    cluster = {"aggregate_fanin": 2, "aggregate_levels": 3}
+    _, tree = _local_runs(tmp_path, cluster, [*params, f"data-dir={fmnist_dir}"])
     combined = sorted(p.name.split(".")[0] for p in tree.rglob("combined-*.safetensors"))
     # 8 pods → 4 level-1 partials → 2 at level 2 → 1 at level 3, the one object the aggregate read
     assert combined == [
