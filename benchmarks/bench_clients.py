@@ -3,12 +3,13 @@ time and its peak RSS.
 
 Runs CONFIG with `argofl run` (local executor, file:// store) twice with the same `-p` values — once as
 configured (flat aggregation unless it sets `cluster.aggregate_fanin`) and once with
-`cluster.aggregate_fanin: --fanin` — and reads each run's status for the round node's and the aggregate
-(and combine) nodes' wall times. The aggregator's peak RSS is measured by running `argofl step aggregate`
-again on the finished round (its global checkpoint and report removed first) as a child process whose
-`ru_maxrss` is its own. Defaults: 1,000 clients in pods of 100, one round, 60 examples a client.
+`cluster.aggregate_fanin: --fanin` and `aggregate_levels: --levels` — and reads each run's status for
+the round node's and the aggregate (and combine) nodes' wall times. The aggregator's peak RSS is
+measured by running `argofl step aggregate` again on the finished round (its global checkpoint and
+report removed first) as a child process whose `ru_maxrss` is its own. Defaults: 1,000 clients in pods
+of 100, one round, 60 examples a client.
 
-    python benchmarks/bench_clients.py [CONFIG] [-p clients=1000 ...] [--fanin 4]
+    python benchmarks/bench_clients.py [CONFIG] [-p clients=1000 ...] [--fanin 4] [--levels 1]
 """
 
 from __future__ import annotations
@@ -108,17 +109,21 @@ def main() -> None:
     parser.add_argument("config", nargs="?", default=str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"))
     parser.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE over the defaults")
     parser.add_argument("--fanin", type=int, default=4, help="cluster.aggregate_fanin of the tree run")
+    parser.add_argument("--levels", type=int, default=1, help="cluster.aggregate_levels of the tree run")
     args = parser.parse_args()
     given = {p.split("=", 1)[0] for p in args.param}
     params = [p for p in DEFAULT_PARAMS if p.split("=", 1)[0] not in given] + args.param
     doc = yaml.safe_load(Path(args.config).read_text())
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="argofl-bench-clients-") as tmp:
-        for name, fanin in (("flat", 0), (f"tree-fanin-{args.fanin}", args.fanin)):
+        tree = {
+            "aggregate_fanin": args.fanin,
+            **({"aggregate_levels": args.levels} if args.levels > 1 else {}),
+        }
+        levels = f"-levels-{args.levels}" if args.levels > 1 else ""
+        for name, cluster in (("flat", {"aggregate_fanin": 0}), (f"tree-fanin-{args.fanin}{levels}", tree)):
             config = Path(tmp) / f"{name}.yaml"
-            config.write_text(
-                yaml.safe_dump({**doc, "cluster": {**doc.get("cluster", {}), "aggregate_fanin": fanin}})
-            )
+            config.write_text(yaml.safe_dump({**doc, "cluster": {**doc.get("cluster", {}), **cluster}}))
             runs = Path(tmp) / name
             results[name] = {**run_once(config, params, runs), **aggregator_peak(runs)}
     print(json.dumps({"params": params, **results}, indent=2))

@@ -4,9 +4,10 @@ Argo names a loop child ``task(index:item)``, so the items themselves carry read
 loop yields ``round 3`` (a ``withSequence`` with :data:`ROUND_FORMAT`) and each round fans out over
 ``round 3 / client 7`` or ``round 3 / clients 6,7`` (one pod training a group). Runs of three or more
 consecutive ids are written as ranges, so a label stays short at any group size:
-``round 1 / clients 500-599``, ``round 2 / clients 0-2,5,8-11``. Steps receive these labels as
-``--round`` / ``--clients`` and parse them here; plain numbers (``3``, ``6,7``, ``0-9``) are accepted
-too, for running a step by hand.
+``round 1 / clients 500-599``, ``round 2 / clients 0-2,5,8-11``. A tree of aggregate tasks fans out over
+index ranges: ``round 3 / pods 0-31`` (level 1) and ``round 3 / level 2 / batches 0-31`` (deeper). Steps
+receive these labels as ``--round`` / ``--clients`` / ``--pods`` and parse them here; plain numbers
+(``3``, ``6,7``, ``0-9``) are accepted too, for running a step by hand.
 """
 
 from __future__ import annotations
