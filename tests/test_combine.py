@@ -405,6 +405,11 @@ def test_a_three_level_tree_gives_the_flat_checkpoints(store: FileStore, per_pod
     before = store.get_bytes(blob)
     step_combine.run(run_key=tree, round=2, pods=plan["combines-3"][0])
     assert store.get_bytes(blob) == before
+    # a retried aggregate of a committed round rebuilds a lost report from the last level's partials
+    written = store.get_bytes(round_report.report_key(layout, 2))
+    store.delete(round_report.report_key(layout, 2))
+    step_aggregate.run(run_key=tree, round=2)
+    assert store.get_bytes(round_report.report_key(layout, 2)) == written
 
 
 def _damage(store: FileStore, run_key: str) -> None:
