@@ -8,8 +8,10 @@ data loading, checkpoint I/O, aggregation, evaluation, scheduling), computed as
 1 - (training seconds / parallelism) / round wall time; the median time of each step's pods, and of
 a train pod beyond the training it reports. In the same run it measures the compute floor
 (the same clients, rounds and hyperparameters trained and evaluated in-process by
-`bench_training.py`, `parallelism` workers) and prints the run's wall time as a multiple of it beside
-`--target`; and the node status (JSON → gzip → base64, as Argo compresses it) per round, projected to
+`bench_training.py`, `parallelism` workers) just before and just after the run, and prints the run's
+wall time as a multiple of their mean beside `--target`, with how far the machine's speed drifted
+between the two (on a shared VM it can move by a quarter within minutes: a ratio is only as good as
+that drift); and the node status (JSON → gzip → base64, as Argo compresses it) per round, projected to
 `--project-clients` single-client pods × `--project-rounds` rounds against Argo's 1 MiB; for a run in
 blocks of rounds (`cluster.rounds_per_workflow`), also each Workflow object (parent, child) on its own.
 
@@ -141,6 +143,23 @@ def compute_floor(config: str, params: list[str], parallelism: int) -> dict[str,
     return figures
 
 
+def floor_line(
+    args: argparse.Namespace, total: float, accuracy: float, floors: list[dict[str, float]]
+) -> tuple[str, str, str]:
+    """The wall-time figure: ``total`` against the mean of the floors measured before and after the run."""
+    before, after = (f["floor_s"] for f in floors)
+    mean = (before + after) / 2
+    drift = abs(after - before) / min(before, after)
+    return (
+        f"{Path(args.config).stem} {' '.join(args.params)} wall time",
+        f"{total:.1f} s = {total / mean:.2f}x its compute floor {mean:.1f} s (mean of {before:.1f} s "
+        f"before and {after:.1f} s after the run: the machine's speed drifted {drift:.0%}"
+        + ("; too much for a trustworthy ratio, measure again" if drift > 0.1 else "")
+        + f"; accuracy {accuracy:.4f} vs {floors[0]['accuracy']:.4f} in-process)",
+        f"<= {args.target}x",
+    )
+
+
 def node_status_figures(
     status: dict[str, Any],
     clients: int,
@@ -238,6 +257,7 @@ def main() -> None:
     args = parser.parse_args()
     startup = startup_times()
     print(json.dumps({"startup": startup}, indent=2), flush=True)
+    floors = [] if args.no_floor else [compute_floor(args.config, args.params, args.parallelism)]
     with tempfile.TemporaryDirectory(prefix="argofl-bench-") as tmp:
         cmd = [
             str(BIN / "argofl"),
@@ -312,7 +332,8 @@ def main() -> None:
         status, args.project_clients, args.project_rounds, children, rounds_per_workflow
     )
     print(json.dumps({"node_status": sizes}, indent=2), flush=True)
-    floor = None if args.no_floor else compute_floor(args.config, args.params, args.parallelism)
+    if floors:
+        floors.append(compute_floor(args.config, args.params, args.parallelism))
     projected = sizes["projected"]
     lines = [
         (
@@ -348,16 +369,8 @@ def main() -> None:
                 "well under 1x (without offloading)",
             )
         )
-    if floor is not None:
-        lines.insert(
-            0,
-            (
-                f"{Path(args.config).stem} {' '.join(args.params)} wall time",
-                f"{total:.1f} s = {total / floor['floor_s']:.2f}x its compute floor {floor['floor_s']:.1f} s "
-                f"(accuracy {summary['final_accuracy']:.4f} vs {floor['accuracy']:.4f} in-process)",
-                f"<= {args.target}x",
-            ),
-        )
+    if floors:
+        lines.insert(0, floor_line(args, total, summary["final_accuracy"], floors))
     print("\nfigure | measured | target")
     for name, value, target in lines:
         print(f"{name} | {value} | {target}")
