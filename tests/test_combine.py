@@ -35,6 +35,7 @@ from argofl.steps.settings import Settings
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import WeightedAverage
 from tests.stores import assert_within_one_ulp, step_store  # noqa: F401  (fixture: store)
+from tests.test_manifests import schema_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"experiment": "tree", "data_limit": 450, "clients": 9, "min_clients": 2}
@@ -529,6 +530,7 @@ def test_the_round_dag_chains_one_combine_task_per_level(tmp_path: Path) -> None
     assert templates["distribute"]["container"]["args"][4:8] == ["--fanin", "4", "--levels", "3"]
     outputs = {p["name"] for p in templates["distribute"]["outputs"]["parameters"]}
     assert outputs == {"combines", "combines-2", "combines-3"}
+    assert schema_errors(manifests[2]) == []  # Argo's own JSON schema accepts the deeper tree
 
 
 @pytest.mark.slow
