@@ -226,6 +226,14 @@ def node_status_figures(
     return figures
 
 
+def trained_seconds(node: dict[str, Any]) -> float | None:
+    """The training time a train pod reports (its ``seconds`` output); None for other nodes."""
+    for p in node.get("outputs", {}).get("parameters", []):
+        if p["name"] == "seconds":
+            return float(p["value"])
+    return None
+
+
 def pod_times(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """Median seconds of each step's pods, and of a train pod beyond the training it reports."""
     by_step: dict[str, list[float]] = {}
@@ -235,9 +243,9 @@ def pod_times(nodes: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         took = _ts(n["finishedAt"]) - _ts(n["startedAt"])
         by_step.setdefault(str(n.get("templateName")), []).append(took)
-        trained = [p["value"] for p in n.get("outputs", {}).get("parameters", []) if p["name"] == "seconds"]
-        if n.get("templateName") == "train" and trained:
-            beyond.append(took - float(trained[0]))
+        trained = trained_seconds(n)
+        if n.get("templateName") == "train" and trained is not None:
+            beyond.append(took - trained)
     return {
         "median_s": {step: round(statistics.median(v), 3) for step, v in sorted(by_step.items())},
         "count": {step: len(v) for step, v in sorted(by_step.items())},
@@ -297,12 +305,7 @@ def main() -> None:
             for n in nodes
             if n.get("boundaryID") == node["id"] and n["type"] == "Pod" and n.get("templateName") == "train"
         ]
-        train_s = sum(
-            float(p["value"])
-            for n in below
-            for p in n.get("outputs", {}).get("parameters", [])
-            if p["name"] == "seconds"
-        )
+        train_s = sum(t for n in below if (t := trained_seconds(n)) is not None)
         rounds.append(
             {
                 "wall_s": round(wall, 1),
