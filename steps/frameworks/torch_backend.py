@@ -105,7 +105,7 @@ def _set_deterministic(mode: bool) -> None:
 def _seed(seed: int, device: torch.device) -> None:
     """``torch.manual_seed(seed)`` for what ``device`` draws from. On the CPU only the CPU generator: the
     public call also queues a seed for each accelerator torch knows (CUDA, XPU, MTIA), each capturing a
-    Python stack with its source lines, ~3 ms of a step's start."""
+    Python stack with its source lines: 1.7–2.4 ms for a forked step's first call."""
     if device.type == "cpu":
         torch.default_generator.manual_seed(seed)
     else:
