@@ -111,6 +111,13 @@ IDLE_PRELOAD = (
     "torch.export._trace",  # which mlflow.pytorch saves the model with (imports TorchDynamo: ~2 s)
     # the installed-packages map MLflow builds to check a logged model's requirements (~0.3 s)
     "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+    # what logging the model imports besides (~0.2 s): the pyfunc loader MLflow checks the logged model
+    # with, GitPython for its source tags, and the parts of torch.export that load lazily
+    "mlflow.pyfunc",
+    "git",
+    "torch._inductor.ir",
+    "torch._inductor.sizevars",
+    "sympy.combinatorics",
 )
 """What only :data:`IDLE_STEPS` need: imported by a second server, forked from the first once it is ready,
 in a thread of idle scheduling priority (it takes only CPU time nothing else wants); it serves those steps
