@@ -158,3 +158,89 @@ def test_default_runs_dir_runs_scripts_and_output_paths_from_another_directory(
     assert nodes["script"]["outputs"]["result"] == "42"
     assert nodes["out"]["outputs"]["parameters"][0]["value"] == "hi"
     assert len(list((user_dir / "runs" / "local").glob("rel-*/status.json"))) == 1
+
+
+ROUNDS: dict[str, Any] = {
+    "apiVersion": "argoproj.io/v1alpha1",
+    "kind": "Workflow",
+    "metadata": {"generateName": "rounds-"},
+    "spec": {
+        "entrypoint": "main",
+        "templates": [
+            {
+                "name": "main",
+                "steps": [
+                    [
+                        {
+                            "name": "round",
+                            "template": "round",
+                            "withItems": ["1", "2"],
+                            "arguments": {"parameters": [{"name": "r", "value": "{{item}}"}]},
+                        }
+                    ]
+                ],
+            },
+            {
+                "name": "round",
+                "inputs": {"parameters": [{"name": "r"}]},
+                "dag": {
+                    "tasks": [
+                        {
+                            "name": "fan",
+                            "template": "say",
+                            "withItems": ["a", "b"],
+                            "arguments": {
+                                "parameters": [{"name": "m", "value": "{{inputs.parameters.r}}-{{item}}"}]
+                            },
+                        },
+                        {
+                            "name": "after",
+                            "depends": "fan",
+                            "template": "say",
+                            "arguments": {
+                                "parameters": [{"name": "m", "value": "after-{{inputs.parameters.r}}"}]
+                            },
+                        },
+                    ]
+                },
+            },
+            {
+                "name": "say",
+                "inputs": {"parameters": [{"name": "m"}]},
+                "retryStrategy": {"limit": 1},
+                "container": {"command": ["echo", "said {{inputs.parameters.m}}"]},
+            },
+        ],
+    },
+}
+
+
+def test_logs_of_a_fan_out_or_a_dag_print_the_pods_under_it(tmp_path: Path) -> None:
+    """`argofl local logs RUN train` (README): the display name of a withItems/withParam task is its task
+    group's, whose logs are those of its items' pods; a DAG's are those of every pod inside it."""
+    path = _write(tmp_path, ROUNDS)
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(runs)])
+    assert result.exit_code == 0, result.output
+    run_dir = next(runs.iterdir())
+
+    fan = CliRunner().invoke(local, ["logs", str(run_dir), "fan"])
+    assert fan.exit_code == 0, fan.output
+    said = [line for line in fan.output.splitlines() if line.startswith("said ")]
+    assert sorted(said) == ["said 1-a", "said 1-b", "said 2-a", "said 2-b"]
+    assert fan.output.count("==> fan(") == 4
+
+    round_one = CliRunner().invoke(local, ["logs", str(run_dir), "round(0:1)"])
+    assert round_one.exit_code == 0, round_one.output
+    said = [line for line in round_one.output.splitlines() if line.startswith("said ")]
+    assert sorted(said) == ["said 1-a", "said 1-b", "said after-1"]
+
+
+def test_logs_of_a_node_without_pods_say_so(tmp_path: Path) -> None:
+    path = _write(tmp_path, HELLO)
+    runs = tmp_path / "runs"
+    assert CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(runs)]).exit_code == 0
+    run_dir = next(runs.iterdir())
+    skipped = CliRunner().invoke(local, ["logs", str(run_dir), "check"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "check: no pod ran under this node" in skipped.output

@@ -14,7 +14,7 @@ import yaml
 from argofl.pipelines.exits import ArgoflGroup
 from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
 from argofl.pipelines.local.containers import parse_image_map
-from argofl.pipelines.local.logs import find_nodes, log_files
+from argofl.pipelines.local.logs import find_nodes, log_files, pods_under
 from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
@@ -190,22 +190,24 @@ def _run_dir(run: str, runs_dir: Path) -> Path:
     help="Where run directories are.",
 )
 def logs_cmd(run: str, node: str | None, runs_dir: Path) -> None:
-    """Print the logs of every pod of RUN, or of NODE (display name or id), attempt by attempt."""
+    """Print the logs of every pod of RUN, or of NODE (display name or id: a pod, or every pod under a
+    retried step, a fan-out such as train, or a DAG such as a round), attempt by attempt."""
     run_dir = _run_dir(run, runs_dir)
     status = json.loads((run_dir / "status.json").read_text())
     nodes = status.get("nodes") or {}
     if node is None:
-        targets = sorted(
-            (n for n in nodes.values() if n.get("type") == "Pod"), key=lambda n: str(n.get("startedAt"))
-        )
+        pods = [i for i, n in nodes.items() if n.get("type") == "Pod"]
     else:
-        targets = list(find_nodes(status, node))
+        targets = find_nodes(status, node)
         if not targets:
             raise click.BadParameter(
                 f"{node!r}: no node with that display name or id in {run_dir.name}", param_hint="NODE"
             )
-    for target in targets:
-        for entry in log_files(run_dir, status, str(target["id"])):
+        pods = [pod for target in targets for pod in pods_under(status, str(target["id"]))]
+        if not pods:
+            click.echo(f"{node}: no pod ran under this node in {run_dir.name}; it has no logs", err=True)
+    for pod in sorted(dict.fromkeys(pods), key=lambda i: str(nodes[i].get("startedAt"))):
+        for entry in log_files(run_dir, status, pod):
             shown = nodes.get(entry.node_id, {}).get("displayName", entry.node_id)
             click.echo(f"==> {shown} ({entry.node_id}) attempt {entry.attempt} <==")
             if entry.log.is_file():

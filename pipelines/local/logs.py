@@ -1,7 +1,8 @@
 """Where a node's logs are: ``<run_dir>/logs/<node-id>/attempt-<n>.log`` (and ``.stdout``).
 
 A pod that is not retried logs under its own id as attempt 0; the attempts of a ``Retry`` node log under
-the retry node's id, attempt ``n`` being the child ``name(n)``.
+the retry node's id, attempt ``n`` being the child ``name(n)``. A node that is not a pod has the logs of
+the pods under it (:func:`pods_under`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogFile", "find_nodes", "log_files"]
+__all__ = ["LogFile", "find_nodes", "log_files", "pods_under"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,38 @@ def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
     if ref in nodes:
         return [nodes[ref]]
     return [n for n in nodes.values() if ref in (n.get("name"), n.get("displayName"))]
+
+
+def _within(nodes: Mapping[str, Mapping[str, Any]], node_id: str, scope: str) -> bool:
+    """Whether ``scope`` (a DAG or Steps node) is on ``node_id``'s chain of boundaries."""
+    seen: set[str] = set()
+    boundary = nodes.get(node_id, {}).get("boundaryID")
+    while boundary and boundary not in seen:
+        if boundary == scope:
+            return True
+        seen.add(boundary)
+        boundary = nodes.get(boundary, {}).get("boundaryID")
+    return False
+
+
+def pods_under(status: Mapping[str, Any], node_id: str) -> list[str]:
+    """The pods of ``node_id``, in start order: itself for a pod; a retry node's attempts; a task or step
+    group's (``withItems``/``withParam``) items' pods; every pod inside a DAG or Steps node.
+
+    A node's ``children`` also lead to the tasks that depend on it, so only groups are followed by
+    ``children``; a DAG's or Steps' pods are those whose boundary chain reaches it, as in Argo.
+    """
+    nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
+    node = nodes.get(node_id)
+    if node is None:
+        return []
+    kind = node.get("type")
+    if kind == "Pod":
+        found = [node_id]
+    elif kind in ("Retry", "TaskGroup", "StepGroup"):
+        found = [pod for child in node.get("children") or [] for pod in pods_under(status, child)]
+    elif kind in ("DAG", "Steps"):
+        found = [i for i, n in nodes.items() if n.get("type") == "Pod" and _within(nodes, i, node_id)]
+    else:
+        found = []
+    return sorted(dict.fromkeys(found), key=lambda i: str(nodes[i].get("startedAt")))
