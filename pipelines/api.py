@@ -141,7 +141,12 @@ def run_local(
     params = given
     if {"store", "mlflow-uri"} <= set(declared):  # an argofl experiment: local store and MLflow
         local = local_parameters(
-            given, root, store=store, mlflow_uri=mlflow_uri, data_dir=declared.get("data-dir", "")
+            given,
+            root,
+            store=store,
+            mlflow_uri=mlflow_uri,
+            data_dir=declared.get("data-dir", ""),
+            data_uri=declared.get("data-uri", ""),
         )
         params = {k: v for k, v in local.items() if k in declared}
     templates = {}

@@ -144,7 +144,12 @@ def run_cmd(
     containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
     # steps run in their own working directories: relative paths are the user's, resolved here
     params = local_parameters(
-        overrides, root, store=store, mlflow_uri=mlflow_uri, data_dir=cfg.settings.data_dir
+        overrides,
+        root,
+        store=store,
+        mlflow_uri=mlflow_uri,
+        data_dir=cfg.settings.data_dir,
+        data_uri=cfg.data.uri,
     )
     if parallelism is None:
         parallelism = local_parallelism(manifest)

@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = [
     "LOCAL_MLFLOW_UI",
     "LOCAL_PARALLELISM",
+    "absolute_data_uri",
     "absolute_store_uri",
     "absolute_tracking_uri",
     "local_parallelism",
@@ -32,6 +33,20 @@ def absolute_store_uri(uri: str) -> str:
     if parsed.scheme == "file" and parsed.netloc == "" and not uri.startswith("file:/"):
         return Path(urllib.parse.unquote(parsed.path)).resolve().as_uri()  # file:relative/path
     return uri
+
+
+def absolute_data_uri(template: str) -> str:
+    """A client-data URI template (``data.uri``) whose local path is absolute: ``shards/{client}/`` becomes
+    ``/home/me/shards/{client}/`` and ``file:shards/{client}`` ``file:///home/me/shards/{client}``, the
+    placeholder and a trailing ``/`` kept (never percent-encoded); other URIs as given."""
+    parsed = urllib.parse.urlparse(template)
+    if parsed.scheme == "" and template:
+        path, prefix = template, ""
+    elif parsed.scheme == "file" and parsed.netloc == "" and not template.startswith("file:/"):
+        path, prefix = parsed.path, "file://"
+    else:
+        return template
+    return prefix + os.path.abspath(path) + ("/" if path.endswith("/") else "")
 
 
 def absolute_tracking_uri(uri: str) -> str:
@@ -54,11 +69,12 @@ def local_parameters(
     store: str | None = None,
     mlflow_uri: str | None = None,
     data_dir: str = "",
+    data_uri: str = "",
 ) -> dict[str, str]:
     """The workflow parameters of a local run under ``root`` (the runs directory, absolute).
 
     ``overrides`` win; the store defaults to ``root/store``, MLflow to ``root/mlflow.db``; ``data_dir``
-    (the config's, unless overridden) is made absolute.
+    and ``data_uri`` (the config's, unless overridden) are made absolute.
     """
     tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
         f"sqlite:///{root / 'mlflow.db'}"
@@ -74,6 +90,9 @@ def local_parameters(
     data_dir = overrides.get("data-dir", data_dir)
     if data_dir:
         params["data-dir"] = os.path.abspath(data_dir)
+    data_uri = overrides.get("data-uri", data_uri)
+    if data_uri:
+        params["data-uri"] = absolute_data_uri(data_uri)
     return params
 
 

@@ -368,3 +368,50 @@ def test_npz_sites_example_loader_reads_a_site_directory(tmp_path, monkeypatch):
     assert loaded[0].shape == (5, 28, 28, 1)
     assert loaded[1].dtype == np.int64
     assert npz_sites("3", "test") is None
+
+
+PER_CLIENT_CONFIG = """\
+experiment: rel-shards
+clients: 2
+min_clients: 2
+rounds: 1
+data_limit: 200
+data:
+  source: per-client
+  uri: {uri}
+"""
+
+
+@pytest.mark.parametrize("uri", ["shards/{client}/", "file:shards/{client}"])
+def test_a_relative_shard_uri_is_the_users_in_argofl_run_and_run_local(tmp_path, monkeypatch, uri):
+    """Steps run in their own working directories: a relative ``data.uri`` (where ``argofl data split
+    shards`` wrote, from the same directory) is made absolute against the user's, ``{client}`` kept, by
+    ``argofl run`` and the Python API alike, as ``data-dir`` is."""
+    from argofl import api
+    from argofl.pipelines import commands
+    from argofl.pipelines import local as local_executor
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(PER_CLIENT_CONFIG.format(uri=uri))
+    seen: list[dict[str, str]] = []
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    record = lambda manifest, params, *args, **kwargs: seen.append(dict(params))  # noqa: E731
+    monkeypatch.setattr(commands, "_run_locally", record)
+    result = CliRunner().invoke(cli, ["run", "cfg.yaml", "--runs-dir", "r"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setattr(local_executor, "run_workflow", record)
+    api.run_local("cfg.yaml", runs_dir="r")
+    api.run_local(api.build("cfg.yaml"), runs_dir="r")  # the declared value, from the manifest
+    for params in seen:
+        template = params["data-uri"]
+        assert "{client}" in template
+        assert shard_uri(template, "1", "train").removeprefix("file://") == str(
+            tmp_path / "shards" / "1" / "train.safetensors"
+        )
+    assert len(seen) == 3
+    given = CliRunner().invoke(cli, ["run", "cfg.yaml", "--runs-dir", "r", "-p", "data-uri=s/{client}/"])
+    assert given.exit_code == 0, given.output
+    assert seen[-1]["data-uri"] == f"{tmp_path}/s/{{client}}/"
+    kept = CliRunner().invoke(cli, ["run", "cfg.yaml", "-p", "data-uri=s3://site-{client}/fmnist/"])
+    assert kept.exit_code == 0, kept.output
+    assert seen[-1]["data-uri"] == "s3://site-{client}/fmnist/"
