@@ -281,9 +281,11 @@ def _from_loader(ref: str, client: str, split: str, *, input_shape: tuple[int, .
 
     where = f"loader {ref}({client!r}, {split!r})"
     try:
-        fn = load_factory(ref)
+        fn = load_factory(ref, what="data loader")
     except FrameworkError as exc:
-        raise ClientDataError(f"client {client}: {where}: {_one_line(exc)}") from None
+        raise ClientDataError(
+            f"client {client}: {where}: {_one_line(exc)}; the client is skipped this round"
+        ) from None
     try:
         result = fn(client, split)
     except Exception as exc:

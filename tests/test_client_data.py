@@ -415,3 +415,22 @@ def test_a_relative_shard_uri_is_the_users_in_argofl_run_and_run_local(tmp_path,
     kept = CliRunner().invoke(cli, ["run", "cfg.yaml", "-p", "data-uri=s3://site-{client}/fmnist/"])
     assert kept.exit_code == 0, kept.output
     assert seen[-1]["data-uri"] == "s3://site-{client}/fmnist/"
+
+
+@pytest.mark.parametrize(
+    ("loader", "expected"),
+    [
+        ("no_such_sites_xyz:load", "cannot import data loader module 'no_such_sites_xyz'"),
+        ("examples.client_loaders:nope", "data loader 'examples.client_loaders:nope' is not a callable"),
+    ],
+)
+def test_a_loader_that_cannot_be_imported_is_named_a_data_loader(env, loader, expected):
+    """The loader's import errors name it a data loader (not a model factory) and say what happens."""
+    data = DataOptions(source="loader", loader=loader)
+    step_init.run(settings(rounds=1), run_key="data-test/imp", workflow_name="w", workflow_uid="u", data=data)
+    with pytest.raises(ClientDataError) as info:
+        step_train.run(run_key="data-test/imp", round=1, clients="0")
+    message = str(info.value)
+    assert message.startswith(f"client 0: loader {loader}('0', 'train'): {expected}")
+    assert "model" not in message
+    assert message.endswith("the client is skipped this round")

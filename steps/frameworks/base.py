@@ -130,8 +130,8 @@ def call_factory(
         ) from exc
 
 
-def load_factory(ref: str) -> Callable[..., Any]:
-    """Import ``"package.module:factory"`` and return the callable."""
+def load_factory(ref: str, *, what: str = "model factory") -> Callable[..., Any]:
+    """Import ``"package.module:factory"`` and return the callable; errors call it ``what``."""
     module_name, sep, attr = ref.partition(":")
     if not sep or not module_name or not attr:
         raise FrameworkError(
@@ -141,14 +141,14 @@ def load_factory(ref: str) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise FrameworkError(
-            f"cannot import model factory module {module_name!r} ({exc}): it must be importable in the step "
+            f"cannot import {what} module {module_name!r} ({exc}): it must be importable in the step "
             "image (installed, or on PYTHONPATH)"
         ) from exc
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)
     if not callable(obj):
-        raise FrameworkError(f"model factory {ref!r} is not a callable in module {module_name}")
+        raise FrameworkError(f"{what} {ref!r} is not a callable in module {module_name}")
     factory: Callable[..., Any] = obj
     return factory
 
