@@ -352,8 +352,8 @@ def load_dataset(
             directory = _download(name, spec, split)
         else:
             raise DatasetError(
-                f"{name} not found in {looked_in}: {spec.how_to_get}, pass --data-dir, "
-                f"or set ARGOFL_DOWNLOAD=1"
+                f"{name} not found in {looked_in}: {spec.how_to_get}, point the data_dir setting at it "
+                "(-p data-dir=DIR; argofl data split --data-dir DIR), or set ARGOFL_DOWNLOAD=1"
             )
 
     key = (name, split, str(directory.resolve()))

@@ -109,7 +109,8 @@ def test_missing_dir_gives_one_line_with_what_to_do(tmp_path: Path) -> None:
     assert "\n" not in message
     assert message.startswith(f"fashion-mnist not found in {missing}")
     assert "apt-get install dataset-fashion-mnist" in message
-    assert "--data-dir" in message
+    assert "-p data-dir=DIR" in message  # argofl run/submit (a step has no --data-dir of its own)
+    assert "argofl data split --data-dir DIR" in message
     assert "ARGOFL_DOWNLOAD=1" in message
 
 
