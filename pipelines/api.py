@@ -17,7 +17,9 @@ A thin facade over the modules the CLI uses (as ``kfp`` is over ``kfp.dsl``/``co
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -125,8 +127,8 @@ def run_local(
     """Run on this machine with the local executor, as ``argofl run`` does: store and MLflow default to
     ``runs_dir`` (a ``file://`` store and a SQLite database), relative paths are resolved here.
 
-    Returns the run's result (``phase``, Argo-shaped ``status``, ``run_dir``); a failed run is a result
-    with phase Failed or Error, not an exception.
+    Returns the run's result (``phase``, Argo-shaped ``status``, ``run_dir``, where a succeeded experiment
+    also has its ``summary.json``); a failed run is a result with phase Failed or Error, not an exception.
     """
     from argofl.pipelines.local import run_workflow
     from argofl.pipelines.local_params import local_parallelism, local_parameters
@@ -154,7 +156,8 @@ def run_local(
         from argofl.pipelines.compile import workflow_templates_for
 
         templates = workflow_templates_for(_config(workflow))
-    return run_workflow(
+    started = time.monotonic()
+    result = run_workflow(
         manifest,
         params,
         runs_dir=root / "workflows",
@@ -162,6 +165,13 @@ def run_local(
         parallelism=parallelism or local_parallelism(manifest),
         workflow_templates=templates,
     )
+    if result.phase == "Succeeded" and {"store", "experiment"} <= set(declared):
+        from argofl.pipelines.run_summary import save_run_summary
+        from argofl.steps.store import ObjectNotFound
+
+        with contextlib.suppress(ObjectNotFound):  # not from a customised workflow that wrote none
+            save_run_summary(result.run_dir, time.monotonic() - started)  # as argofl run does
+    return result
 
 
 def submit(

@@ -29,8 +29,8 @@ from argofl.pipelines.parameters import (
     resubmission_manifest,
 )
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
+from argofl.pipelines.run_summary import save_run_summary
 from argofl.pipelines.stop_signals import stop_before_start
-from argofl.steps.store import Store, open_store
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
@@ -219,10 +219,10 @@ def _run_locally(
             click.echo(f"continue it: argofl resume {result.run_dir}", err=True)
             sys.exit(128 + result.stopped_by)
         sys.exit(1)
-    workflow = json.loads((result.run_dir / "workflow.json").read_text())
-    values = parameters_of(workflow)
-    store = open_store(values["store"], _steps_s3_env(workflow, values, key_refs))
-    summary_path = _save_summary(store, values["experiment"], result.name, result.run_dir, wall)
+    values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
+    summary_path, summary = save_run_summary(result.run_dir, wall, key_refs)
+    for row in summary["rounds"]:
+        click.echo(f"  round {row['round']}: test accuracy {row['accuracy']:.4f}, loss {row['loss']:.4f}")
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
     outputs = outputs_of(result.status)
     if outputs.get("mlflow-run-url"):
@@ -328,35 +328,3 @@ def share_with_containers(root: Path) -> None:
     for db in root.glob("mlflow.db*"):
         if db.stat().st_uid == os.getuid():
             db.chmod(0o666)
-
-
-def _steps_s3_env(
-    workflow: Mapping[str, Any], values: Mapping[str, str], key_refs: KeyRefs | None
-) -> dict[str, str]:
-    """This process's environment with the S3 settings the steps had (the workflow's ``s3-endpoint``, the
-    credentials their ``secretKeyRef`` found in ``--secrets``): the host reads the run's summary where the
-    steps wrote it."""
-    env = dict(os.environ)
-    if values.get("s3-endpoint"):
-        env["ARGOFL_S3_ENDPOINT"] = values["s3-endpoint"]
-    for tmpl in workflow.get("spec", {}).get("templates", []):
-        for item in (tmpl.get("container") or tmpl.get("script") or {}).get("env") or []:
-            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
-            if item.get("name") in ("ARGOFL_S3_ACCESS_KEY", "ARGOFL_S3_SECRET_KEY") and ref:
-                found = (key_refs or {}).get(("Secret", str(ref.get("name"))), {}).get(str(ref.get("key")))
-                if found is not None:
-                    env[item["name"]] = found
-    return env
-
-
-def _save_summary(store: Store, experiment: str, run: str, run_dir: Path, wall: float) -> Path:
-    from argofl.steps.runinfo import RunLayout
-
-    summary = json.loads(store.get_bytes(RunLayout(f"{experiment}/{run}").summary_key))
-    summary["local_wall_time_s"] = round(wall, 3)
-    summary["store_uri"] = store.key_uri(f"{experiment}/{run}")
-    path = run_dir / "summary.json"
-    path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    for row in summary["rounds"]:
-        click.echo(f"  round {row['round']}: test accuracy {row['accuracy']:.4f}, loss {row['loss']:.4f}")
-    return path

@@ -87,6 +87,13 @@ def test_run_local_runs_a_workflow_like_argofl_run(
     globals_ = list((tmp_path / "runs" / "store").glob("*/*/round-0001/global.safetensors"))
     assert len(globals_) == 1
     assert (tmp_path / "runs" / "mlflow.db").is_file()
+    summary = json.loads((result.run_dir / "summary.json").read_text())  # README: runs/workflows/<run>/
+    assert summary["run"] == result.name
+    assert [row["round"] for row in summary["rounds"]] == [1]
+    assert summary["rounds"][0]["global"] == globals_[0].as_uri()
+    assert summary["store_uri"] == globals_[0].parents[1].as_uri()
+    assert summary["local_wall_time_s"] > 0
+    assert summary["mlflow_run_id"]
 
 
 @pytest.mark.slow

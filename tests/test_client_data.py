@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -395,7 +396,11 @@ def test_a_relative_shard_uri_is_the_users_in_argofl_run_and_run_local(tmp_path,
     (tmp_path / "cfg.yaml").write_text(PER_CLIENT_CONFIG.format(uri=uri))
     seen: list[dict[str, str]] = []
     monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
-    record = lambda manifest, params, *args, **kwargs: seen.append(dict(params))  # noqa: E731
+
+    def record(manifest: object, params: dict[str, str], *args: object, **kwargs: object) -> object:
+        seen.append(dict(params))
+        return SimpleNamespace(phase="Failed")  # a run_workflow result (nothing ran)
+
     monkeypatch.setattr(commands, "_run_locally", record)
     result = CliRunner().invoke(cli, ["run", "cfg.yaml", "--runs-dir", "r"])
     assert result.exit_code == 0, result.output

@@ -145,17 +145,15 @@ def test_a_key_neither_in_the_file_nor_the_environment_is_one_line(tmp_path: Pat
 def test_argofl_run_reads_an_s3_summary_with_the_steps_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """``argofl run`` reads the run's summary from S3 itself: with the flagship's ``s3-endpoint`` and the
     credentials its steps' ``secretKeyRef`` found in ``--secrets``, not only an exported ARGOFL_S3_*."""
-    from argofl.pipelines.commands import _steps_s3_env
     from argofl.pipelines.compile import manifest_for
     from argofl.pipelines.config import load_config
+    from argofl.pipelines.run_summary import steps_s3_env
 
     for name in ("ARGOFL_S3_ENDPOINT", "ARGOFL_S3_ACCESS_KEY", "ARGOFL_S3_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
     workflow = manifest_for(load_config(Path(__file__).parents[1] / "configs/fedavg-fmnist-torch.yaml"))
     secret = {"accesskey": "from-the-file", "secretkey": "also-from-the-file"}
-    env = _steps_s3_env(
-        workflow, {"s3-endpoint": "http://172.17.0.1:9000"}, {("Secret", "argofl-s3"): secret}
-    )
+    env = steps_s3_env(workflow, {"s3-endpoint": "http://172.17.0.1:9000"}, {("Secret", "argofl-s3"): secret})
     assert {k: v for k, v in env.items() if k.startswith("ARGOFL_S3_")} == {
         "ARGOFL_S3_ENDPOINT": "http://172.17.0.1:9000",
         "ARGOFL_S3_ACCESS_KEY": "from-the-file",
@@ -163,4 +161,4 @@ def test_argofl_run_reads_an_s3_summary_with_the_steps_settings(monkeypatch: pyt
     }
     # without a --secrets file the environment stays as it is
     monkeypatch.setenv("ARGOFL_S3_ACCESS_KEY", "exported")
-    assert _steps_s3_env(workflow, {}, None)["ARGOFL_S3_ACCESS_KEY"] == "exported"
+    assert steps_s3_env(workflow, {}, None)["ARGOFL_S3_ACCESS_KEY"] == "exported"
