@@ -244,3 +244,51 @@ def test_logs_of_a_node_without_pods_say_so(tmp_path: Path) -> None:
     skipped = CliRunner().invoke(local, ["logs", str(run_dir), "check"])
     assert skipped.exit_code == 0, skipped.output
     assert "check: no pod ran under this node" in skipped.output
+
+
+def test_logs_of_a_run_include_the_workflows_it_created(tmp_path: Path) -> None:
+    """Blocks of rounds (rounds_per_workflow) run as child workflows nested in the parent's run directory:
+    `argofl local logs RUN train` finds their nodes too, and RUN alone prints their pods' logs."""
+    child = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "{{workflow.name}}-child-"},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {"name": "main", "steps": [[{"name": "work", "template": "work"}]]},
+                {"name": "work", "container": {"command": ["echo", "in child"]}},
+            ],
+        },
+    }
+    parent = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "parent-"},
+        "spec": {
+            "entrypoint": "main",
+            "templates": [
+                {"name": "main", "steps": [[{"name": "block", "template": "create", "withItems": [1, 2]}]]},
+                {
+                    "name": "create",
+                    "resource": {
+                        "action": "create",
+                        "successCondition": "status.phase == Succeeded",
+                        "manifest": yaml.safe_dump(child),
+                    },
+                },
+            ],
+        },
+    }
+    runs = tmp_path / "runs"
+    assert (
+        CliRunner().invoke(local, ["run", str(_write(tmp_path, parent)), "--runs-dir", str(runs)]).exit_code
+        == 0
+    )
+    run_dir = next(runs.iterdir())
+    work = CliRunner().invoke(local, ["logs", str(run_dir), "work"])
+    assert work.exit_code == 0, work.output
+    assert work.output.count("==> work (") == 2
+    assert work.output.count("in child") == 2
+    everything = CliRunner().invoke(local, ["logs", str(run_dir)])
+    assert everything.output.count("in child") == 2

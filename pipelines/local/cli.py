@@ -190,25 +190,37 @@ def _run_dir(run: str, runs_dir: Path) -> Path:
     help="Where run directories are.",
 )
 def logs_cmd(run: str, node: str | None, runs_dir: Path) -> None:
-    """Print the logs of every pod of RUN, or of NODE (display name or id: a pod, or every pod under a
-    retried step, a fan-out such as train, or a DAG such as a round), attempt by attempt."""
+    """Print the logs of every pod of RUN and of the workflows it created, or of NODE (display name or
+    id: a pod, or every pod under a retried step, a fan-out such as train, or a DAG such as a round),
+    attempt by attempt."""
     run_dir = _run_dir(run, runs_dir)
-    status = json.loads((run_dir / "status.json").read_text())
-    nodes = status.get("nodes") or {}
-    if node is None:
-        pods = [i for i, n in nodes.items() if n.get("type") == "Pod"]
-    else:
-        targets = find_nodes(status, node)
-        if not targets:
-            raise click.BadParameter(
-                f"{node!r}: no node with that display name or id in {run_dir.name}", param_hint="NODE"
-            )
-        pods = [pod for target in targets for pod in pods_under(status, str(target["id"]))]
-        if not pods:
-            click.echo(f"{node}: no pod ran under this node in {run_dir.name}; it has no logs", err=True)
-    for pod in sorted(dict.fromkeys(pods), key=lambda i: str(nodes[i].get("startedAt"))):
-        for entry in log_files(run_dir, status, pod):
-            shown = nodes.get(entry.node_id, {}).get("displayName", entry.node_id)
+    found = False
+    pods: list[tuple[str, Path, dict[str, Any], str]] = []  # started at, run directory, its status, pod
+    for directory in _with_children(run_dir):
+        status = json.loads((directory / "status.json").read_text())
+        nodes = status.get("nodes") or {}
+        if node is None:
+            ids = [i for i, n in nodes.items() if n.get("type") == "Pod"]
+        else:
+            targets = find_nodes(status, node)
+            found = found or bool(targets)
+            ids = [pod for target in targets for pod in pods_under(status, str(target["id"]))]
+        pods += [(str(nodes[i].get("startedAt")), directory, status, i) for i in dict.fromkeys(ids)]
+    if node is not None and not found:
+        raise click.BadParameter(
+            f"{node!r}: no node with that display name or id in {run_dir.name}", param_hint="NODE"
+        )
+    if node is not None and not pods:
+        click.echo(f"{node}: no pod ran under this node in {run_dir.name}; it has no logs", err=True)
+    for _, directory, status, pod in sorted(pods, key=lambda p: p[0]):
+        for entry in log_files(directory, status, pod):
+            shown = (status.get("nodes") or {}).get(entry.node_id, {}).get("displayName", entry.node_id)
             click.echo(f"==> {shown} ({entry.node_id}) attempt {entry.attempt} <==")
             if entry.log.is_file():
                 click.echo(entry.log.read_text(errors="replace"), nl=False)
+
+
+def _with_children(run_dir: Path) -> list[Path]:
+    """``run_dir`` and the run directories of the workflows it created (``workflows/<child>/``, nested)."""
+    children = sorted(p.parent for p in (run_dir / "workflows").glob("*/status.json"))
+    return [run_dir, *(d for child in children for d in _with_children(child))]
