@@ -158,7 +158,7 @@ def _submit(target: ClusterTarget, manifest: Mapping[str, Any]) -> str:
 def submit_cmd(
     target: ClusterTarget, config: Path, overrides: dict[str, str], wait: bool, interval: float
 ) -> None:
-    """Compile CONFIG and submit the workflow to an Argo server (with ``cluster.rounds_per_workflow``,
+    """Compile CONFIG and submit the workflow to an Argo server (with cluster.rounds_per_workflow,
     first create or update the WorkflowTemplate its blocks of rounds run)."""
     from argofl.pipelines.compile import manifest_for, workflow_templates_for
 

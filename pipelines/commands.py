@@ -125,7 +125,7 @@ def run_cmd(
 ) -> None:
     """Compile CONFIG and run the workflow on this machine (no cluster needed).
 
-    With ``--runtime docker`` every step runs in its image (``make images``) as it would in a pod; the
+    With --runtime docker every step runs in its image (make images) as it would in a pod; the
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
     stop_before_start()  # a Ctrl-C while the commands were imported: start nothing

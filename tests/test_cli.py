@@ -57,6 +57,7 @@ def test_help(path):
     result = CliRunner().invoke(cli, [*path, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+    assert "``" not in result.output  # a docstring's reST markup, shown as is by --help
 
 
 def one_error_line(output: str) -> str:
