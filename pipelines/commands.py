@@ -54,15 +54,16 @@ class ConfigPath(click.Path):
     help="Where manifests are written.",
 )
 def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
-    """Compile experiment CONFIGS into Argo Workflow manifests (argo/NAME.yaml)."""
-    from argofl.pipelines.compile import compile_config
+    """Compile experiment CONFIGS into Argo Workflow manifests (argo/NAME.yaml) and WorkflowTemplates
+    (argo/templates/NAME.yaml, and NAME-rounds.yaml for blocks of rounds)."""
+    from argofl.pipelines.compile import compile_files
 
     for config in configs:
         try:
-            out = compile_config(config, out_dir)
+            workflow, *templates = compile_files(config, out_dir)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
-        click.echo(f"wrote {out}")
+        click.echo(f"wrote {workflow} (templates: {', '.join(map(str, templates))})")
 
 
 class Progress:

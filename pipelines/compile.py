@@ -20,6 +20,7 @@ from argofl.pipelines.kinds import kind_of
 
 __all__ = [
     "compile_config",
+    "compile_files",
     "manifest_for",
     "render_manifest",
     "render_rounds_template",
@@ -116,6 +117,12 @@ def compile_config(config_path: str | Path, out_dir: str | Path = "argo") -> Pat
 
     Returns the Workflow's path.
     """
+    return compile_files(config_path, out_dir)[0]
+
+
+def compile_files(config_path: str | Path, out_dir: str | Path = "argo") -> list[Path]:
+    """:func:`compile_config`, returning every file written: the Workflow, its WorkflowTemplate and, with
+    ``cluster.rounds_per_workflow``, the blocks' WorkflowTemplate ``templates/<name>-rounds.yaml``."""
     cfg = load_config(config_path)
     source = Path(config_path).as_posix()
     out = Path(out_dir) / f"{cfg.name}.yaml"
@@ -124,8 +131,10 @@ def compile_config(config_path: str | Path, out_dir: str | Path = "argo") -> Pat
     template_text = render_template_manifest(cfg, source=source, target=template_out.as_posix())
     _write(out, workflow_text)
     _write(template_out, template_text)
+    written = [out, template_out]
     rounds_out = Path(out_dir) / TEMPLATES_DIR / f"{cfg.name}{ROUNDS_TEMPLATE_SUFFIX}.yaml"
     rounds_text = render_rounds_template(cfg, source=source, target=rounds_out.as_posix())
     if rounds_text is not None:
         _write(rounds_out, rounds_text)
-    return out
+        written.append(rounds_out)
+    return written

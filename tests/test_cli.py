@@ -194,3 +194,15 @@ def test_run_progress_prints_one_line_per_finished_pod_like_watch():
         "round 2 ✖ aggregate (only 1 valid update, min-clients is 2)",
         "round 3 ✔ test accuracy 0.9000 loss 0.2500",
     ]
+
+
+def test_compile_names_every_file_it_wrote(tmp_path):
+    """README: `argofl compile` → argo/X.yaml + argo/templates/X.yaml (+ X-rounds.yaml for blocks of rounds,
+    which must be applied before `argo submit`): the command names each one."""
+    config = ROOT / "configs" / "fedavg-fmnist-torch-blocks.yaml"
+    result = CliRunner().invoke(cli, ["compile", str(config), "--out-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    written = sorted(p for p in tmp_path.rglob("*.yaml"))
+    assert len(written) == 3
+    for path in written:
+        assert str(path) in result.output
