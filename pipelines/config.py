@@ -41,7 +41,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
         doc = yaml.load(file.read_text(), Loader=_StrictLoader)  # a SafeLoader
     except FileNotFoundError:
         raise ConfigError(f"{where}: no such config file") from None
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ConfigError(f"{where}: cannot read YAML: {' '.join(str(exc).split())}") from None
     return config_from_mapping(doc, name=file.stem, where=where, source=file)
 

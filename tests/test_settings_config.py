@@ -69,6 +69,16 @@ def test_cluster_cpu_and_memory_may_be_numbers(tmp_path):
     assert (cluster.cpu, cluster.memory) == ("2", "0.5")
 
 
+def test_a_config_that_is_not_utf8_text_is_one_error_line(tmp_path):
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"\x00\xff\xfe binary")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: cannot read YAML: 'utf-8' codec can't decode byte 0xff in position 1: invalid start byte"
+    )
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.yaml")
