@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
-__all__ = ["Check", "at_least", "choice", "fraction", "half", "momentum", "open_unit", "positive"]
+__all__ = ["Check", "at_least", "choice", "fraction", "half", "momentum", "open_unit", "positive", "within"]
 
 Check = Callable[[Any], "str | None"]
 """A value → its problem, or None when it is fine."""
@@ -26,6 +26,17 @@ def choice(choices: Collection[str]) -> Check:
 
 def at_least(low: float) -> Check:
     return lambda v: None if v >= low else f"must be ≥ {low:g}"
+
+
+def within(low: float, high: float, why: str = "") -> Check:
+    """A check that ``low ≤ value ≤ high``; ``why`` follows the problem of a value above ``high``."""
+
+    def check(value: Any) -> str | None:
+        if value < low:
+            return f"must be ≥ {low:g}"
+        return None if value <= high else f"must be ≤ {high:g}{why}"
+
+    return check
 
 
 def positive(value: Any) -> str | None:

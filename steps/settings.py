@@ -32,7 +32,7 @@ from argofl.steps.mapping import dataclass_from_mapping
 from argofl.steps.partition import SCHEMES
 from argofl.steps.strategies import STRATEGIES, Option, strategy_options
 
-__all__ = ["FIELDS", "Settings", "SettingsError", "param_name"]
+__all__ = ["FIELDS", "MAX_ROUNDS", "Settings", "SettingsError", "param_name"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
 
@@ -103,6 +103,9 @@ EVAL_BATCH_SIZE = 256
 reuses the same heap memory batch after batch; 1000 Fashion-MNIST images through the built-in CNN
 (50 MB for the first conv layer's output) took fresh, page-faulting memory each batch: 1.33 s against
 0.88 s for the 10,000 test images in a new process."""
+MAX_ROUNDS = 9999
+"""Most rounds a run may have: the store's round keys have four digits, and a run's rounds are its
+workflow's nodes (a value such as 10**8 would fill memory expanding the round loop)."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,13 @@ class Settings:
         default=1,
         metadata={"help": "clients trained one after another in one pod", "check": checks.at_least(1)},
     )
-    rounds: int = field(default=5, metadata={"help": "federated rounds", "check": checks.at_least(1)})
+    rounds: int = field(
+        default=5,
+        metadata={
+            "help": f"federated rounds (at most {MAX_ROUNDS})",
+            "check": checks.within(1, MAX_ROUNDS, " (the store numbers rounds round-NNNN)"),
+        },
+    )
     local_epochs: int = field(
         default=1, metadata={"help": "local epochs per round", "check": checks.at_least(1)}
     )

@@ -38,6 +38,7 @@ def test_flagship_config_loads():
         ("experiment: x\nrounds: five\n", "rounds: expected int, got str 'five'"),
         ("experiment: x\nrounds: -1\n", "rounds: must be ≥ 1, got -1"),
         ("experiment: x\nrounds: true\n", "rounds: expected int, got bool True"),
+        ("experiment: x\nrounds: 100000000\n", "rounds: must be ≤ 9999 (the store numbers rounds"),
         ("experiment: x\nclients: 3\nmin_clients: 4\n", "min_clients: must be ≤ clients (3), got 4"),
         ("experiment: x\nfraction: 1.5\n", "fraction: must be in (0, 1]"),
         ("experiment: x\nlr: .nan\n", "lr: must be a finite number"),
