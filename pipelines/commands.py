@@ -63,6 +63,10 @@ def compile_cmd(configs: tuple[Path, ...], out_dir: Path) -> None:
             workflow, *templates = compile_files(config, out_dir)
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
+        except OSError as exc:
+            raise click.BadParameter(
+                f"cannot write {out_dir}: {exc.strerror or exc}", param_hint="'--out-dir'"
+            ) from None
         click.echo(f"wrote {workflow} (templates: {', '.join(map(str, templates))})")
 
 
@@ -141,7 +145,12 @@ def run_cmd(
     manifest = manifest_for(cfg)
     overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
     root = runs_dir.resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {runs_dir}: {exc.strerror or exc}", param_hint="'--runs-dir'"
+        ) from None
     containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
     # steps run in their own working directories: relative paths are the user's, resolved here
     params = local_parameters(
