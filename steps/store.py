@@ -491,15 +491,20 @@ def open_store(uri: str, env: Mapping[str, str] | None = None) -> Store:
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} names no bucket (expected s3://BUCKET[/PREFIX])")
         return S3Store(parsed.netloc, parsed.path, env=env)
+    _check_local(uri, parsed)
     if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise StoreError(f"store URI {uri!r}: file URIs must be file:///absolute/path")
         return FileStore(urllib.parse.unquote(parsed.path))
-    if parsed.scheme == "" and uri:
-        return FileStore(uri)
-    raise StoreError(
-        f"unsupported store URI {uri!r}: use file:///path, s3://bucket/prefix or minio://bucket/prefix"
-    )
+    return FileStore(uri)
+
+
+def _check_local(uri: str, parsed: urllib.parse.ParseResult) -> None:
+    """Refuse ``uri`` unless it is a plain path or a ``file:`` URI of this machine."""
+    if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
+        raise StoreError(f"store URI {uri!r}: file URIs must be file:///absolute/path")
+    if parsed.scheme not in ("", "file") or not uri:
+        raise StoreError(
+            f"unsupported store URI {uri!r}: use file:///path, s3://bucket/prefix or minio://bucket/prefix"
+        )
 
 
 def open_uri(uri: str) -> tuple[Store, str]:
@@ -507,5 +512,6 @@ def open_uri(uri: str) -> tuple[Store, str]:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("s3", "minio"):
         return open_store(f"{parsed.scheme}://{parsed.netloc}"), parsed.path.lstrip("/")
+    _check_local(uri, parsed)  # gs://b/x is no local path named gs:/b/x
     path = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else uri)
     return FileStore(path.parent), path.name

@@ -326,6 +326,17 @@ def test_open_uri_splits_object_uris(tmp_path: Path) -> None:
     assert (file_store.root, name) == (tmp_path.resolve() / "d", "x.json")
 
 
+@pytest.mark.parametrize("uri", ["gs://bucket/a/x.json", "http://host/a/x.json", "file://otherhost/x.json"])
+def test_open_uri_refuses_what_open_store_refuses(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # gs://bucket/a/x.json was a local path, gs:/bucket/a/x.json
+    with pytest.raises(StoreError) as info:
+        open_uri(uri)
+    assert repr(uri) in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
 # --------------------------------------------------------------------------- S3 failures
 
 
