@@ -266,10 +266,10 @@ def resume_cmd(
 
     run_dir = run_dir.resolve()
     try:
-        old = json.loads((run_dir / "workflow.json").read_text())
-        status = json.loads((run_dir / "status.json").read_text())
+        old = _json_object(run_dir / "workflow.json")
+        status = _json_object(run_dir / "status.json")
         for child in sorted((run_dir / "workflows").glob("*/status.json")):  # blocks of rounds
-            status.setdefault("nodes", {}).update(json.loads(child.read_text()).get("nodes") or {})
+            status.setdefault("nodes", {}).update(_json_object(child).get("nodes") or {})
     except (OSError, ValueError) as exc:
         raise click.BadParameter(
             f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}",
@@ -316,6 +316,14 @@ def resume_cmd(
     templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
     templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ValueError if it holds something else."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
+    return value
 
 
 SHARED_DIRS = ("store", "mlartifacts")

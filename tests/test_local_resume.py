@@ -68,6 +68,20 @@ def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     assert "not a local run directory" in line
 
 
+@pytest.mark.parametrize("damaged", ["workflow.json", "status.json", "workflows/child/status.json"])
+def test_resume_refuses_a_run_whose_records_are_not_json_objects(tmp_path: Path, damaged: str) -> None:
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    (run_dir / damaged).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / damaged).write_text("[]")
+    result = CliRunner().invoke(cli, ["resume", str(run_dir)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert line.endswith(
+        f"{run_dir}: not a local run directory (workflow.json and status.json): "
+        f"{run_dir / damaged} holds a list, not a JSON object"
+    )
+
+
 def test_resume_of_a_finished_run_runs_nothing(tmp_path: Path) -> None:
     run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
     manifest = json.loads((run_dir / "workflow.json").read_text())
