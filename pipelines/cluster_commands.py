@@ -172,7 +172,7 @@ def submit_cmd(
         click.echo(f"{done} workflow template {template_name} in namespace {target.namespace}")
     name = _submit(target, manifest)
     if wait:
-        _watch(target, name, interval)
+        _watch(target, name, interval, reached=True)
 
 
 @click.command("status")
@@ -251,7 +251,8 @@ def watch_cmd(target: ClusterTarget, name: str, interval: float) -> None:
     _watch(target, name, interval)
 
 
-def _watch(target: ClusterTarget, name: str, interval: float) -> None:
+def _watch(target: ClusterTarget, name: str, interval: float, *, reached: bool = False) -> None:
+    """Follow ``name``; failed polls are retried once the server has answered (``reached``: it did before)."""
     seen: set[tuple[str, str]] = set()
     shown_link = False
     failures = 0
@@ -261,9 +262,10 @@ def _watch(target: ClusterTarget, name: str, interval: float) -> None:
             try:
                 workflow = target.get_with_children(name)
                 failures = 0
+                reached = True
             except ClusterError as exc:
                 failures += 1
-                if failures >= _WATCH_FAILURES or "not found" in str(exc):
+                if failures >= _WATCH_FAILURES or "not found" in str(exc) or not reached:
                     raise CommandError(str(exc)) from None
                 click.echo(f"warning: {exc} (retrying)", err=True)
                 time.sleep(interval)

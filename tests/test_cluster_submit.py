@@ -297,6 +297,24 @@ def test_submit_to_unreachable_server_is_one_error_line() -> None:
     assert "Traceback" not in result.output
 
 
+def test_watch_of_a_server_never_reached_is_one_error_line_without_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Retries are for a server that answered before; one that never did is a wrong --host."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    result = CliRunner().invoke(cli, ["watch", "some-workflow", "--host", url])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: cannot reach Argo server at {url}")
+    assert sleeps == []
+
+
 def test_bare_host_port_means_https(argo: FakeArgo, env: dict[str, str]) -> None:
     host_port = argo.url.removeprefix("http://")
     result = CliRunner().invoke(cli, ["submit", str(CONFIG)], env={**env, "ARGO_SERVER": host_port})
