@@ -31,6 +31,7 @@ from argofl.pipelines.parameters import (
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
 from argofl.pipelines.run_summary import save_run_summary
 from argofl.pipelines.stop_signals import stop_before_start
+from argofl.steps.store import StoreError, check_store_uri
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
@@ -161,6 +162,11 @@ def run_cmd(
         data_dir=cfg.settings.data_dir,
         data_uri=cfg.data.uri,
     )
+    try:
+        check_store_uri(params["store"])
+    except StoreError as exc:
+        hint = "'-p store'" if overrides.get("store") else "'--store'"
+        raise click.BadParameter(f"{exc}; nothing was started", param_hint=hint) from None
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     stop_before_start()

@@ -36,6 +36,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "check_store_uri",
     "join_key",
     "open_store",
     "open_uri",
@@ -486,15 +487,23 @@ def _minio_client_from_env(env: Mapping[str, str]) -> Any:
 def open_store(uri: str, env: Mapping[str, str] | None = None) -> Store:
     """Open the store at ``uri`` (``file://``, a plain path, ``s3://`` or ``minio://``); an S3 store reads
     ``ARGOFL_S3_*`` from ``env`` (default: the process environment)."""
+    parsed = check_store_uri(uri)
+    if parsed.scheme in ("s3", "minio"):
+        return S3Store(parsed.netloc, parsed.path, env=env)
+    if parsed.scheme == "file":
+        return FileStore(urllib.parse.unquote(parsed.path))
+    return FileStore(uri)
+
+
+def check_store_uri(uri: str) -> urllib.parse.ParseResult:
+    """Refuse (StoreError) a store URI that :func:`open_store` cannot open, without opening it."""
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme in ("s3", "minio"):
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} names no bucket (expected s3://BUCKET[/PREFIX])")
-        return S3Store(parsed.netloc, parsed.path, env=env)
+        return parsed
     _check_local(uri, parsed)
-    if parsed.scheme == "file":
-        return FileStore(urllib.parse.unquote(parsed.path))
-    return FileStore(uri)
+    return parsed
 
 
 def _check_local(uri: str, parsed: urllib.parse.ParseResult) -> None:

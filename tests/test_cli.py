@@ -101,6 +101,23 @@ def test_run_with_a_runs_dir_that_cannot_be_made_is_one_error_line(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [(["--store", "gs://bucket/runs"], "'--store'"), (["-p", "store=gs://bucket/runs"], "'-p store'")],
+)
+def test_run_with_a_store_it_cannot_open_starts_nothing(tmp_path, args, hint):
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(
+        cli, ["run", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--runs-dir", str(runs), *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        f"Error: Invalid value for {hint}: unsupported store URI 'gs://bucket/runs': use file:///path, "
+        "s3://bucket/prefix or minio://bucket/prefix; nothing was started"
+    )
+    assert not (runs / "workflows").exists()
+
+
 def test_compile_writes_manifest(tmp_path):
     result = CliRunner().invoke(
         cli, ["compile", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--out-dir", str(tmp_path)]
