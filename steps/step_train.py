@@ -49,6 +49,8 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
     """
     store, layout, record = open_run(run_key)
     s, source = record.settings, record.data
+    if not 1 <= round <= s.rounds:  # distribute checks it too; a step started by hand may not have
+        raise RunError(f"round must be in 1..{s.rounds}, got {round}")
     ids = parse_clients(clients, s.clients, round=round)
     strangers = [c for c in ids if only is not None and c not in only]
     if strangers:

@@ -249,6 +249,14 @@ def test_resubmission_from_a_round_equals_an_uninterrupted_run(env):
     assert full == resumed
 
 
+def test_train_refuses_a_round_beyond_the_runs_last_and_writes_nothing(env):
+    """`argofl step train --round 2` by hand on a finished 1-round run wrote round-0002 into it."""
+    run_rounds(settings(clients=1, rounds=1, data_limit=200), "steps-test/done", 1)
+    with pytest.raises(RunError, match=r"^round must be in 1\.\.1, got 2$"):
+        step_train.run(run_key="steps-test/done", round=2, clients="0")
+    assert not env.list(RunLayout("steps-test/done").round_prefix(2))
+
+
 def test_resubmission_errors_are_clear(env):
     s = settings(clients=2, rounds=3)
     with pytest.raises(RunError, match="start-round 2 needs resume-from"):
