@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -111,6 +112,28 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
     not_yaml = tmp_path / "bad.yaml"
     not_yaml.write_text("a: [")
     assert CliRunner().invoke(local, ["run", str(not_yaml), "--runs-dir", runs]).exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\x00\xff\xfe binary", "cannot read YAML: 'utf-8' codec can't decode byte 0xff in position 1"),
+        (b"a: [1\n  b: }", 'cannot read YAML: while parsing a flow sequence in "<unicode string>", line 1'),
+        (b"- a\n- b\n", "expected one Workflow document (a mapping), found a list"),
+        (b"", "expected one Workflow document, found none"),
+        (b"kind: Workflow\n---\nkind: Workflow\n", "expected one Workflow document, found 2"),
+    ],
+)
+def test_a_file_that_is_not_one_workflow_is_one_error_line(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    result = CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(f"Error: Invalid value for WORKFLOW: {path}: {problem}")
 
 
 def test_default_runs_dir_runs_scripts_and_output_paths_from_another_directory(

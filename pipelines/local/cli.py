@@ -20,6 +20,7 @@ from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
 from argofl.pipelines.parameters import check_overrides, overrides_option
 from argofl.pipelines.stop_signals import stop_before_start
+from argofl.steps.errors import one_line
 
 __all__ = ["container_options", "local", "runtime_options", "secrets_option"]
 
@@ -112,11 +113,19 @@ def container_options(
 def _load(path: Path) -> dict[str, Any]:
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as exc:
-        raise click.BadParameter(f"{path}: cannot read YAML: {exc}", param_hint="WORKFLOW") from None
-    if len(docs) != 1 or not isinstance(docs[0], dict):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:  # YAML's errors span lines
         raise click.BadParameter(
-            f"{path}: expected exactly one Workflow document, found {len(docs)}", param_hint="WORKFLOW"
+            f"{path}: cannot read YAML: {one_line(exc)}", param_hint="WORKFLOW"
+        ) from None
+    if len(docs) != 1:
+        found = len(docs) or "none"
+        raise click.BadParameter(
+            f"{path}: expected one Workflow document, found {found}", param_hint="WORKFLOW"
+        )
+    if not isinstance(docs[0], dict):
+        raise click.BadParameter(
+            f"{path}: expected one Workflow document (a mapping), found a {type(docs[0]).__name__}",
+            param_hint="WORKFLOW",
         )
     return docs[0]
 
