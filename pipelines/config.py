@@ -69,6 +69,8 @@ class _StrictLoader(yaml.SafeLoader):
 
 def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None = None) -> ExperimentConfig:
     """Validate a parsed config document."""
+    if doc is None:
+        raise ConfigError(f"{where}: empty (no YAML document); expected a mapping of settings")
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(doc).__name__}")
     values = dict(doc)

@@ -52,6 +52,7 @@ def test_flagship_config_loads():
         ("experiment: x\ncluster: {retries: true}\n", "cluster.retries: expected int, got bool True"),
         ("experiment: x\ncluster: {cpu: true}\n", "cluster.cpu: expected str, got bool True"),
         ("- a\n- b\n", "expected a mapping"),
+        ("# only a comment\n", "empty (no YAML document); expected a mapping of settings"),
         ("experiment: [unclosed\n", "cannot read YAML"),
     ],
 )
