@@ -47,6 +47,14 @@ class RunLayout:
 
     run_key: str
 
+    def __post_init__(self) -> None:
+        parts = self.run_key.split("/")
+        if len(parts) != 2 or any(p in ("", ".", "..") or p != p.strip() for p in parts):
+            raise RunError(
+                f"run key {self.run_key!r}: expected <experiment>/<run> (two names, e.g. fedavg/run-1); "
+                "nothing was read or written"
+            )
+
     def round_prefix(self, round: int) -> str:
         return join_key(self.run_key, f"round-{round:04d}")
 

@@ -257,6 +257,14 @@ def test_train_refuses_a_round_beyond_the_runs_last_and_writes_nothing(env):
     assert not env.list(RunLayout("steps-test/done").round_prefix(2))
 
 
+@pytest.mark.parametrize("run_key", ["", "steps-test", "steps-test/", "/steps-test/r", "a/../b", "a/b/c"])
+def test_init_refuses_a_run_key_that_is_not_experiment_slash_run_and_writes_nothing(env, run_key):
+    """`argofl step init --run-key ''` wrote round-0000 at the store's root before refusing the key."""
+    with pytest.raises(RunError, match=r"expected <experiment>/<run>"):
+        step_init.run(settings(), run_key=run_key, workflow_name="w", workflow_uid="u")
+    assert env.list() == []
+
+
 def test_resubmission_errors_are_clear(env):
     s = settings(clients=2, rounds=3)
     with pytest.raises(RunError, match="start-round 2 needs resume-from"):
