@@ -130,6 +130,17 @@ def test_a_bad_secrets_file_is_one_line_and_runs_nothing(
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_a_secrets_file_that_is_not_utf8_text_is_one_line_and_runs_nothing(tmp_path: Path) -> None:
+    secrets = tmp_path / "secrets.yaml"
+    secrets.write_bytes(b"\x00\xff\xfe binary")
+    result = _run(tmp_path, str(_workflow(tmp_path, ENV)), "--secrets", str(secrets))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, result.output
+    assert f"--secrets {secrets}: cannot read it as YAML: 'utf-8' codec can't decode byte 0xff" in errors[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_a_key_neither_in_the_file_nor_the_environment_is_one_line(tmp_path: Path) -> None:
     secrets = _secrets(tmp_path, CONFIG_MAP)
     workflow = _workflow(tmp_path, ENV[:1])

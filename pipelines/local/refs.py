@@ -52,7 +52,7 @@ def load_refs(path: Path) -> dict[tuple[str, str], dict[str, str]]:
     """The Secrets and ConfigMaps in ``path``; a bad file is one :class:`WorkflowInputError` line."""
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise WorkflowInputError(
             f"--secrets {path}: cannot read it as YAML: {' '.join(str(exc).split())}"
         ) from None
