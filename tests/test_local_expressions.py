@@ -218,6 +218,17 @@ def test_with_sequence_needs_end_or_count() -> None:
         expand_loop({"withSequence": {"start": "1"}}, "step")
 
 
+@pytest.mark.parametrize(
+    "seq", [{"count": "100000000"}, {"start": "1", "end": "100000001"}, {"end": "-100000000"}]
+)
+def test_a_with_sequence_too_long_to_hold_is_refused_before_expanding(seq: dict[str, str]) -> None:
+    """A mistyped count expanded a node per item until the machine ran out of memory."""
+    with pytest.raises(
+        WorkflowInputError, match=r"^step\.withSequence: 10000000[01] items .* more than the 100000 "
+    ):
+        expand_loop({"withSequence": seq}, "step")
+
+
 def test_with_param_must_be_a_json_list() -> None:
     assert expand_loop({"withParam": '[1, "a", {"k": "v"}]'}, "s") == [1, "a", {"k": "v"}]
     with pytest.raises(WorkflowInputError, match="could not be parsed as a JSON list"):

@@ -124,6 +124,11 @@ def _aggregated_values(values: list[str]) -> str:
     return go_json(parsed)
 
 
+MAX_SEQUENCE_ITEMS = 100_000
+"""Most items one ``withSequence`` expands to: every item becomes a node held in memory (and in the
+status), so ``count: 100000000`` would fill the machine's memory before anything ran."""
+
+
 def _expand_sequence(seq: Mapping[str, Any], where: str) -> list[Any]:
     def number(key: str) -> int:
         raw = seq.get(key)
@@ -142,6 +147,11 @@ def _expand_sequence(seq: Mapping[str, Any], where: str) -> list[Any]:
         end = start + count - 1
     else:
         raise WorkflowInputError(f"{where}.withSequence: neither end nor count was specified")
+    if abs(end - start) + 1 > MAX_SEQUENCE_ITEMS:
+        raise WorkflowInputError(
+            f"{where}.withSequence: {abs(end - start) + 1} items ({start}..{end}), more than the "
+            f"{MAX_SEQUENCE_ITEMS} one loop may have (each item is a node); nothing was run for it"
+        )
     fmt = str(seq.get("format") or "%d")
     step = 1 if start <= end else -1
     items: list[Any] = []
