@@ -75,29 +75,18 @@ def test_compile_bad_config_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_compile_to_an_out_dir_that_cannot_be_made_is_one_error_line(tmp_path):
+@pytest.mark.parametrize(
+    ("command", "option", "what"), [("compile", "--out-dir", "write"), ("run", "--runs-dir", "create")]
+)
+def test_a_directory_that_cannot_be_made_is_one_error_line(tmp_path, command, option, what):
     (tmp_path / "file").write_text("")
-    out = tmp_path / "file" / "argo"
-    result = CliRunner().invoke(
-        cli, ["compile", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--out-dir", str(out)]
-    )
+    target = tmp_path / "file" / "out"
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(cli, [command, config, option, str(target)])
     assert result.exit_code == 2
     assert (
         one_error_line(result.output)
-        == f"Error: Invalid value for '--out-dir': cannot write {out}: Not a directory"
-    )
-
-
-def test_run_with_a_runs_dir_that_cannot_be_made_is_one_error_line(tmp_path):
-    (tmp_path / "file").write_text("")
-    runs = tmp_path / "file" / "runs"
-    result = CliRunner().invoke(
-        cli, ["run", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--runs-dir", str(runs)]
-    )
-    assert result.exit_code == 2
-    assert (
-        one_error_line(result.output)
-        == f"Error: Invalid value for '--runs-dir': cannot create {runs}: Not a directory"
+        == f"Error: Invalid value for '{option}': cannot {what} {target}: Not a directory"
     )
 
 
