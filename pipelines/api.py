@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -129,6 +130,9 @@ def run_local(
 
     Returns the run's result (``phase``, Argo-shaped ``status``, ``run_dir``, where a succeeded experiment
     also has its ``summary.json``); a failed run is a result with phase Failed or Error, not an exception.
+    Called from the main thread, Ctrl-C (SIGINT), SIGTERM or SIGHUP stops the run as ``argofl run`` does
+    (its steps stopped, its exit handler run; the signal again skips that), then takes its usual effect:
+    KeyboardInterrupt for Ctrl-C.
     """
     from argofl.pipelines.local import run_workflow
     from argofl.pipelines.local_params import local_parallelism, local_parameters
@@ -163,8 +167,11 @@ def run_local(
         runs_dir=root / "workflows",
         artifact_store=FileStore(root / "artifacts"),
         parallelism=parallelism or local_parallelism(manifest),
+        stop_on_signals=True,  # from the main thread only
         workflow_templates=templates,
     )
+    if result.stopped_by is not None:  # the run is stopped and recorded: now what the signal would do
+        signal.raise_signal(result.stopped_by)
     if result.phase == "Succeeded" and {"store", "experiment"} <= set(declared):
         from argofl.pipelines.run_summary import save_run_summary
         from argofl.steps.store import ObjectNotFound

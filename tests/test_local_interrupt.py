@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,51 @@ def test_a_second_signal_stops_the_exit_handler_too(tmp_path: Path) -> None:
     assert not run_processes(run_dir.name)
     phases = {n["displayName"]: (n["phase"], n.get("message")) for n in status["nodes"].values()}
     assert phases[f"{run_dir.name}.onExit"] == ("Failed", "stopped: executor interrupted (SIGINT)"), phases
+
+
+RUN_LOCAL = """
+import sys, yaml
+from argofl import api
+manifest = yaml.safe_load(open(sys.argv[1]))
+try:
+    result = api.run_local(manifest, {"bye": sys.argv[2]}, runs_dir=sys.argv[3])
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+    sys.exit(3)
+print("returned", result.phase, flush=True)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_during_the_python_apis_run_local_stops_the_run_as_argofl_run_does(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C in a script or notebook calling ``run_local``: the run stops as ``argofl run`` stops it (its
+    exit handler runs), then the signal takes its usual effect: KeyboardInterrupt, or the end of the
+    process for SIGTERM."""
+    (tmp_path / "sleepy.yaml").write_text(yaml.safe_dump(SLEEPY))
+    bye, runs = tmp_path / "bye.txt", tmp_path / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_LOCAL, str(tmp_path / "sleepy.yaml"), str(bye), str(runs)],
+        cwd=tmp_path,
+        env=argofl_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    workflows = runs / "workflows"
+    wait_for(lambda: any(workflows.glob("*/status.json")) or proc.poll() is not None, "the run directory")
+    assert proc.poll() is None, proc.communicate()[0].decode()
+    run_dir = next(workflows.glob("*/status.json")).parent
+    wait_for(lambda: len(run_processes(run_dir.name)) >= 3, "the step processes to start")
+    proc.send_signal(sig)
+    output = proc.communicate(timeout=120)[0].decode()
+    if sig == signal.SIGINT:
+        assert proc.returncode == 3, output
+        assert output.splitlines()[-1] == "KeyboardInterrupt"
+    else:
+        assert proc.returncode == -sig, output
+    assert f"argofl: {sig.name}: stopping the run; its exit handler runs" in output
+    assert not run_processes(run_dir.name), f"left running: {run_processes(run_dir.name)}"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert (status["phase"], status["message"]) == ("Failed", f"stopped: executor interrupted ({sig.name})")
+    assert bye.read_text().strip() == "Failed"  # the exit handler ran
