@@ -93,6 +93,7 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
         except ClientDataError as exc:
             log.error("%s", exc)
             failed.append(exc)
+            refused[client] = str(exc)  # a partial sum records why it lacks the client
             continue
         backend.set_weights(model, start.arrays)
         if test is not None:

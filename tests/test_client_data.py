@@ -197,6 +197,35 @@ def test_bad_shard_fails_its_client_with_one_line_and_the_round_goes_on(env, tmp
     assert manifest.examples == 80
 
 
+def test_a_bad_shard_in_a_pod_of_several_clients_gives_its_reason_in_the_rounds_report(env, tmp_path):
+    """A pod summing its clients (clients_per_pod > 1) records a client whose data it cannot use with the
+    data error, as it records a refused update: the round's per-client table gives that reason."""
+    from argofl.steps import round_report
+
+    template = write_sites(tmp_path, {"0": 40, "2": 40})  # client 1 has no shard
+    s = settings(min_clients=2, rounds=1, clients_per_pod=3)
+    step_init.run(
+        s,
+        run_key="data-test/pod",
+        workflow_name="w",
+        workflow_uid="u",
+        data=DataOptions(source="per-client", uri=template),
+    )
+    [group] = step_distribute.run(run_key="data-test/pod", round=1)
+    outcome = CliRunner().invoke(
+        step_cli, ["train", "--run-key", "data-test/pod", "--round", "1", "--clients", group]
+    )
+    assert outcome.exit_code == 2
+    metrics = step_aggregate.run(run_key="data-test/pod", round=1)
+    assert (metrics["clients"], metrics["rejected"]) == (2, 1)
+    report = round_report.load(env, RunLayout("data-test/pod"), 1)
+    assert report is not None
+    rows = {row[0]: row for row in report.table["data"]}
+    assert rows["1"][1] == "rejected"
+    assert "client 1: no shard at file://" in rows["1"][-1], rows["1"]
+    assert [rows[c][1] for c in ("0", "2")] == ["aggregated", "aggregated"]
+
+
 def test_bad_client_below_min_clients_fails_the_round(env, tmp_path):
     template = write_sites(tmp_path, {"0": 40})
     s = settings(clients=2, min_clients=2, rounds=1)
@@ -399,7 +428,7 @@ def test_a_relative_shard_uri_is_the_users_in_argofl_run_and_run_local(tmp_path,
 
     def record(manifest: object, params: dict[str, str], *args: object, **kwargs: object) -> object:
         seen.append(dict(params))
-        return SimpleNamespace(phase="Failed")  # a run_workflow result (nothing ran)
+        return SimpleNamespace(phase="Failed", stopped_by=None)  # a run_workflow result (nothing ran)
 
     monkeypatch.setattr(commands, "_run_locally", record)
     result = CliRunner().invoke(cli, ["run", "cfg.yaml", "--runs-dir", "r"])
