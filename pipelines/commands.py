@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -17,7 +18,12 @@ import click
 
 from argofl.pipelines.config import ConfigError, load_config
 from argofl.pipelines.kinds import display_of, kind_of
-from argofl.pipelines.local.cli import container_options, runtime_options, secrets_option
+from argofl.pipelines.local.cli import (
+    SECRETS_FILE,
+    container_options,
+    runtime_options,
+    secrets_option,
+)
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters
@@ -232,7 +238,7 @@ def _run_locally(
                 click.echo(f"  {node.get('displayName')}: {node.get('message', '')}", err=True)
         click.echo(f"logs: argofl local logs {result.run_dir}", err=True)
         if result.stopped_by is not None:
-            click.echo(f"continue it: argofl resume {result.run_dir}", err=True)
+            click.echo(f"continue it: {_resume_command(result.run_dir)}", err=True)
             sys.exit(128 + result.stopped_by)
         sys.exit(1)
     values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
@@ -245,6 +251,25 @@ def _run_locally(
         uri = values["mlflow-uri"]
         hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"
         click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
+
+
+def _resume_command(run_dir: Path) -> str:
+    """``argofl resume RUN_DIR`` with the options of this command that the resumed run needs again:
+    the runtime's and ``--secrets`` (without them its steps lack the credentials they were given)."""
+    ctx = click.get_current_context(silent=True)
+    words = ["argofl", "resume"]
+    if ctx is not None:
+        if ctx.params.get("runtime") == "docker":
+            words += ["--runtime", "docker"]
+        for image in ctx.params.get("image_map") or ():
+            words += ["--image-map", str(image)]
+        for mount in ctx.params.get("mounts") or ():
+            words += ["--mount", str(Path(mount).resolve())]
+        if ctx.params.get("ignore_gpu"):
+            words.append("--ignore-gpu")
+        if ctx.meta.get(SECRETS_FILE):
+            words += ["--secrets", str(ctx.meta[SECRETS_FILE])]
+    return shlex.join([*words, str(run_dir)])
 
 
 @click.command("resume")

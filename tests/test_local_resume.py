@@ -132,3 +132,48 @@ def test_relative_store_and_tracking_uris_become_absolute_from_the_current_direc
     assert absolute_store_uri("file:store") == (tmp_path / "store").as_uri()
     assert absolute_store_uri("file:///abs/store") == "file:///abs/store"
     assert absolute_store_uri("s3://bucket/prefix") == "s3://bucket/prefix"
+
+
+def _stopped(run_dir: Path, calls: list[dict[str, object]]) -> object:
+    """A stand-in for ``run_workflow`` whose run is stopped by Ctrl-C, as one stopped before round 1."""
+    import signal
+
+    from argofl.pipelines.local.engine import LocalRunResult
+
+    def run_workflow(manifest: dict[str, object], params: object, **kwargs: object) -> LocalRunResult:
+        calls.append({"key_refs": kwargs.get("key_refs")})
+        status = {"phase": "Failed", "message": "stopped: executor interrupted (SIGINT)", "nodes": {}}
+        return LocalRunResult(run_dir.name, "uid", "Failed", status, run_dir, signal.SIGINT)
+
+    return run_workflow
+
+
+@pytest.mark.parametrize(
+    "runtime", [[], ["--runtime", "docker", "--image-map", "a=b"]], ids=["process", "docker"]
+)
+@pytest.mark.parametrize("command", ["run", "resume"])
+def test_the_resume_hint_of_a_stopped_run_keeps_its_secrets_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, runtime: list[str]
+) -> None:
+    """A run given its credentials with ``--secrets`` needs them again: the printed command has them (and
+    the runtime it ran in)."""
+    import argofl.pipelines.commands as commands
+    import argofl.pipelines.local as local
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s3.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: argofl-s3}\n"
+        "stringData: {accesskey: a, secretkey: s}\n"
+    )
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(local, "run_workflow", _stopped(run_dir, calls))
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    target = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml") if command == "run" else str(run_dir)
+    result = CliRunner().invoke(cli, [command, target, "--secrets", "s3.yaml", *runtime])
+    assert result.exit_code == 130, result.output
+    (call,) = calls
+    assert call["key_refs"] == {("Secret", "argofl-s3"): {"accesskey": "a", "secretkey": "s"}}
+    hint = [line for line in result.output.splitlines() if line.startswith("continue it: ")]
+    options = " ".join([*runtime, "--secrets", str(tmp_path / "s3.yaml")])
+    assert hint == [f"continue it: argofl resume {options} {run_dir}"]

@@ -22,7 +22,7 @@ from argofl.pipelines.parameters import check_overrides, overrides_option
 from argofl.pipelines.stop_signals import stop_before_start
 from argofl.steps.errors import one_line
 
-__all__ = ["container_options", "local", "runtime_options", "secrets_option"]
+__all__ = ["SECRETS_FILE", "container_options", "local", "runtime_options", "secrets_option"]
 
 
 @click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,9 +68,14 @@ def runtime_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+SECRETS_FILE = "argofl.secrets_file"
+"""``ctx.meta`` key of the ``--secrets`` path given (for commands that print how to run again)."""
+
+
 def _load_key_refs(ctx: click.Context, param: click.Parameter, value: Path | None) -> KeyRefs | None:
     if value is None:
         return None
+    ctx.meta[SECRETS_FILE] = value.resolve()
     try:
         return load_refs(value)
     except WorkflowInputError as exc:
