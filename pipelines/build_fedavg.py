@@ -164,7 +164,7 @@ def _single_workflow(cfg: ExperimentConfig) -> Workflow:
                     resources=work_resources(c),
                     env=g.env(),
                     mounts=g.mounts(),
-                    **g.template_settings(),
+                    **g.template_settings(c.node_selector, c.tolerations),
                 )
                 for g in groups
             }

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,15 +98,25 @@ class PlacementGroup:
 
     # ------------------------------------------------------------------------------ template pieces
 
-    def template_settings(self) -> dict[str, Any]:
-        """Keyword arguments of the group's train template (hera ``Container``)."""
+    def template_settings(
+        self,
+        node_selector: Mapping[str, str] | None = None,
+        tolerations: Sequence[Mapping[str, Any]] = (),
+    ) -> dict[str, Any]:
+        """Keyword arguments of the group's train template (hera ``Container``).
+
+        Argo gives a pod its template's nodeSelector and tolerations *instead of* the workflow's, so the
+        ``cluster:`` section's (``node_selector``, ``tolerations``: a GPU node pool's, say) are kept beside
+        the group's here; the group's value wins for a node label both name.
+        """
         settings: dict[str, Any] = {}
         if self.node_selector:
-            settings["node_selector"] = dict(self.node_selector)
+            settings["node_selector"] = {**(node_selector or {}), **self.node_selector}
         if self.affinity:
             settings["affinity"] = Affinity.model_validate(self.affinity)
         if self.tolerations:
-            settings["tolerations"] = [Toleration(**t) for t in self.tolerations]
+            extra = [t for t in self.tolerations if t not in tolerations]
+            settings["tolerations"] = [Toleration(**t) for t in [*tolerations, *extra]]
         if self.volume:
             settings["volumes"] = [self._volume()]
         return settings

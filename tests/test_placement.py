@@ -96,6 +96,34 @@ def test_no_pod_receives_another_clients_volume_or_secret(config):
             assert {owner[c] for c in clients} == {group_name}, label
 
 
+def test_a_groups_train_pods_keep_the_cluster_node_selector_and_tolerations_beside_their_own():
+    """Argo gives a pod its template's nodeSelector and tolerations instead of the workflow's: a GPU
+    cluster's (``cluster.node_selector``, ``cluster.tolerations``) must stay on every group's train pods."""
+    from tests.test_manifests import schema_errors
+
+    gpu_pool = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    site = {"key": "argofl.io/site", "operator": "Equal", "value": "a", "effect": "NoSchedule"}
+    doc = {
+        "experiment": "x",
+        "clients": 3,
+        "placement": [
+            {"name": "a", "clients": [0, 1], "node_selector": {"argofl.io/site": "a"}, "tolerations": [site]},
+            {"name": "b", "clients": [2], "node_selector": {"gpu": "h100"}},
+        ],
+        "cluster": {"gpus": 1, "node_selector": {"gpu": "a100"}, "tolerations": [gpu_pool]},
+    }
+    manifest = manifest_for(config_from_mapping(doc, name="x", where="x.yaml"))
+    templates = {t["name"]: t for t in manifest["spec"]["templates"]}
+    a, b = templates["train-a"], templates["train-b"]
+    assert a["nodeSelector"] == {"gpu": "a100", "argofl.io/site": "a"}
+    assert a["tolerations"] == [gpu_pool, site]
+    assert b["nodeSelector"] == {"gpu": "h100"}  # the group's own value wins
+    assert "tolerations" not in b  # none of its own: the workflow's apply
+    assert manifest["spec"]["tolerations"] == [gpu_pool]
+    assert a["container"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert schema_errors(manifest) == []
+
+
 def test_distribute_never_mixes_groups_in_a_pod_and_refuses_unplaced_clients():
     pods = place_groups(2, [0, 1, 2, 3, 5], 2, {"a": [0, 2, 5], "b": [1, 3], "c": [4]})
     assert pods == {
