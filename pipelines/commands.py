@@ -149,6 +149,7 @@ def run_cmd(
         cfg = load_config(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    _refuse_client_volumes(cfg.placement)
     manifest = manifest_for(cfg)
     overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
     root = runs_dir.resolve()
@@ -180,6 +181,18 @@ def run_cmd(
     display = kind_of(cfg).display
     templates = workflow_templates_for(cfg)
     _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
+
+
+def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
+    """One line, before anything starts, for a placement group with a volume (the local executor mounts
+    none: its message would name a template index and suggest rewriting the workflow)."""
+    for group in placement:
+        for kind, where in group.volume.items():
+            raise click.UsageError(
+                f"placement group {group.name!r} mounts a volume ({kind}: {where}), which needs a cluster: "
+                "run this config with argofl submit (locally, give the group no volume and point data.uri "
+                "at its shards); nothing was started"
+            )
 
 
 def _prestart_steps() -> None:

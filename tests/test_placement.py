@@ -124,6 +124,32 @@ def test_a_groups_train_pods_keep_the_cluster_node_selector_and_tolerations_besi
     assert schema_errors(manifest) == []
 
 
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [
+        ("fedavg-fmnist-sites-pvc.yaml", "placement group 'site-a' mounts a volume (pvc: site-a-data)"),
+        ("fedavg-fmnist-sites-loader.yaml", "placement group 'edge-0' mounts a volume (host_path: "),
+    ],
+)
+def test_argofl_run_of_a_config_with_client_volumes_is_one_line_naming_the_group(
+    config, named, tmp_path, monkeypatch
+):
+    """The local executor mounts no volumes: refused before anything starts, naming the group and the
+    way to run it, not a template index with advice for workflow authors."""
+    import argofl.pipelines.commands as commands
+    from argofl.pipelines.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    result = CliRunner().invoke(cli, ["run", str(ROOT / "configs" / config)])
+    assert result.exit_code == 2, result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert named in line
+    assert "needs a cluster: run this config with argofl submit" in line
+    assert line.endswith("nothing was started")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_distribute_never_mixes_groups_in_a_pod_and_refuses_unplaced_clients():
     pods = place_groups(2, [0, 1, 2, 3, 5], 2, {"a": [0, 2, 5], "b": [1, 3], "c": [4]})
     assert pods == {
