@@ -37,7 +37,7 @@ from argofl.pipelines.parameters import (
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
 from argofl.pipelines.run_summary import save_run_summary
 from argofl.pipelines.stop_signals import stop_before_start
-from argofl.steps.store import StoreError, check_store_uri
+from argofl.steps.store import StoreError, check_store_uri, open_store
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
@@ -174,6 +174,7 @@ def run_cmd(
     except StoreError as exc:
         hint = "'-p store'" if overrides.get("store") else "'--store'"
         raise click.BadParameter(f"{exc}; nothing was started", param_hint=hint) from None
+    _check_s3_access(manifest, params, key_refs)
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     stop_before_start()
@@ -181,6 +182,29 @@ def run_cmd(
     display = kind_of(cfg).display
     templates = workflow_templates_for(cfg)
     _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
+
+
+def _check_s3_access(
+    manifest: Mapping[str, Any], params: Mapping[str, str], key_refs: KeyRefs | None
+) -> None:
+    """One line, before anything starts, when an S3 store's endpoint or credentials are missing from what
+    the steps will get (the environment, ``--secrets``): the run would fail in init, then in finish."""
+    from argofl.pipelines.run_summary import steps_s3_env
+
+    values = {**parameters_of(manifest), **params}
+    if not values.get("store", "").startswith(("s3://", "minio://")):
+        return
+    env = steps_s3_env(manifest, values, key_refs)
+    try:
+        open_store(values["store"], env)  # checks endpoint and credentials; connects to nothing
+    except StoreError as exc:
+        keys = (
+            ("ARGOFL_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+            ("ARGOFL_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+        )
+        unset = not all(env.get(a) or env.get(b) for a, b in keys)
+        secrets = ", or pass the argofl-s3 Secret's YAML with --secrets FILE" if unset else ""
+        raise click.UsageError(f"{exc}{secrets}; nothing was started") from None
 
 
 def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
@@ -345,6 +369,7 @@ def resume_cmd(
         manifest = resubmission_manifest(old, start, resume)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
+    _check_s3_access(manifest, {}, key_refs)
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"

@@ -107,6 +107,78 @@ def test_run_with_a_store_it_cannot_open_starts_nothing(tmp_path, args, hint):
     assert not (runs / "workflows").exists()
 
 
+S3_ARGS = ["--store", "s3://argofl", "-p", "s3-endpoint=http://127.0.0.1:9"]
+
+
+@pytest.fixture
+def no_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No S3 credentials in the environment, and no fork server started for ``argofl run``."""
+    import argofl.pipelines.commands as commands
+
+    for name in (
+        "ARGOFL_S3_ACCESS_KEY",
+        "ARGOFL_S3_SECRET_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+
+
+def test_run_with_an_s3_store_and_no_credentials_is_one_line_and_starts_nothing(tmp_path, no_s3_credentials):
+    """It started the run, whose init and exit handler both failed on the missing credentials."""
+    runs = tmp_path / "runs"
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(runs), *S3_ARGS])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "Error: S3 credentials for http://127.0.0.1:9 are not set: export ARGOFL_S3_ACCESS_KEY and "
+        "ARGOFL_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or pass the argofl-s3 "
+        "Secret's YAML with --secrets FILE; nothing was started"
+    )
+    assert not (runs / "workflows").exists()
+
+
+def test_run_with_an_s3_endpoint_it_cannot_use_is_one_line_and_starts_nothing(
+    tmp_path, no_s3_credentials, monkeypatch
+):
+    monkeypatch.setenv("ARGOFL_S3_ACCESS_KEY", "a")
+    monkeypatch.setenv("ARGOFL_S3_SECRET_KEY", "s")
+    runs = tmp_path / "runs"
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    args = ["--store", "s3://argofl", "-p", "s3-endpoint=http://minio:9000/argofl"]
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(runs), *args])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "Error: ARGOFL_S3_ENDPOINT='http://minio:9000/argofl' has a path; give only http(s)://HOST[:PORT]; "
+        "nothing was started"
+    )
+    assert not (runs / "workflows").exists()
+
+
+def test_run_with_an_s3_store_takes_its_credentials_from_secrets(tmp_path, no_s3_credentials, monkeypatch):
+    import argofl.pipelines.local as local
+
+    started: list[object] = []
+
+    def run_workflow(*args: object, **kwargs: object) -> None:
+        started.append(kwargs["key_refs"])
+        raise click.exceptions.Exit(0)
+
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    secrets = tmp_path / "s3.yaml"
+    secrets.write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: argofl-s3}\n"
+        "stringData: {accesskey: a, secretkey: s}\n"
+    )
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(
+        cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *S3_ARGS, "--secrets", str(secrets)]
+    )
+    assert result.exit_code == 0, result.output
+    assert started == [{("Secret", "argofl-s3"): {"accesskey": "a", "secretkey": "s"}}]
+
+
 def test_compile_writes_manifest(tmp_path):
     result = CliRunner().invoke(
         cli, ["compile", str(ROOT / "configs" / "fedavg-fmnist-torch.yaml"), "--out-dir", str(tmp_path)]
