@@ -171,7 +171,9 @@ def test_hadolint_ignores_are_justified() -> None:
         )
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "dockerfile", [*DOCKERFILES, REPO / "examples" / "Dockerfile"], ids=lambda p: p.parent.name + "/" + p.name
+)
 def test_hadolint_reports_nothing(dockerfile: Path) -> None:
     command = [_hadolint(), "--format", "json", "--no-fail"]
     if HADOLINT_CONFIG.is_file():

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.docker_env import docker_cli, require_image
 
@@ -82,3 +83,37 @@ def test_neither_history_nor_config_hold_the_ca_bundle_or_a_credential(image: tu
     # the secret was mounted at build time only
     done = _run(cli, name, "sh", "-c", 'test ! -e /run/secrets/ca-bundle && test -z "$PIP_CERT"')
     assert done.returncode == 0, "the CA bundle or PIP_CERT is still in the image"
+
+
+def test_the_examples_image_makes_the_code_a_config_names_importable_in_the_step(
+    image: tuple[str, str],
+) -> None:
+    """``examples/Dockerfile``: the step image with the user's loaders and models, so that a config naming
+    them (the sites-loader config's ``data.loader``) runs on a cluster: argofl's own lookup finds them on a
+    read-only root, as UID 10001. The plain step image has no such module."""
+    cli, base = image
+    root = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((root / "configs" / "fedavg-fmnist-sites-loader.yaml").read_text())
+    lookup = (
+        "from argofl.steps.frameworks.base import load_factory\n"
+        f"load_factory({config['data']['loader']!r}, what='data loader')\n"
+        "load_factory('examples.custom_models:torch_tiny_cnn')\n"
+        "print('found')\n"
+    )
+    assert "No module named 'examples'" in _run(cli, base, "python", "-c", lookup).stderr
+    tag = "argofl-test/examples:local"
+    dockerfile, context = root / "examples" / "Dockerfile", root / "examples"
+    built = subprocess.run(
+        [cli, "build", "-q", "-f", str(dockerfile), "--build-arg", f"BASE={base}", "-t", tag, str(context)],
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},  # FROM, COPY and ENV only: any builder
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    try:
+        assert built.returncode == 0, built.stderr
+        done = _run(cli, tag, "python", "-c", lookup)
+        assert (done.returncode, done.stdout.strip()) == (0, "found"), done.stderr
+    finally:
+        subprocess.run([cli, "rmi", "-f", tag], capture_output=True, check=False)
