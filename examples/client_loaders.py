@@ -8,8 +8,10 @@ a train split; a test split is optional and feeds federated evaluation). argofl 
 and fails only that client, with one line naming it, if the loader raises or returns something else.
 
 The loader runs inside the client's train pod, so it reads what that pod can reach: its node's disk,
-its volume, its own bucket. The module must be importable there (installed in the step image, or on
-``PYTHONPATH``; ``examples`` here is a namespace package under the repository root).
+its volume, its own bucket. The module must be importable there: on a cluster, in the step image
+(``examples/Dockerfile`` adds this directory); locally, ``argofl run`` and ``run_local`` find it in the
+directory they start in (``examples`` here is a namespace package under the repository root), or on
+``PYTHONPATH``.
 """
 
 from __future__ import annotations

@@ -135,7 +135,7 @@ def run_local(
     KeyboardInterrupt for Ctrl-C.
     """
     from argofl.pipelines.local import run_workflow
-    from argofl.pipelines.local_params import local_parallelism, local_parameters
+    from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
     from argofl.pipelines.parameters import parameters_of
     from argofl.steps.store import FileStore
 
@@ -168,6 +168,7 @@ def run_local(
         artifact_store=FileStore(root / "artifacts"),
         parallelism=parallelism or local_parallelism(manifest),
         stop_on_signals=True,  # from the main thread only
+        env=user_code_env(),  # the user's modules (model factories, data loaders) import from here
         workflow_templates=templates,
     )
     if result.stopped_by is not None:  # the run is stopped and recorded: now what the signal would do

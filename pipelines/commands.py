@@ -26,7 +26,7 @@ from argofl.pipelines.local.cli import (
 )
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
-from argofl.pipelines.local_params import local_parallelism, local_parameters
+from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
 from argofl.pipelines.parameters import (
     check_overrides,
     outputs_of,
@@ -224,7 +224,8 @@ def _prestart_steps() -> None:
     from argofl.pipelines.local import forkserver
 
     bin_dir = str(Path(sys.executable).parent)
-    forkserver.prestart({**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", os.defpath)})
+    path = bin_dir + os.pathsep + os.environ.get("PATH", os.defpath)
+    forkserver.prestart({**os.environ, "PATH": path, **user_code_env()})  # the steps' environment
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -261,6 +262,7 @@ def _run_locally(
         on_node=Progress(display=display),
         parallelism=parallelism,
         stop_on_signals=True,
+        env=user_code_env() if containers is None else None,
         containers=containers,
         key_refs=key_refs,
         workflow_templates=workflow_templates,

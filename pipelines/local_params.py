@@ -19,6 +19,7 @@ __all__ = [
     "absolute_tracking_uri",
     "local_parallelism",
     "local_parameters",
+    "user_code_env",
 ]
 
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -102,3 +103,14 @@ def local_parallelism(manifest: Mapping[str, object]) -> int:
     templates = spec.get("templates") if isinstance(spec, Mapping) else None
     daemons = any(isinstance(t, Mapping) and t.get("daemon") for t in (templates or []))
     return LOCAL_PARALLELISM + (1 if daemons else 0)
+
+
+def user_code_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The ``PYTHONPATH`` of a local run's host-process steps: the directory the run starts in, then
+    ``env``'s (default: this process's). Steps run in their own working directories; with it, a config's
+    ``package.module:function`` (a model factory, a data loader) is found in the user's directory, as
+    ``python`` started there finds it."""
+    here = os.getcwd()
+    given = (os.environ if env is None else env).get("PYTHONPATH", "")
+    paths = [p for p in given.split(os.pathsep) if p and p != here]
+    return {"PYTHONPATH": os.pathsep.join([here, *paths])}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,6 +33,8 @@ from argofl.steps.runinfo import RunLayout
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import FileStore
 from argofl.steps.strategies import AggregationError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -468,3 +471,43 @@ def test_a_loader_that_cannot_be_imported_is_named_a_data_loader(env, loader, ex
     assert message.startswith(f"client 0: loader {loader}('0', 'train'): {expected}")
     assert "model" not in message
     assert message.endswith("the client is skipped this round")
+
+
+MY_LOADER = """
+import numpy as np
+
+
+def load(client, split):
+    rng = np.random.default_rng([int(client), split == "test"])
+    return rng.integers(0, 256, (24, 28, 28, 1), dtype=np.uint8), rng.integers(0, 10, 24).astype(np.int64)
+"""
+
+
+@pytest.mark.parametrize("how", ["argofl run", "run_local"])
+def test_a_loader_in_the_users_directory_is_found_by_the_steps_of_a_local_run(tmp_path, fmnist_dir, how):
+    """Steps run in their own working directories; a local run puts the directory it starts in on their
+    PYTHONPATH, so ``loader: mysites:load`` beside the config works as it would for ``python`` there."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.processes import ARGOFL, argofl_env
+
+    (tmp_path / "mysites.py").write_text(MY_LOADER)
+    config = yaml.safe_load((ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text())
+    config.update(experiment="mine", data={"source": "loader", "loader": "mysites:load"})
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
+    params = {"rounds": "1", "clients": "2", "min-clients": "2", "data-dir": str(fmnist_dir)}
+    if how == "argofl run":
+        command = [*ARGOFL, "run", "mine.yaml", *(f"--parameter={k}={v}" for k, v in params.items())]
+    else:
+        code = "import json, sys; from argofl import api; api.run_local('mine.yaml', json.loads(sys.argv[1]))"
+        command = [sys.executable, "-c", code, json.dumps(params)]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=argofl_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(next((tmp_path / "runs" / "workflows").glob("*/summary.json")).read_text())
+    assert [row["round"] for row in summary["rounds"]] == [1]
+    assert "No module named" not in done.stdout + done.stderr
