@@ -142,6 +142,12 @@ def step_train_part(s: Settings, client: str):
     return partition_split(s, "train", client)
 
 
+def init_per_client(s: Settings, run_key: str, template: str) -> None:
+    """``init`` of a run whose clients read their shards at ``template``."""
+    data = DataOptions(source="per-client", uri=template)
+    step_init.run(s, run_key=run_key, workflow_name="w", workflow_uid="u", data=data)
+
+
 def write_sites(tmp_path, sizes: dict[str, int], *, classes: int = 10) -> str:
     rng = np.random.default_rng(0)
     template = (tmp_path / "sites").as_uri() + "/{client}"
@@ -207,13 +213,7 @@ def test_a_bad_shard_in_a_pod_of_several_clients_gives_its_reason_in_the_rounds_
 
     template = write_sites(tmp_path, {"0": 40, "2": 40})  # client 1 has no shard
     s = settings(min_clients=2, rounds=1, clients_per_pod=3)
-    step_init.run(
-        s,
-        run_key="data-test/pod",
-        workflow_name="w",
-        workflow_uid="u",
-        data=DataOptions(source="per-client", uri=template),
-    )
+    init_per_client(s, "data-test/pod", template)
     [group] = step_distribute.run(run_key="data-test/pod", round=1)
     outcome = CliRunner().invoke(
         step_cli, ["train", "--run-key", "data-test/pod", "--round", "1", "--clients", group]
@@ -232,13 +232,7 @@ def test_a_bad_shard_in_a_pod_of_several_clients_gives_its_reason_in_the_rounds_
 def test_bad_client_below_min_clients_fails_the_round(env, tmp_path):
     template = write_sites(tmp_path, {"0": 40})
     s = settings(clients=2, min_clients=2, rounds=1)
-    step_init.run(
-        s,
-        run_key="data-test/few",
-        workflow_name="w",
-        workflow_uid="u",
-        data=DataOptions(source="per-client", uri=template),
-    )
+    init_per_client(s, "data-test/few", template)
     step_distribute.run(run_key="data-test/few", round=1)
     step_train.run(run_key="data-test/few", round=1, clients="0")
     with pytest.raises(ClientDataError, match="client 1: no shard at"):
