@@ -74,8 +74,9 @@ def local_parameters(
 ) -> dict[str, str]:
     """The workflow parameters of a local run under ``root`` (the runs directory, absolute).
 
-    ``overrides`` win; the store defaults to ``root/store``, MLflow to ``root/mlflow.db``; ``data_dir``
-    and ``data_uri`` (the config's, unless overridden) are made absolute.
+    ``overrides`` win; the store defaults to ``root/store``, MLflow to ``root/mlflow.db``, the S3 endpoint
+    to an exported ``ARGOFL_S3_ENDPOINT``; ``data_dir`` and ``data_uri`` (the config's, unless overridden)
+    are made absolute.
     """
     tracking_uri = absolute_tracking_uri(overrides.get("mlflow-uri") or mlflow_uri or "") or (
         f"sqlite:///{root / 'mlflow.db'}"
@@ -88,6 +89,9 @@ def local_parameters(
         "mlflow-ui": overrides.get("mlflow-ui")
         or (tracking_uri if tracking_uri.startswith(("http://", "https://")) else LOCAL_MLFLOW_UI),
     }
+    exported = os.environ.get("ARGOFL_S3_ENDPOINT", "")
+    if exported and "s3-endpoint" not in overrides:  # what this machine's S3 clients use, not the cluster's
+        params["s3-endpoint"] = exported
     data_dir = overrides.get("data-dir", data_dir)
     if data_dir:
         params["data-dir"] = os.path.abspath(data_dir)

@@ -108,6 +108,7 @@ def test_run_with_a_store_it_cannot_open_starts_nothing(tmp_path, args, hint):
 
 
 S3_ARGS = ["--store", "s3://argofl", "-p", "s3-endpoint=http://127.0.0.1:9"]
+CREDENTIALS = [("ARGOFL_S3_ACCESS_KEY", "a"), ("ARGOFL_S3_SECRET_KEY", "s")]
 
 
 @pytest.fixture
@@ -177,6 +178,33 @@ def test_run_with_an_s3_store_takes_its_credentials_from_secrets(tmp_path, no_s3
     )
     assert result.exit_code == 0, result.output
     assert started == [{("Secret", "argofl-s3"): {"accesskey": "a", "secretkey": "s"}}]
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [([], "http://exported:9000"), (["-p", "s3-endpoint=http://given:9000"], "http://given:9000")],
+)
+def test_a_local_run_takes_the_exported_s3_endpoint_unless_one_is_given(
+    tmp_path, no_s3_credentials, monkeypatch, given, expected
+):
+    """The steps' ARGOFL_S3_ENDPOINT comes from the s3-endpoint parameter: its default (the config's,
+    http://minio:9000) hid the endpoint the user exported, and the run retried an unknown host."""
+    import argofl.pipelines.local as local
+
+    for name, value in [("ARGOFL_S3_ENDPOINT", "http://exported:9000"), *CREDENTIALS]:
+        monkeypatch.setenv(name, value)
+    started: list[dict[str, str]] = []
+
+    def run_workflow(manifest: object, params: dict[str, str], **kwargs: object) -> None:
+        started.append(params)
+        raise click.exceptions.Exit(0)
+
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "--store", "s3://argofl", *given]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert [p["s3-endpoint"] for p in started] == [expected]
 
 
 def test_compile_writes_manifest(tmp_path):
