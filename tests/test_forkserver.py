@@ -353,7 +353,10 @@ def test_tiny_fedavg_writes_the_same_bytes_with_and_without_the_fork_server(
         monkeypatch.setenv(forkserver.DISABLE_VARIABLE, "0" if mode == "fresh" else "1")
         before = 0
         if mode == "forked":
-            env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+            from argofl.pipelines.local_params import user_code_env
+
+            path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+            env = {**os.environ, "PATH": path, **user_code_env()}  # what argofl run gives its steps
             forkserver.shutdown()  # one an earlier test started with another environment would not serve
             server = forkserver.default_server(env)
             assert server is not None
