@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
-from argofl.steps.settings import Settings, param_name
-from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions
+from argofl.steps.settings import Settings, SettingsError, param_name
+from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions, cut_problem
 
 __all__ = [
     "SPLIT_PARAMS",
@@ -63,6 +63,9 @@ def split_config(
         raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
     if settings.attack != "none":
         raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
+    cut = cut_problem(settings.framework, settings.model, options.cut)
+    if cut is not None:
+        raise ConfigError(f"{where}: {cut}")
     if cluster.rounds_per_workflow:
         raise ConfigError(
             f"{where}: cluster.rounds_per_workflow: only kind fedavg runs blocks of rounds as child "
@@ -81,4 +84,7 @@ def split_config(
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:
     """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``)."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
-    SplitOptions.from_mapping(given, where=where, strings=True)
+    options = SplitOptions.from_mapping(given, where=where, strings=True)
+    cut = cut_problem(values.get("framework", "").strip(), values.get("model", "").strip(), options.cut)
+    if cut is not None:
+        raise SettingsError(f"{where}: {cut}")

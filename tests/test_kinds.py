@@ -106,6 +106,18 @@ def test_split_parameter_values_are_checked_like_settings() -> None:
     assert check_overrides(manifest, {"split_idle_timeout": "5"}) == {"split-idle-timeout": "5"}
     with pytest.raises(ParameterError, match=r"split\.idle_timeout: expected int, got 'soon'; nothing was"):
         check_overrides(manifest, {"split-idle-timeout": "soon"})
+    with pytest.raises(
+        ParameterError, match=r"^parameters: split\.cut: 'nope' is not a layer of the torch cnn"
+    ):
+        check_overrides(manifest, {"split-cut": "nope"})
+    with pytest.raises(
+        ParameterError, match=r"split\.cut: 'pool2' is not a layer of the torch mlp model .*started$"
+    ):
+        check_overrides(manifest, {"model": "mlp"})  # the config's cut, pool2, is no mlp layer
+    assert check_overrides(manifest, {"model": "mlp", "split-cut": "fc2"}) == {
+        "model": "mlp",
+        "split-cut": "fc2",
+    }
     fedavg = manifest_for(load_config(CONFIGS["fedavg"]))
     with pytest.raises(ParameterError, match="unknown workflow parameter 'split-cut'"):
         check_overrides(fedavg, {"split-cut": "pool1"})

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
@@ -70,19 +70,56 @@ def test_split_parameters_given_as_strings_are_parsed():
 
 
 def test_bad_cut_fails_at_init_not_silently(tmp_path):
-    from argofl.steps.settings import Settings
+    """A factory model's cut is only checked when split-init builds the halves."""
+    from tests.require import require_module
+
+    require_module("torch")
+    from argofl.steps.frameworks.base import FrameworkError
     from argofl.steps.split.torch_split import build_halves
 
+    with pytest.raises(FrameworkError, match=r"split\.cut='nope'"):
+        build_halves("cnn", "nope", input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1)
+
+
+@pytest.mark.parametrize(
+    ("doc", "fragment"),
+    [
+        (
+            _doc(cut="nope"),
+            "t.yaml: split.cut: 'nope' is not a layer of the torch cnn model that leaves a top",
+        ),
+        (_doc(cut="logits"), "split.cut: 'logits' is not a layer of the torch cnn model"),
+        ({**_doc(cut="pool2"), "model": "mlp"}, "expected one of flatten, fc1, relu1, fc2, relu2"),
+        ({**_doc(cut="relu2"), "framework": "tensorflow"}, "split.cut: 'relu2' is not a layer of the tens"),
+    ],
+)
+def test_a_cut_a_builtin_model_lacks_is_refused_when_the_config_loads(doc, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        config_from_mapping(doc, name="x", where="t.yaml")
+
+
+def test_a_factory_models_cut_is_left_to_split_init():
     cfg = config_from_mapping(
-        yaml.safe_load("kind: split\nexperiment: x\nsplit: {cut: nope}"), name="x", where="t"
+        {**_doc(cut="block3"), "model": "examples.custom_models:torch_tiny_cnn"}, name="x", where="t"
     )
     assert isinstance(cfg, SplitExperimentConfig)
-    s: Settings = cfg.settings
-    o: SplitOptions = cfg.split
-    from argofl.steps.frameworks.base import FrameworkError
+    assert cfg.split.cut == "block3"
 
-    with pytest.raises(FrameworkError, match=r"split\.cut='nope'"):
-        build_halves(s.model, o.cut, input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1)
+
+@pytest.mark.parametrize("framework", ["torch", "tensorflow"])
+@pytest.mark.parametrize("model", ["cnn", "mlp"])
+def test_builtin_cuts_are_the_layers_of_the_built_models(framework, model):
+    from argofl.steps.split.settings import BUILTIN_CUTS
+    from tests.require import require_module
+
+    require_module(framework)
+    from argofl.steps.split import steps as split_steps
+
+    full, _, _ = split_steps.halves(framework).build_halves(
+        model, "fc1", input_shape=(28, 28, 1), num_classes=10, seed=0, threads=1
+    )
+    names = [n for n, _ in full.named_children()] if framework == "torch" else [x.name for x in full.layers]
+    assert BUILTIN_CUTS[(framework, model)] == tuple(names[:-1])
 
 
 def test_a_strategy_override_at_submit_time_fails_split_init(tmp_path, monkeypatch):

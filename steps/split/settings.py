@@ -24,11 +24,13 @@ from argofl.steps.settings import SettingsError
 from argofl.steps.store import join_key
 
 __all__ = [
+    "BUILTIN_CUTS",
     "MODES",
     "SPLIT_STRATEGY_NOTE",
     "UNUSED_SETTINGS",
     "SplitOptions",
     "bottom_key",
+    "cut_problem",
     "options_key",
     "token_key",
     "top_key",
@@ -40,6 +42,29 @@ MODES = ("vanilla", "splitfed")
 SPLIT_STRATEGY_NOTE = "split learning averages SplitFed bottoms with FedAvg: only strategy fedavg applies"
 UNUSED_SETTINGS = ("strategy", "server_lr", "server_momentum", "server_beta2", "server_tau")
 """Settings split learning has no use for (it always averages with FedAvg): not workflow parameters."""
+
+
+BUILTIN_CUTS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("torch", "cnn"): ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3"),
+    ("torch", "mlp"): ("flatten", "fc1", "relu1", "fc2", "relu2"),
+    ("tensorflow", "cnn"): ("conv1", "pool1", "conv2", "pool2", "flatten", "fc1"),
+    ("tensorflow", "mlp"): ("flatten", "fc1", "fc2"),
+}
+"""(framework, built-in model) → the layers a split may cut after (all but the last; a test builds each
+model and compares), so a bad ``split.cut`` is refused before a run starts, without importing torch or
+TensorFlow."""
+
+
+def cut_problem(framework: str, model: str, cut: str) -> str | None:
+    """Why ``cut`` cannot split built-in ``model`` of ``framework``; None when it can, or when the model is
+    a factory (``package.module:factory``: only ``split-init`` can build it to check)."""
+    cuts = BUILTIN_CUTS.get((framework, model))
+    if cuts is None or cut in cuts:
+        return None
+    return (
+        f"split.cut: {cut!r} is not a layer of the {framework} {model} model that leaves a top half: "
+        f"expected one of {', '.join(cuts)}"
+    )
 
 
 @dataclass(frozen=True)
