@@ -82,9 +82,13 @@ def split_config(
 
 
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:
-    """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``)."""
+    """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``) and the settings
+    split learning refuses (``-p attack=…``), as :func:`split_config` does a config's."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
     options = SplitOptions.from_mapping(given, where=where, strings=True)
+    attack = values.get("attack", "none").strip()
+    if attack != "none":
+        raise SettingsError(f"{where}: attack: split learning simulates no attacks, got {attack!r}")
     cut = cut_problem(values.get("framework", "").strip(), values.get("model", "").strip(), options.cut)
     if cut is not None:
         raise SettingsError(f"{where}: {cut}")

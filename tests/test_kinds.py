@@ -123,6 +123,18 @@ def test_split_parameter_values_are_checked_like_settings() -> None:
         check_overrides(fedavg, {"split-cut": "pool1"})
 
 
+def test_an_attack_given_to_a_split_workflow_is_refused_before_it_starts() -> None:
+    """The config check refuses `attack:` in a split config; `-p attack=` is refused the same way (it
+    failed split-init, after the run had started)."""
+    manifest = manifest_for(load_config(CONFIGS["split"]))
+    with pytest.raises(
+        ParameterError,
+        match=r"^parameters: attack: split learning simulates no attacks, got 'sign-flip'; nothing was",
+    ):
+        check_overrides(manifest, {"attack": "sign-flip", "attack-clients": "0"})
+    assert check_overrides(manifest, {"attack": "none"}) == {"attack": "none"}
+
+
 def test_a_workflow_that_is_no_experiment_gets_no_settings_check() -> None:
     manifest = {
         "spec": {"entrypoint": "fedavg", "arguments": {"parameters": [{"name": "rounds", "value": "x"}]}}
