@@ -49,9 +49,11 @@ def run(
     start_round: int = 1,
     resume_from: str = "",
     data: DataOptions | None = None,
+    extra_params: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Initialise the run at ``run_key``. Safe to retry: a retry of the same workflow's init reuses
-    what an earlier attempt wrote (verifying it); a run initialised by another workflow is refused."""
+    what an earlier attempt wrote (verifying it); a run initialised by another workflow is refused.
+    ``extra_params``: MLflow params beside the settings' (a kind's own options, e.g. ``split-cut``)."""
     store = store_from_env()
     layout = RunLayout(run_key)
     if store.exists(layout.record_key):
@@ -85,7 +87,7 @@ def run(
     ref = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
-        params=settings.to_params(),
+        params={**settings.to_params(), **(extra_params or {})},
         tags={
             "argo.workflow.name": workflow_name,
             "argo.workflow.uid": workflow_uid,

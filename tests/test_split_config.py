@@ -155,3 +155,30 @@ def test_split_halves_come_from_the_framework_registry(tmp_path, monkeypatch):
         split_steps.init(settings, SplitOptions(), run_key="x/run", workflow_name="run", workflow_uid="u")
     with pytest.raises(RunError, match="split learning does not support framework 'jax'"):
         split_steps.halves("jax")
+
+
+def test_split_init_records_the_split_options_as_mlflow_params(tmp_path, monkeypatch, fmnist_dir):
+    """The MLflow run says how the model was split (it had the settings only: no cut, no mode)."""
+    from tests.require import require_module
+
+    require_module("torch")
+    from mlflow.tracking import MlflowClient
+
+    from argofl.steps.settings import Settings
+    from argofl.steps.split import steps as split_steps
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings = Settings.from_mapping({"experiment": "x", "data_dir": str(fmnist_dir), "clients": 2})
+    options = SplitOptions(mode="splitfed", cut="pool1", idle_timeout=30)
+    out = split_steps.init(settings, options, run_key="x/run", workflow_name="run", workflow_uid="u")
+    params = MlflowClient(uri).get_run(out["mlflow-run-id"]).data.params
+    assert {k: v for k, v in params.items() if k.startswith("split-")} == {
+        "split-mode": "splitfed",
+        "split-cut": "pool1",
+        "split-port": "8080",
+        "split-idle-timeout": "30",
+        "split-request-timeout": "60",
+    }
+    assert params["clients"] == "2"

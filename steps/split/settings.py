@@ -100,6 +100,10 @@ class SplitOptions:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_params(self) -> dict[str, str]:
+        """The options as MLflow params, named like their workflow parameters (``split-cut``, …)."""
+        return {"split-" + k.replace("_", "-"): str(v) for k, v in self.to_dict().items()}
+
     def to_json(self) -> bytes:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True).encode()
 

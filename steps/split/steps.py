@@ -123,6 +123,7 @@ def init(
         workflow_uid=workflow_uid,
         start_round=start_round,
         resume_from=resume_from,
+        extra_params=options.to_params(),
     )
     store.put_bytes(options_key(run_key), options.to_json())
     store.put_bytes(token_key(run_key), secrets.token_urlsafe(32).encode())
