@@ -159,7 +159,7 @@ KINDS: dict[str, ExperimentKind] = {
             sections={"split": "splits the model between clients and a server"},
             check_values=check_split_parameters,
             # its clients train: progress lines show them as FedAvg's
-            display=NodeDisplay({"split-client": "train"}),
+            display=NodeDisplay({"split-client": "train", "split-server": "server"}),
         ),
     )
 }

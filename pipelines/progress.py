@@ -39,8 +39,9 @@ class NodeDisplay:
     """How a kind's nodes read in progress lines: template name → the step it stands for.
 
     The steps lines know are ``train`` (a client: a line per client, counted in its round's trained
-    clients), ``distribute``, ``aggregate`` and ``evaluate`` (the round's test metrics; also what makes a
-    round completed); any other template is shown by its own name. A key ending in ``-`` maps every
+    clients), ``server`` (a split round's server), ``distribute``, ``aggregate`` and ``evaluate`` (the
+    round's test metrics; also what makes a round completed); any other template is shown by its own
+    name. A key ending in ``-`` maps every
     template it prefixes (FedAvg's placement groups ``train-<group>``)."""
 
     steps: Mapping[str, str] = field(default_factory=dict)
@@ -209,6 +210,8 @@ def step_line(step: Step) -> str:
         text = f"{where} {mark} test accuracy {acc} loss {loss}"
     elif step.template == "distribute":
         text = f"{where} {mark} clients sampled"
+    elif step.template == "server":  # a split round's server daemon
+        text = f"{where} / server {mark}" if where else f"server {mark}"
     else:
         text = f"{step.template or step.node.get('displayName', '?')} {mark}"
     if step.phase != "Succeeded" and step.node.get("message"):

@@ -188,6 +188,22 @@ def test_argofl_runs_progress_lines_use_the_kinds_display() -> None:
     assert second.endswith("] split-client ✔")
 
 
+def test_a_split_servers_progress_line_names_its_round() -> None:
+    """Each round's server read `split-server ✔`, the same line every round (and on a failure)."""
+    from argofl.pipelines.commands import Progress
+
+    out = io.StringIO()
+    round_in = {"parameters": [{"name": "round", "value": "round 2"}]}
+    Progress(out, KINDS["split"].display)(_node("s", "Pod", "split-server", "Succeeded", inputs=round_in))
+    stopped = _node(
+        "t", "Pod", "split-server", "Failed", inputs=round_in, message="stopped: executor interrupted"
+    )
+    Progress(out, KINDS["split"].display)(stopped)
+    first, second = out.getvalue().splitlines()
+    assert first.endswith("] round 2 / server ✔")
+    assert second.endswith("] round 2 / server ✖ (stopped: executor interrupted)")
+
+
 def test_argofl_runs_progress_lines_load_no_cluster_module() -> None:
     code = (
         "import io, sys\n"
