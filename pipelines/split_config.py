@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
-from argofl.steps.settings import Settings, SettingsError, param_name
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
 from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions, cut_problem
 
 __all__ = [
     "SPLIT_PARAMS",
     "SplitExperimentConfig",
     "check_split_parameters",
+    "refused_setting",
     "split_config",
     "split_param",
 ]
@@ -61,8 +62,9 @@ def split_config(
     options = parse_section(sections, "split", SplitOptions.from_mapping, where=where, default=SplitOptions())
     if settings.strategy != "fedavg":
         raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
-    if settings.attack != "none":
-        raise ConfigError(f"{where}: attack: split learning simulates no attacks, got {settings.attack!r}")
+    refused = refused_setting(settings)
+    if refused is not None:
+        raise ConfigError(f"{where}: {refused}")
     cut = cut_problem(settings.framework, settings.model, options.cut)
     if cut is not None:
         raise ConfigError(f"{where}: {cut}")
@@ -81,14 +83,31 @@ def split_config(
     )
 
 
+def refused_setting(settings: Settings) -> str | None:
+    """Why split learning cannot honour one of ``settings`` (a FedAvg setting it would otherwise ignore
+    silently); None when it can honour them all."""
+    if settings.attack != "none":
+        return f"attack: split learning simulates no attacks, got {settings.attack!r}"
+    if settings.fraction != 1.0:
+        return f"fraction: split learning trains every client each round (1.0), got {settings.fraction!r}"
+    if settings.clients_per_pod != 1:
+        return (
+            f"clients_per_pod: split learning runs one pod per client (1), got {settings.clients_per_pod!r}"
+        )
+    return None
+
+
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:
     """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``) and the settings
     split learning refuses (``-p attack=…``), as :func:`split_config` does a config's."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
     options = SplitOptions.from_mapping(given, where=where, strings=True)
-    attack = values.get("attack", "none").strip()
-    if attack != "none":
-        raise SettingsError(f"{where}: attack: split learning simulates no attacks, got {attack!r}")
+    settings = Settings.from_mapping(
+        {k: v for k, v in values.items() if k in PARAM_NAMES}, where=where, strings=True
+    )
+    refused = refused_setting(settings)
+    if refused is not None:
+        raise SettingsError(f"{where}: {refused}")
     cut = cut_problem(values.get("framework", "").strip(), values.get("model", "").strip(), options.cut)
     if cut is not None:
         raise SettingsError(f"{where}: {cut}")

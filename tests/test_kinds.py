@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,20 @@ def test_an_attack_given_to_a_split_workflow_is_refused_before_it_starts() -> No
     ):
         check_overrides(manifest, {"attack": "sign-flip", "attack-clients": "0"})
     assert check_overrides(manifest, {"attack": "none"}) == {"attack": "none"}
+
+
+@pytest.mark.parametrize(
+    ("given", "fragment"),
+    [
+        ({"fraction": "0.5"}, "fraction: split learning trains every client each round (1.0), got 0.5"),
+        ({"clients-per-pod": "2"}, "clients_per_pod: split learning runs one pod per client (1), got 2"),
+    ],
+)
+def test_a_fedavg_setting_split_learning_would_ignore_is_refused_before_it_starts(given, fragment) -> None:
+    """All clients trained, one pod each, whatever -p fraction / clients-per-pod said."""
+    manifest = manifest_for(load_config(CONFIGS["split"]))
+    with pytest.raises(ParameterError, match=f"^parameters: {re.escape(fragment)}; nothing was started$"):
+        check_overrides(manifest, given)
 
 
 def test_a_workflow_that_is_no_experiment_gets_no_settings_check() -> None:

@@ -55,6 +55,14 @@ def test_default_kind_is_fedavg():
             {**_doc(mode="vanilla"), "attack": "label-flip", "attack_clients": "0"},
             r"t\.yaml: attack: split learning simulates no attacks, got 'label-flip'",
         ),
+        (
+            {**_doc(mode="splitfed"), "fraction": 0.5},
+            r"^t\.yaml: fraction: split learning trains every client each round \(1\.0\), got 0\.5$",
+        ),
+        (
+            {**_doc(mode="vanilla"), "clients_per_pod": 2},
+            r"^t\.yaml: clients_per_pod: split learning runs one pod per client \(1\), got 2$",
+        ),
     ],
 )
 def test_bad_split_configs_are_refused_with_the_key(doc, fragment):
