@@ -135,12 +135,20 @@ def run_local(
     KeyboardInterrupt for Ctrl-C.
     """
     from argofl.pipelines.local import run_workflow
-    from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
-    from argofl.pipelines.parameters import parameters_of
+    from argofl.pipelines.local_params import (
+        local_parallelism,
+        local_parameters,
+        parallelism_problem,
+        user_code_env,
+    )
+    from argofl.pipelines.parameters import NOTHING_STARTED, ParameterError, parameters_of
     from argofl.steps.store import FileStore
 
     manifest = to_manifest(workflow)
     given = _check_parameters(manifest, parameters or {})
+    problem = parallelism_problem(manifest, parallelism or local_parallelism(manifest))
+    if problem is not None:
+        raise ParameterError(f"{problem}; {NOTHING_STARTED}")
     declared = parameters_of(manifest)
     root = Path(runs_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)

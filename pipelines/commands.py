@@ -26,7 +26,12 @@ from argofl.pipelines.local.cli import (
 )
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
-from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
+from argofl.pipelines.local_params import (
+    local_parallelism,
+    local_parameters,
+    parallelism_problem,
+    user_code_env,
+)
 from argofl.pipelines.parameters import (
     check_overrides,
     outputs_of,
@@ -152,6 +157,9 @@ def run_cmd(
     _refuse_client_volumes(cfg.placement)
     manifest = manifest_for(cfg)
     overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
+    if parallelism is None:
+        parallelism = local_parallelism(manifest)
+    _check_parallelism(manifest, parallelism)
     root = runs_dir.resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -175,8 +183,6 @@ def run_cmd(
         hint = "'-p store'" if overrides.get("store") else "'--store'"
         raise click.BadParameter(f"{exc}; nothing was started", param_hint=hint) from None
     _check_s3_access(manifest, params, key_refs)
-    if parallelism is None:
-        parallelism = local_parallelism(manifest)
     stop_before_start()
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display
@@ -372,6 +378,9 @@ def resume_cmd(
     except (KeyError, ValueError) as exc:
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
     _check_s3_access(manifest, {}, key_refs)
+    if parallelism is None:
+        parallelism = local_parallelism(manifest)
+    _check_parallelism(manifest, parallelism)
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"
@@ -379,14 +388,19 @@ def resume_cmd(
         f"{name} {phase}: last completed round {last if last is not None else 'none'}; "
         f"resuming from round {start}" + (f" ({resume})" if resume else "")
     )
-    if parallelism is None:
-        parallelism = local_parallelism(manifest)
     containers = _containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
     templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
     templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
+
+
+def _check_parallelism(manifest: Mapping[str, Any], parallelism: int) -> None:
+    """Refuse (exit 2, one line) a ``--parallelism`` the workflow cannot run with."""
+    problem = parallelism_problem(manifest, parallelism)
+    if problem is not None:
+        raise click.BadParameter(f"{problem}; nothing was started", param_hint="'--parallelism'")
 
 
 def _json_object(path: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ __all__ = [
     "absolute_tracking_uri",
     "local_parallelism",
     "local_parameters",
+    "parallelism_problem",
     "user_code_env",
 ]
 
@@ -101,12 +102,27 @@ def local_parameters(
     return params
 
 
-def local_parallelism(manifest: Mapping[str, object]) -> int:
-    """Default step processes at once: one more where a daemon (split's server) holds a slot all round."""
+def _has_daemons(manifest: Mapping[str, object]) -> bool:
     spec = manifest.get("spec")
     templates = spec.get("templates") if isinstance(spec, Mapping) else None
-    daemons = any(isinstance(t, Mapping) and t.get("daemon") for t in (templates or []))
-    return LOCAL_PARALLELISM + (1 if daemons else 0)
+    return any(isinstance(t, Mapping) and t.get("daemon") for t in (templates or []))
+
+
+def local_parallelism(manifest: Mapping[str, object]) -> int:
+    """Default step processes at once: one more where a daemon (split's server) holds a slot all round."""
+    return LOCAL_PARALLELISM + (1 if _has_daemons(manifest) else 0)
+
+
+def parallelism_problem(manifest: Mapping[str, object], parallelism: int) -> str | None:
+    """Why ``parallelism`` step processes cannot run ``manifest`` locally: a daemon (split learning's
+    server) holds a slot all round, so with one slot its clients never start and the round fails only
+    when the server's idle timeout ends. None when they can."""
+    if parallelism < 2 and _has_daemons(manifest):
+        return (
+            f"parallelism {parallelism}: this workflow's daemon step (split learning's server) holds a step "
+            "slot all round and the steps it serves need another; give at least 2"
+        )
+    return None
 
 
 def user_code_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
