@@ -377,10 +377,10 @@ def resume_cmd(
         manifest = resubmission_manifest(old, start, resume)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
-    _check_s3_access(manifest, {}, key_refs)
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     _check_parallelism(manifest, parallelism)
+    _check_s3_access(manifest, {}, key_refs)
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"
