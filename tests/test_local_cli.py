@@ -315,3 +315,21 @@ def test_logs_of_a_run_include_the_workflows_it_created(tmp_path: Path) -> None:
     assert work.output.count("in child") == 2
     everything = CliRunner().invoke(local, ["logs", str(run_dir)])
     assert everything.output.count("in child") == 2
+
+
+@pytest.mark.parametrize("where", ["runs/local", "runs/workflows"])
+def test_logs_of_a_run_by_name_find_it_where_argofl_local_run_or_argofl_run_put_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A bare run name was looked up under runs/local only: the runs of ``argofl run`` (runs/workflows)
+    needed their path."""
+    monkeypatch.chdir(tmp_path)
+    path = _write(tmp_path, HELLO)
+    assert CliRunner().invoke(local, ["run", str(path), "--runs-dir", where]).exit_code == 0
+    name = next((tmp_path / where).iterdir()).name
+    shown = CliRunner().invoke(local, ["logs", name])
+    assert shown.exit_code == 0, shown.output
+    assert "==> " in shown.output
+    missing = CliRunner().invoke(local, ["logs", "nosuch"])
+    assert missing.exit_code == 2
+    assert "no run directory with a status.json here or under runs/local or runs/workflows" in missing.output

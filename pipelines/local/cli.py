@@ -184,12 +184,19 @@ def run_cmd(
     sys.exit(0 if result.phase == Phase.SUCCEEDED else 1)
 
 
-def _run_dir(run: str, runs_dir: Path) -> Path:
-    for candidate in (Path(run), runs_dir / run):
+RUN_DIRS = (Path("runs/local"), Path("runs/workflows"))
+"""Where ``argofl local run`` and ``argofl run`` put run directories by default."""
+
+
+def _run_dir(run: str, runs_dir: Path | None) -> Path:
+    """RUN as a path, or its name under ``runs_dir`` (default: :data:`RUN_DIRS`)."""
+    parents = [runs_dir] if runs_dir is not None else list(RUN_DIRS)
+    for candidate in (Path(run), *(parent / run for parent in parents)):
         if (candidate / "status.json").is_file():
             return candidate
     raise click.BadParameter(
-        f"{run!r}: no run directory with a status.json here or under {runs_dir}", param_hint="RUN"
+        f"{run!r}: no run directory with a status.json here or under {' or '.join(map(str, parents))}",
+        param_hint="RUN",
     )
 
 
@@ -199,11 +206,11 @@ def _run_dir(run: str, runs_dir: Path) -> Path:
 @click.option(
     "--runs-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/local"),
-    show_default=True,
-    help="Where run directories are.",
+    default=None,
+    help="Where run directories are [default: runs/local (argofl local run), then runs/workflows "
+    "(argofl run)].",
 )
-def logs_cmd(run: str, node: str | None, runs_dir: Path) -> None:
+def logs_cmd(run: str, node: str | None, runs_dir: Path | None) -> None:
     """Print the logs of every pod of RUN and of the workflows it created, or of NODE (display name or
     id: a pod, or every pod under a retried step, a fan-out such as train, or a DAG such as a round),
     attempt by attempt."""
