@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -499,3 +500,66 @@ def test_idle_steps_fork_from_the_second_server_once_it_has_imported(probe: Path
 
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_run_started_with_another_environment_gets_a_server_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each run prestarts the server with its steps' environment. A server an earlier run of this process
+    started with another one (another directory on PYTHONPATH: the user's code) would serve none of the
+    new run's steps, which would all import torch and MLflow again as fresh processes."""
+    monkeypatch.delenv(forkserver.DISABLE_VARIABLE, raising=False)
+    forkserver.shutdown()
+    first, second = (
+        {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra}
+        for extra in ({"PYTHONPATH": str(tmp_path / "a")}, {"PYTHONPATH": str(tmp_path / "b")})
+    )
+    argv = [str(Path(sys.executable).parent / "argofl"), "step", "train", "--help"]
+    try:
+        forkserver.prestart(first)
+        old = forkserver.default_server()
+        assert old is not None
+        assert old.serves(argv, first)
+        forkserver.prestart(second)
+        new = forkserver.default_server()
+        assert new is not None
+        assert new.serves(argv, second)
+        assert new is not old
+        forkserver.prestart(second)  # the same environment again: the same server
+        assert forkserver.default_server() is new
+    finally:
+        forkserver.shutdown()
+
+
+class _LateReader:
+    """The executor's end of a step's channel, first read only once the step has ended."""
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._first = True
+
+    def recv(self, size: int) -> bytes:
+        if self._first:
+            self._first = False
+            time.sleep(1.0)  # the step ("exit 3") is done by now: pid and exit lines arrive together
+        return self._channel.recv(size)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def test_a_step_that_ends_before_the_executor_reads_its_pid_reports_its_exit_code(
+    server: forkserver.ForkServer, probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server sends ``pid N`` at the fork and ``exit C`` when the step ends; on a loaded machine both
+    can be waiting when the executor first reads. It took them for one reply (``int('N\\nexit C')``:
+    ValueError), and the node failed whatever the step did."""
+    pair = socket.socketpair
+
+    def late_pair(*args: Any, **kwargs: Any) -> tuple[Any, socket.socket]:
+        ours, theirs = pair(*args, **kwargs)
+        return _LateReader(ours), theirs
+
+    monkeypatch.setattr(forkserver.socket, "socketpair", late_pair)
+    code, _, _ = _run(server, [str(probe), "step", "exit", "3"], dict(os.environ), tmp_path, tmp_path)
+    assert code == 3

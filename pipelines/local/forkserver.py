@@ -77,6 +77,7 @@ __all__ = [
     "default_server",
     "popen",
     "prestart",
+    "prestart_steps",
     "startup_environment",
 ]
 
@@ -180,8 +181,12 @@ def _set_parent_death_signal(sig: int) -> None:
 class ForkedProcess:
     """A step forked by the server: the part of :class:`subprocess.Popen` the executor uses."""
 
-    def __init__(self, args: list[str], pid: int, channel: socket.socket, stdout: IO[bytes]) -> None:
+    def __init__(
+        self, args: list[str], pid: int, channel: socket.socket, stdout: IO[bytes], status: bytes = b""
+    ) -> None:
+        """``status``: what of the step's ``exit C`` line was read with its ``pid N`` line."""
         self.args = args
+        self._status = status
         self.pid = pid
         self.stdout: IO[bytes] | None = stdout
         self.returncode: int | None = None
@@ -190,7 +195,7 @@ class ForkedProcess:
         threading.Thread(target=self._await_status, name=f"forked-{pid}", daemon=True).start()
 
     def _await_status(self) -> None:
-        data = b""
+        data = self._status
         try:
             while not data.endswith(b"\n"):
                 chunk = self._channel.recv(64)
@@ -404,18 +409,21 @@ class ForkServer:
             remote.close()
             os.close(write_end)
         reply = b""
-        while not reply.endswith(b"\n"):
+        while b"\n" not in reply:
             chunk = channel.recv(256)
             if not chunk:
                 break
             reply += chunk
-        word, _, value = reply.decode("ascii", "replace").strip().partition(" ")
+        # a step that has already ended sent its "exit C" line too: that is the status reader's
+        line, _, status = reply.partition(b"\n")
+        word, _, value = line.decode("ascii", "replace").strip().partition(" ")
         if word != "pid":
             channel.close()
             os.close(read_end)
             raise OSError(0, f"fork server refused: {reply.decode(errors='replace').strip() or 'no reply'}")
         self.forked += 1
-        return ForkedProcess(list(argv), int(value), channel, os.fdopen(read_end, "rb", buffering=0))
+        stdout = os.fdopen(read_end, "rb", buffering=0)
+        return ForkedProcess(list(argv), int(value), channel, stdout, status=status)
 
 
 def _argofl_script() -> Path:
@@ -432,10 +440,26 @@ process (a server that fails stops the wait at once)."""
 
 
 def prestart(env: Mapping[str, str]) -> None:
-    """Start this process's server now (when steps may be forked), so that it imports while the caller
-    compiles and prepares the run."""
-    if not _disabled(env):
-        default_server(env)
+    """Start this process's server for steps with environment ``env`` now (when steps may be forked), so
+    that it imports while the caller compiles and prepares the run. A server started earlier with another
+    startup environment (an earlier run's, from another directory) serves none of them: it is replaced."""
+    if _disabled(env):
+        return
+    global _default
+    with _default_lock:
+        stale = _default if _default is not None and _default.startup != startup_environment(env) else None
+        if stale is not None:
+            _default = None
+    if stale is not None:
+        stale.close()
+    default_server(env)
+
+
+def prestart_steps(extra: Mapping[str, str]) -> None:
+    """:func:`prestart` with the environment the local executor gives host-process steps: this process's,
+    the run's ``extra`` variables, this installation's scripts first on ``PATH``."""
+    env = {**os.environ, **extra}
+    prestart({**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", os.defpath)})
 
 
 _default: ForkServer | None = None
