@@ -134,7 +134,7 @@ def run_local(
     (its steps stopped, its exit handler run; the signal again skips that), then takes its usual effect:
     KeyboardInterrupt for Ctrl-C.
     """
-    from argofl.pipelines.local import run_workflow
+    from argofl.pipelines.local import forkserver, run_workflow
     from argofl.pipelines.local_params import (
         local_parallelism,
         local_parameters,
@@ -168,6 +168,8 @@ def run_local(
         from argofl.pipelines.compile import workflow_templates_for
 
         templates = workflow_templates_for(_config(workflow))
+    steps_env = user_code_env()  # the user's modules (model factories, data loaders) import from here
+    forkserver.prestart_steps(steps_env)  # a fork server for these steps (not one an earlier run started)
     started = time.monotonic()
     result = run_workflow(
         manifest,
@@ -176,7 +178,7 @@ def run_local(
         artifact_store=FileStore(root / "artifacts"),
         parallelism=parallelism or local_parallelism(manifest),
         stop_on_signals=True,  # from the main thread only
-        env=user_code_env(),  # the user's modules (model factories, data loaders) import from here
+        env=steps_env,
         workflow_templates=templates,
     )
     if result.stopped_by is not None:  # the run is stopped and recorded: now what the signal would do

@@ -229,9 +229,7 @@ def _prestart_steps() -> None:
     """Let the fork server import torch and MLflow while this process compiles the workflow."""
     from argofl.pipelines.local import forkserver
 
-    bin_dir = str(Path(sys.executable).parent)
-    path = bin_dir + os.pathsep + os.environ.get("PATH", os.defpath)
-    forkserver.prestart({**os.environ, "PATH": path, **user_code_env()})  # the steps' environment
+    forkserver.prestart_steps(user_code_env())  # the environment _run_locally gives the steps
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
