@@ -43,10 +43,13 @@ def _first_epoch(tuning: str) -> dict[str, float]:
 
 @pytest.mark.skipif(not allocator._glibc(), reason="glibc malloc only")
 def test_a_training_steps_first_epoch_takes_a_fraction_of_the_page_faults_with_the_same_result() -> None:
-    # glibc's own warm-up varies with allocation order (usually ~35-55k faults here, once in a while
-    # ~11k); tuned it is ~5.5k every time
-    defaults = [_first_epoch("0") for _ in range(2)]
+    # glibc's own warm-up varies with allocation order (usually ~35-55k faults here, now and then
+    # 8-13k, twice in a row in one CI run); tuned it is ~5.5k every time: fewer than any default run, and
+    # a third of its usual count, which one of up to five default runs shows
     tuned = _first_epoch("1")
+    defaults = [_first_epoch("0")]
+    while tuned["faults"] * 3 >= max(d["faults"] for d in defaults) and len(defaults) < 5:
+        defaults.append(_first_epoch("0"))
     faults = [d["faults"] for d in defaults]
     assert tuned["faults"] < min(faults), (tuned, defaults)
     assert tuned["faults"] * 3 < max(faults), (tuned, defaults)
