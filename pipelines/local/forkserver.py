@@ -79,6 +79,7 @@ __all__ = [
     "prestart",
     "prestart_steps",
     "startup_environment",
+    "steps_environment",
 ]
 
 DISABLE_VARIABLE = "ARGOFL_FORKSERVER"
@@ -455,11 +456,17 @@ def prestart(env: Mapping[str, str]) -> None:
     default_server(env)
 
 
-def prestart_steps(extra: Mapping[str, str]) -> None:
-    """:func:`prestart` with the environment the local executor gives host-process steps: this process's,
-    the run's ``extra`` variables, this installation's scripts first on ``PATH``."""
+def steps_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment the local executor gives a host-process step before its template's variables:
+    this process's, the run's ``extra`` variables, this installation's scripts first on ``PATH``."""
     env = {**os.environ, **extra}
-    prestart({**env, "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", os.defpath)})
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", os.defpath)
+    return env
+
+
+def prestart_steps(extra: Mapping[str, str]) -> None:
+    """:func:`prestart` for the steps of a run with ``extra`` variables (:func:`steps_environment`)."""
+    prestart(steps_environment(extra))
 
 
 _default: ForkServer | None = None

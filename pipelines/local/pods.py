@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from argofl.pipelines.local import forkserver
 from argofl.pipelines.local.artifacts import ArtifactError, has_location, load_artifact, save_artifact
 from argofl.pipelines.local.containers import (
     ContainerOutcome,
@@ -79,10 +80,7 @@ class PodRunner:
 
     def _pod_env(self, ctr: Mapping[str, Any], node: Node, view: PathView, ip: str | None) -> dict[str, str]:
         """A host process's environment: this process's, ``env=``, and the template's (paths rewritten)."""
-        env = dict(os.environ)
-        env.update(self.state.extra_env)
-        bin_dir = str(Path(sys.executable).parent)
-        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", os.defpath)
+        env = forkserver.steps_environment(self.state.extra_env)
         env.update(self._template_env(ctr, node, ip, view.rewrite))
         return env
 
