@@ -146,14 +146,14 @@ def run_cmd(
     runs directory is bind-mounted at the same path, so the file store and MLflow database are shared.
     """
     stop_before_start()  # a Ctrl-C while the commands were imported: start nothing
-    if runtime == "process":
-        _prestart_steps()
-    from argofl.pipelines.compile import manifest_for, workflow_templates_for
-
     try:
         cfg = load_config(config)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    if runtime == "process":
+        _prestart_steps(overrides.get("framework", cfg.settings.framework))
+    from argofl.pipelines.compile import manifest_for, workflow_templates_for
+
     _refuse_client_volumes(cfg.placement)
     manifest = manifest_for(cfg)
     overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
@@ -225,11 +225,11 @@ def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
             )
 
 
-def _prestart_steps() -> None:
-    """Let the fork server import torch and MLflow while this process compiles the workflow."""
+def _prestart_steps(framework: str) -> None:
+    """Let the fork server import ``framework`` and MLflow while this process compiles the workflow."""
     from argofl.pipelines.local import forkserver
 
-    forkserver.prestart_steps(user_code_env())  # the environment _run_locally gives the steps
+    forkserver.prestart_steps(user_code_env(), framework)  # the environment _run_locally gives the steps
 
 
 def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
@@ -255,6 +255,8 @@ def _run_locally(
     from argofl.pipelines.local import run_workflow
     from argofl.steps.store import FileStore
 
+    if containers is None:  # a server already started for these steps is kept (resume starts one here)
+        _prestart_steps({**parameters_of(manifest), **params}.get("framework", "torch"))
     stop_before_start()
     started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code

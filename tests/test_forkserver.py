@@ -309,10 +309,54 @@ def test_preloading_leaves_cuda_threads_and_determinism_to_each_step() -> None:
         "    'loaded': all(m in sys.modules\n"
         "                  for m in ('torch', 'mlflow', 'argofl.steps.cli', 'torch.export'))}))\n"
     )
+    assert _report(code) == {
+        "problem": "",
+        "threads": 1,
+        "cuda": False,
+        "deterministic": False,
+        "loaded": True,
+    }
+
+
+def _report(code: str) -> dict[str, Any]:
+    """The JSON object the last line of ``python -c code`` prints."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report == {"problem": "", "threads": 1, "cuda": False, "deterministic": False, "loaded": True}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_a_tensorflow_run_s_preload_starts_no_runtime_and_no_torch() -> None:
+    """A TensorFlow/Keras run's server imports TensorFlow, Keras and MLflow's TensorFlow flavour, but starts
+    no Python thread and not TensorFlow's runtime (eager context, thread pools), and leaves torch alone."""
+    code = (
+        "import json, sys, threading\n"
+        "from argofl.pipelines.local import forkserver\n"
+        "preload, idle = forkserver.preloads_for('tensorflow')\n"
+        "forkserver._import_all(preload + idle)\n"
+        "problem = forkserver._unsafe_to_fork()\n"
+        "from tensorflow.python.eager import context\n"
+        "print(json.dumps({'problem': problem, 'threads': threading.active_count(),\n"
+        "    'runtime': bool(getattr(context.context_safe(), '_initialized', False)),\n"
+        "    'torch': 'torch' in sys.modules,\n"
+        "    'loaded': all(m in sys.modules for m in ('tensorflow', 'keras', 'mlflow', 'mlflow.tensorflow',\n"
+        "                  'argofl.steps.cli', 'argofl.steps.frameworks.keras_backend'))}))\n"
+    )
+    assert _report(code) == {"problem": "", "threads": 1, "runtime": False, "torch": False, "loaded": True}
+
+
+def test_no_step_is_forked_once_tensorflow_s_runtime_has_started() -> None:
+    """Forking after TensorFlow has created its eager context (devices, thread pools) is unsafe: a preload
+    that did so makes the server refuse, and every step runs as a fresh process."""
+    code = (
+        "import json\n"
+        "from argofl.pipelines.local import forkserver\n"
+        "forkserver._import_all(['tensorflow'])\n"
+        "before = forkserver._unsafe_to_fork()\n"
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0\n"
+        "print(json.dumps({'before': before, 'after': forkserver._unsafe_to_fork()}))\n"
+    )
+    assert _report(code) == {"before": "", "after": "refused: importing started TensorFlow's runtime"}
 
 
 def test_steps_run_as_normal_processes_once_the_server_is_gone(
@@ -527,6 +571,17 @@ def test_a_run_started_with_another_environment_gets_a_server_for_it(
         assert new is not old
         forkserver.prestart(second)  # the same environment again: the same server
         assert forkserver.default_server() is new
+        forkserver.prestart(second, "tensorflow")  # a TensorFlow run: a server that imports TensorFlow
+        keras = forkserver.default_server()
+        assert keras is not None
+        assert keras is not new
+        assert (keras.preload, keras.idle["modules"]) == (
+            forkserver.TENSORFLOW_PRELOAD,
+            list(forkserver.TENSORFLOW_IDLE_PRELOAD),
+        )
+        assert new.wait_ready(0) is False  # the torch one was stopped
+        forkserver.prestart(second, "tensorflow")
+        assert forkserver.default_server() is keras
     finally:
         forkserver.shutdown()
 
@@ -563,3 +618,39 @@ def test_a_step_that_ends_before_the_executor_reads_its_pid_reports_its_exit_cod
     monkeypatch.setattr(forkserver.socket, "socketpair", late_pair)
     code, _, _ = _run(server, [str(probe), "step", "exit", "3"], dict(os.environ), tmp_path, tmp_path)
     assert code == 3
+
+
+@pytest.mark.slow
+def test_a_keras_run_forks_every_step_from_a_tensorflow_server_with_the_same_bytes(
+    tmp_path: Path, fmnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``argofl run`` of a TensorFlow config starts a server that has imported TensorFlow (not torch), forks
+    every step from it, and writes the same checkpoints as fresh processes (each importing TensorFlow)."""
+    from argofl.pipelines.cli import cli
+
+    config = tmp_path / "fork-keras.yaml"
+    settings = {"experiment": "fork-keras", "framework": "tensorflow", "data_limit": 200, "clients": 2}
+    config.write_text(yaml.safe_dump({**settings, "min_clients": 2, "rounds": 1, "seed": 3}))
+    blobs: dict[str, list[bytes]] = {}
+    for mode in ("fresh", "forked"):
+        monkeypatch.setenv(forkserver.DISABLE_VARIABLE, "0" if mode == "fresh" else "1")
+        forkserver.shutdown()  # the one `argofl run` starts, not an earlier test's
+        runs = tmp_path / mode
+        result = CliRunner().invoke(
+            cli, ["run", str(config), "--runs-dir", str(runs), "-p", f"data-dir={fmnist_dir}"]
+        )
+        assert result.exit_code == 0, result.output
+        server = forkserver.default_server()
+        if mode == "forked":
+            assert server is not None
+            assert server.preload == forkserver.TENSORFLOW_PRELOAD
+            status = json.loads(next(runs.glob("workflows/*/status.json")).read_text())
+            pods = [n["displayName"] for n in status["nodes"].values() if n.get("type") == "Pod"]
+            assert server.forked == len(pods), f"{server.forked} of {len(pods)} pods forked: {pods}"
+        else:
+            assert server is None
+        found = sorted(runs.rglob("round-*/global.safetensors"))
+        assert len(found) == 2
+        blobs[mode] = [p.read_bytes() for p in found]
+    forkserver.shutdown()
+    assert blobs["fresh"] == blobs["forked"]

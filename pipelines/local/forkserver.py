@@ -2,7 +2,8 @@
 
 A fresh step process spends seconds importing Python, numpy, torch and MLflow before it does any work.
 The fork server is one such interpreter, started once per executor process: it imports the step CLI and
-the heavy libraries (:data:`PRELOAD`), then, per request, forks a child that becomes the step — its own
+the heavy libraries of the run's framework (:data:`PRELOAD` for torch, :data:`TENSORFLOW_PRELOAD` for
+TensorFlow/Keras), then, per request, forks a child that becomes the step — its own
 session and process group (like ``start_new_session``), stdin ``/dev/null``, stdout and stderr on the
 descriptors the executor passed, the request's working directory, environment and ``argv``, default
 signal dispositions — and runs ``argofl``'s ``main``. The child exits with ``main``'s exit code (an
@@ -16,15 +17,17 @@ Only what the server can serve is forked (:func:`popen` runs everything else as 
   script beside :data:`sys.executable`);
 * every environment variable read when an interpreter or the preloaded libraries start
   (:func:`startup_environment`: ``PYTHON*``, ``LD_*``, ``LC_*``/``LANG``, ``TZ``, ``HOME``, the thread-count
-  variables of OpenMP/MKL/OpenBLAS, ``CUDA_*``/``NVIDIA_*``, ``TORCH*``/``PYTORCH_*``, …) has the value the
+  variables of OpenMP/MKL/OpenBLAS, ``CUDA_*``/``NVIDIA_*``, ``TORCH*``/``PYTORCH_*``, ``TF_*``,
+  ``KERAS_*``, …) has the value the
   server started with; a step with, say, its own ``OMP_NUM_THREADS`` or ``CUDA_VISIBLE_DEVICES`` runs as a
   fresh process;
 * ``ARGOFL_FORKSERVER`` is not ``0``/``false``/``off``/``no`` (the escape hatch; in the executor's
   environment or the step's).
 
-Safety: the server never initialises CUDA, torch's intra-/inter-op thread pools or deterministic mode
-(each step's ``configure`` sets threads and determinism itself); it refuses to serve (and every step runs
-as a normal process) if a preload started a Python thread or CUDA. Native threads that libraries start at
+Safety: the server never initialises CUDA, torch's intra-/inter-op thread pools or deterministic mode,
+nor TensorFlow's runtime (each step's ``configure`` sets threads and determinism itself); it refuses to
+serve (and every step runs as a normal process) if a preload started a Python thread, CUDA or
+TensorFlow's eager context. Native threads that libraries start at
 load and make fork-safe with their own ``pthread_atfork`` handlers (OpenBLAS's workers, the jemalloc
 background thread of pyarrow, which ``import mlflow`` loads through pandas) are allowed, as they are under
 ``multiprocessing``'s fork start method. Forked children share the server's hash seed
@@ -72,10 +75,14 @@ __all__ = [
     "IDLE_PRELOAD",
     "IDLE_STEPS",
     "PRELOAD",
+    "PRELOADS",
+    "TENSORFLOW_IDLE_PRELOAD",
+    "TENSORFLOW_PRELOAD",
     "ForkServer",
     "ForkedProcess",
     "default_server",
     "popen",
+    "preloads_for",
     "prestart",
     "prestart_steps",
     "startup_environment",
@@ -85,18 +92,16 @@ __all__ = [
 DISABLE_VARIABLE = "ARGOFL_FORKSERVER"
 """Set to ``0`` (or ``false``/``off``/``no``) to run every step as a fresh process."""
 
-PRELOAD = (
-    "numpy",
-    "safetensors.numpy",
-    "torch",
+_TRACKING = (
     "minio",
     "mlflow",
     "mlflow.tracking",
     "mlflow.entities",
     "mlflow.store.tracking.sqlalchemy_store",
+)
+_STEPS = (
     "argofl.pipelines.cli",
     "argofl.steps.cli",
-    "argofl.steps.frameworks.torch_backend",
     "argofl.steps.step_init",
     "argofl.steps.step_distribute",
     "argofl.steps.step_train",
@@ -105,18 +110,30 @@ PRELOAD = (
     "argofl.steps.step_finalize",
     "argofl.steps.tracking",
 )
-"""Modules the server imports before forking, or ``module:function`` to call once imported (what is not
-installed, or fails, is skipped: the step then pays for it itself)."""
+_MODEL_LOGGING = (
+    # the installed-packages map MLflow builds to check a logged model's requirements (~0.3 s)
+    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
+    # the pyfunc loader MLflow checks the logged model with, GitPython for its source tags
+    "mlflow.pyfunc",
+    "git",
+)
+
+PRELOAD = (
+    "numpy",
+    "safetensors.numpy",
+    "torch",
+    *_TRACKING,
+    "argofl.steps.frameworks.torch_backend",
+    *_STEPS,
+)
+"""Modules the server of a torch run imports before forking, or ``module:function`` to call once imported
+(what is not installed, or fails, is skipped: the step then pays for it itself)."""
 
 IDLE_PRELOAD = (
     "mlflow.pytorch",  # finalize logs the model with it
     "torch.export._trace",  # which mlflow.pytorch saves the model with (imports TorchDynamo: ~2 s)
-    # the installed-packages map MLflow builds to check a logged model's requirements (~0.3 s)
-    "mlflow.utils.requirements_utils:_init_modules_to_packages_map",
-    # what logging the model imports besides (~0.2 s): the pyfunc loader MLflow checks the logged model
-    # with, GitPython for its source tags, and the parts of torch.export that load lazily
-    "mlflow.pyfunc",
-    "git",
+    *_MODEL_LOGGING,
+    # the parts of torch.export that load lazily when the model is logged (~0.1 s)
     "torch._inductor.ir",
     "torch._inductor.sizevars",
     "sympy.combinatorics",
@@ -125,6 +142,26 @@ IDLE_PRELOAD = (
 in a thread of idle scheduling priority (it takes only CPU time nothing else wants); it serves those steps
 once done. Preloading them in the first server would delay every run's first step and make every fork
 of every step dearer (page tables)."""
+
+TENSORFLOW_PRELOAD = (
+    "numpy",
+    "safetensors.numpy",
+    "argofl.steps.frameworks.keras_backend",  # TensorFlow and Keras (~4 s), as the backend imports them
+    *_TRACKING,
+    *_STEPS,
+)
+""":data:`PRELOAD` for a TensorFlow/Keras run: TensorFlow instead of torch, which its steps never import.
+Importing TensorFlow starts no runtime (no eager context, no thread pool); the native threads it leaves
+(SciPy's OpenBLAS workers, pyarrow's jemalloc) are of the fork-safe kinds described above."""
+
+TENSORFLOW_IDLE_PRELOAD = ("mlflow.tensorflow", *_MODEL_LOGGING)
+""":data:`IDLE_PRELOAD` for a TensorFlow/Keras run: ``finalize`` logs the model with ``mlflow.tensorflow``."""
+
+PRELOADS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "torch": (PRELOAD, IDLE_PRELOAD),
+    "tensorflow": (TENSORFLOW_PRELOAD, TENSORFLOW_IDLE_PRELOAD),
+}
+"""The server's preload and idle preload by the run's ``framework`` parameter (torch's for any other)."""
 
 IDLE_STEPS = ("finalize",)
 """``argofl step NAME`` commands the second server forks once it is ready (the first one until then)."""
@@ -147,6 +184,8 @@ _STARTUP_PREFIXES = (
     "MALLOC_",
     "JE_",
     "ARROW_",
+    "TF_",
+    "KERAS_",
 )
 _STARTUP_NAMES = frozenset(
     {"LANG", "LANGUAGE", "TZ", "HOME", "MLFLOW_CONFIGURE_LOGGING", "MLFLOW_LOGGING_LEVEL"}
@@ -440,20 +479,29 @@ STARTING_WAIT_S = 120.0
 process (a server that fails stops the wait at once)."""
 
 
-def prestart(env: Mapping[str, str]) -> None:
+def preloads_for(framework: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The server's preload and idle preload for a run whose ``framework`` parameter is ``framework``."""
+    return PRELOADS.get(framework, PRELOADS["torch"])
+
+
+def prestart(env: Mapping[str, str], framework: str = "torch") -> None:
     """Start this process's server for steps with environment ``env`` now (when steps may be forked), so
     that it imports while the caller compiles and prepares the run. A server started earlier with another
-    startup environment (an earlier run's, from another directory) serves none of them: it is replaced."""
+    startup environment (an earlier run's, from another directory) or for another ``framework`` serves
+    none of them, or imports each step's framework again: it is replaced."""
     if _disabled(env):
         return
     global _default
+    preload = preloads_for(framework)[0]
     with _default_lock:
-        stale = _default if _default is not None and _default.startup != startup_environment(env) else None
+        stale = _default
+        if stale is not None and stale.startup == startup_environment(env) and stale.preload == preload:
+            stale = None
         if stale is not None:
             _default = None
     if stale is not None:
         stale.close()
-    default_server(env)
+    default_server(env, framework)
 
 
 def steps_environment(extra: Mapping[str, str]) -> dict[str, str]:
@@ -464,23 +512,26 @@ def steps_environment(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def prestart_steps(extra: Mapping[str, str]) -> None:
-    """:func:`prestart` for the steps of a run with ``extra`` variables (:func:`steps_environment`)."""
-    prestart(steps_environment(extra))
+def prestart_steps(extra: Mapping[str, str], framework: str = "torch") -> None:
+    """:func:`prestart` for the steps of a ``framework`` run with ``extra`` variables
+    (:func:`steps_environment`)."""
+    prestart(steps_environment(extra), framework)
 
 
 _default: ForkServer | None = None
 _default_lock = threading.Lock()
 
 
-def default_server(env: Mapping[str, str] | None = None) -> ForkServer | None:
-    """This process's fork server, started (with ``env``) on the first call that passes one."""
+def default_server(env: Mapping[str, str] | None = None, framework: str = "torch") -> ForkServer | None:
+    """This process's fork server, started (with ``env``, preloading for ``framework``) on the first call
+    that passes ``env``."""
     global _default
     with _default_lock:
         if _default is None and env is not None and sys.platform.startswith("linux"):
             if not _argofl_script().exists():
                 return None
-            _default = ForkServer(env)
+            preload, idle_preload = preloads_for(framework)
+            _default = ForkServer(env, preload=preload, idle_preload=idle_preload)
             atexit.register(_default.close)
         return _default
 
@@ -689,9 +740,23 @@ def _unsafe_to_fork() -> str:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "refused: importing initialised CUDA"
+    if _tensorflow_started():
+        return "refused: importing started TensorFlow's runtime"
     sys.stdout.flush()
     sys.stderr.flush()
     return ""
+
+
+def _tensorflow_started() -> bool:
+    """Whether TensorFlow's eager context (its devices and thread pools) exists in this process."""
+    if "tensorflow" not in sys.modules:
+        return False
+    try:
+        from tensorflow.python.eager import context
+    except ImportError:
+        return False
+    started = getattr(context.context_safe(), "_initialized", False)
+    return bool(started)
 
 
 def _disown_finalizers() -> None:
