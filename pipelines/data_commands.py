@@ -9,18 +9,30 @@ and seed) into each client's ``test`` shard, for federated evaluation.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
-from argofl.steps.client_data import CLIENT_PLACEHOLDER, shard_uri, write_shard
+from argofl.steps.client_data import CLIENT_PLACEHOLDER, shard_exists, shard_uri, write_shard
 from argofl.steps.data import DATASETS, DatasetError, load_dataset
+from argofl.steps.errors import BadInputError
+from argofl.steps.labels import LabelError, format_ids, parse_clients
 from argofl.steps.partition import SCHEMES, PartitionError, partition
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import StoreError
 
-__all__ = ["SplitSpec", "data", "split_dataset"]
+__all__ = ["ExistingShardsError", "SplitError", "SplitSpec", "check_clients", "data", "split_dataset"]
+
+
+class SplitError(BadInputError, ValueError):
+    """Clients to write that the split does not have, or shards in the way."""
+
+
+class ExistingShardsError(SplitError):
+    """Shards exist where a split would write; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -40,19 +52,100 @@ class SplitSpec:
         return cls(s.dataset, s.clients, s.partition, s.alpha, s.seed, s.data_limit, s.data_dir)
 
 
-def split_dataset(spec: SplitSpec, template: str, *, test: bool = True) -> dict[str, list[int]]:
-    """Write ``train`` (and ``test``) shards for every client under ``template``; client → example counts."""
+def check_clients(spec: SplitSpec, clients: Sequence[int]) -> list[int]:
+    """``clients``, sorted and once each; SplitError for one the split does not have."""
+    for client in clients:
+        if not 0 <= client < spec.clients:
+            raise SplitError(
+                f"client {client} is not one of the {spec.clients} clients (0-{spec.clients - 1})"
+            )
+    return sorted(set(clients))
+
+
+def split_dataset(
+    spec: SplitSpec,
+    template: str,
+    *,
+    test: bool = True,
+    clients: Sequence[int] | None = None,
+    overwrite: bool = False,
+) -> dict[str, list[int]]:
+    """Write ``train`` (and ``test``) shards under ``template`` for ``clients`` (default: every one);
+    client → example counts.
+
+    The partition is always of all ``spec.clients``, so a client's shards are the same bytes whichever
+    clients are written. Unless ``overwrite``, shards that exist already are refused
+    (:class:`ExistingShardsError`) before anything is written.
+    """
     if CLIENT_PLACEHOLDER not in template:
         template = template.rstrip("/") + "/" + CLIENT_PLACEHOLDER + "/"
-    counts: dict[str, list[int]] = {str(c): [] for c in range(spec.clients)}
-    for split in ("train", "test") if test else ("train",):
+    chosen = check_clients(spec, range(spec.clients) if clients is None else clients)
+    splits = ("train", "test") if test else ("train",)
+    if not overwrite:
+        targets = [shard_uri(template, str(c), split) for c in chosen for split in splits]
+        existing = [uri for uri in targets if shard_exists(uri)]
+        if existing:
+            raise ExistingShardsError(
+                f"{existing[0]} already exists ({len(existing)} of the {len(targets)} shards to write do); "
+                "nothing was written"
+            )
+    counts: dict[str, list[int]] = {str(c): [] for c in chosen}
+    for split in splits:
         limit = (spec.limit or None) if split == "train" else None
         data = load_dataset(spec.dataset, split, spec.data_dir or None, limit=limit)
         parts = partition(data.y, spec.clients, spec.partition, alpha=spec.alpha, seed=spec.seed)
-        for client, idx in enumerate(parts):
+        for client in chosen:
+            idx = parts[client]
             write_shard(shard_uri(template, str(client), split), data.x[idx], data.y[idx])
             counts[str(client)].append(len(idx))
     return counts
+
+
+class ClientIds(click.ParamType):
+    """``0,1`` or ``0-3,7``: client ids (the ``format_ids`` form of labels)."""
+
+    name = "ids"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> list[int]:
+        if isinstance(value, list):
+            return value
+        text = str(value).strip()
+        try:
+            ids = parse_clients(text) if text[:1].isdigit() else None  # not a 'round N / …' label
+        except LabelError:
+            ids = None
+        if ids is None:
+            self.fail(f"{value!r}: expected client ids such as 0,1 or 0-3", param, ctx)
+        return [int(c) for c in ids]
+
+
+def _selected(
+    spec: SplitSpec,
+    config: Path | None,
+    placement: Sequence[Any],
+    group: str | None,
+    only_clients: list[int] | None,
+) -> list[int] | None:
+    """The clients ``--group`` or ``--only-clients`` select (None: every client); usage errors."""
+    if group is not None and only_clients is not None:
+        raise click.UsageError("give --group or --only-clients, not both")
+    hint = "'--group'" if group is not None else "'--only-clients'"
+    if group is not None:
+        if config is None:
+            raise click.UsageError("--group names a placement group of --config; give --config")
+        groups = {g.name: g.clients for g in placement}
+        if group not in groups:
+            known = f"groups: {', '.join(groups)}" if groups else "it has no placement: section"
+            raise click.BadParameter(
+                f"{group!r}: no placement group of that name in {config} ({known})", param_hint=hint
+            )
+        only_clients = list(groups[group])
+    if only_clients is None:
+        return None
+    try:
+        return check_clients(spec, only_clients)
+    except SplitError as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 @click.group("data")
@@ -77,6 +170,20 @@ def data() -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="First N training examples (0: all).")
 @click.option("--data-dir", default=None, help="Dataset directory.")
 @click.option("--test/--no-test", default=True, help="Also write each client's test shard (default: yes).")
+@click.option(
+    "--group",
+    default=None,
+    metavar="NAME",
+    help="Write only the shards of this placement group of --config (one site's disk, PVC or bucket).",
+)
+@click.option(
+    "--only-clients",
+    "only_clients",
+    type=ClientIds(),
+    default=None,
+    help="Write only these clients' shards (0,1 or 0-3); each is its part of the split of every client.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace shards that exist already (default: refuse).")
 def split_cmd(
     out: str,
     config: Path | None,
@@ -88,21 +195,28 @@ def split_cmd(
     limit: int | None,
     data_dir: str | None,
     test: bool,
+    group: str | None,
+    only_clients: list[int] | None,
+    overwrite: bool,
 ) -> None:
     """Write a seeded partition of a dataset into per-client shards at OUT.
 
     OUT is a URI template with {client} (s3://bucket/sites/{client}/, file:///data/{client}/) or a
     prefix (OUT/{client}/ is used). Each client gets train.safetensors and test.safetensors (named
     arrays x, y). Point a config's data.uri at the same template and set data.source: per-client.
+    Shards that exist already are refused, nothing written, unless --overwrite.
     """
+    placement: tuple[Any, ...] = ()
     try:
         if config is not None:
             from argofl.pipelines.config import ConfigError, load_config
 
             try:
-                spec = SplitSpec.from_settings(load_config(config).settings)
+                loaded = load_config(config)
             except ConfigError as exc:
                 raise click.UsageError(str(exc)) from None
+            spec = SplitSpec.from_settings(loaded.settings)
+            placement = loaded.placement
         elif dataset is None or clients is None:
             raise click.UsageError("give --config, or --dataset and --clients")
         else:
@@ -117,12 +231,19 @@ def split_cmd(
             "data_dir": data_dir,
         }
         spec = SplitSpec(**{**spec.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
-        counts = split_dataset(spec, out, test=test)
-    except (DatasetError, PartitionError, StoreError, SettingsError) as exc:
-        click.echo(f"error: {' '.join(str(exc).split())}", err=True)
+        selected = _selected(spec, config, placement, group, only_clients)
+        counts = split_dataset(spec, out, test=test, clients=selected, overwrite=overwrite)
+    except (DatasetError, PartitionError, StoreError, SettingsError, SplitError) as exc:
+        advice = ": pass --overwrite to replace them" if isinstance(exc, ExistingShardsError) else ""
+        click.echo(f"error: {' '.join(str(exc).split())}{advice}", err=True)
         sys.exit(2)
     sizes = [c[0] for c in counts.values()]
+    which = (
+        f"{len(counts)} clients' shards ("
+        if selected is None
+        else f"{len(counts)} of {spec.clients} clients' shards (clients {format_ids(selected)}; "
+    )
     click.echo(
-        f"wrote {len(counts)} clients' shards ({spec.partition}, seed {spec.seed}; train examples per client "
+        f"wrote {which}{spec.partition}, seed {spec.seed}; train examples per client "
         f"{min(sizes)}–{max(sizes)}{', with test shards' if test else ''}) to {out}"
     )

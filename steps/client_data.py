@@ -25,13 +25,16 @@ import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from argofl.steps.errors import BadInputError
 from argofl.steps.mapping import dataclass_from_mapping
 from argofl.steps.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from argofl.steps.store import Store
 
 __all__ = [
     "CLIENT_PLACEHOLDER",
@@ -45,6 +48,7 @@ __all__ = [
     "client_train_data",
     "model_shape",
     "read_shard",
+    "shard_exists",
     "shard_uri",
     "validate_arrays",
     "write_shard",
@@ -170,12 +174,25 @@ def _data_credentials() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _read_bytes(uri: str) -> bytes | None:
-    """The object at ``uri``, or None when it does not exist."""
-    from argofl.steps.store import ObjectNotFound, open_uri
+def _open_shard(uri: str) -> tuple[Store, str]:
+    """The store holding ``uri`` (opened with the clients' credentials) and the shard's key in it."""
+    from argofl.steps.store import open_uri
 
     with _data_credentials():
-        store, key = open_uri(uri)
+        return open_uri(uri)
+
+
+def shard_exists(uri: str) -> bool:
+    """Whether a shard (any object) is at ``uri``."""
+    store, key = _open_shard(uri)
+    return store.exists(key)
+
+
+def _read_bytes(uri: str) -> bytes | None:
+    """The object at ``uri``, or None when it does not exist."""
+    from argofl.steps.store import ObjectNotFound
+
+    store, key = _open_shard(uri)
     try:
         return store.get_bytes(key)
     except ObjectNotFound:
@@ -246,10 +263,8 @@ def read_shard(
 def write_shard(uri: str, x: np.ndarray, y: np.ndarray) -> str:
     """Write ``x`` and ``y`` as a safetensors shard at ``uri``; returns the URI."""
     from argofl.steps.checkpoint import encode_arrays
-    from argofl.steps.store import open_uri
 
-    with _data_credentials():
-        store, key = open_uri(uri)
+    store, key = _open_shard(uri)
     store.put_bytes(key, encode_arrays({"x": np.ascontiguousarray(x), "y": np.ascontiguousarray(y)}))
     return uri
 

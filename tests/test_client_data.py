@@ -31,7 +31,7 @@ from argofl.steps.client_data import (
 from argofl.steps.data import load_dataset
 from argofl.steps.runinfo import RunLayout
 from argofl.steps.settings import Settings, SettingsError
-from argofl.steps.store import FileStore
+from argofl.steps.store import FileStore, open_uri
 from argofl.steps.strategies import AggregationError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +134,125 @@ def test_data_split_command_writes_the_partition_of_a_config(env, tmp_path):
     bad = CliRunner().invoke(cli, ["data", "split", out, "--dataset", "fashion-mnist"])
     assert bad.exit_code != 0
     assert "--clients" in bad.output
+
+
+def test_data_split_refuses_existing_shards_and_writes_nothing_unless_overwrite(tmp_path, fmnist_dir):
+    """A second split into the same place replaced the clients' shards without a word: it now refuses,
+    naming the first existing shard and how many exist, before writing any; ``--overwrite`` replaces."""
+    out = tmp_path / "out"
+    args = ["data", "split", out.as_uri(), "--dataset", "fashion-mnist", "--clients", "3", "--limit", "90"]
+    for existing in (out / "1" / "test.safetensors", out / "2" / "train.safetensors"):
+        existing.parent.mkdir(parents=True, exist_ok=True)
+        existing.write_bytes(b"a site's own shard")
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.strip() == (
+        f"error: {(out / '1' / 'test.safetensors').as_uri()} already exists (2 of the 6 shards to write "
+        "do); nothing was written: pass --overwrite to replace them"
+    )
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "1/test.safetensors",
+        "2/train.safetensors",
+    ]
+    assert (out / "2" / "train.safetensors").read_bytes() == b"a site's own shard"
+    replaced = CliRunner().invoke(cli, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert len(list(out.rglob("*.safetensors"))) == 6
+    assert (out / "2" / "train.safetensors").read_bytes() != b"a site's own shard"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2
+    assert "(6 of the 6 shards to write do)" in again.output
+
+
+def test_data_split_into_a_bucket_refuses_existing_shards(s3_env, fmnist_dir):
+    from argofl.pipelines.data_commands import ExistingShardsError
+
+    template = f"{s3_env}/sites/{{client}}/"
+    spec = SplitSpec.from_settings(settings(clients=2, data_limit=100))
+    split_dataset(spec, template, test=False, clients=[1])
+    store, key = open_uri(shard_uri(template, "1", "train"))
+    store.put_bytes(key, b"a site's own shard")
+    with pytest.raises(ExistingShardsError, match=r"sites/1/train\.safetensors already exists \(1 of the 2 "):
+        split_dataset(spec, template, test=False)
+    assert not store.exists(shard_uri(template, "0", "train").removeprefix(f"{s3_env}/"))
+    assert store.get_bytes(key) == b"a site's own shard"
+    split_dataset(spec, template, test=False, overwrite=True)
+    assert store.get_bytes(key) != b"a site's own shard"
+    assert store.exists(shard_uri(template, "0", "train").removeprefix(f"{s3_env}/"))
+
+
+SITES_CONFIG = """\
+experiment: sites
+clients: 4
+data_limit: 200
+seed: 3
+partition: dirichlet
+placement:
+  - name: site-a
+    clients: [0, 2]
+  - name: site-b
+    clients: [1, 3]
+"""
+
+
+def test_data_split_of_some_clients_writes_exactly_their_shards_of_the_full_split(tmp_path, fmnist_dir):
+    """A site's PVC or disk gets only its clients' shards (``--group``, ``--only-clients``): the same bytes
+    a split of every client writes for them, since the partition is still of all the clients."""
+    config = tmp_path / "sites.yaml"
+    config.write_text(SITES_CONFIG)
+
+    def split(out: str, *extra: str):
+        return CliRunner().invoke(
+            cli, ["data", "split", (tmp_path / out).as_uri(), "--config", str(config), *extra]
+        )
+
+    def written(out: str) -> dict[str, bytes]:
+        return {
+            p.relative_to(tmp_path / out).as_posix(): p.read_bytes() for p in (tmp_path / out).rglob("*.*")
+        }
+
+    assert split("full").exit_code == 0
+    full = written("full")
+    assert len(full) == 8
+    site_a = split("a", "--group", "site-a")
+    assert site_a.exit_code == 0, site_a.output
+    assert "wrote 2 of 4 clients' shards (clients 0,2; dirichlet, seed 3" in site_a.output
+    assert written("a") == {k: v for k, v in full.items() if k.split("/")[0] in ("0", "2")}
+    some = split("some", "--only-clients", "1-3")
+    assert some.exit_code == 0, some.output
+    assert written("some") == {k: v for k, v in full.items() if k.split("/")[0] in ("1", "2", "3")}
+
+    for extra, message in [
+        (
+            ("--group", "site-c"),
+            f"'site-c': no placement group of that name in {config} (groups: site-a, site-b)",
+        ),
+        (("--only-clients", "2,4"), "client 4 is not one of the 4 clients (0-3)"),
+        (("--only-clients", "two"), "'two': expected client ids such as 0,1 or 0-3"),
+        (("--group", "site-a", "--only-clients", "0"), "give --group or --only-clients, not both"),
+    ]:
+        bad = split("bad", *extra)
+        assert bad.exit_code == 2, bad.output
+        errors = [line for line in bad.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1, bad.output
+        assert message in errors[0]
+        assert not (tmp_path / "bad").exists()
+    no_config = CliRunner().invoke(
+        cli,
+        [
+            "data",
+            "split",
+            str(tmp_path / "bad"),
+            "--dataset",
+            "fashion-mnist",
+            "--clients",
+            "4",
+            "--group",
+            "a",
+        ],
+    )
+    assert no_config.exit_code == 2
+    assert "--group names a placement group of --config" in no_config.output
 
 
 def step_train_part(s: Settings, client: str):
