@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from argofl.pipelines.local.cli import local
+from argofl.steps.labels import ROUND_FORMAT, client_sequence_format
 
 HELLO: dict[str, Any] = {
     "apiVersion": "argoproj.io/v1alpha1",
@@ -257,6 +259,48 @@ def test_logs_of_a_fan_out_or_a_dag_print_the_pods_under_it(tmp_path: Path) -> N
     assert round_one.exit_code == 0, round_one.output
     said = [line for line in round_one.output.splitlines() if line.startswith("said ")]
     assert sorted(said) == ["said 1-a", "said 1-b", "said after-1"]
+
+
+def _labelled() -> dict[str, Any]:
+    """ROUNDS with argofl's loop labels as items: rounds ``round 1``, ``round 2``, each fanning out over
+    ``round N / client 0`` and ``round N / client 1``."""
+    manifest = copy.deepcopy(ROUNDS)
+    main, round_, _ = manifest["spec"]["templates"]
+    rounds = main["steps"][0][0]
+    del rounds["withItems"]
+    rounds["withSequence"] = {"start": "1", "end": "2", "format": ROUND_FORMAT}
+    fan = round_["dag"]["tasks"][0]
+    del fan["withItems"]
+    fan["withSequence"] = {"count": "2", "format": client_sequence_format("{{inputs.parameters.r}}")}
+    fan["arguments"]["parameters"][0]["value"] = "{{item}}"
+    return manifest
+
+
+def test_logs_of_a_node_by_the_label_the_argo_ui_shows(tmp_path: Path) -> None:
+    """The Argo UI shows a loop child by its item, the label of a round (``round 1``) or a client
+    (``round 1 / client 0``): NODE may be that label as well as the display name ``fan(0:round 1 /
+    client 0)``; a NODE that matches nothing is one line with candidates."""
+    path = _write(tmp_path, _labelled())
+    runs = tmp_path / "runs"
+    assert CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(runs)]).exit_code == 0
+    run_dir = next(runs.iterdir())
+
+    def said(node: str) -> list[str]:
+        shown = CliRunner().invoke(local, ["logs", str(run_dir), node])
+        assert shown.exit_code == 0, shown.output
+        return sorted(line for line in shown.output.splitlines() if line.startswith("said "))
+
+    assert said("fan(1:round 2 / client 1)") == ["said round 2 / client 1"]
+    assert said("round 2 / client 1") == ["said round 2 / client 1"]
+    assert said("round 1") == ["said after-round 1", "said round 1 / client 0", "said round 1 / client 1"]
+    missing = CliRunner().invoke(local, ["logs", str(run_dir), "client 7"])
+    assert missing.exit_code == 2
+    errors = [line for line in missing.output.splitlines() if line.startswith("Error")]
+    assert errors == [
+        "Error: Invalid value for NODE: 'client 7': no node with that display name, loop item or id in "
+        f"{run_dir.name} (candidates: 'round 1 / client 0', 'round 1 / client 1', 'round 2 / client 0', "
+        "'round 2 / client 1', …)"
+    ]
 
 
 def test_logs_of_a_node_without_pods_say_so(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import yaml
 from argofl.pipelines.exits import ArgoflGroup
 from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
 from argofl.pipelines.local.containers import parse_image_map
-from argofl.pipelines.local.logs import find_nodes, log_files, pods_under
+from argofl.pipelines.local.logs import find_nodes, log_files, node_refs, pods_under, suggest_refs
 from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
@@ -211,11 +211,12 @@ def _run_dir(run: str, runs_dir: Path | None) -> Path:
     "(argofl run)].",
 )
 def logs_cmd(run: str, node: str | None, runs_dir: Path | None) -> None:
-    """Print the logs of every pod of RUN and of the workflows it created, or of NODE (display name or
-    id: a pod, or every pod under a retried step, a fan-out such as train, or a DAG such as a round),
-    attempt by attempt."""
+    """Print the logs of every pod of RUN and of the workflows it created, or of NODE (display name, the
+    loop item the Argo UI shows such as 'round 1 / client 0', or id: a pod, or every pod under a retried
+    step, a fan-out such as train, or a DAG such as a round), attempt by attempt."""
     run_dir = _run_dir(run, runs_dir)
     found = False
+    refs: list[str] = []
     pods: list[tuple[str, Path, dict[str, Any], str]] = []  # started at, run directory, its status, pod
     for directory in _with_children(run_dir):
         status = json.loads((directory / "status.json").read_text())
@@ -225,11 +226,16 @@ def logs_cmd(run: str, node: str | None, runs_dir: Path | None) -> None:
         else:
             targets = find_nodes(status, node)
             found = found or bool(targets)
+            refs += [] if targets else node_refs(status)
             ids = [pod for target in targets for pod in pods_under(status, str(target["id"]))]
         pods += [(str(nodes[i].get("startedAt")), directory, status, i) for i in dict.fromkeys(ids)]
     if node is not None and not found:
+        candidates = suggest_refs(node, refs)
+        more = ", …" if len(candidates) < len(set(refs)) else ""
         raise click.BadParameter(
-            f"{node!r}: no node with that display name or id in {run_dir.name}", param_hint="NODE"
+            f"{node!r}: no node with that display name, loop item or id in {run_dir.name} "
+            f"(candidates: {', '.join(map(repr, candidates))}{more})",
+            param_hint="NODE",
         )
     if node is not None and not pods:
         click.echo(f"{node}: no pod ran under this node in {run_dir.name}; it has no logs", err=True)

@@ -7,12 +7,16 @@ the pods under it (:func:`pods_under`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LogFile", "find_nodes", "log_files", "pods_under"]
+from argofl.pipelines.local.scopes import loop_item
+
+__all__ = ["LogFile", "find_nodes", "log_files", "node_refs", "pods_under", "suggest_refs"]
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,43 @@ def log_files(run_dir: Path, status: Mapping[str, Any], node_id: str) -> list[Lo
 
 
 def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
-    """Nodes whose id, full name or display name is ``ref``."""
+    """Nodes whose id, full name or display name is ``ref``; else the loop children whose item is ``ref``,
+    as the Argo UI labels them (``round 1 / client 0`` for ``train(0:round 1 / client 0)``)."""
     nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
     if ref in nodes:
         return [nodes[ref]]
-    return [n for n in nodes.values() if ref in (n.get("name"), n.get("displayName"))]
+    named = [n for n in nodes.values() if ref in (n.get("name"), n.get("displayName"))]
+    if named:
+        return named
+    item = " ".join(ref.split())
+    return [n for n in nodes.values() if loop_item(str(n.get("displayName", ""))) == item]
+
+
+def node_refs(status: Mapping[str, Any]) -> list[str]:
+    """What a NODE may be, in tree order (loop items by index): each node's loop item or else display
+    name, leaving out step groups and a retried pod's attempts (its retry node is named instead)."""
+    nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
+    attempts = {c for n in nodes.values() if n.get("type") == "Retry" for c in n.get("children") or []}
+    shown = [
+        n
+        for i, n in nodes.items()
+        if n.get("type") != "StepGroup" and i not in attempts and n.get("displayName")
+    ]
+    shown.sort(key=lambda n: _natural(str(n.get("name"))))
+    names = (loop_item(str(n["displayName"])) or str(n["displayName"]) for n in shown)
+    return list(dict.fromkeys(names))
+
+
+def _natural(text: str) -> list[tuple[int, str]]:
+    """A sort key that orders the numbers in ``text`` by value (``fan(2:…)`` before ``fan(10:…)``)."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text)]
+
+
+def suggest_refs(ref: str, refs: Iterable[str], n: int = 4) -> list[str]:
+    """Up to ``n`` of ``refs`` for a ``ref`` that matched nothing: those like it, else the first ones."""
+    known = list(dict.fromkeys(refs))
+    close = set(difflib.get_close_matches(ref, known, n=n, cutoff=0.5))
+    return [r for r in known if r in close] or known[:n]
 
 
 def _within(nodes: Mapping[str, Mapping[str, Any]], node_id: str, scope: str) -> bool:

@@ -25,6 +25,7 @@ __all__ = [
     "expand_loop",
     "item_name",
     "item_scope",
+    "loop_item",
     "node_scope",
 ]
 
@@ -70,8 +71,12 @@ def node_scope(prefix: str, node: Node, outputs_from: Node | None = None) -> Sco
     return scope
 
 
+_LOOP_CHILD = re.compile(r"\((\d+):([^()]*)\)$")
+"""The ``(i:item)`` that ends a loop child's name (:func:`item_name`; the item has no parentheses)."""
+
+
 def _loop_index(name: str) -> int:
-    match = re.search(r"\((\d+):[^()]*\)$", name) or re.search(r"\((\d+):", name)
+    match = _LOOP_CHILD.search(name) or re.search(r"\((\d+):", name)
     return int(match.group(1)) if match else 0
 
 
@@ -211,6 +216,12 @@ def item_name(name: str, index: int, item: Any) -> str:
     else:
         desc = format_value(item)
     return f"{name}({index}:{desc.replace('(', '').replace(')', '')})"
+
+
+def loop_item(name: str) -> str | None:
+    """A loop child's item (``round 1 / client 0`` of ``train(0:round 1 / client 0)``), else None."""
+    match = _LOOP_CHILD.search(name)
+    return match.group(2) if match else None
 
 
 def item_scope(item: Any) -> dict[str, str]:
