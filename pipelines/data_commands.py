@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from argofl.steps.labels import LabelError, format_ids, parse_clients
 from argofl.steps.partition import SCHEMES, PartitionError, partition
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import StoreError
+
+if TYPE_CHECKING:
+    from argofl.pipelines.placement import PlacementGroup
 
 __all__ = ["ExistingShardsError", "SplitError", "SplitSpec", "check_clients", "data", "split_dataset"]
 
@@ -122,7 +125,7 @@ class ClientIds(click.ParamType):
 def _selected(
     spec: SplitSpec,
     config: Path | None,
-    placement: Sequence[Any],
+    placement: Sequence[PlacementGroup],
     group: str | None,
     only_clients: list[int] | None,
 ) -> list[int] | None:
@@ -206,7 +209,7 @@ def split_cmd(
     arrays x, y). Point a config's data.uri at the same template and set data.source: per-client.
     Shards that exist already are refused, nothing written, unless --overwrite.
     """
-    placement: tuple[Any, ...] = ()
+    placement: Sequence[PlacementGroup] = ()
     try:
         if config is not None:
             from argofl.pipelines.config import ConfigError, load_config
