@@ -123,7 +123,7 @@ def no_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_SECRET_ACCESS_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
 
 
 def test_run_with_an_s3_store_and_no_credentials_is_one_line_and_starts_nothing(tmp_path, no_s3_credentials):

@@ -29,7 +29,7 @@ def _error_line(output: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_fork_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
 
 
 def test_argofl_run_refuses_one_slot_for_a_split_workflow_before_anything_starts(tmp_path: Path) -> None:
