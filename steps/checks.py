@@ -24,8 +24,13 @@ def choice(choices: Collection[str]) -> Check:
     return check
 
 
+def _shown(bound: float) -> str:
+    """``bound`` as a problem names it: integers in full (``1000000``, not ``1e+06``)."""
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
 def at_least(low: float) -> Check:
-    return lambda v: None if v >= low else f"must be ≥ {low:g}"
+    return lambda v: None if v >= low else f"must be ≥ {_shown(low)}"
 
 
 def within(low: float, high: float, why: str = "") -> Check:
@@ -33,8 +38,8 @@ def within(low: float, high: float, why: str = "") -> Check:
 
     def check(value: Any) -> str | None:
         if value < low:
-            return f"must be ≥ {low:g}"
-        return None if value <= high else f"must be ≤ {high:g}{why}"
+            return f"must be ≥ {_shown(low)}"
+        return None if value <= high else f"must be ≤ {_shown(high)}{why}"
 
     return check
 

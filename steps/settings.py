@@ -28,11 +28,12 @@ from argofl.steps.attacks import ATTACKS
 from argofl.steps.data import DATASETS
 from argofl.steps.errors import BadInputError
 from argofl.steps.frameworks import BUILTIN_MODELS, FRAMEWORKS
+from argofl.steps.labels import MAX_RANGE
 from argofl.steps.mapping import dataclass_from_mapping
 from argofl.steps.partition import SCHEMES
 from argofl.steps.strategies import STRATEGIES, Option, strategy_options
 
-__all__ = ["FIELDS", "MAX_ROUNDS", "Settings", "SettingsError", "param_name"]
+__all__ = ["FIELDS", "MAX_CLIENTS", "MAX_ROUNDS", "Settings", "SettingsError", "param_name"]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,50}[a-z0-9])?$")
 
@@ -106,6 +107,9 @@ reuses the same heap memory batch after batch; 1000 Fashion-MNIST images through
 MAX_ROUNDS = 9999
 """Most rounds a run may have: the store's round keys have four digits, and a run's rounds are its
 workflow's nodes (a value such as 10**8 would fill memory expanding the round loop)."""
+MAX_CLIENTS = MAX_RANGE
+"""Most clients a run may have: a pod of every client is labelled ``clients 0-N`` and its steps read no
+wider range; ``distribute`` draws each round's sample from all clients (10**11 is a MemoryError)."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +148,13 @@ class Settings:
         default=0.5,
         metadata={"help": "Dirichlet concentration (smaller = more skew)", "check": checks.positive},
     )
-    clients: int = field(default=10, metadata={"help": "number of clients", "check": checks.at_least(1)})
+    clients: int = field(
+        default=10,
+        metadata={
+            "help": f"number of clients (at most {MAX_CLIENTS})",
+            "check": checks.within(1, MAX_CLIENTS, " (distribute samples each round from every client)"),
+        },
+    )
     fraction: float = field(
         default=1.0, metadata={"help": "fraction of clients sampled per round", "check": checks.fraction}
     )

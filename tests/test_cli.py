@@ -244,6 +244,51 @@ def test_run_bad_arguments_fail_before_running(tmp_path, args, message):
     assert not (tmp_path / "runs" / "workflows").exists()
 
 
+@pytest.fixture
+def started_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
+    """The parameters of each run ``argofl run`` starts (none is run; no fork server is started)."""
+    import argofl.pipelines.commands as commands
+    import argofl.pipelines.local as local
+
+    started: list[dict[str, str]] = []
+
+    def run_workflow(manifest: object, params: dict[str, str], **kwargs: object) -> None:
+        started.append(params)
+        raise click.exceptions.Exit(0)
+
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    return started
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["-p", "clients=100000000000"],
+            "clients: must be ≤ 1000000 (distribute samples each round from every client), got 100000000000",
+        ),
+        (["-p", "clients=4", "-p", "min_clients=5"], "min_clients: must be ≤ clients (4), got 5"),
+    ],
+)
+def test_run_with_too_many_clients_starts_nothing(tmp_path, started_runs, args, message):
+    """-p clients=10**11 started the run, whose distribute step then failed with a MemoryError."""
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2, result.output
+    assert message in one_error_line(result.output)
+    assert "nothing was started" in one_error_line(result.output)
+    assert started_runs == []
+
+
+def test_run_with_the_most_clients_allowed_starts(tmp_path, started_runs):
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "-p", "clients=1000000"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert [p["clients"] for p in started_runs] == ["1000000"]
+
+
 def test_data_split_choices_are_the_registries():
     from argofl.pipelines.data_commands import split_cmd
 

@@ -7,6 +7,7 @@ bad updates are rejected with reasons, too few valid updates fail the round, not
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
-from argofl.steps.checkpoint import CheckpointExists, load_checkpoint, save_checkpoint
+from argofl.steps.checkpoint import CheckpointExists, checkpoint_keys, load_checkpoint, save_checkpoint
 from argofl.steps.cli import step as step_cli
 from argofl.steps.data import DatasetError, load_dataset
 from argofl.steps.frameworks import get_backend
 from argofl.steps.partition import client_seed
-from argofl.steps.runinfo import RunError, RunLayout
+from argofl.steps.runinfo import RunError, RunLayout, RunRecord
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import FileStore
 
@@ -203,6 +204,31 @@ def test_bad_workflow_parameter_fails_init_naming_it(env):
     )
     assert result.exit_code == 2
     assert "rounds: must be ≥ 1, got -3" in result.output
+
+
+def test_init_refuses_more_clients_than_allowed(env):
+    params = {**settings().to_params(), "clients": "100000000000"}
+    given = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+    args = ["init", "--run-key", "steps-test/many", "--workflow-name", "w", *given]
+    result = CliRunner().invoke(step_cli, args)
+    assert result.exit_code == 2
+    assert "clients: must be ≤ 1000000 (distribute samples each round from every client)" in result.output
+    assert env.list("steps-test/") == []
+
+
+def test_distribute_refuses_a_run_record_of_more_clients_than_allowed(tmp_path, monkeypatch):
+    """10**11 clients frozen in run.json (by an older init, or by hand): sampling them was a MemoryError."""
+    store = FileStore(tmp_path / "store")
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    layout = RunLayout("steps-test/many")
+    record = json.loads(RunRecord(settings(), "mlflow-run", "w", "uid", 0.0).to_json())
+    record["settings"]["clients"] = 10**11
+    store.put_bytes(layout.record_key, json.dumps(record).encode())
+    store.put_bytes(checkpoint_keys(layout.global_key(0))[1], b"{}")  # round 1 may start: it samples
+    result = CliRunner().invoke(step_cli, ["distribute", "--run-key", "steps-test/many", "--round", "1"])
+    assert result.exit_code == 2, result.output
+    assert "clients: must be ≤ 1000000" in result.output
+    assert "MemoryError" not in result.output
 
 
 def test_distribute_needs_previous_global(env):

@@ -11,8 +11,10 @@ from argofl.pipelines.config import ConfigError, load_config
 from argofl.steps.attacks import ATTACKS
 from argofl.steps.data import DATASETS
 from argofl.steps.frameworks import BUILTIN_MODELS, FRAMEWORKS, FrameworkInfo
+from argofl.steps.labels import parse_clients
 from argofl.steps.partition import SCHEMES
-from argofl.steps.settings import FIELDS, Settings, SettingsError
+from argofl.steps.settings import FIELDS, MAX_CLIENTS, Settings, SettingsError
+from argofl.steps.step_distribute import group_clients
 from argofl.steps.strategies import STRATEGIES
 
 FLAGSHIP = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
@@ -39,6 +41,10 @@ def test_flagship_config_loads():
         ("experiment: x\nrounds: -1\n", "rounds: must be ≥ 1, got -1"),
         ("experiment: x\nrounds: true\n", "rounds: expected int, got bool True"),
         ("experiment: x\nrounds: 100000000\n", "rounds: must be ≤ 9999 (the store numbers rounds"),
+        (
+            "experiment: x\nclients: 100000000000\n",
+            "clients: must be ≤ 1000000 (distribute samples each round from every client), got 100000000000",
+        ),
         ("experiment: x\nclients: 3\nmin_clients: 4\n", "min_clients: must be ≤ clients (3), got 4"),
         ("experiment: x\nfraction: 1.5\n", "fraction: must be in (0, 1]"),
         ("experiment: x\nlr: .nan\n", "lr: must be a finite number"),
@@ -97,6 +103,23 @@ def test_string_parameters_are_validated_like_config_values():
         Settings.from_mapping(params, where="workflow parameters", strings=True)
     with pytest.raises(SettingsError, match="lr: expected float, got 'fast'"):
         Settings.from_mapping({**params, "rounds": "2", "lr": "fast"}, strings=True)
+
+
+def test_clients_are_at_most_the_widest_label_a_pod_can_read():
+    """10**11 clients passed every check and ended in a MemoryError in distribute, after the run started.
+    A pod of every client (``clients 0-999999``) is the widest label train parses: the cap is there."""
+    params = {"experiment": "x", "clients": str(MAX_CLIENTS), "clients-per-pod": str(MAX_CLIENTS)}
+    assert Settings.from_mapping(params, strings=True).clients == MAX_CLIENTS == 1_000_000
+    label = group_clients(1, list(range(MAX_CLIENTS)), MAX_CLIENTS)[0]
+    assert len(parse_clients(label)) == MAX_CLIENTS
+    with pytest.raises(SettingsError) as info:
+        Settings.from_mapping({**params, "clients": str(MAX_CLIENTS + 1)}, strings=True)
+    assert str(info.value) == (
+        "settings: clients: must be ≤ 1000000 (distribute samples each round from every client), got 1000001"
+    )
+    with pytest.raises(SettingsError) as info:
+        Settings.from_mapping({"experiment": "x", "min-clients": "100000000000"}, strings=True)
+    assert str(info.value) == "settings: min_clients: must be ≤ clients (10), got 100000000000"
 
 
 REGISTRIES = [
