@@ -81,6 +81,11 @@ def test_a_50_mb_config_is_refused_by_its_size_without_parsing(tmp_path, monkeyp
             "error: unknown workflow parameter 'roundz'; did you mean 'rounds'? valid: experiment, ",
         ),
         ("rounds=0", "error: parameters: rounds: must be ≥ 1, got 0; nothing was started"),
+        (
+            "clients=100000000000",
+            "error: parameters: clients: must be ≤ 1000000 (distribute samples each round from every "
+            "client), got 100000000000; nothing was started",
+        ),
     ],
 )
 def test_run_submit_and_local_run_refuse_a_bad_parameter_with_the_same_line(tmp_path, param, message):
