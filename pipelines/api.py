@@ -139,6 +139,7 @@ def run_local(
         local_parallelism,
         local_parameters,
         parallelism_problem,
+        tracking_problem,
         user_code_env,
     )
     from argofl.pipelines.parameters import NOTHING_STARTED, ParameterError, parameters_of
@@ -163,6 +164,9 @@ def run_local(
             data_uri=declared.get("data-uri", ""),
         )
         params = {k: v for k, v in local.items() if k in declared}
+        problem = tracking_problem(local["mlflow-uri"])
+        if problem is not None:
+            raise ParameterError(f"{problem}; {NOTHING_STARTED}")
     templates = {}
     if isinstance(workflow, ExperimentConfig | str | Path):  # rounds_per_workflow: the blocks' template
         from argofl.pipelines.compile import workflow_templates_for

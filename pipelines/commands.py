@@ -30,6 +30,7 @@ from argofl.pipelines.local_params import (
     local_parallelism,
     local_parameters,
     parallelism_problem,
+    tracking_problem,
     user_code_env,
 )
 from argofl.pipelines.parameters import (
@@ -183,6 +184,8 @@ def run_cmd(
         hint = "'-p store'" if overrides.get("store") else "'--store'"
         raise click.BadParameter(f"{exc}; nothing was started", param_hint=hint) from None
     _check_s3_access(manifest, params, key_refs)
+    hint = "'-p mlflow-uri'" if overrides.get("mlflow-uri") else "'--mlflow-uri'"
+    _check_tracking(params["mlflow-uri"], hint, runtime == "process")
     stop_before_start()
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display
@@ -211,6 +214,21 @@ def _check_s3_access(
         unset = not all(env.get(a) or env.get(b) for a, b in keys)
         secrets = ", or pass the argofl-s3 Secret's YAML with --secrets FILE" if unset else ""
         raise click.UsageError(f"{exc}{secrets}; nothing was started") from None
+
+
+def _check_tracking(uri: str, param_hint: str | None, probe: bool) -> None:
+    """One line, before anything starts, when the steps could not track to MLflow at ``uri`` (a scheme
+    MLflow has no store for; with ``probe``, a server that does not answer): init would fail, the latter
+    after its retries. ``param_hint`` names the option that gave ``uri`` (None: the run being resumed).
+    Steps in containers (``--runtime docker``) have a network of their own: no ``probe`` for them."""
+    if not uri:
+        return
+    problem = tracking_problem(uri, probe=probe)
+    if problem is None:
+        return
+    if param_hint is None:
+        raise click.UsageError(f"{problem}; nothing was started")
+    raise click.BadParameter(f"{problem}; nothing was started", param_hint=param_hint)
 
 
 def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
@@ -381,6 +399,7 @@ def resume_cmd(
         parallelism = local_parallelism(manifest)
     _check_parallelism(manifest, parallelism)
     _check_s3_access(manifest, {}, key_refs)
+    _check_tracking(parameters_of(manifest).get("mlflow-uri", ""), None, runtime == "process")
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"

@@ -7,9 +7,14 @@ directories, so every path a user gives is made absolute here, against the user'
 from __future__ import annotations
 
 import os
+import ssl
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
+
+from argofl.steps.tracking import tracking_uri_problem
 
 __all__ = [
     "LOCAL_MLFLOW_UI",
@@ -20,11 +25,15 @@ __all__ = [
     "local_parallelism",
     "local_parameters",
     "parallelism_problem",
+    "tracking_problem",
+    "tracking_server_problem",
     "user_code_env",
 ]
 
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side on a 2-core machine
+TRACKING_PROBE_TIMEOUT_S = 1.5
+"""Seconds an MLflow server has to accept the connection, then as many to answer, before a run starts."""
 
 
 def absolute_store_uri(uri: str) -> str:
@@ -100,6 +109,37 @@ def local_parameters(
     if data_uri:
         params["data-uri"] = absolute_data_uri(data_uri)
     return params
+
+
+def tracking_problem(uri: str, *, probe: bool = True) -> str | None:
+    """Why a local run's steps cannot track to ``uri``: a URI MLflow has no store for, or (with ``probe``:
+    steps that share this machine's network) an http(s) server that does not answer; None when they can."""
+    return tracking_uri_problem(uri) or (tracking_server_problem(uri) if probe else None)
+
+
+def tracking_server_problem(uri: str, timeout: float = TRACKING_PROBE_TIMEOUT_S) -> str | None:
+    """Why the MLflow server of an ``http(s)://`` tracking ``uri`` cannot be reached (``GET /health``:
+    connection refused, an unknown host, no answer within ``timeout``); None when it answers, whatever
+    its status, and for any other URI. Init would fail on it only after its retries (~25 s)."""
+    if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
+        return None
+    tls = ssl.create_default_context()  # only whether it answers: nothing is sent, so nothing is verified
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout, context=tls):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except urllib.error.URLError as exc:
+        reason: object = exc.reason
+    except OSError as exc:  # a timeout while reading the answer
+        reason = exc
+    if isinstance(reason, TimeoutError):
+        why = f"no answer within {timeout:g} s"
+    else:
+        why = getattr(reason, "strerror", None) or str(reason)
+    return f"MLflow server at {uri} cannot be reached: {why}"
 
 
 def _has_daemons(manifest: Mapping[str, object]) -> bool:

@@ -9,7 +9,9 @@ An unreachable or failing server is a :class:`TrackingError` (transient: exit co
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -17,6 +19,7 @@ from argofl.steps import mlflow_db
 from argofl.steps.errors import BadInputError, TransientError
 
 __all__ = [
+    "TRACKING_URIS",
     "RunRef",
     "TrackingError",
     "TrackingNotConfigured",
@@ -28,7 +31,16 @@ __all__ = [
     "log_metrics",
     "run_ref",
     "run_url",
+    "tracking_uri_problem",
 ]
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+"""SQLAlchemy databases MLflow tracks to (``postgresql+psycopg2://…`` names a driver)."""
+TRACKING_URIS = (
+    "sqlite:///PATH, http(s)://HOST[:PORT], postgresql://…, mysql://…, mssql://…, databricks://PROFILE "
+    "or file:///PATH"
+)
+"""The tracking URIs MLflow has a store for, as an error line lists them."""
 
 
 class RunRef(NamedTuple):
@@ -45,6 +57,30 @@ class TrackingError(TransientError, RuntimeError):
 class TrackingNotConfigured(BadInputError):
     """``$MLFLOW_TRACKING_URI`` is not set: exit code 2 (MLflow's default would be a stray
     ``./mlflow.db`` in whatever directory the step runs in)."""
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow has no tracking store for ``uri`` (an init step would fail on it); None when it has.
+
+    Reads the URI only: connects to nothing and imports no MLflow (a plugin's scheme is its installed
+    ``mlflow.tracking_store`` entry point). A plain path is a file store, as for MLflow."""
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme
+    if scheme == "sqlite" and not uri.partition(":")[2].startswith("///"):
+        return (
+            f"MLflow tracking URI {uri!r} names no database file: use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db (every step opens it)"
+        )
+    if scheme in ("http", "https") and not parsed.hostname:
+        return f"MLflow tracking URI {uri!r} names no host: use {scheme}://HOST[:PORT]"
+    known = ("", "file", "http", "https", "databricks")
+    if scheme in known or scheme.partition("+")[0] in DATABASE_SCHEMES:
+        return None
+    plugins = sorted({entry.name for entry in metadata.entry_points(group="mlflow.tracking_store")})
+    if scheme in plugins:
+        return None
+    installed = f", or a plugin's {', '.join(f'{p}://' for p in plugins)}" if plugins else ""
+    return f"unsupported MLflow tracking URI {uri!r}: use {TRACKING_URIS}{installed}"
 
 
 def _client() -> Any:

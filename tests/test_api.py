@@ -18,6 +18,7 @@ from argofl.pipelines.compile import manifest_for, template_manifest_for
 from argofl.pipelines.config import load_config
 from argofl.steps.errors import BadInputError
 from tests.fake_argo import FakeArgo
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
@@ -60,6 +61,27 @@ def test_bad_arguments_are_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("ARGO_SERVER", raising=False)
     with pytest.raises(BadInputError, match="no Argo server given"):
         api.submit(CONFIG)
+
+
+def test_run_local_refuses_an_mlflow_uri_its_steps_cannot_use_before_starting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad scheme or a server that does not answer failed the run in init (the latter after ~25 s)."""
+    from argofl.pipelines.local import forkserver
+
+    def no_start(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a step server was started")
+
+    monkeypatch.setattr(forkserver, "prestart_steps", no_start)
+    closed = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(BadInputError) as info:
+        api.run_local(CONFIG, runs_dir=tmp_path / "runs", mlflow_uri=closed)
+    assert str(info.value) == (
+        f"MLflow server at {closed} cannot be reached: Connection refused; nothing was started"
+    )
+    with pytest.raises(BadInputError, match=r"^unsupported MLflow tracking URI 'gs://b/mlflow': use sqlite"):
+        api.run_local(api.build(CONFIG), {"mlflow-uri": "gs://b/mlflow"}, runs_dir=tmp_path / "runs")
+    assert not (tmp_path / "runs" / "workflows").exists()
 
 
 def test_submit_sends_the_customised_workflow_through_hera(argo: FakeArgo) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -16,6 +17,7 @@ from argofl.steps.data import DATASETS
 from argofl.steps.frameworks import FRAMEWORKS, FrameworkInfo
 from argofl.steps.partition import SCHEMES
 from argofl.steps.strategies import STRATEGIES
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -287,6 +289,54 @@ def test_run_with_the_most_clients_allowed_starts(tmp_path, started_runs):
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert [p["clients"] for p in started_runs] == ["1000000"]
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["--mlflow-uri", "ftp://host/x"], "'--mlflow-uri'"),
+        (["-p", "mlflow-uri=sqlte:///x.db"], "'-p mlflow-uri'"),
+    ],
+)
+def test_run_with_a_tracking_uri_mlflow_cannot_use_starts_nothing(tmp_path, started_runs, args, hint):
+    """The run started and its init step failed on the URI."""
+    uri = args[-1].removeprefix("mlflow-uri=")
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        f"Error: Invalid value for {hint}: unsupported MLflow tracking URI {uri!r}: use sqlite:///PATH, "
+        "http(s)://HOST[:PORT], postgresql://…, mysql://…, mssql://…, databricks://PROFILE or file:///PATH; "
+        "nothing was started"
+    )
+    assert started_runs == []
+    assert not (tmp_path / "runs" / "workflows").exists()
+
+
+def test_run_with_an_mlflow_server_that_does_not_answer_starts_nothing(tmp_path, started_runs):
+    """The run started and failed in init after its retries (~25 s), the reason deep in init's log."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), "--mlflow-uri", uri]
+    )
+    assert time.monotonic() - started < 10
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        f"Error: Invalid value for '--mlflow-uri': MLflow server at {uri} cannot be reached: "
+        "Connection refused; nothing was started"
+    )
+    assert started_runs == []
+    assert not (tmp_path / "runs" / "workflows").exists()
+
+
+def test_run_with_a_running_mlflow_server_starts(tmp_path, started_runs, mlflow_server):
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "--mlflow-uri", mlflow_server.uri]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert [p["mlflow-uri"] for p in started_runs] == [mlflow_server.uri]
 
 
 def test_data_split_choices_are_the_registries():

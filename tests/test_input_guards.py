@@ -1,8 +1,10 @@
 """Bad input is refused with one clear line naming it: ``-p`` in either spelling, duplicate YAML
-keys, oversized configs."""
+keys, oversized configs, MLflow tracking URIs no step could use."""
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,9 @@ from click.testing import CliRunner
 from argofl.pipelines.cli import cli
 from argofl.pipelines.compile import compile_config
 from argofl.pipelines.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from argofl.pipelines.local_params import tracking_server_problem
+from argofl.steps.tracking import tracking_uri_problem
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fedavg-fmnist-torch.yaml"  # clients: 10, min_clients: 8
@@ -107,3 +112,81 @@ def test_run_submit_and_local_run_refuse_a_bad_parameter_with_the_same_line(tmp_
     assert line.startswith(message)
     assert line.endswith("nothing was started")
     assert not (tmp_path / "runs" / "workflows").exists()
+
+
+ACCEPTED_URIS = (
+    "sqlite:///PATH, http(s)://HOST[:PORT], postgresql://…, mysql://…, mssql://…, databricks://PROFILE "
+    "or file:///PATH"
+)
+
+
+@pytest.mark.parametrize("uri", ["ftp://host/x", "gs://bucket/mlflow", "sqlte:///x.db", "uc:profile"])
+def test_a_tracking_uri_mlflow_has_no_store_for_is_one_line_naming_the_accepted_ones(uri):
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    assert tracking_uri_problem(uri) == f"unsupported MLflow tracking URI {uri!r}: use {ACCEPTED_URIS}"
+    with pytest.raises(Exception, match=r"unsupported URI|is not supported"):  # MLflow's verdict, in init
+        _tracking_store_registry.get_store(uri)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sqlite:///x.db",
+        "sqlite:////abs/x.db",
+        "http://mlflow:5000",
+        "HTTPS://mlflow.example/prefix",
+        "postgresql+psycopg2://user@db/mlflow",
+        "mysql://db/mlflow",
+        "mssql://db/mlflow",
+        "databricks",
+        "databricks://profile",
+        "file:///abs/mlruns",
+        "mlruns",
+    ],
+)
+def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri):
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    assert tracking_uri_problem(uri) is None
+    assert _tracking_store_registry.get_store_builder(uri)
+
+
+@pytest.mark.parametrize(
+    ("uri", "problem"),
+    [
+        ("sqlite://x.db", "MLflow tracking URI 'sqlite://x.db' names no database file: use sqlite:///"),
+        ("sqlite://", "MLflow tracking URI 'sqlite://' names no database file: use sqlite:///"),
+        ("http:///mlflow", "MLflow tracking URI 'http:///mlflow' names no host: use http://HOST[:PORT]"),
+    ],
+)
+def test_a_tracking_uri_naming_no_database_or_host_is_refused(uri, problem):
+    assert (tracking_uri_problem(uri) or "").startswith(problem)
+
+
+def test_an_mlflow_server_that_does_not_answer_is_named_with_what_failed():
+    """Init found out after its retries (~25 s), in its own log; the probe takes at most two timeouts."""
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert (
+        tracking_server_problem(closed) == f"MLflow server at {closed} cannot be reached: Connection refused"
+    )
+    assert tracking_server_problem("http://no-such-host.invalid:5000") == (
+        "MLflow server at http://no-such-host.invalid:5000 cannot be reached: Name or service not known"
+    )
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        problem = tracking_server_problem(uri)
+        took = time.monotonic() - started
+    assert problem == f"MLflow server at {uri} cannot be reached: no answer within 1.5 s"
+    assert 1.4 < took < 3.5
+    assert tracking_server_problem("sqlite:///x.db") is None  # no server to ask
+
+
+def test_a_running_mlflow_server_answers_the_probe_at_once(mlflow_server):
+    started = time.monotonic()
+    assert tracking_server_problem(mlflow_server.uri) is None
+    assert tracking_server_problem(mlflow_server.uri + "/") is None
+    assert time.monotonic() - started < 1

@@ -15,14 +15,19 @@ from argofl.pipelines.cli import cli
 from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import load_config
 from argofl.pipelines.local.runlock import hold_run_lock
-from argofl.pipelines.local_params import absolute_store_uri, absolute_tracking_uri
+from argofl.pipelines.local_params import absolute_store_uri, absolute_tracking_uri, local_parameters
+from argofl.pipelines.parameters import set_parameters
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run_dir(tmp_path: Path, config: str, nodes: dict[str, object] | None = None) -> Path:
-    """A stopped local run of ``config`` as ``argofl run`` leaves it (no round completed)."""
+    """A stopped local run of ``config`` as ``argofl run`` leaves it (no round completed): its local store
+    and MLflow database under ``tmp_path/runs``."""
     manifest = manifest_for(load_config(ROOT / "configs" / config))
+    local = local_parameters({}, tmp_path / "runs")
+    set_parameters(manifest, {k: local[k] for k in ("store", "mlflow-uri", "mlflow-ui")})
     name = f"{manifest['metadata']['generateName']}abcde"
     manifest["metadata"] = {"name": name}
     run_dir = tmp_path / "runs" / "workflows" / name
@@ -177,3 +182,34 @@ def test_the_resume_hint_of_a_stopped_run_keeps_its_secrets_file(
     hint = [line for line in result.output.splitlines() if line.startswith("continue it: ")]
     options = " ".join([*runtime, "--secrets", str(tmp_path / "s3.yaml")])
     assert hint == [f"continue it: argofl resume {options} {run_dir}"]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "probed"),
+    [([], True), (["--runtime", "docker", "--image-map", "a=b"], False)],
+    ids=["process", "docker"],
+)
+def test_resume_with_an_mlflow_server_that_does_not_answer_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: list[str], probed: bool
+) -> None:
+    """The resumed run's init failed after its retries. Containers have a network of their own (their
+    server may be one this machine cannot reach): only the URI is checked for them."""
+    import argofl.pipelines.local as local
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    manifest = json.loads((run_dir / "workflow.json").read_text())
+    set_parameters(manifest, {"mlflow-uri": uri})
+    (run_dir / "workflow.json").write_text(json.dumps(manifest))
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(local, "run_workflow", _stopped(run_dir, calls))
+    result = CliRunner().invoke(cli, ["resume", str(run_dir), *runtime])
+    if probed:
+        assert result.exit_code == 2, result.output
+        (line,) = _error_lines(result.output)
+        assert (
+            line
+            == f"Error: MLflow server at {uri} cannot be reached: Connection refused; nothing was started"
+        )
+        assert "resuming" not in result.output
+    assert len(calls) == (0 if probed else 1)
