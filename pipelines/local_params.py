@@ -7,10 +7,7 @@ directories, so every path a user gives is made absolute here, against the user'
 from __future__ import annotations
 
 import os
-import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -123,15 +120,19 @@ def tracking_server_problem(uri: str, timeout: float = TRACKING_PROBE_TIMEOUT_S)
     its status, and for any other URI. Init would fail on it only after its retries (~25 s)."""
     if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
         return None
+    import ssl
+    from urllib.error import HTTPError, URLError
+    from urllib.request import urlopen
+
     tls = ssl.create_default_context()  # only whether it answers: nothing is sent, so nothing is verified
     tls.check_hostname = False
     tls.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout, context=tls):
+        with urlopen(uri.rstrip("/") + "/health", timeout=timeout, context=tls):
             return None
-    except urllib.error.HTTPError:
+    except HTTPError:
         return None  # it answered
-    except urllib.error.URLError as exc:
+    except URLError as exc:
         reason: object = exc.reason
     except OSError as exc:  # a timeout while reading the answer
         reason = exc
