@@ -259,7 +259,7 @@ def started_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
         raise click.exceptions.Exit(0)
 
     monkeypatch.setattr(local, "run_workflow", run_workflow)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
     return started
 
 
