@@ -65,7 +65,7 @@ def absolute_tracking_uri(uri: str) -> str:
         if database and database != ":memory:":
             return "sqlite:///" + os.path.abspath(database)
         return uri
-    if uri and urllib.parse.urlparse(uri).scheme == "":
+    if uri and uri != "databricks" and urllib.parse.urlparse(uri).scheme == "":  # not a path: a workspace
         return os.path.abspath(uri)
     return uri
 

@@ -73,6 +73,11 @@ def tracking_uri_problem(uri: str) -> str | None:
         )
     if scheme in ("http", "https") and not parsed.hostname:
         return f"MLflow tracking URI {uri!r} names no host: use {scheme}://HOST[:PORT]"
+    if scheme in ("", "file") and uri != "databricks" and not _file_store_allowed():
+        return (
+            f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses unless "
+            f"{FILE_STORE_VARIABLE}=true is exported: use sqlite:///PATH.db"
+        )
     known = ("", "file", "http", "https", "databricks")
     if scheme in known or scheme.partition("+")[0] in DATABASE_SCHEMES:
         return None
@@ -81,6 +86,14 @@ def tracking_uri_problem(uri: str) -> str | None:
         return None
     installed = f", or a plugin's {', '.join(f'{p}://' for p in plugins)}" if plugins else ""
     return f"unsupported MLflow tracking URI {uri!r}: use {TRACKING_URIS}{installed}"
+
+
+FILE_STORE_VARIABLE = "MLFLOW_ALLOW_FILE_STORE"
+"""What lets MLflow 3 open a file store (``./mlruns``, ``file:///…``), which it otherwise refuses."""
+
+
+def _file_store_allowed() -> bool:
+    return os.environ.get(FILE_STORE_VARIABLE, "").strip().lower() in ("true", "1")
 
 
 def _client() -> Any:

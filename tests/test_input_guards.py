@@ -145,9 +145,10 @@ def test_a_tracking_uri_mlflow_has_no_store_for_is_one_line_naming_the_accepted_
         "mlruns",
     ],
 )
-def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri):
+def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri, monkeypatch):
     from mlflow.tracking._tracking_service.utils import _tracking_store_registry
 
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # file stores: MLflow 3 opens them only so
     assert tracking_uri_problem(uri) is None
     assert _tracking_store_registry.get_store_builder(uri)
 
@@ -162,6 +163,31 @@ def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri):
 )
 def test_a_tracking_uri_naming_no_database_or_host_is_refused(uri, problem):
     assert (tracking_uri_problem(uri) or "").startswith(problem)
+
+
+@pytest.mark.parametrize("uri", ["mlruns", "file:///abs/mlruns"])
+def test_a_file_store_mlflow_refuses_is_refused_unless_mlflow_is_told_to_allow_it(uri, tmp_path, monkeypatch):
+    """MLflow 3 opens a file store only with MLFLOW_ALLOW_FILE_STORE=true: init failed on it."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    assert tracking_uri_problem(uri) == (
+        f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses unless "
+        "MLFLOW_ALLOW_FILE_STORE=true is exported: use sqlite:///PATH.db"
+    )
+    with pytest.raises(mlflow.exceptions.MlflowException, match="MLFLOW_ALLOW_FILE_STORE"):
+        MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri()).create_experiment("refused")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert tracking_uri_problem(uri) is None
+
+
+def test_databricks_stays_the_workspace_not_a_local_path():
+    """``--mlflow-uri databricks`` (the default profile's workspace) was made ``/cwd/databricks``."""
+    from argofl.pipelines.local_params import absolute_tracking_uri
+
+    assert absolute_tracking_uri("databricks") == "databricks"
+    assert absolute_tracking_uri("mlruns") == str(Path("mlruns").resolve())
 
 
 def test_an_mlflow_server_that_does_not_answer_is_named_with_what_failed():
