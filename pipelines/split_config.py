@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError, param_name
-from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, UNUSED_SETTINGS, SplitOptions, cut_problem
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, SplitOptions, cut_problem, split_settings_params
 
 __all__ = [
     "SPLIT_PARAMS",
@@ -43,10 +43,9 @@ class SplitExperimentConfig(ExperimentConfig):
     split: SplitOptions = field(default_factory=SplitOptions)
 
     def workflow_parameters(self) -> dict[str, str]:
-        """The settings split learning uses (not the server-optimizer ones) and the ``split-*`` options."""
-        unused = {param_name(k) for k in UNUSED_SETTINGS}
-        settings = {k: v for k, v in self.settings.to_params().items() if k not in unused}
-        return {**settings, **{split_param(k): str(getattr(self.split, k)) for k in SPLIT_PARAMS}}
+        """The settings split learning uses (none of FedAvg's own) and the ``split-*`` options."""
+        options = {split_param(k): str(getattr(self.split, k)) for k in SPLIT_PARAMS}
+        return {**split_settings_params(self.settings), **options}
 
 
 def split_config(
@@ -99,7 +98,8 @@ def refused_setting(settings: Settings) -> str | None:
 
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:
     """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``) and the settings
-    split learning refuses (``-p attack=…``), as :func:`split_config` does a config's."""
+    split learning refuses (``-p attack=…``, where a workflow compiled by an older argofl declares them), as
+    :func:`split_config` does a config's."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
     options = SplitOptions.from_mapping(given, where=where, strings=True)
     settings = Settings.from_mapping(

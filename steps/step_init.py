@@ -49,11 +49,12 @@ def run(
     start_round: int = 1,
     resume_from: str = "",
     data: DataOptions | None = None,
-    extra_params: Mapping[str, str] | None = None,
+    params: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Initialise the run at ``run_key``. Safe to retry: a retry of the same workflow's init reuses
     what an earlier attempt wrote (verifying it); a run initialised by another workflow is refused.
-    ``extra_params``: MLflow params beside the settings' (a kind's own options, e.g. ``split-cut``)."""
+    ``params``: the MLflow run's params (default: every setting; a kind records the settings it uses and
+    its own options, e.g. ``split-cut``)."""
     store = store_from_env()
     layout = RunLayout(run_key)
     if store.exists(layout.record_key):
@@ -87,7 +88,7 @@ def run(
     ref = tracking.create_run(
         settings.experiment,
         run_name=workflow_name,
-        params={**settings.to_params(), **(extra_params or {})},
+        params=settings.to_params() if params is None else params,
         tags={
             "argo.workflow.name": workflow_name,
             "argo.workflow.uid": workflow_uid,

@@ -19,6 +19,8 @@ from argofl.pipelines.kinds import KINDS, ExperimentKind, display_of, kind_of, m
 from argofl.pipelines.parameters import ParameterError, check_overrides, parameters_of
 from argofl.pipelines.progress import AS_NAMED, round_views
 from argofl.pipelines.split_config import SplitExperimentConfig
+from argofl.steps.settings import param_name
+from argofl.steps.strategies import strategy_options
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -124,10 +126,67 @@ def test_split_parameter_values_are_checked_like_settings() -> None:
         check_overrides(fedavg, {"split-cut": "pool1"})
 
 
-def test_an_attack_given_to_a_split_workflow_is_refused_before_it_starts() -> None:
-    """The config check refuses `attack:` in a split config; `-p attack=` is refused the same way (it
-    failed split-init, after the run had started)."""
+FEDAVG_ONLY = (
+    "strategy",
+    *(param_name(o) for o in strategy_options()),
+    "max-client-examples",
+    "fraction",
+    "clients-per-pod",
+    "attack",
+    "attack-clients",
+    "attack-scale",
+)
+"""Settings only FedAvg reads: a split workflow that declared them looked settable (Argo UI, -p)."""
+
+
+def test_a_split_workflow_declares_no_setting_only_fedavg_reads() -> None:
     manifest = manifest_for(load_config(CONFIGS["split"]))
+    declared = parameters_of(manifest)
+    assert {"prox-mu", "trim-beta", "krum-f", "dp-clip", "server-lr"} <= set(FEDAVG_ONLY)
+    assert sorted(set(FEDAVG_ONLY) & set(declared)) == []
+    init = next(t for t in manifest["spec"]["templates"] if t["name"] == "split-init")
+    passed = {a.split("=", 1)[0] for a in init["container"]["args"] if "={{workflow.parameters." in a}
+    assert sorted(set(FEDAVG_ONLY) & passed) == []
+    fedavg = parameters_of(manifest_for(load_config(CONFIGS["fedavg"])))
+    assert set(FEDAVG_ONLY) <= set(fedavg)  # the list above names real settings
+
+
+@pytest.mark.parametrize("given", ["prox-mu=0.1", "attack=sign-flip", "fraction=0.5", "strategy=krum"])
+def test_argofl_run_refuses_a_fedavg_only_setting_of_a_split_config_as_an_unknown_parameter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """`-p prox-mu=0.1` was accepted and ignored; now it is an unknown parameter, one line, exit 2."""
+    from click.testing import CliRunner
+
+    from argofl.pipelines import commands
+    from argofl.pipelines.cli import cli
+
+    monkeypatch.setattr(commands, "_prestart_steps", lambda: None)
+    runs = tmp_path / "runs"
+    args = ["run", str(CONFIGS["split"]), "--runs-dir", str(runs), "-p", given]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    [line] = result.output.strip().splitlines()
+    name = given.split("=")[0]
+    assert line.startswith(f"error: unknown workflow parameter {name!r};"), line
+    assert line.endswith("; nothing was started")
+    assert not runs.exists()
+
+
+def _with_fedavg_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` declaring every setting, as split workflows compiled by an older argofl did."""
+    params = manifest["spec"]["arguments"]["parameters"]
+    declared = {p["name"] for p in params}
+    defaults = load_config(CONFIGS["fedavg"]).settings.to_params()
+    params += [{"name": k, "value": v} for k, v in defaults.items() if k not in declared]
+    return manifest
+
+
+def test_an_attack_given_to_an_older_split_workflow_is_refused_before_it_starts() -> None:
+    """The config check refuses `attack:` in a split config; `-p attack=` on a split workflow that still
+    declares it (compiled by an older argofl) is refused the same way (it failed split-init, after the run
+    had started)."""
+    manifest = _with_fedavg_settings(manifest_for(load_config(CONFIGS["split"])))
     with pytest.raises(
         ParameterError,
         match=r"^parameters: attack: split learning simulates no attacks, got 'sign-flip'; nothing was",
@@ -143,9 +202,11 @@ def test_an_attack_given_to_a_split_workflow_is_refused_before_it_starts() -> No
         ({"clients-per-pod": "2"}, "clients_per_pod: split learning runs one pod per client (1), got 2"),
     ],
 )
-def test_a_fedavg_setting_split_learning_would_ignore_is_refused_before_it_starts(given, fragment) -> None:
+def test_a_fedavg_setting_an_older_split_workflow_would_ignore_is_refused_before_it_starts(
+    given, fragment
+) -> None:
     """All clients trained, one pod each, whatever -p fraction / clients-per-pod said."""
-    manifest = manifest_for(load_config(CONFIGS["split"]))
+    manifest = _with_fedavg_settings(manifest_for(load_config(CONFIGS["split"])))
     with pytest.raises(ParameterError, match=f"^parameters: {re.escape(fragment)}; nothing was started$"):
         check_overrides(manifest, given)
 

@@ -11,7 +11,7 @@ from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import ConfigError, ExperimentConfig, config_from_mapping, load_config
 from argofl.pipelines.split_config import SplitExperimentConfig
 from argofl.steps.settings import SettingsError
-from argofl.steps.split.settings import SplitOptions
+from argofl.steps.split.settings import SplitOptions, split_settings_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,7 +166,8 @@ def test_split_halves_come_from_the_framework_registry(tmp_path, monkeypatch):
 
 
 def test_split_init_records_the_split_options_as_mlflow_params(tmp_path, monkeypatch, fmnist_dir):
-    """The MLflow run says how the model was split (it had the settings only: no cut, no mode)."""
+    """The MLflow run says how the model was split (it had the settings only: no cut, no mode) and records
+    only the settings split learning uses (it listed strategy, server-lr, prox-mu, attack, …)."""
     from tests.require import require_module
 
     require_module("torch")
@@ -190,3 +191,5 @@ def test_split_init_records_the_split_options_as_mlflow_params(tmp_path, monkeyp
         "split-request-timeout": "60",
     }
     assert params["clients"] == "2"
+    assert set(params) == {*split_settings_params(settings), *options.to_params()}
+    assert not {"strategy", "server-lr", "prox-mu", "dp-clip", "attack", "fraction"} & set(params)

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from argofl.steps.mapping import dataclass_from_mapping
-from argofl.steps.settings import SettingsError
+from argofl.steps.settings import Settings, SettingsError, param_name
 from argofl.steps.store import join_key
+from argofl.steps.strategies import strategy_options
 
 __all__ = [
     "BUILTIN_CUTS",
@@ -32,6 +33,7 @@ __all__ = [
     "bottom_key",
     "cut_problem",
     "options_key",
+    "split_settings_params",
     "token_key",
     "top_key",
 ]
@@ -40,8 +42,28 @@ MODES = ("vanilla", "splitfed")
 
 
 SPLIT_STRATEGY_NOTE = "split learning averages SplitFed bottoms with FedAvg: only strategy fedavg applies"
-UNUSED_SETTINGS = ("strategy", "server_lr", "server_momentum", "server_beta2", "server_tau")
-"""Settings split learning has no use for (it always averages with FedAvg): not workflow parameters."""
+UNUSED_SETTINGS = frozenset(
+    {
+        "strategy",
+        *strategy_options(),  # every strategy's options: split learning always averages with FedAvg
+        "max_client_examples",
+        "fraction",
+        "clients_per_pod",
+        "attack",
+        "attack_clients",
+        "attack_scale",
+    }
+)
+"""FedAvg settings split learning has no use for: every client trains each round in a pod of its own, no
+attack is simulated, bottoms are averaged with plain FedAvg. Not workflow parameters, not MLflow params
+(a config refuses a value of fraction, clients_per_pod and attack it would ignore: ``split_config``)."""
+
+
+def split_settings_params(settings: Settings) -> dict[str, str]:
+    """The settings split learning uses (not :data:`UNUSED_SETTINGS`), as workflow parameters and MLflow
+    params."""
+    unused = {param_name(k) for k in UNUSED_SETTINGS}
+    return {k: v for k, v in settings.to_params().items() if k not in unused}
 
 
 BUILTIN_CUTS: dict[tuple[str, str], tuple[str, ...]] = {

@@ -46,6 +46,7 @@ from argofl.steps.split.settings import (
     SplitOptions,
     bottom_key,
     options_key,
+    split_settings_params,
     token_key,
     top_key,
 )
@@ -123,7 +124,7 @@ def init(
         workflow_uid=workflow_uid,
         start_round=start_round,
         resume_from=resume_from,
-        extra_params=options.to_params(),
+        params={**split_settings_params(settings), **options.to_params()},
     )
     store.put_bytes(options_key(run_key), options.to_json())
     store.put_bytes(token_key(run_key), secrets.token_urlsafe(32).encode())
