@@ -96,6 +96,7 @@ def run(*, run_key: str, round: int) -> dict[str, float]:
         **metrics,
         "train_loss": ckpt.manifest.metrics.get("loss"),
         "train_accuracy": ckpt.manifest.metrics.get("accuracy"),
+        "train_examples": ckpt.manifest.examples,  # the aggregated clients'; "examples": evaluated ones
         "clients": ckpt.manifest.metrics.get("clients"),
         "global": store.key_uri(layout.global_key(round) + ".safetensors"),
     }

@@ -419,3 +419,14 @@ def test_mlflow_gets_client_distributions_and_a_table_not_metrics_per_client(env
     losses = [row[table["columns"].index("train_loss")] for row in table["data"]]
     assert metrics["client_train_loss_mean"] == pytest.approx(float(np.mean(losses)))
     assert metrics["client_train_loss_std"] == pytest.approx(float(np.std(losses)))
+
+
+def test_a_rounds_evaluation_tells_trained_from_evaluated_examples(env):
+    """``examples``: the central test set the global model was evaluated on; ``train_examples``: what the
+    aggregated clients trained on (the summary lists each round's evaluation)."""
+    s = settings(clients=3, rounds=1, data_limit=600)
+    run_rounds(s, "steps-test/examples", 1)
+    step_evaluate.run(run_key="steps-test/examples", round=1)
+    doc = json.loads(env.get_bytes(RunLayout("steps-test/examples").eval_key(1)))
+    assert doc["train_examples"] == 600
+    assert doc["examples"] == len(load_dataset("fashion-mnist", "test").y)

@@ -127,3 +127,38 @@ def test_split_manifest_has_a_daemon_server_and_clients_reaching_its_ip():
                 "count": "{{workflow.parameters.clients}}",
                 "format": "{{inputs.parameters.round}} / client %d",  # round 3 / client 7
             }
+
+
+def test_a_split_rounds_summary_says_how_many_examples_its_clients_trained_on(
+    tmp_path, monkeypatch, fmnist_dir
+):
+    """A round's ``examples`` are those its model was evaluated on (the test set, as in FedAvg's summary);
+    ``train_examples`` those its clients trained on (the server's half counts them). The summary had
+    ``examples`` only, which read as the clients' training examples."""
+    from tests.require import require_module
+
+    require_module("torch")
+    from argofl.steps import step_finalize
+    from argofl.steps.checkpoint import save_checkpoint
+    from argofl.steps.data import load_dataset
+    from argofl.steps.settings import Settings
+    from argofl.steps.split import steps as split_steps
+    from argofl.steps.split.settings import SplitOptions
+
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = Settings.from_mapping(
+        {"experiment": "x", "data_dir": str(fmnist_dir), "clients": 2, "rounds": 1}
+    )
+    split_steps.init(settings, SplitOptions(), run_key="x/run", workflow_name="run", workflow_uid="u")
+    store = open_store((tmp_path / "store").as_uri())
+    start = load_checkpoint(store, RunLayout("x/run").global_key(0)).arrays
+    # what a round's server and its last client store (their halves here: the whole round-0 model)
+    metrics = {"loss": 1.0, "accuracy": 0.5, "examples": 700.0, "clients": 2.0}
+    extra = {"clients": "0,1", "mode": "vanilla"}
+    save_checkpoint(store, top_key("x/run", 1), start, round=1, examples=700, metrics=metrics, extra=extra)
+    save_checkpoint(store, bottom_key("x/run", 1, "1"), start, round=1, client="1", examples=300)
+    split_steps.evaluate(run_key="x/run", round=1, wait=0)
+    [round1] = step_finalize.run(run_key="x/run")["rounds"]
+    assert round1["train_examples"] == 700
+    assert round1["examples"] == len(load_dataset("fashion-mnist", "test", str(fmnist_dir)).y)

@@ -417,6 +417,7 @@ def evaluate(
             **metrics,
             "train_loss": metrics_train.get("loss"),
             "train_accuracy": metrics_train.get("accuracy"),
+            "train_examples": top.manifest.examples,  # the finished clients' partitions
             "clients": float(len(done)),
             "mode": o.mode,
             "global": store.key_uri(layout.global_key(round) + ".safetensors"),
