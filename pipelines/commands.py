@@ -20,6 +20,7 @@ from argofl.pipelines.config import ConfigError, load_config
 from argofl.pipelines.kinds import display_of, kind_of
 from argofl.pipelines.local.cli import (
     SECRETS_FILE,
+    check_parallelism,
     container_options,
     runtime_options,
     secrets_option,
@@ -29,7 +30,6 @@ from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import (
     local_parallelism,
     local_parameters,
-    parallelism_problem,
     tracking_problem,
     user_code_env,
 )
@@ -160,7 +160,7 @@ def run_cmd(
     overrides = check_overrides(manifest, overrides)  # a ParameterError exits 2 with its one line
     if parallelism is None:
         parallelism = local_parallelism(manifest)
-    _check_parallelism(manifest, parallelism)
+    check_parallelism(manifest, parallelism)
     root = runs_dir.resolve()
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -397,7 +397,7 @@ def resume_cmd(
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
     if parallelism is None:
         parallelism = local_parallelism(manifest)
-    _check_parallelism(manifest, parallelism)
+    check_parallelism(manifest, parallelism)
     _check_s3_access(manifest, {}, key_refs)
     _check_tracking(parameters_of(manifest).get("mlflow-uri", ""), None, runtime == "process")
     phase = str(status.get("phase") or "?")
@@ -413,13 +413,6 @@ def resume_cmd(
     templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
     templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
-
-
-def _check_parallelism(manifest: Mapping[str, Any], parallelism: int) -> None:
-    """Refuse (exit 2, one line) a ``--parallelism`` the workflow cannot run with."""
-    problem = parallelism_problem(manifest, parallelism)
-    if problem is not None:
-        raise click.BadParameter(f"{problem}; nothing was started", param_hint="'--parallelism'")
 
 
 def _json_object(path: Path) -> dict[str, Any]:

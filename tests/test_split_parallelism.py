@@ -56,6 +56,43 @@ def test_argofl_resume_refuses_one_slot_for_a_split_run(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "runs" / "workflows").iterdir()) == ["split-x"]
 
 
+def test_argofl_local_run_refuses_one_slot_for_a_compiled_split_workflow(tmp_path: Path) -> None:
+    """`argofl local run argo/split-….yaml --parallelism 1` had no such option; the slot limit it was meant
+    to set left the server alone in its slot until the idle timeout (300 s) ended the round."""
+    from argofl.pipelines.compile import compile_config
+
+    workflow = compile_config(SPLIT, tmp_path / "argo")
+    runs = tmp_path / "runs"
+    args = ["local", "run", str(workflow), "--runs-dir", str(runs), "--parallelism", "1"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert _error_line(result.output).endswith(REFUSED)
+    assert "--parallelism" in _error_line(result.output)
+    assert not runs.exists()
+
+
+def test_argofl_local_run_gives_its_parallelism_to_the_executor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A workflow without daemons runs with one slot; a split workflow with two."""
+    from argofl.pipelines.compile import compile_config
+    from argofl.pipelines.local import cli as local_cli
+
+    given: list[int | None] = []
+
+    def fake_run(manifest: object, parameters: object, **kwargs: object) -> object:
+        given.append(kwargs["parallelism"])  # type: ignore[arg-type]
+        raise SystemExit(0)
+
+    monkeypatch.setattr(local_cli, "run_workflow", fake_run)
+    fedavg = compile_config(ROOT / "configs" / "fedavg-fmnist-torch.yaml", tmp_path / "argo")
+    split = compile_config(SPLIT, tmp_path / "argo")
+    for workflow, slots in ((fedavg, ["--parallelism", "1"]), (split, ["--parallelism", "2"]), (split, [])):
+        result = CliRunner().invoke(cli, ["local", "run", str(workflow), "--runs-dir", str(tmp_path), *slots])
+        assert result.exit_code == 0, result.output
+    assert given == [1, 2, None]
+
+
 def test_run_local_refuses_one_slot_for_a_split_workflow(tmp_path: Path) -> None:
     from argofl.pipelines.api import run_local
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +18,19 @@ from argofl.pipelines.local.logs import find_nodes, log_files, node_refs, pods_u
 from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
-from argofl.pipelines.parameters import check_overrides, overrides_option
+from argofl.pipelines.local_params import parallelism_problem
+from argofl.pipelines.parameters import NOTHING_STARTED, check_overrides, overrides_option
 from argofl.pipelines.stop_signals import stop_before_start
 from argofl.steps.errors import one_line
 
-__all__ = ["SECRETS_FILE", "container_options", "local", "runtime_options", "secrets_option"]
+__all__ = [
+    "SECRETS_FILE",
+    "check_parallelism",
+    "container_options",
+    "local",
+    "runtime_options",
+    "secrets_option",
+]
 
 
 @click.group(cls=ArgoflGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -115,6 +123,14 @@ def container_options(
     )
 
 
+def check_parallelism(manifest: Mapping[str, Any], parallelism: int) -> None:
+    """Refuse (exit 2, one line) a ``--parallelism`` the workflow cannot run with (a daemon's steps never
+    start beside it)."""
+    problem = parallelism_problem(manifest, parallelism)
+    if problem is not None:
+        raise click.BadParameter(f"{problem}; {NOTHING_STARTED}", param_hint="'--parallelism'")
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
@@ -146,6 +162,12 @@ def _load(path: Path) -> dict[str, Any]:
     help="Where run directories are created.",
 )
 @click.option(
+    "--parallelism",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Most pods at once on this machine [default: the workflow's spec.parallelism, else no limit].",
+)
+@click.option(
     "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
 )
 @runtime_options
@@ -154,6 +176,7 @@ def run_cmd(
     workflow: Path,
     overrides: dict[str, str],
     runs_dir: Path,
+    parallelism: int | None,
     as_json: bool,
     runtime: str,
     image_map: tuple[str, ...],
@@ -165,12 +188,15 @@ def run_cmd(
     signal N stopped it (130 for Ctrl-C)."""
     manifest = _load(workflow)
     parameters = check_overrides(manifest, overrides)  # as argofl run/submit: one message, exit 2
+    if parallelism is not None:
+        check_parallelism(manifest, parallelism)
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
     stop_before_start()
     result = run_workflow(
         manifest,
         parameters,
         runs_dir=runs_dir.resolve(),
+        parallelism=parallelism,
         stop_on_signals=True,
         containers=containers,
         key_refs=key_refs,
