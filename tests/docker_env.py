@@ -6,6 +6,8 @@ instead, since CI (.ci/run) starts an engine and builds the image before ``make 
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import os
 import shutil
 import subprocess
@@ -46,14 +48,30 @@ def require_image(cli: str, image: str = STEP_IMAGE) -> str:
 
 def bridge_gateway(cli: str) -> str:
     """The host's address on Docker's default bridge: a server bound there answers containers of any
-    bridge network (a run's own included) and this host alike, while loopback answers only the host."""
+    bridge network (a run's own included) and this host alike, while loopback answers only the host.
+    An engine that lists only the bridge's subnet (``Default bridge (docker0) is assigned with an IP
+    address 172.17.0.0/16``) gives it the subnet's first address, as Docker does."""
     done = subprocess.run(
-        [cli, "network", "inspect", "bridge", "--format", "{{range .IPAM.Config}}{{.Gateway}} {{end}}"],
+        [
+            cli,
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            "{{range .IPAM.Config}}{{.Gateway}}|{{.Subnet}} {{end}}",
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
-    gateways = [g for g in done.stdout.split() if "." in g]
+    gateways = []
+    for entry in done.stdout.split():
+        gateway, _, subnet = entry.partition("|")
+        if not gateway and "." in subnet:
+            with contextlib.suppress(ValueError, IndexError):
+                gateway = str(ipaddress.ip_network(subnet, strict=False)[1])
+        if "." in gateway:
+            gateways.append(gateway)
     if done.returncode != 0 or not gateways:
         _unavailable(
             "the Docker engine has no default bridge network with an IPv4 gateway (dockerd --bridge=none?): "
