@@ -433,3 +433,47 @@ def test_compile_names_every_file_it_wrote(tmp_path):
     assert len(written) == 3
     for path in written:
         assert str(path) in result.output
+
+
+@pytest.mark.parametrize(
+    ("config", "args", "framework"),
+    [
+        ("fedavg-fmnist-keras.yaml", [], "tensorflow"),
+        ("fedavg-fmnist-torch.yaml", [], "torch"),
+        ("fedavg-fmnist-torch.yaml", ["-p", "framework=tensorflow"], "tensorflow"),
+    ],
+)
+def test_argofl_run_starts_the_fork_server_for_the_run_s_framework_before_loading_the_config(
+    config: str, args: list[str], framework: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server imports the framework while the config loads (~0.5 s of imports) and compiles: a Keras
+    run's server imports TensorFlow, not torch, which its steps would each import again."""
+    from argofl.pipelines import commands
+
+    calls: list[str] = []
+    real_load = commands.load_config
+    monkeypatch.setattr(commands, "_prestart_steps", lambda name: calls.append(f"server for {name}"))
+    monkeypatch.setattr(commands, "load_config", lambda path: calls.append("load") or real_load(path))
+    monkeypatch.setattr(commands, "_run_locally", lambda *a, **k: calls.append("run"))
+    result = CliRunner().invoke(
+        cli, ["run", str(ROOT / "configs" / config), *args, "--runs-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls == [f"server for {framework}", "load", "run"]
+
+
+def test_a_config_the_server_cannot_read_a_framework_from_gets_torch(tmp_path: Path) -> None:
+    from argofl.pipelines.commands import _framework_of
+
+    cases = {
+        "list.yaml": "- a\n",
+        "bad.yaml": "a: [\n",
+        "none.yaml": "rounds: 2\n",
+        "num.yaml": "framework: 3\n",
+    }
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        assert _framework_of(tmp_path / name) == "torch", name
+    (tmp_path / "latin1.yaml").write_bytes(b"framework: \xe9\n")
+    assert _framework_of(tmp_path / "latin1.yaml") == "torch"
+    assert _framework_of(tmp_path / "missing.yaml") == "torch"
