@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -453,7 +454,12 @@ def test_argofl_run_starts_the_fork_server_for_the_run_s_framework_before_loadin
     calls: list[str] = []
     real_load = commands.load_config
     monkeypatch.setattr(commands, "_prestart_steps", lambda name: calls.append(f"server for {name}"))
-    monkeypatch.setattr(commands, "load_config", lambda path: calls.append("load") or real_load(path))
+
+    def load(path: Path) -> Any:
+        calls.append("load")
+        return real_load(path)
+
+    monkeypatch.setattr(commands, "load_config", load)
     monkeypatch.setattr(commands, "_run_locally", lambda *a, **k: calls.append("run"))
     result = CliRunner().invoke(
         cli, ["run", str(ROOT / "configs" / config), *args, "--runs-dir", str(tmp_path / "runs")]
