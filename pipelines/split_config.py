@@ -9,13 +9,19 @@ split: {mode: vanilla, cut: pool2}   # steps.split.settings.SplitOptions
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
-from argofl.steps.split.settings import SPLIT_STRATEGY_NOTE, SplitOptions, cut_problem, split_settings_params
+from argofl.steps.split.settings import (
+    SPLIT_STRATEGY_NOTE,
+    UNUSED_SETTINGS,
+    SplitOptions,
+    cut_problem,
+    split_settings_params,
+)
 
 __all__ = [
     "SPLIT_PARAMS",
@@ -93,6 +99,15 @@ def refused_setting(settings: Settings) -> str | None:
         return (
             f"clients_per_pod: split learning runs one pod per client (1), got {settings.clients_per_pod!r}"
         )
+    for f in sorted(fields(Settings), key=lambda f: f.name):
+        value = getattr(settings, f.name)
+        if (
+            f.name in UNUSED_SETTINGS
+            and f.name != "strategy"
+            and f.default is not MISSING
+            and value != f.default
+        ):
+            return f"{f.name}: split learning has no use for this FedAvg setting, got {value!r}; remove it"
     return None
 
 

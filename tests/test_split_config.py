@@ -63,6 +63,15 @@ def test_default_kind_is_fedavg():
             {**_doc(mode="vanilla"), "clients_per_pod": 2},
             r"^t\.yaml: clients_per_pod: split learning runs one pod per client \(1\), got 2$",
         ),
+        (  # a FedAvg setting split learning would ignore silently
+            {**_doc(mode="splitfed"), "prox_mu": 0.1},
+            r"^t\.yaml: prox_mu: split learning has no use for this FedAvg setting, got 0\.1; remove it$",
+        ),
+        (
+            {**_doc(mode="vanilla"), "max_client_examples": 500},
+            r"^t\.yaml: max_client_examples: split learning has no use for this FedAvg setting, got 500; "
+            "remove it$",
+        ),
     ],
 )
 def test_bad_split_configs_are_refused_with_the_key(doc, fragment):
