@@ -1,7 +1,8 @@
 """``init``: validate settings, write the round-0 checkpoint, create the MLflow run, freeze run.json.
 
 A resubmitted workflow (``start_round > 1``) instead continues an earlier run: it copies that run's
-global checkpoint of round ``start_round - 1`` and its evaluations, then rounds go on from there.
+global checkpoint of round ``start_round - 1`` and its evaluations, and gives the new MLflow run the earlier
+rounds' metrics and client tables; then rounds go on from there.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from argofl.steps import tracking
+from argofl.steps import round_report, tracking
 from argofl.steps.checkpoint import (
     CheckpointNotFound,
     checkpoint_exists,
@@ -99,6 +100,8 @@ def run(
             "argofl.resumed_from": resume_from if start_round > 1 else "-",
         },
     )
+    if start_round > 1:
+        _carry_history(store, RunLayout(resume_from), ref.run_id, start_round)
     record = RunRecord(settings, ref.run_id, workflow_name, workflow_uid, now(), data)
     store.put_bytes(layout.record_key, record.to_json())
     url = tracking.run_url(os.environ.get(MLFLOW_UI_ENV, ""), ref)
@@ -165,6 +168,33 @@ def _resume(
             store.put_bytes(layout.eval_key(r), store.get_bytes(previous.eval_key(r)))
     log.info("resuming from %s: round %d global checkpoint copied to %s", previous.run_key, last, uri)
     return uri
+
+
+def _carry_history(store: Store, previous: RunLayout, run_id: str, start_round: int) -> None:
+    """Give the resumed run's MLflow run the earlier run's metrics and client tables of the rounds before
+    ``start_round``, so that its charts start at round 1. Not found (another tracking server) or
+    unreadable: a warning, and the run goes on without them."""
+    try:
+        earlier = load_record(store, previous)
+        epochs = earlier.settings.local_epochs
+        copied = tracking.copy_metrics(
+            earlier.mlflow_run_id,
+            run_id,
+            keep=lambda key, step: tracking.metric_round(key, step, epochs) < start_round,
+        )
+        for r in range(1, start_round):
+            report = round_report.load(store, previous, r)
+            if report is not None:
+                tracking.log_dict(run_id, report.table, report.artifact)
+    except (RunError, tracking.TrackingError) as exc:
+        log.warning("the earlier rounds' MLflow history was not copied from %s: %s", previous.run_key, exc)
+        return
+    log.info(
+        "rounds 1–%d: %d metric values copied from MLflow run %s",
+        start_round - 1,
+        copied,
+        earlier.mlflow_run_id,
+    )
 
 
 def save_or_verify(store: Store, key: str, arrays: Mapping[str, np.ndarray], **manifest: Any) -> str:

@@ -9,8 +9,9 @@ An unreachable or failing server is a :class:`TrackingError` (transient: exit co
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,12 +24,15 @@ __all__ = [
     "RunRef",
     "TrackingError",
     "TrackingNotConfigured",
+    "copy_metrics",
     "create_run",
     "end_run",
+    "epoch_metric",
     "has_metric",
     "local_artifact_location",
     "log_dict",
     "log_metrics",
+    "metric_round",
     "run_ref",
     "run_url",
     "tracking_uri_problem",
@@ -41,6 +45,9 @@ TRACKING_URIS = (
     "or file:///PATH"
 )
 """The tracking URIs MLflow has a store for, as an error line lists them."""
+_EPOCH_METRIC = re.compile(r"client_[^_]+_epoch_\w+")
+_BATCH = 1000
+"""The most metrics one MLflow ``log_batch`` takes."""
 
 
 class RunRef(NamedTuple):
@@ -182,6 +189,36 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], *, step: int) -> None
     stamp = int(time.time() * 1000)
     batch = [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
     _call("log metrics", _client().log_batch, run_id, metrics=batch)
+
+
+def epoch_metric(client: str, name: str) -> str:
+    """The key of a client's per-epoch metric ``name``: its steps count epochs (:func:`metric_round`)."""
+    return f"client_{client}_epoch_{name}"
+
+
+def metric_round(key: str, step: int, local_epochs: int) -> int:
+    """The round a value logged at ``step`` belongs to: a step is the round, except for per-epoch client
+    metrics (:func:`epoch_metric`), whose step is the epoch across rounds (round r's first is
+    ``(r - 1) * local_epochs + 1``)."""
+    if _EPOCH_METRIC.fullmatch(key):
+        return (step - 1) // max(local_epochs, 1) + 1
+    return step
+
+
+def copy_metrics(source_run_id: str, target_run_id: str, *, keep: Callable[[str, int], bool]) -> int:
+    """Log into ``target_run_id`` every value of ``source_run_id``'s metrics for which ``keep(key, step)``
+    holds, with its own step and timestamp; how many."""
+    from mlflow.entities import Metric
+
+    client = _client()
+    source = _call(f"read run {source_run_id}", client.get_run, source_run_id)
+    copied = []
+    for key in sorted(source.data.metrics):
+        history = _call(f"read metric {key}", client.get_metric_history, source_run_id, key)
+        copied += [Metric(key, m.value, m.timestamp, m.step) for m in history if keep(key, m.step)]
+    for start in range(0, len(copied), _BATCH):
+        _call("copy metrics", client.log_batch, target_run_id, metrics=copied[start : start + _BATCH])
+    return len(copied)
 
 
 def has_metric(run_id: str, key: str, *, step: int) -> bool:

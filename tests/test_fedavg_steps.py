@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
+from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train, tracking
 from argofl.steps.checkpoint import CheckpointExists, checkpoint_keys, load_checkpoint, save_checkpoint
 from argofl.steps.cli import step as step_cli
 from argofl.steps.data import DatasetError, load_dataset
@@ -53,6 +53,18 @@ def run_rounds(s: Settings, run_key: str, rounds: int) -> None:
         for group in step_distribute.run(run_key=run_key, round=r):
             step_train.run(run_key=run_key, round=r, clients=group)
         step_aggregate.run(run_key=run_key, round=r)
+
+
+def resume_init(s: Settings, run_key: str, start_round: int, resume_from: str) -> dict[str, str]:
+    """``init`` of a run continuing ``resume_from`` at ``start_round``."""
+    return step_init.run(
+        s,
+        run_key=run_key,
+        workflow_name=run_key.split("/")[-1],
+        workflow_uid="u",
+        start_round=start_round,
+        resume_from=resume_from,
+    )
 
 
 @pytest.mark.parametrize("framework", ["torch", "tensorflow"])
@@ -256,14 +268,7 @@ def test_resubmission_from_a_round_equals_an_uninterrupted_run(env):
     s = settings(clients=2, rounds=3)
     run_rounds(s, "steps-test/full", 3)
     run_rounds(s, "steps-test/part", 2)
-    step_init.run(
-        s,
-        run_key="steps-test/resumed",
-        workflow_name="resumed",
-        workflow_uid="u",
-        start_round=3,
-        resume_from="steps-test/part",
-    )
+    resume_init(s, "steps-test/resumed", 3, "steps-test/part")
     assert not env.exists(RunLayout("steps-test/resumed").global_key(0) + ".json")
     for group in step_distribute.run(run_key="steps-test/resumed", round=3):
         step_train.run(run_key="steps-test/resumed", round=3, clients=group)
@@ -430,3 +435,70 @@ def test_a_rounds_evaluation_tells_trained_from_evaluated_examples(env):
     doc = json.loads(env.get_bytes(RunLayout("steps-test/examples").eval_key(1)))
     assert doc["train_examples"] == 600
     assert doc["examples"] == len(load_dataset("fashion-mnist", "test").y)
+
+
+def test_a_resumed_run_carries_the_earlier_rounds_mlflow_history(env, tmp_path):
+    """A resumed run's MLflow run had the rounds it ran only: its charts started at ``start-round``. It now
+    gets the earlier rounds' metrics (their own steps and times) and client tables; what the stopped run
+    logged of a later round is not carried."""
+    from mlflow.tracking import MlflowClient
+
+    s = settings(clients=2, rounds=3)
+    run_rounds(s, "steps-test/stopped", 2)
+    for r in (1, 2):
+        step_evaluate.run(run_key="steps-test/stopped", round=r)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def run_id(run: str) -> str:
+        return json.loads(env.get_bytes(RunLayout(f"steps-test/{run}").record_key))["mlflow_run_id"]
+
+    client.log_metric(run_id("stopped"), "test_accuracy", 0.5, step=3)  # round 3 was under way
+    resume_init(s, "steps-test/resumed", 3, "steps-test/stopped")
+
+    def history(run: str, key: str) -> list[tuple[int, float, int]]:
+        return sorted((m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id(run), key))
+
+    old = history("stopped", "test_accuracy")
+    assert [m[0] for m in old] == [1, 2, 3]
+    assert history("resumed", "test_accuracy") == old[:2]
+    assert history("resumed", "clients_aggregated") == history("stopped", "clients_aggregated")
+    tables = {a.path for a in client.list_artifacts(run_id("resumed"), "clients")}
+    assert tables == {"clients/round-0001.json", "clients/round-0002.json"}
+    for group in step_distribute.run(run_key="steps-test/resumed", round=3):
+        step_train.run(run_key="steps-test/resumed", round=3, clients=group)
+    step_aggregate.run(run_key="steps-test/resumed", round=3)
+    step_evaluate.run(run_key="steps-test/resumed", round=3)  # round 3 is logged as usual
+    assert [m[0] for m in history("resumed", "test_accuracy")] == [1, 2, 3]
+    assert [m[0] for m in history("resumed", "clients_aggregated")] == [1, 2, 3]
+
+
+def test_a_resumed_run_goes_on_when_the_earlier_mlflow_run_is_not_found(env, tmp_path, caplog):
+    """Resuming into another tracking server (the stopped run's MLflow run is not there) loses only the
+    earlier rounds' history, with a warning saying so."""
+    s = settings(clients=2, rounds=2)
+    run_rounds(s, "steps-test/elsewhere", 1)
+    env.put_bytes(
+        RunLayout("steps-test/elsewhere").record_key,
+        env.get_bytes(RunLayout("steps-test/elsewhere").record_key).replace(
+            b'"mlflow_run_id": "', b'"mlflow_run_id": "0'
+        ),
+    )
+    with caplog.at_level("WARNING"):
+        out = resume_init(s, "steps-test/resumed2", 2, "steps-test/elsewhere")
+    assert out["mlflow-run-id"]
+    assert "earlier rounds' MLflow history was not copied" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("key", "step", "epochs", "round"),
+    [
+        ("test_accuracy", 3, 2, 3),
+        ("client_train_loss_mean", 3, 2, 3),  # a distribution across clients: steps are rounds
+        ("client_7_epoch_loss", 1, 2, 1),
+        ("client_7_epoch_loss", 2, 2, 1),
+        ("client_7_epoch_accuracy", 3, 2, 2),
+        ("client_7_epoch_accuracy", 3, 1, 3),
+    ],
+)
+def test_a_metric_steps_round(key, step, epochs, round):
+    assert tracking.metric_round(key, step, epochs) == round

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
 from argofl.pipelines.cli import cli
+from argofl.steps import tracking
 from argofl.steps.checkpoint import checkpoint_exists, checkpoint_keys
 from argofl.steps.runinfo import RunLayout
 from argofl.steps.split.settings import bottom_key, top_key
@@ -70,6 +72,17 @@ def test_a_split_run_resumed_at_round_2_ends_byte_identical_to_an_uninterrupted_
     assert checkpoint_exists(store, RunLayout(b).global_key(1))
     assert not checkpoint_exists(store, top_key(b, 1))
     assert not checkpoint_exists(store, bottom_key(b, 1, "0"))
+    # its MLflow run has round 1's history too: the round's metrics and each client's epochs (steps count
+    # epochs there), copied from the first run
+    client = MlflowClient(f"sqlite:///{runs / 'mlflow.db'}")
+    ids = {json.loads(store.get_bytes(RunLayout(k).record_key))["mlflow_run_id"]: k for k in (a, b)}
+    first_id, resumed_id = sorted(ids, key=lambda i: ids[i] != a)
+
+    def steps(run_id: str, key: str) -> list[int]:
+        return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+    for key in ("test_accuracy", "train_loss", tracking.epoch_metric("0", "loss")):
+        assert steps(resumed_id, key) == steps(first_id, key) == [1, 2], key
 
 
 def test_argofl_resume_continues_a_stopped_split_run_byte_identical(tmp_path, fmnist_dir):

@@ -183,8 +183,8 @@ def server(*, run_key: str, round: int, host: str | None = None) -> dict[str, fl
             tracking.log_metrics(
                 record.mlflow_run_id,
                 {
-                    f"client_{client}_epoch_loss": metrics["loss"],
-                    f"client_{client}_epoch_accuracy": metrics["accuracy"],
+                    tracking.epoch_metric(client, "loss"): metrics["loss"],
+                    tracking.epoch_metric(client, "accuracy"): metrics["accuracy"],
                 },
                 step=step,
             )
