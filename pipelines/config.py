@@ -87,6 +87,9 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
         settings = Settings.from_mapping(values, where=where)
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
+    refused = kind.refused(settings)
+    if refused is not None:
+        raise ConfigError(f"{where}: {refused}")
     cluster = ClusterOptions.from_mapping(cluster_doc, where=where)
     if not re.match(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", name):
         raise ConfigError(f"{where}: config file name {name!r} must be lowercase letters, digits and '-'")

@@ -19,9 +19,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
 from argofl.pipelines.progress import NodeDisplay
-from argofl.pipelines.split_config import SplitExperimentConfig, check_split_parameters, split_config
+from argofl.pipelines.split_config import (
+    SplitExperimentConfig,
+    check_split_parameters,
+    refused_setting,
+    split_config,
+)
 from argofl.steps.client_data import DataOptions
-from argofl.steps.settings import PARAM_NAMES, Settings
+from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
 from argofl.steps.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -67,6 +72,9 @@ class ExperimentKind:
     """Top-level config sections the kind reads (besides settings and ``cluster:``) → what the kind does
     with one, for the line refusing it in another kind's config (``placement: only kind fedavg places
     clients, not kind split``)."""
+    refused: Callable[[Settings], str | None] = Settings.unused_option
+    """Why the kind cannot honour valid settings (ones it would ignore silently: by default an option of
+    another strategy than ``strategy``), or None; refuses a config and a workflow's parameter values."""
     check_values: Callable[[Mapping[str, str], str], None] | None = None
     """Checks the kind's own (non-setting) parameter values; raises ``SettingsError``."""
     display: NodeDisplay = field(default_factory=NodeDisplay)
@@ -88,8 +96,10 @@ class ExperimentKind:
 
     def check_parameters(self, values: Mapping[str, str], *, where: str) -> None:
         """Validate a workflow's parameter values (Argo strings): its settings, then the kind's own."""
-        settings = {k: v for k, v in values.items() if k in PARAM_NAMES}
-        Settings.from_mapping(settings, where=where, strings=True)
+        given = {k: v for k, v in values.items() if k in PARAM_NAMES}
+        refused = self.refused(Settings.from_mapping(given, where=where, strings=True))
+        if refused is not None:
+            raise SettingsError(f"{where}: {refused}")
         if self.check_values is not None:
             self.check_values(values, where)
 
@@ -156,6 +166,7 @@ KINDS: dict[str, ExperimentKind] = {
             config_type=SplitExperimentConfig,
             make_config=split_config,
             builder=_build_split,
+            refused=refused_setting,
             sections={"split": "splits the model between clients and a server"},
             check_values=check_split_parameters,
             # its clients train: progress lines show them as FedAvg's

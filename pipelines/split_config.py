@@ -9,12 +9,12 @@ split: {mode: vanilla, cut: pool2}   # steps.split.settings.SplitOptions
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from argofl.pipelines.experiment import ClusterOptions, ConfigError, ExperimentConfig, parse_section
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.split.settings import (
     SPLIT_STRATEGY_NOTE,
     UNUSED_SETTINGS,
@@ -65,11 +65,6 @@ def split_config(
 ) -> SplitExperimentConfig:
     """Validate the ``split:`` section (in ``sections``) of a ``kind: split`` config."""
     options = parse_section(sections, "split", SplitOptions.from_mapping, where=where, default=SplitOptions())
-    if settings.strategy != "fedavg":
-        raise ConfigError(f"{where}: strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}")
-    refused = refused_setting(settings)
-    if refused is not None:
-        raise ConfigError(f"{where}: {refused}")
     cut = cut_problem(settings.framework, settings.model, options.cut)
     if cut is not None:
         raise ConfigError(f"{where}: {cut}")
@@ -89,8 +84,10 @@ def split_config(
 
 
 def refused_setting(settings: Settings) -> str | None:
-    """Why split learning cannot honour one of ``settings`` (a FedAvg setting it would otherwise ignore
-    silently); None when it can honour them all."""
+    """Why split learning cannot honour one of ``settings`` (a strategy other than fedavg, or a FedAvg
+    setting it would otherwise ignore silently); None when it can honour them all."""
+    if settings.strategy != "fedavg":
+        return f"strategy: {SPLIT_STRATEGY_NOTE}, got {settings.strategy!r}"
     if settings.attack != "none":
         return f"attack: split learning simulates no attacks, got {settings.attack!r}"
     if settings.fraction != 1.0:
@@ -99,30 +96,17 @@ def refused_setting(settings: Settings) -> str | None:
         return (
             f"clients_per_pod: split learning runs one pod per client (1), got {settings.clients_per_pod!r}"
         )
-    for f in sorted(fields(Settings), key=lambda f: f.name):
-        value = getattr(settings, f.name)
-        if (
-            f.name in UNUSED_SETTINGS
-            and f.name != "strategy"
-            and f.default is not MISSING
-            and value != f.default
-        ):
-            return f"{f.name}: split learning has no use for this FedAvg setting, got {value!r}; remove it"
+    for name, value in settings.changed(UNUSED_SETTINGS).items():
+        return f"{name}: split learning has no use for this FedAvg setting, got {value!r}; remove it"
     return None
 
 
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:
-    """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``) and the settings
-    split learning refuses (``-p attack=…``, where a workflow compiled by an older argofl declares them), as
-    :func:`split_config` does a config's."""
+    """Validate the ``split-*`` parameter values of a split workflow (``-p split-cut=…``), as
+    :func:`split_config` does a config's (the settings split learning refuses are the kind's
+    ``refused``: :func:`refused_setting`)."""
     given = {k: values[split_param(k)] for k in SPLIT_PARAMS if split_param(k) in values}
     options = SplitOptions.from_mapping(given, where=where, strings=True)
-    settings = Settings.from_mapping(
-        {k: v for k, v in values.items() if k in PARAM_NAMES}, where=where, strings=True
-    )
-    refused = refused_setting(settings)
-    if refused is not None:
-        raise SettingsError(f"{where}: {refused}")
     cut = cut_problem(values.get("framework", "").strip(), values.get("model", "").strip(), options.cut)
     if cut is not None:
         raise SettingsError(f"{where}: {cut}")

@@ -20,7 +20,7 @@ import click
 
 from argofl.steps.errors import EXIT_FAILURE, ArgoflError, one_line
 from argofl.steps.name_value import NameValue, to_dict
-from argofl.steps.settings import Settings
+from argofl.steps.settings import Settings, SettingsError
 
 
 def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -170,6 +170,9 @@ def init_cmd(
 
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
+        unused = settings.unused_option()
+        if unused is not None:  # a hand-edited manifest, `argo submit -p prox-mu=0.1` with strategy fedavg
+            raise SettingsError(f"workflow parameters: {unused}")
         options = DataOptions.from_mapping(data, where="workflow parameters", strings=True)
         _write_outputs(
             outputs,

@@ -11,7 +11,10 @@ Choices come from their registries (:data:`~steps.frameworks.FRAMEWORKS`,
 an entry added there is a valid setting without an edit here. The strategies' options
 (:func:`~steps.strategies.strategy_options`) are settings too, declared with their strategies: a field
 each, added after ``strategy`` when this module is imported (:func:`_with_strategy_options`); steps read
-them with :meth:`Settings.option`.
+them with :meth:`Settings.option`. An option of strategies other than ``strategy``, set away from its
+default, would do nothing: configs, parameters and the ``init`` step refuse it
+(:meth:`Settings.unused_option`; not a check of every :class:`Settings`, so that split learning says
+why it has no use for one, and a ``run.json`` an older argofl froze stays readable).
 """
 
 from __future__ import annotations
@@ -269,6 +272,26 @@ class Settings:
     def server_options(self) -> dict[str, Any]:
         """The strategy's options, as :func:`steps.strategies.get_strategy` takes them."""
         return {option.name: getattr(self, option.name) for option in STRATEGIES[self.strategy].options}
+
+    def changed(self, names: Collection[str]) -> dict[str, Any]:
+        """The settings among ``names`` set away from their defaults, by name (sorted), with their values."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in sorted(dataclasses.fields(self), key=lambda f: f.name)
+            if f.name in names and f.default is not dataclasses.MISSING and getattr(self, f.name) != f.default
+        }
+
+    def unused_option(self) -> str | None:
+        """Why an option of other strategies is set away from its default (``prox_mu: 0.1`` with strategy
+        fedavg, which ignores it); None when only ``strategy``'s own options are."""
+        own = {option.name for option in STRATEGIES[self.strategy].options}
+        for name, value in self.changed(strategy_options().keys() - own).items():
+            owners = _listed([s for s, info in STRATEGIES.items() if name in {o.name for o in info.options}])
+            return (
+                f"{name}: {value!r} is an option of strategy {owners}; strategy {self.strategy} does not "
+                f"use it (remove it or set strategy: {owners})"
+            )
+        return None
 
     def attackers(self) -> list[str]:
         """TEST FEATURE: the malicious clients (``attack_clients`` as client ids)."""

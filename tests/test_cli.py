@@ -284,6 +284,36 @@ def test_run_with_too_many_clients_starts_nothing(tmp_path, started_runs, args, 
     assert started_runs == []
 
 
+FOREIGN_OPTION = (
+    "prox_mu: 0.1 is an option of strategy fedprox; strategy fedavg does not use it "
+    "(remove it or set strategy: fedprox)"
+)
+
+
+def test_an_option_of_another_strategy_is_one_line_and_starts_or_writes_nothing(tmp_path, started_runs):
+    """`strategy: fedavg` with `prox_mu: 0.1` (in the config or as -p) ran plain FedAvg, silently."""
+    config = tmp_path / "prox.yaml"
+    config.write_text("experiment: prox\nstrategy: fedavg\nprox_mu: 0.1\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["compile", str(config), "--out-dir", str(out)])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output).split(": ", 1)[1] == f"{config}: {FOREIGN_OPTION}"
+    assert not out.exists()
+    runs = str(tmp_path / "runs")
+    result = CliRunner().invoke(cli, ["run", str(config), "--runs-dir", runs])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output).split(": ", 1)[1] == f"{config}: {FOREIGN_OPTION}"
+    flagship = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
+    for command in (["run", str(flagship)], ["local", "run", str(ROOT / "argo" / flagship.name)]):
+        result = CliRunner().invoke(cli, [*command, "--runs-dir", runs, "-p", "prox-mu=0.1"])
+        assert result.exit_code == 2, result.output
+        assert one_error_line(result.output) == f"error: parameters: {FOREIGN_OPTION}; nothing was started"
+    assert started_runs == []
+    result = CliRunner().invoke(cli, ["run", str(flagship), "--runs-dir", runs, "-p", "prox-mu=0.01"])
+    assert result.exit_code == 0, result.output  # the option's default: accepted
+    assert [p["prox-mu"] for p in started_runs] == ["0.01"]
+
+
 def test_run_with_the_most_clients_allowed_starts(tmp_path, started_runs):
     config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
     args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "-p", "clients=1000000"]

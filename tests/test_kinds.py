@@ -195,6 +195,18 @@ def test_an_attack_given_to_an_older_split_workflow_is_refused_before_it_starts(
     assert check_overrides(manifest, {"attack": "none"}) == {"attack": "none"}
 
 
+def test_a_strategy_given_to_an_older_split_workflow_is_refused_before_it_starts() -> None:
+    """`-p strategy=fedavgm` on a split workflow that still declares it passed the check and failed
+    split-init, after the run had started; it is refused as a config's `strategy: fedavgm` is."""
+    manifest = _with_fedavg_settings(manifest_for(load_config(CONFIGS["split"])))
+    with pytest.raises(
+        ParameterError,
+        match=r"^parameters: strategy: split learning averages SplitFed bottoms with FedAvg: only strategy "
+        r"fedavg applies, got 'fedavgm'; nothing was started$",
+    ):
+        check_overrides(manifest, {"strategy": "fedavgm"})
+
+
 @pytest.mark.parametrize(
     ("given", "fragment"),
     [

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from argofl.pipelines.config import ConfigError, load_config
 from argofl.steps.attacks import ATTACKS
@@ -15,7 +16,7 @@ from argofl.steps.labels import parse_clients
 from argofl.steps.partition import SCHEMES
 from argofl.steps.settings import FIELDS, MAX_CLIENTS, Settings, SettingsError
 from argofl.steps.step_distribute import group_clients
-from argofl.steps.strategies import STRATEGIES
+from argofl.steps.strategies import PROX_MU, SERVER_BETA2, STRATEGIES, strategy_options
 
 FLAGSHIP = Path(__file__).resolve().parents[1] / "configs" / "fedavg-fmnist-torch.yaml"
 
@@ -70,6 +71,57 @@ def test_bad_config_gives_one_line_error_naming_the_key(tmp_path, text, message)
     assert message in text_out
     assert str(path) in text_out
     assert "\n" not in text_out
+
+
+FOREIGN_OPTIONS = [
+    (
+        "strategy: fedavg\nprox_mu: 0.1\n",
+        "prox_mu: 0.1 is an option of strategy fedprox; strategy fedavg does not use it "
+        "(remove it or set strategy: fedprox)",
+    ),
+    (  # fedavg is the default strategy
+        "prox_mu: 0.1\n",
+        "prox_mu: 0.1 is an option of strategy fedprox; strategy fedavg does not use it "
+        "(remove it or set strategy: fedprox)",
+    ),
+    (
+        "server_lr: 0.5\n",
+        "server_lr: 0.5 is an option of strategy fedavgm or fedadam; strategy fedavg does not use it "
+        "(remove it or set strategy: fedavgm or fedadam)",
+    ),
+    (
+        "strategy: fedavgm\nserver_beta2: 0.9\n",
+        "server_beta2: 0.9 is an option of strategy fedadam; strategy fedavgm does not use it "
+        "(remove it or set strategy: fedadam)",
+    ),
+    (
+        "strategy: median\ndp_mode: local\n",
+        "dp_mode: 'local' is an option of strategy dp-fedavg; strategy median does not use it "
+        "(remove it or set strategy: dp-fedavg)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "line"), FOREIGN_OPTIONS)
+def test_an_option_of_another_strategy_is_refused_naming_both_strategies(tmp_path, text, line):
+    """`strategy: fedavg` with `prox_mu: 0.1` trained plain FedAvg: the proximal term was silently ignored."""
+    path = write(tmp_path, "experiment: x\n" + text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {line}"
+
+
+def test_options_at_their_defaults_and_the_strategy_s_own_options_are_accepted(tmp_path):
+    defaults = {name: option.default for name, option in strategy_options().items()}
+    for strategy in STRATEGIES:  # a config may list every option at its default, whatever its strategy
+        doc = {"experiment": "x", "strategy": strategy, "clients": 10, "min_clients": 5, **defaults}
+        if strategy == "fedadam":
+            doc["server_lr"] = 0.01  # fedadam's own check refuses the shared default 1.0
+        assert load_config(write(tmp_path, yaml.safe_dump(doc))).settings.strategy == strategy
+    own = "experiment: x\nstrategy: fedprox\nprox_mu: 0.1\n"
+    assert load_config(write(tmp_path, own)).settings.option(PROX_MU) == 0.1
+    own = "experiment: x\nstrategy: fedadam\nserver_lr: 0.01\nserver_beta2: 0.9\n"
+    assert load_config(write(tmp_path, own)).settings.option(SERVER_BETA2) == 0.9
 
 
 def test_cluster_cpu_and_memory_may_be_numbers(tmp_path):

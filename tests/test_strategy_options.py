@@ -207,3 +207,54 @@ def test_an_option_registered_after_settings_were_made_is_a_clear_error(
     monkeypatch.setitem(STRATEGIES, "late", StrategyInfo("late", lambda o, _: FedAvg(), (late,)))
     with pytest.raises(TypeError, match=r"strategy late: option\(s\) late_x registered after"):
         Settings(experiment="x", strategy="late")
+
+
+FOREIGN = (
+    "prox_mu: 0.1 is an option of strategy fedprox; strategy fedavg does not use it "
+    "(remove it or set strategy: fedprox)"
+)
+
+
+def test_an_option_of_another_strategy_given_as_a_parameter_is_refused_before_anything_starts() -> None:
+    """`-p prox-mu=0.1` on a FedAvg workflow was accepted: the run trained plain FedAvg."""
+    from argofl.pipelines.compile import manifest_for
+    from argofl.pipelines.config import load_config
+    from argofl.pipelines.parameters import ParameterError, check_overrides
+
+    fedavg = manifest_for(load_config(ROOT / "configs" / "fedavg-fmnist-torch.yaml"))
+    for spelling in ("prox-mu", "prox_mu"):
+        with pytest.raises(ParameterError) as info:
+            check_overrides(fedavg, {spelling: "0.1"})
+        assert str(info.value) == f"parameters: {FOREIGN}; nothing was started"
+    assert check_overrides(fedavg, {"prox-mu": "0.01"}) == {"prox-mu": "0.01"}  # its default: no change
+    both = {"strategy": "fedprox", "prox-mu": "0.1"}
+    assert check_overrides(fedavg, both) == both
+    # a FedAvgM workflow switched to FedAvg would drop its server_momentum 0.5 silently
+    fedavgm = manifest_for(load_config(ROOT / "configs" / "fedavgm-fmnist-torch-noniid.yaml"))
+    with pytest.raises(ParameterError, match=r"^parameters: server_momentum: 0\.5 is an option of strategy "):
+        check_overrides(fedavgm, {"strategy": "fedavg"})
+    switched = {"strategy": "fedavg", "server-momentum": "0.9"}
+    assert check_overrides(fedavgm, switched) == switched
+
+
+def test_the_init_step_refuses_an_option_of_another_strategy_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hand-edited manifest or `argo submit -p prox-mu=0.1` reaches init: it fails there, one line."""
+    from click.testing import CliRunner
+
+    from argofl.steps.cli import step as step_cli
+
+    monkeypatch.setenv("ARGOFL_STORE", (tmp_path / "store").as_uri())
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = {**Settings(experiment="x").to_params(), "prox-mu": "0.1"}
+    args = ["init", "--run-key", "x/run", "--workflow-name", "w"]
+    result = CliRunner().invoke(
+        step_cli, [*args, *(a for k, v in params.items() for a in ("--param", f"{k}={v}"))]
+    )
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.output.splitlines() if line.startswith("error")] == [
+        f"error: workflow parameters: {FOREIGN}"
+    ]
+    assert not (tmp_path / "store").exists()
+    assert not (tmp_path / "mlflow.db").exists()
