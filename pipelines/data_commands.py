@@ -9,14 +9,21 @@ and seed) into each client's ``test`` shard, for federated evaluation.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from argofl.steps.client_data import CLIENT_PLACEHOLDER, shard_exists, shard_uri, write_shard
+from argofl.steps.client_data import (
+    CLIENT_PLACEHOLDER,
+    remove_shard,
+    shard_clients,
+    shard_exists,
+    shard_uri,
+    write_shard,
+)
 from argofl.steps.data import DATASETS, DatasetError, load_dataset
 from argofl.steps.errors import BadInputError
 from argofl.steps.labels import LabelError, format_ids, parse_clients
@@ -27,7 +34,15 @@ from argofl.steps.store import StoreError
 if TYPE_CHECKING:
     from argofl.pipelines.placement import PlacementGroup
 
-__all__ = ["ExistingShardsError", "SplitError", "SplitSpec", "check_clients", "data", "split_dataset"]
+__all__ = [
+    "ExistingShardsError",
+    "SplitError",
+    "SplitResult",
+    "SplitSpec",
+    "check_clients",
+    "data",
+    "split_dataset",
+]
 
 
 class SplitError(BadInputError, ValueError):
@@ -35,7 +50,27 @@ class SplitError(BadInputError, ValueError):
 
 
 class ExistingShardsError(SplitError):
-    """Shards exist where a split would write; nothing was written."""
+    """Shards exist where a split would write or that it would remove; nothing was written."""
+
+    def __init__(self, message: str, *, removes: bool = False) -> None:
+        super().__init__(message)
+        self.advice = f"pass --overwrite to replace {'or remove ' if removes else ''}them"
+
+
+SHARDS = ("train", "test")
+"""The shards a split writes for each client, in order."""
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """What a split did: client → example counts (train, then test) of the clients written, and the
+    clients whose earlier shards it removed."""
+
+    counts: dict[str, list[int]]
+    stale_tests: list[int] = field(default_factory=list)
+    """Clients written without a test shard whose earlier test shard was removed."""
+    beyond: list[int] = field(default_factory=list)
+    """Clients beyond the split's count whose shards were removed."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +100,33 @@ def check_clients(spec: SplitSpec, clients: Sequence[int]) -> list[int]:
     return sorted(set(clients))
 
 
+def _existing(uris: Iterable[str]) -> list[str]:
+    return [uri for uri in uris if shard_exists(uri)]
+
+
+def _clients_beyond(template: str, count: int) -> list[int]:
+    """Clients from ``count`` on with a shard at ``template``: listed, or where there is nothing to list
+    (``{client}`` in a bucket's name) looked up one after another up to the first without."""
+    listed = shard_clients(template)
+    if listed is not None:
+        return [c for c in listed if c >= count and _existing(shard_uri(template, str(c), s) for s in SHARDS)]
+    found: list[int] = []
+    while _existing(shard_uri(template, str(count + len(found)), s) for s in SHARDS):
+        found.append(count + len(found))
+    return found
+
+
+def _in_the_way(existing: Sequence[str], writes: int, removals: Sequence[str]) -> ExistingShardsError:
+    """The refusal of a split without ``overwrite`` that would replace or remove shards."""
+    what = [f"{len(existing)} of the {writes} shards to write do"] if existing else []
+    if removals:
+        what.append(f"{len(removals)} shard{'s' if len(removals) > 1 else ''} the split would remove")
+    first = (existing or removals)[0]
+    return ExistingShardsError(
+        f"{first} already exists ({', and '.join(what)}); nothing was written", removes=bool(removals)
+    )
+
+
 def split_dataset(
     spec: SplitSpec,
     template: str,
@@ -72,36 +134,44 @@ def split_dataset(
     test: bool = True,
     clients: Sequence[int] | None = None,
     overwrite: bool = False,
-) -> dict[str, list[int]]:
-    """Write ``train`` (and ``test``) shards under ``template`` for ``clients`` (default: every one);
-    client → example counts.
+) -> SplitResult:
+    """Write ``train`` (and ``test``) shards under ``template`` for ``clients`` (default: every one).
 
     The partition is always of all ``spec.clients``, so a client's shards are the same bytes whichever
-    clients are written. Unless ``overwrite``, shards that exist already are refused
-    (:class:`ExistingShardsError`) before anything is written.
+    clients are written. Each client written ends with exactly this split's shards: without ``test`` its
+    test shard is removed; a split of every client also removes the shards of clients beyond
+    ``spec.clients``. Unless ``overwrite``, shards to replace or remove are refused
+    (:class:`ExistingShardsError`); the dataset is read and partitioned before anything is written or
+    removed, so bad input changes nothing.
     """
     if CLIENT_PLACEHOLDER not in template:
         template = template.rstrip("/") + "/" + CLIENT_PLACEHOLDER + "/"
     chosen = check_clients(spec, range(spec.clients) if clients is None else clients)
-    splits = ("train", "test") if test else ("train",)
+    splits = SHARDS if test else SHARDS[:1]
+    writes = [shard_uri(template, str(c), split) for c in chosen for split in splits]
+    stale_tests = [] if test else [c for c in chosen if shard_exists(shard_uri(template, str(c), "test"))]
+    beyond = _clients_beyond(template, spec.clients) if clients is None else []
+    removals = [shard_uri(template, str(c), "test") for c in stale_tests]
+    removals += _existing(shard_uri(template, str(c), s) for c in beyond for s in SHARDS)
     if not overwrite:
-        targets = [shard_uri(template, str(c), split) for c in chosen for split in splits]
-        existing = [uri for uri in targets if shard_exists(uri)]
-        if existing:
-            raise ExistingShardsError(
-                f"{existing[0]} already exists ({len(existing)} of the {len(targets)} shards to write do); "
-                "nothing was written"
-            )
-    counts: dict[str, list[int]] = {str(c): [] for c in chosen}
+        existing = _existing(writes)
+        if existing or removals:
+            raise _in_the_way(existing, len(writes), removals)
+    loaded = []  # every split read and partitioned before a shard is written or removed
     for split in splits:
         limit = (spec.limit or None) if split == "train" else None
         data = load_dataset(spec.dataset, split, spec.data_dir or None, limit=limit)
         parts = partition(data.y, spec.clients, spec.partition, alpha=spec.alpha, seed=spec.seed)
-        for client in chosen:
+        loaded.append((split, data, parts))
+    counts: dict[str, list[int]] = {str(c): [] for c in chosen}
+    for client in chosen:
+        for split, data, parts in loaded:
             idx = parts[client]
             write_shard(shard_uri(template, str(client), split), data.x[idx], data.y[idx])
             counts[str(client)].append(len(idx))
-    return counts
+    for uri in removals:
+        remove_shard(uri)
+    return SplitResult(counts, stale_tests, beyond)
 
 
 class ClientIds(click.ParamType):
@@ -186,7 +256,11 @@ def data() -> None:
     default=None,
     help="Write only these clients' shards (0,1 or 0-3); each is its part of the split of every client.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace shards that exist already (default: refuse).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace shards that exist already, remove stale ones (default: refuse).",
+)
 def split_cmd(
     out: str,
     config: Path | None,
@@ -207,7 +281,9 @@ def split_cmd(
     OUT is a URI template with {client} (s3://bucket/sites/{client}/, file:///data/{client}/) or a
     prefix (OUT/{client}/ is used). Each client gets train.safetensors and test.safetensors (named
     arrays x, y). Point a config's data.uri at the same template and set data.source: per-client.
-    Shards that exist already are refused, nothing written, unless --overwrite.
+    Each client written ends with exactly this split's shards (--no-test removes its old test shard); a
+    split of every client removes the shards of clients beyond --clients. Shards to replace or remove
+    are refused, nothing written, unless --overwrite.
     """
     placement: Sequence[PlacementGroup] = ()
     try:
@@ -235,18 +311,27 @@ def split_cmd(
         }
         spec = SplitSpec(**{**spec.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
         selected = _selected(spec, config, placement, group, only_clients)
-        counts = split_dataset(spec, out, test=test, clients=selected, overwrite=overwrite)
+        result = split_dataset(spec, out, test=test, clients=selected, overwrite=overwrite)
     except (DatasetError, PartitionError, StoreError, SettingsError, SplitError) as exc:
-        advice = ": pass --overwrite to replace them" if isinstance(exc, ExistingShardsError) else ""
+        advice = f": {exc.advice}" if isinstance(exc, ExistingShardsError) else ""
         click.echo(f"error: {' '.join(str(exc).split())}{advice}", err=True)
         sys.exit(2)
+    counts = result.counts
     sizes = [c[0] for c in counts.values()]
     which = (
         f"{len(counts)} clients' shards ("
         if selected is None
         else f"{len(counts)} of {spec.clients} clients' shards (clients {format_ids(selected)}; "
     )
+    removed = "".join(
+        f"; removed the {what} of clients {format_ids(ids)} ({why})"
+        for what, ids, why in [
+            ("test shards", result.stale_tests, "--no-test"),
+            ("shards", result.beyond, f"beyond the {spec.clients} clients"),
+        ]
+        if ids
+    )
     click.echo(
         f"wrote {which}{spec.partition}, seed {spec.seed}; train examples per client "
-        f"{min(sizes)}–{max(sizes)}{', with test shards' if test else ''}) to {out}"
+        f"{min(sizes)}–{max(sizes)}{', with test shards' if test else ''}) to {out}{removed}"
     )

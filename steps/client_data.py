@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ __all__ = [
     "client_train_data",
     "model_shape",
     "read_shard",
+    "remove_shard",
+    "shard_clients",
     "shard_exists",
     "shard_uri",
     "validate_arrays",
@@ -186,6 +189,24 @@ def shard_exists(uri: str) -> bool:
     """Whether a shard (any object) is at ``uri``."""
     store, key = _open_shard(uri)
     return store.exists(key)
+
+
+def remove_shard(uri: str) -> None:
+    """Remove the shard at ``uri`` (absent: nothing to do)."""
+    store, key = _open_shard(uri)
+    store.delete(key)
+
+
+def shard_clients(template: str) -> list[int] | None:
+    """The client ids with an object where ``template`` puts clients (``sites/3/…``), found by listing;
+    None when ``{client}`` is in a bucket's name, where there is nothing to list."""
+    head, _, _ = template.partition(CLIENT_PLACEHOLDER)
+    store, key = _open_shard(head + "0")  # the store holding every client's place
+    if not key.endswith("0"):
+        return None
+    prefix = key[:-1]
+    found = (re.match(r"0|[1-9][0-9]*", k[len(prefix) :]) for k in store.list(prefix))
+    return sorted({int(m.group()) for m in found if m})
 
 
 def _read_bytes(uri: str) -> bytes | None:

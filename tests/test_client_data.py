@@ -23,8 +23,10 @@ from argofl.steps.cli import step as step_cli
 from argofl.steps.client_data import (
     ClientDataError,
     DataOptions,
+    client_data,
     client_example_count,
     read_shard,
+    shard_exists,
     shard_uri,
     write_shard,
 )
@@ -33,6 +35,7 @@ from argofl.steps.runinfo import RunLayout
 from argofl.steps.settings import Settings, SettingsError
 from argofl.steps.store import FileStore, open_uri
 from argofl.steps.strategies import AggregationError
+from tests.servers import empty_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,7 +72,7 @@ def test_per_client_shards_from_data_split_give_byte_identical_checkpoints(env, 
     s = settings(partition=partition, alpha=1.0)
     run_rounds(s, "data-test/partition")
     template = (tmp_path / "sites").as_uri() + "/{client}/"
-    counts = split_dataset(SplitSpec.from_settings(s), template)
+    counts = split_dataset(SplitSpec.from_settings(s), template).counts
     assert sum(c[0] for c in counts.values()) == 300
     assert sum(c[1] for c in counts.values()) == len(load_dataset("fashion-mnist", "test"))
     per_client = DataOptions(source="per-client", uri=template)
@@ -179,6 +182,145 @@ def test_data_split_into_a_bucket_refuses_existing_shards(s3_env, fmnist_dir):
     split_dataset(spec, template, test=False, overwrite=True)
     assert store.get_bytes(key) != b"a site's own shard"
     assert store.exists(shard_uri(template, "0", "train").removeprefix(f"{s3_env}/"))
+
+
+def shard_files(out: Path) -> dict[str, bytes]:
+    """Every shard under ``out``: path relative to it → bytes."""
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.safetensors"))}
+
+
+def test_data_split_overwrite_without_test_removes_the_written_clients_old_test_shards(tmp_path, fmnist_dir):
+    """``--overwrite --no-test`` over an earlier split left each client's old test shard, so the client
+    evaluated on test data of another split: each client the split writes now ends with exactly this
+    split's shards (its old test shard removed, and said); clients it does not write are untouched.
+    Without ``--overwrite`` a test shard that ``--no-test`` would remove is refused like any other."""
+    out = tmp_path / "out"
+    args = ["data", "split", out.as_uri(), "--dataset", "fashion-mnist", "--clients", "3", "--limit", "90"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = shard_files(out)
+    again = [*args, "--no-test", "--seed", "1", "--only-clients", "0,1"]
+    refused = CliRunner().invoke(cli, again)
+    assert refused.exit_code == 2, refused.output
+    assert refused.output.strip() == (
+        f"error: {(out / '0' / 'train.safetensors').as_uri()} already exists (2 of the 2 shards to write "
+        "do, and 2 shards the split would remove); nothing was written: pass --overwrite to replace or "
+        "remove them"
+    )
+    assert shard_files(out) == before
+    replaced = CliRunner().invoke(cli, [*again, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert "removed the test shards of clients 0,1 (--no-test)" in replaced.output
+    after = shard_files(out)
+    assert sorted(after) == [
+        "0/train.safetensors",
+        "1/train.safetensors",
+        "2/test.safetensors",
+        "2/train.safetensors",
+    ]
+    assert after["0/train.safetensors"] != before["0/train.safetensors"]  # seed 1
+    assert {k: after[k] for k in ("2/test.safetensors", "2/train.safetensors")} == {
+        k: before[k] for k in ("2/test.safetensors", "2/train.safetensors")
+    }
+    per_client = DataOptions(source="per-client", uri=out.as_uri() + "/{client}/")
+    s = settings(clients=3)
+    assert client_data(s, per_client, "0", "test") is None  # federated evaluation skips client 0
+    assert client_data(s, per_client, "2", "test") is not None
+
+    only_test = tmp_path / "only-test"
+    (only_test / "1").mkdir(parents=True)
+    (only_test / "1" / "test.safetensors").write_bytes(b"a site's own test shard")
+    lone = CliRunner().invoke(cli, ["data", "split", only_test.as_uri(), *args[3:], "--no-test"])
+    assert lone.exit_code == 2, lone.output
+    assert lone.output.strip() == (
+        f"error: {(only_test / '1' / 'test.safetensors').as_uri()} already exists (1 shard the split "
+        "would remove); nothing was written: pass --overwrite to replace or remove them"
+    )
+    assert shard_files(only_test) == {"1/test.safetensors": b"a site's own test shard"}
+
+
+def test_data_split_overwrite_with_fewer_clients_removes_the_shards_of_the_clients_beyond(
+    tmp_path, fmnist_dir
+):
+    """A split of fewer clients over an earlier one left the extra clients' shards, which a run with
+    more clients read silently (data of another partition): a split of every client with
+    ``--overwrite`` removes the shards of clients beyond its count, gaps and all, and says so; one of
+    some clients (``--only-clients``) leaves other clients alone; without ``--overwrite`` it refuses."""
+    out = tmp_path / "out"
+
+    def split(*extra: str):
+        return CliRunner().invoke(
+            cli, ["data", "split", out.as_uri(), "--dataset", "fashion-mnist", "--limit", "90", *extra]
+        )
+
+    assert split("--clients", "5", "--only-clients", "1,2,4").exit_code == 0  # client 3: none
+    refused = split("--clients", "2")
+    assert refused.exit_code == 2, refused.output
+    assert (
+        f"{(out / '1' / 'train.safetensors').as_uri()} already exists (2 of the 4 shards to write do, "
+        "and 4 shards the split would remove); nothing was written"
+    ) in refused.output
+    assert len(shard_files(out)) == 6
+    some = split("--clients", "2", "--only-clients", "0", "--overwrite")
+    assert some.exit_code == 0, some.output
+    assert "removed" not in some.output
+    assert sorted({k.split("/")[0] for k in shard_files(out)}) == ["0", "1", "2", "4"]
+    every = split("--clients", "2", "--overwrite")
+    assert every.exit_code == 0, every.output
+    assert "removed the shards of clients 2,4 (beyond the 2 clients)" in every.output
+    assert sorted(shard_files(out)) == [
+        "0/test.safetensors",
+        "0/train.safetensors",
+        "1/test.safetensors",
+        "1/train.safetensors",
+    ]
+    per_client = DataOptions(source="per-client", uri=out.as_uri() + "/{client}/")
+    with pytest.raises(ClientDataError, match="client 2: no shard at"):
+        client_data(settings(clients=3), per_client, "2", "train")
+
+
+def test_data_split_overwrite_into_per_client_buckets_removes_stale_shards(s3_server, s3_env, fmnist_dir):
+    """With ``{client}`` in the bucket's name (nothing to list), the clients beyond the count are found
+    one bucket after another; the written clients' old test shards go too."""
+    template = f"{s3_env}-{{client}}/fmnist/"
+    try:
+        split_dataset(SplitSpec.from_settings(settings(clients=3, data_limit=90)), template)
+        spec = SplitSpec.from_settings(settings(clients=2, data_limit=90, seed=1))
+        result = split_dataset(spec, template, test=False, overwrite=True)
+        assert [shard_exists(shard_uri(template, c, s)) for c in "012" for s in ("train", "test")] == [
+            True,
+            False,
+            True,
+            False,
+            False,
+            False,
+        ]
+        assert (result.stale_tests, result.beyond) == ([0, 1], [2])
+    finally:
+        for client in "012":
+            empty_bucket(s3_server, f"{s3_env.removeprefix('s3://')}-{client}")
+
+
+def test_a_data_split_that_fails_on_bad_input_replaces_and_removes_nothing(tmp_path, fmnist_dir):
+    """A split whose test split cannot be read wrote the train shards first: the dataset is read and
+    partitioned before any shard is written or removed, so a bad input leaves the earlier split whole."""
+    out = tmp_path / "out"
+    args = ["data", "split", out.as_uri(), "--dataset", "fashion-mnist", "--limit", "90"]
+    assert CliRunner().invoke(cli, [*args, "--clients", "3"]).exit_code == 0
+    before = shard_files(out)
+    bad = tmp_path / "bad-dataset"
+    bad.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"):
+        (bad / name).symlink_to(fmnist_dir / name)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (bad / name).write_bytes(b"not gzip")
+    failed = CliRunner().invoke(
+        cli, [*args, "--clients", "2", "--seed", "1", "--data-dir", str(bad), "--overwrite"]
+    )
+    assert failed.exit_code == 2, failed.output
+    lines = failed.output.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: cannot read {bad / 't10k-images-idx3-ubyte.gz'}")
+    assert shard_files(out) == before
 
 
 SITES_CONFIG = """\
