@@ -7,6 +7,9 @@ directories, so every path a user gives is made absolute here, against the user'
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,7 +33,8 @@ __all__ = [
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
 LOCAL_PARALLELISM = 2  # step processes at once: two clients train side by side on a 2-core machine
 TRACKING_PROBE_TIMEOUT_S = 1.5
-"""Seconds an MLflow server has to accept the connection, then as many to answer, before a run starts."""
+"""Seconds an MLflow server's host name has to resolve and the server to accept the connection, then to
+answer (twice this in all), before a run starts."""
 
 
 def absolute_store_uri(uri: str) -> str:
@@ -115,32 +119,75 @@ def tracking_problem(uri: str, *, probe: bool = True) -> str | None:
 
 
 def tracking_server_problem(uri: str, timeout: float = TRACKING_PROBE_TIMEOUT_S) -> str | None:
-    """Why the MLflow server of an ``http(s)://`` tracking ``uri`` cannot be reached (``GET /health``:
-    connection refused, an unknown host, no answer within ``timeout``); None when it answers, whatever
-    its status, and for any other URI. Init would fail on it only after its retries (~25 s)."""
+    """Why the MLflow server of an ``http(s)://`` tracking ``uri`` cannot be reached (``GET /health``: an
+    unknown host, connection refused, no answer); None when it answers, whatever its status, and for any
+    other URI. The host name has ``timeout`` s to resolve, the whole probe twice that: init would fail
+    on such a server only after its retries (~25 s)."""
     if urllib.parse.urlparse(uri).scheme not in ("http", "https"):
         return None
-    import ssl
-    from urllib.error import HTTPError, URLError
-    from urllib.request import urlopen
-
-    tls = ssl.create_default_context()  # only whether it answers: nothing is sent, so nothing is verified
-    tls.check_hostname = False
-    tls.verify_mode = ssl.CERT_NONE
-    try:
-        with urlopen(uri.rstrip("/") + "/health", timeout=timeout, context=tls):
-            return None
-    except HTTPError:
-        return None  # it answered
-    except URLError as exc:
-        reason: object = exc.reason
-    except OSError as exc:  # a timeout while reading the answer
-        reason = exc
-    if isinstance(reason, TimeoutError):
-        why = f"no answer within {timeout:g} s"
+    probe = _Probe(uri, timeout)
+    started = time.monotonic()
+    probe.start()
+    why: str | None
+    if not probe.resolved.wait(timeout):
+        why = f"cannot resolve host {probe.host} within {timeout:g} s"
     else:
-        why = getattr(reason, "strerror", None) or str(reason)
-    return f"MLflow server at {uri} cannot be reached: {why}"
+        probe.join(max(0.0, started + 2 * timeout - time.monotonic()))
+        if probe.error is not None:
+            raise probe.error
+        why = f"no answer within {2 * timeout:g} s" if probe.is_alive() else probe.why
+    return None if why is None else f"MLflow server at {uri} cannot be reached: {why}"
+
+
+class _Probe(threading.Thread):
+    """``GET /health`` of a tracking server, in a thread the caller stops waiting for at its deadline.
+
+    ``getaddrinfo`` takes no timeout: a hung name lookup cannot be interrupted, only left behind. The
+    thread is a daemon so that one left behind does not hold up the interpreter's exit."""
+
+    def __init__(self, uri: str, timeout: float) -> None:
+        super().__init__(name=f"argofl probe of {uri}", daemon=True)
+        self.uri, self.timeout = uri, timeout
+        self.host = urllib.parse.urlparse(uri).hostname or ""
+        self.resolved = threading.Event()  # set once the host name resolved (or failed to)
+        self.why: str | None = None  # what failed; None when the server answered
+        self.error: Exception | None = None  # anything unforeseen, raised in the caller
+
+    def run(self) -> None:
+        try:
+            self.why = self._ask()
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.resolved.set()
+
+    def _ask(self) -> str | None:
+        import ssl
+        from urllib.error import HTTPError, URLError
+        from urllib.request import getproxies, proxy_bypass, urlopen
+
+        scheme = urllib.parse.urlparse(self.uri).scheme
+        if scheme not in getproxies() or proxy_bypass(self.host):  # through a proxy, the proxy resolves it
+            try:
+                socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                return f"cannot resolve host {self.host} ({exc.strerror})"
+        self.resolved.set()
+        tls = ssl.create_default_context()  # only whether it answers: nothing is sent, so nothing is verified
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
+        try:
+            with urlopen(self.uri.rstrip("/") + "/health", timeout=self.timeout, context=tls):
+                return None
+        except HTTPError:
+            return None  # it answered
+        except URLError as exc:
+            reason: object = exc.reason
+        except OSError as exc:  # a timeout while reading the answer
+            reason = exc
+        if isinstance(reason, TimeoutError):
+            return f"no answer within {self.timeout:g} s"
+        return getattr(reason, "strerror", None) or str(reason)
 
 
 def _has_daemons(manifest: Mapping[str, object]) -> bool:

@@ -4,6 +4,7 @@ keys, oversized configs, MLflow tracking URIs no step could use."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -197,7 +198,8 @@ def test_an_mlflow_server_that_does_not_answer_is_named_with_what_failed():
         tracking_server_problem(closed) == f"MLflow server at {closed} cannot be reached: Connection refused"
     )
     assert tracking_server_problem("http://no-such-host.invalid:5000") == (
-        "MLflow server at http://no-such-host.invalid:5000 cannot be reached: Name or service not known"
+        "MLflow server at http://no-such-host.invalid:5000 cannot be reached: "
+        "cannot resolve host no-such-host.invalid (Name or service not known)"
     )
     with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
         silent.bind(("127.0.0.1", 0))
@@ -209,6 +211,66 @@ def test_an_mlflow_server_that_does_not_answer_is_named_with_what_failed():
     assert problem == f"MLflow server at {uri} cannot be reached: no answer within 1.5 s"
     assert 1.4 < took < 3.5
     assert tracking_server_problem("sqlite:///x.db") is None  # no server to ask
+
+
+def _hanging_lookups(monkeypatch: pytest.MonkeyPatch, hangs: str) -> threading.Event:
+    """``socket.getaddrinfo`` hangs for host ``hangs`` (a resolver that never answers) until the returned
+    event is set, then fails; other names resolve as usual."""
+    release = threading.Event()
+    lookup = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        if host != hangs:
+            return lookup(host, *args, **kwargs)  # type: ignore[arg-type]
+        release.wait(10)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return release
+
+
+def test_a_host_name_that_never_resolves_is_named_within_the_probe_s_budget(monkeypatch):
+    """The lookup had no time limit: a hung resolver held ``argofl run`` well past the probe's 2 x 1.5 s."""
+    release = _hanging_lookups(monkeypatch, "mlflow.hangs.example")
+    before = set(threading.enumerate())
+    started = time.monotonic()
+    problem = tracking_server_problem("http://mlflow.hangs.example:5000", timeout=0.2)
+    took = time.monotonic() - started
+    left = [thread for thread in threading.enumerate() if thread not in before]
+    release.set()
+    assert problem == (
+        "MLflow server at http://mlflow.hangs.example:5000 cannot be reached: "
+        "cannot resolve host mlflow.hangs.example within 0.2 s"
+    )
+    assert took < 1
+    assert left  # the thread still waiting on the lookup, a daemon: it cannot hold up exit
+    assert all(thread.daemon for thread in left)
+
+
+def test_a_host_name_that_resolves_slowly_still_leaves_the_server_its_time(monkeypatch):
+    """The lookup has ``timeout`` s, the connection the rest of twice that (urllib looks it up again)."""
+    lookup = socket.getaddrinfo
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(0.3)
+        return lookup(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    closed = f"http://localhost:{free_port()}"
+    problem = tracking_server_problem(closed, timeout=0.5)
+    assert problem == f"MLflow server at {closed} cannot be reached: Connection refused"
+
+
+def test_through_a_proxy_the_host_name_is_the_proxy_s_to_resolve(monkeypatch):
+    """Only the proxy may know the server's name: the probe asks the proxy, which here is not running."""
+    release = _hanging_lookups(monkeypatch, "mlflow.behind.proxy")
+    proxy = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("http_proxy", proxy)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    problem = tracking_server_problem("http://mlflow.behind.proxy:5000", timeout=0.5)
+    release.set()
+    assert problem == "MLflow server at http://mlflow.behind.proxy:5000 cannot be reached: Connection refused"
 
 
 def test_a_running_mlflow_server_answers_the_probe_at_once(mlflow_server):
