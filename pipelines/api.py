@@ -174,7 +174,7 @@ def run_local(
         templates = workflow_templates_for(_config(workflow))
     steps_env = user_code_env()  # the user's modules (model factories, data loaders) import from here
     # a fork server for these steps and their framework (not one an earlier run started)
-    forkserver.prestart_steps(steps_env, {**declared, **params}.get("framework", "torch"))
+    forkserver.prestart_steps(steps_env, forkserver.framework_of({**declared, **params}))
     started = time.monotonic()
     result = run_workflow(
         manifest,

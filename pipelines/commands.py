@@ -248,12 +248,13 @@ def _framework_of(config: Path) -> str:
     server would wait for); ``torch`` when it names none or cannot be read (loading it then says why)."""
     import yaml
 
+    from argofl.pipelines.local.forkserver import framework_of
+
     try:
         loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return "torch"
-    framework = loaded.get("framework") if isinstance(loaded, dict) else None
-    return framework if isinstance(framework, str) else "torch"
+        return framework_of({})
+    return framework_of(loaded if isinstance(loaded, dict) else {})
 
 
 def _prestart_steps(framework: str) -> None:
@@ -284,10 +285,11 @@ def _run_locally(
     """Run ``manifest`` with the local executor under ``runs_dir`` (``<root>/workflows``); print progress,
     then the summary, or what failed; exit non-zero unless it succeeded."""
     from argofl.pipelines.local import run_workflow
+    from argofl.pipelines.local.forkserver import framework_of
     from argofl.steps.store import FileStore
 
     if containers is None:  # a server already started for these steps is kept (resume starts one here)
-        _prestart_steps({**parameters_of(manifest), **params}.get("framework", "torch"))
+        _prestart_steps(framework_of({**parameters_of(manifest), **params}))
     stop_before_start()
     started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code

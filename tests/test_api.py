@@ -84,6 +84,32 @@ def test_run_local_refuses_an_mlflow_uri_its_steps_cannot_use_before_starting(
     assert not (tmp_path / "runs" / "workflows").exists()
 
 
+@pytest.mark.parametrize(
+    ("config", "params", "framework"),
+    [
+        ("fedavg-fmnist-keras.yaml", {}, "tensorflow"),
+        ("fedavg-fmnist-torch.yaml", {}, "torch"),
+        ("fedavg-fmnist-torch.yaml", {"framework": "tensorflow"}, "tensorflow"),
+    ],
+)
+def test_run_local_starts_the_fork_server_for_the_run_s_framework(
+    config: str, params: dict[str, str], framework: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Keras run's server imports TensorFlow, not torch; a given ``framework`` wins over the config's."""
+    from argofl.pipelines.local import forkserver
+
+    class Started(Exception):
+        pass
+
+    def prestart(env: object, name: str) -> None:
+        raise Started(name)
+
+    monkeypatch.setattr(forkserver, "prestart_steps", prestart)
+    with pytest.raises(Started) as started:
+        api.run_local(ROOT / "configs" / config, params, runs_dir=tmp_path / "runs")
+    assert started.value.args == (framework,)
+
+
 def test_submit_sends_the_customised_workflow_through_hera(argo: FakeArgo) -> None:
     workflow = api.build(CONFIG)
     workflow.labels = {"team": "federated"}

@@ -513,3 +513,28 @@ def test_a_config_the_server_cannot_read_a_framework_from_gets_torch(tmp_path: P
     (tmp_path / "latin1.yaml").write_bytes(b"framework: \xe9\n")
     assert _framework_of(tmp_path / "latin1.yaml") == "torch"
     assert _framework_of(tmp_path / "missing.yaml") == "torch"
+
+
+def test_a_local_run_starts_the_fork_server_for_its_framework_parameter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workflow's ``framework`` parameter, a given value over the declared one (resume runs this)."""
+    from argofl import api
+    from argofl.pipelines import commands, local
+
+    class NoRun(Exception):
+        pass
+
+    def run_workflow(*args: object, **kwargs: object) -> None:
+        raise NoRun
+
+    servers: list[str] = []
+    monkeypatch.setattr(commands, "_prestart_steps", servers.append)
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    keras, torch = (
+        api.to_manifest(api.build(ROOT / "configs" / f"fedavg-fmnist-{n}.yaml")) for n in ("keras", "torch")
+    )
+    for manifest, params in ((keras, {}), (torch, {}), (torch, {"framework": "tensorflow"})):
+        with pytest.raises(NoRun):
+            commands._run_locally(manifest, params, tmp_path / "workflows", 1)
+    assert servers == ["tensorflow", "torch", "tensorflow"]

@@ -81,6 +81,7 @@ __all__ = [
     "ForkServer",
     "ForkedProcess",
     "default_server",
+    "framework_of",
     "popen",
     "preloads_for",
     "prestart",
@@ -477,6 +478,13 @@ def _disabled(env: Mapping[str, str]) -> bool:
 STARTING_WAIT_S = 120.0
 """How long a step requested while the server is still importing waits for it before running as a fresh
 process (a server that fails stops the wait at once)."""
+
+
+def framework_of(values: Mapping[str, object]) -> str:
+    """The ``framework`` that a run's parameters, or a config's top-level mapping, name: ``torch`` when
+    they name none (or not as text)."""
+    framework = values.get("framework", "torch")
+    return framework if isinstance(framework, str) else "torch"
 
 
 def preloads_for(framework: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
