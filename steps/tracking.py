@@ -78,8 +78,13 @@ def tracking_uri_problem(uri: str) -> str | None:
             f"MLflow tracking URI {uri!r} names no database file: use sqlite:///relative/path.db or "
             "sqlite:////absolute/path.db (every step opens it)"
         )
-    if scheme in ("http", "https") and not parsed.hostname:
-        return f"MLflow tracking URI {uri!r} names no host: use {scheme}://HOST[:PORT]"
+    if scheme in ("http", "https"):
+        if not parsed.hostname:
+            return f"MLflow tracking URI {uri!r} names no host: use {scheme}://HOST[:PORT]"
+        try:
+            parsed.port  # noqa: B018 (raises ValueError for a port that is no number in 0-65535)
+        except ValueError as exc:
+            return f"MLflow tracking URI {uri!r} has no valid port ({exc}): use {scheme}://HOST[:PORT]"
     if scheme in ("", "file") and uri != "databricks" and not _file_store_allowed():
         return (
             f"MLflow tracking URI {uri!r} is a file store, which MLflow 3 refuses unless "

@@ -344,6 +344,19 @@ def test_run_with_a_tracking_uri_mlflow_cannot_use_starts_nothing(tmp_path, star
     assert not (tmp_path / "runs" / "workflows").exists()
 
 
+def test_run_with_a_tracking_server_port_that_is_no_number_starts_nothing(tmp_path, started_runs):
+    """The probe raised http.client.InvalidURL: a traceback."""
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "--mlflow-uri", "http://localhost:abc"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "Error: Invalid value for '--mlflow-uri': MLflow tracking URI 'http://localhost:abc' has no valid "
+        "port (Port could not be cast to integer value as 'abc'): use http://HOST[:PORT]; nothing was started"
+    )
+    assert started_runs == []
+
+
 def test_run_with_an_mlflow_server_that_does_not_answer_starts_nothing(tmp_path, started_runs):
     """The run started and failed in init after its retries (~25 s), the reason deep in init's log."""
     uri = f"http://127.0.0.1:{free_port()}"

@@ -160,9 +160,15 @@ def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri, monkeypatch)
         ("sqlite://x.db", "MLflow tracking URI 'sqlite://x.db' names no database file: use sqlite:///"),
         ("sqlite://", "MLflow tracking URI 'sqlite://' names no database file: use sqlite:///"),
         ("http:///mlflow", "MLflow tracking URI 'http:///mlflow' names no host: use http://HOST[:PORT]"),
+        (
+            "http://localhost:abc",
+            "MLflow tracking URI 'http://localhost:abc' has no valid port (Port could not be cast to integer "
+            "value as 'abc'): use http://HOST[:PORT]",
+        ),
+        ("https://h:70000", "MLflow tracking URI 'https://h:70000' has no valid port (Port out of range"),
     ],
 )
-def test_a_tracking_uri_naming_no_database_or_host_is_refused(uri, problem):
+def test_a_tracking_uri_naming_no_database_host_or_port_is_refused(uri, problem):
     assert (tracking_uri_problem(uri) or "").startswith(problem)
 
 
