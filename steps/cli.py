@@ -69,6 +69,14 @@ def _resume_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     )(fn)
 
 
+def _init_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """An init step's options: the run, the workflow's identity, where it resumes from, its outputs."""
+    fn = _resume_options(_outputs_option(fn))
+    fn = click.option("--workflow-uid", default="")(fn)
+    fn = click.option("--workflow-name", required=True)(fn)
+    return _run_key_option(fn)
+
+
 def _round_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--round", "round_", type=RoundType(), required=True, help="Round number or label ('round 3')."
@@ -149,11 +157,7 @@ def _settings_params(
     metavar="NAME=VALUE",
     help="A data option, e.g. source=per-client (data.NAME; default: partition the dataset).",
 )
-@_run_key_option
-@click.option("--workflow-name", required=True)
-@click.option("--workflow-uid", default="")
-@_resume_options
-@_outputs_option
+@_init_options
 def init_cmd(
     params: dict[str, str],
     data: dict[str, str],
@@ -368,11 +372,7 @@ def finish_cmd(run_key: str, status: str) -> None:
     metavar="NAME=VALUE",
     help="split.NAME=VALUE",
 )
-@_run_key_option
-@click.option("--workflow-name", required=True)
-@click.option("--workflow-uid", default="")
-@_resume_options
-@_outputs_option
+@_init_options
 def split_init_cmd(
     params: dict[str, str],
     split: dict[str, str],
