@@ -91,3 +91,35 @@ def test_negative_prox_mu_is_refused(framework, data):
     model = backend.build_model("mlp", input_shape=(28, 28, 1), num_classes=10, seed=0)
     with pytest.raises(FrameworkError, match=r"prox_mu=-1\.0 must be a finite number >= 0"):
         backend.train(model, data[0], data[1], **HPARAMS, prox_mu=-1.0)
+
+
+def regularized_mlp(input_shape: tuple[int, int, int], num_classes: int) -> Any:
+    """A Keras MLP with an L2 kernel regularizer: its penalty is part of the loss clients minimise."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            keras.layers.Flatten(),
+            keras.layers.Dense(32, activation="relu", kernel_regularizer=keras.regularizers.L2(0.05)),
+            keras.layers.Dense(num_classes, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.tensorflow
+def test_keras_proximal_objective_keeps_the_models_own_regularization_losses(data):
+    # FedProx minimises F_k(w) + μ/2·‖w − w_t‖², F_k the client's full objective: a negligible μ must
+    # follow plain training (which adds the model's regularization losses), not drop the regularizer
+    backend = backend_for("tensorflow")
+    model_ref = "tests.test_fedprox:regularized_mlp"
+
+    def train(epochs: int, **extra: Any) -> dict[str, np.ndarray]:
+        model = backend.build_model(model_ref, input_shape=(28, 28, 1), num_classes=10, seed=0)
+        if epochs:
+            backend.train(model, data[0], data[1], **{**HPARAMS, "epochs": epochs}, **extra)
+        return backend.get_weights(model)
+
+    start, plain, tiny = train(0), train(1), train(1, prox_mu=1e-9)
+    apart, moved = distance(tiny, plain), distance(plain, start)
+    assert apart < 1e-3 * moved, (apart, moved)

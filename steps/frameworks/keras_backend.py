@@ -236,7 +236,8 @@ class KerasBackend:
 
 
 def _proximal_step(model: keras.Model, mu: float) -> Any:
-    """FedProx: a training step on ``loss + μ/2·‖w − w_start‖²`` (trainable weights; ``w_start`` now)."""
+    """FedProx: a training step on ``loss + μ/2·‖w − w_start‖²`` (trainable weights; ``w_start`` now);
+    ``loss`` includes the model's own regularization losses, as in ``train_on_batch``."""
     variables = model.trainable_variables
     anchors = [tf.constant(v.numpy()) for v in variables]
     loss_fn, optimizer = model.loss, model.optimizer
@@ -245,6 +246,8 @@ def _proximal_step(model: keras.Model, mu: float) -> Any:
         with tf.GradientTape() as tape:
             out = model(xb, training=True)
             loss = loss_fn(yb, out)
+            if model.losses:  # kernel/activity regularizers: part of the client's objective F_k
+                loss = loss + tf.add_n([tf.reduce_sum(extra) for extra in model.losses])
             prox = tf.add_n(
                 [tf.reduce_sum(tf.square(v.value - a)) for v, a in zip(variables, anchors, strict=True)]
             )
