@@ -59,6 +59,10 @@ def stack_tensor(updates: Sequence[ClientUpdate], name: str) -> tuple[np.ndarray
                 f"update from client {update.client}: {name} has shape {tuple(array.shape)}, "
                 f"expected {tuple(out.shape[1:])}"
             )
+        if array.dtype != dtype:
+            raise AggregationError(
+                f"update from client {update.client}: {name} has dtype {array.dtype}, expected {dtype}"
+            )
         out[i] = array
     return out, dtype
 

@@ -80,6 +80,12 @@ def test_robust_strategies_refuse_mismatched_updates():
     missing[1] = ClientUpdate("1", {"w": np.ones(1, np.float32)}, 1)
     with pytest.raises(AggregationError, match=r"client 1: tensor names differ .*missing \['n'\]"):
         Median().aggregate({}, missing)
+    # a counter sent as floats (or weights as integers) is refused, not cast to the first update's dtype
+    retyped = updates([1.0], [2.0], [3.0])
+    retyped[2] = ClientUpdate("2", {"w": np.array([3.0], np.float64), "n": np.array([2])}, 1)
+    for strategy in (Median(), TrimmedMean(), Krum(krum_f=0)):
+        with pytest.raises(AggregationError, match=r"client 2: w has dtype float64, expected float32"):
+            strategy.aggregate({}, retyped)
 
 
 def model_updates(clients: int, tensors: int, size: int) -> list[dict[str, np.ndarray]]:
