@@ -11,9 +11,12 @@ The aggregator then reads one object per group; per-client metrics and checks ke
 
 Compared with flat aggregation only the float64 summation order changes (the groups' sums are added
 to each other rather than every update to one running sum): the float64 sums differ by at most about
-``clients × 2⁻⁵³`` relative to ``Σ examples·|weights|``, far below a float32 ulp (2⁻²⁴), so a float32
-weight of the global checkpoint differs from the flat one by at most one ulp, and only when its
-float64 mean lies that close to a float32 rounding boundary (in practice the bytes are the same).
+``clients × 2⁻⁵³ × Σ examples·|weights|``. Where that is far below a float32 ulp of the mean (2⁻²⁴
+relative) — the clients' values do not nearly cancel — a float32 weight of the global checkpoint
+differs from the flat one by at most one ulp, and only when its float64 mean lies that close to a
+float32 rounding boundary (in practice the bytes are the same). A weight whose clients nearly cancel
+(mean ≪ the example-weighted mean of ``|weights|``) can differ by more ulps of its own small value,
+but by no more than that float64 rounding: still below one float32 ulp of the clients' ``|weights|``.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ same way, so per-client metrics, ``min_clients``, rejection reasons and the exam
 before.
 
 Only the float64 summation order differs from flat aggregation (see :mod:`~argofl.steps.partials` for
-the bound: a float32 weight of the global differs by at most one ulp). A combine task that finds its
+the bound: a float32 weight of the global differs by at most one ulp, unless its clients' values nearly
+cancel). A combine task that finds its
 partial already committed (a retry) leaves it; recomputing it gives the same bytes.
 """
 

@@ -1,7 +1,7 @@
 """A tree of aggregate tasks (``cluster.aggregate_fanin``): combine tasks each sum a batch of at most F
 pods' outputs into one partial and the aggregator reads the combined partials, giving the flat global
-checkpoint to within one float32 ulp (steps/partials.py), with per-client rows, refusals and
-``min_clients`` kept."""
+checkpoint to within one float32 ulp where clients' values do not nearly cancel (steps/partials.py), with
+per-client rows, refusals and ``min_clients`` kept."""
 
 from __future__ import annotations
 

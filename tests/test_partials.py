@@ -1,10 +1,12 @@
 """Hierarchical aggregation: with a linear strategy and several clients per pod, each pod writes one
 partial sum and the aggregator reads groups, giving the flat global checkpoint to within one float32
-ulp (see steps/partials.py for the bound), with per-client metrics and checks kept."""
+ulp where clients' values do not nearly cancel (see steps/partials.py for the bound), with per-client
+metrics and checks kept."""
 
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 
 import mlflow
 import numpy as np
@@ -68,6 +70,28 @@ def test_group_sums_give_the_flat_mean_to_one_float32_ulp() -> None:
         assert got["n"] == want["n"]
     one_group = _grouped(updates, len(updates))  # 0 + s = s: one group is the flat fold exactly
     assert all(one_group[k].tobytes() == want[k].tobytes() for k in want)
+
+
+def test_where_clients_cancel_the_group_sums_differ_by_float64_rounding_of_the_magnitudes() -> None:
+    # a weight whose clients nearly cancel: its mean (~4e-13) is far below the clients' |w| (~10), so
+    # float64 rounding of Σ examples·w (~2⁻⁵³·Σ examples·|w|) is many float32 ulps of the mean itself
+    values = np.array([1.7589882458576844e-12, 1.08821439743042, -3.3824453353881836, 5.516496181488037])
+    values = values.astype(np.float32)
+    examples = [51, 2, 30, 18]
+    updates = [({"w": np.array([v], np.float32)}, e) for v, e in zip(values, examples, strict=True)]
+    flat = WeightedAverage()
+    for arrays, weight in updates:
+        flat.add(arrays, weight)
+    want = flat.result()["w"]
+    got = _grouped(updates, 2)["w"]  # (s0 + s1) + (s2 + s3) against ((s0 + s1) + s2) + s3
+    products = values.astype(np.float64) * examples
+    exact = float(sum(Fraction(float(p)) for p in products) / sum(examples))
+    magnitude = float(np.abs(products).sum() / sum(examples))
+    ulps = abs(int(got.view(np.int32)[0]) - int(want.view(np.int32)[0]))
+    assert ulps > 1  # so "within one ulp" holds only relative to the magnitude, as documented
+    for result in (got, want):  # each is the exact mean to within float64 rounding of the magnitudes
+        assert abs(float(result[0]) - exact) <= 3 * 2.0**-53 * magnitude + np.spacing(result[0])
+    assert abs(float(got[0]) - float(want[0])) <= np.spacing(np.float32(magnitude))  # a float32 ulp of |w|
 
 
 # ------------------------------------------------------------------------ the steps, end to end
