@@ -20,7 +20,9 @@ Noise comes from ``numpy.random.default_rng(noise_seed)``, with ``noise_seed`` d
 secret (:func:`noise_seed`): a rerun draws the same noise, nobody without the secret can predict it.
 Integer tensors (counters) keep the global value. The privacy spent is computed by Google's
 ``dp-accounting`` (RDP accountant): a Poisson-subsampled Gaussian mechanism per round with sampling rate
-``q = sampled clients / clients`` (central), or an unsampled one per round (local).
+``q = sampled clients / clients`` (central), or an unsampled one per round (local), noise multiplier
+``z`` for adding or removing one client (sensitivity ``C``). The clients are sampled as a fixed number
+without replacement: the Poisson accounting of them is the usual approximation, not a proof.
 """
 
 from __future__ import annotations

@@ -96,6 +96,38 @@ def test_epsilon_comes_from_the_rdp_accountant_and_behaves():
     assert local == epsilon(noise_multiplier=1.0, sample_rate=1.0, rounds=5, delta=1e-5)  # no amplification
 
 
+@pytest.mark.parametrize(("clipping", "clients"), [("fixed", 4), ("adaptive", 40)])
+def test_the_noise_on_the_mean_has_std_z_c_over_n_whatever_the_draw_order(clipping, clients):
+    # McMahan et al. 2018 with uniform weights: sum of clipped updates + N(0, (z·C)²), divided by n; with
+    # adaptive clipping the update part of the noise is z_Δ = (z⁻² − (2σ_b)⁻²)^(−½), σ_b = n/20
+    size, clip, z = 200_000, 2.0, 0.5
+    start = {"w": np.zeros(size, np.float32)}
+    ups = [ClientUpdate(str(c), {"w": np.zeros(size, np.float32)}, 1) for c in range(clients)]
+    dp = DPFedAvg(dp_clip=clip, dp_noise=z, dp_clipping=clipping, noise_seed=5)
+    noise = dp.aggregate(start, ups, {}).weights["w"].astype(np.float64)
+    z_update = z if clipping == "fixed" else (z**-2 - (2 * clients / 20) ** -2) ** -0.5
+    assert noise.mean() == pytest.approx(0.0, abs=5 * z_update * clip / clients / math.sqrt(size))
+    assert noise.std() == pytest.approx(z_update * clip / clients, rel=0.01)
+
+
+def _gaussian_delta(eps: float, z: float) -> float:
+    """δ(ε) of one Gaussian mechanism of noise multiplier z (Balle & Wang 2018, Theorem 8)."""
+    phi = lambda x: 0.5 * math.erfc(-x / math.sqrt(2))  # noqa: E731
+    return phi(-eps * z + 1 / (2 * z)) - math.exp(eps) * phi(-eps * z - 1 / (2 * z))
+
+
+def test_epsilon_of_one_unsampled_round_lies_between_the_exact_gaussian_and_the_classic_rdp_bound():
+    z, delta = 1.0, 1e-5
+    got = epsilon(noise_multiplier=z, sample_rate=1.0, rounds=1, delta=delta)
+    low, high = 0.0, 50.0  # the exact ε: δ(ε) = delta, by bisection
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _gaussian_delta(mid, z) > delta else (low, mid)
+    # RDP of the Gaussian at order α is α/(2z²); classic conversion ε = RDP + log(1/δ)/(α − 1)
+    classic = min(a / (2 * z**2) + math.log(1 / delta) / (a - 1) for a in np.linspace(1.01, 200, 20_000))
+    assert high <= got <= classic + 1e-6, (high, got, classic)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
