@@ -9,7 +9,8 @@ iteration order; callers sort updates (e.g. by client id) for reproducible bytes
   Federated Optimization"): the FedAvg mean minus the global weights is a pseudo-gradient Δ, and the
   server steps the global model along it with momentum or Adam. Their optimizer state (named arrays
   ``m/<tensor>``, ``v/<tensor>``) goes in and out of :meth:`Strategy.aggregate`, so the caller decides
-  where it lives between rounds. Non-float tensors (counters) take the plain mean.
+  where it lives between rounds. Non-float tensors (counters) take the FedAvg mean, without a server step;
+  the state is kept in each tensor's dtype.
 * ``fedprox`` — Li et al. 2020: FedAvg on the server; the clients add ``μ/2·‖w − w_global‖²``.
 * ``median``, ``trimmed-mean``, ``krum`` — robust aggregation (:mod:`steps.robust`): they need every
   update at once per coordinate, so they read the updates tensor by tensor (``per_tensor``).
@@ -417,7 +418,9 @@ class FedAvgM(_ServerOptimizer):
 
 class FedAdam(_ServerOptimizer):
     """Server Adam (Reddi et al. 2021): ``m = β1·m + (1−β1)·Δ``, ``v = β2·v + (1−β2)·Δ²``,
-    ``w += η·m / (√v + τ)``, with ``m = v = 0`` before the first round."""
+    ``w += η·m / (√v + τ)`` (Algorithm 2: no bias correction), with ``m = v = 0`` before the first round
+    (the paper starts ``v`` at ``≥ τ²``; starting at 0 makes the first step, about
+    ``±η·(1−β1)/√(1−β2)`` per weight, is slightly larger)."""
 
     name = "fedadam"
     slots = ("m", "v")
