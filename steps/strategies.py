@@ -419,8 +419,8 @@ class FedAvgM(_ServerOptimizer):
 class FedAdam(_ServerOptimizer):
     """Server Adam (Reddi et al. 2021): ``m = β1·m + (1−β1)·Δ``, ``v = β2·v + (1−β2)·Δ²``,
     ``w += η·m / (√v + τ)`` (Algorithm 2: no bias correction), with ``m = v = 0`` before the first round
-    (the paper starts ``v`` at ``≥ τ²``; starting at 0 makes the first step, about
-    ``±η·(1−β1)/√(1−β2)`` per weight, is slightly larger)."""
+    (the paper starts ``v`` at ``≥ τ²``; from 0 the first step, about ``±η·(1−β1)/√(1−β2)`` per
+    weight, is slightly larger)."""
 
     name = "fedadam"
     slots = ("m", "v")
