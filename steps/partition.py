@@ -4,9 +4,12 @@
 every sample is assigned to exactly one client and the same seed gives the same partition.
 
 * ``iid`` — a random permutation cut into near-equal parts;
-* ``dirichlet`` — for each class, the class's samples are shared out with proportions drawn from
-  Dirichlet(alpha); small alpha gives skewed (non-IID) clients. Draws are repeated (a bounded number of
-  times) until every client has at least ``min_size`` samples.
+* ``dirichlet`` — for each class, the class's samples are shared out over the clients with proportions
+  drawn from Dirichlet(alpha, …, alpha) (the label-skew scheme of Yurochkin et al. 2019 and Li et al.
+  2022, "Federated Learning on Non-IID Data Silos"; not Hsu et al. 2019's per-client class mix
+  ``q ~ Dir(α·p)`` of equal-size clients: here the clients' sizes differ too); small alpha gives skewed
+  (non-IID) clients. Draws are repeated (a bounded number of times) until every client has at least
+  ``min_size`` samples.
 """
 
 from __future__ import annotations

@@ -63,6 +63,18 @@ def test_dirichlet_skew_grows_as_alpha_shrinks(labels: np.ndarray) -> None:
     assert label_skew(labels, partition(labels, 10, "iid")) < skews[1]
 
 
+@pytest.mark.parametrize("alpha", [0.5, 2.0])
+def test_dirichlet_shares_each_class_over_the_clients_by_dirichlet_alpha(alpha: float) -> None:
+    # per class, the clients' shares are one draw of Dir(α, …, α): with 3 clients the first client's
+    # share of a class is Beta(α, 2α), of mean 1/3 and variance 2α² / (9α²(3α + 1)) = 2 / (9(3α + 1))
+    classes, per_class = 600, 400
+    labels = np.repeat(np.arange(classes), per_class)
+    first = partition(labels, 3, "dirichlet", alpha=alpha, seed=9)[0]
+    shares = np.bincount(labels[first], minlength=classes) / per_class
+    assert shares.mean() == pytest.approx(1 / 3, abs=0.03)
+    assert shares.var() == pytest.approx(2 / (9 * (3 * alpha + 1)), rel=0.15)
+
+
 def test_dirichlet_min_size(labels: np.ndarray) -> None:
     parts = partition(labels, 10, "dirichlet", alpha=0.3, seed=0, min_size=50)
     assert min(len(p) for p in parts) >= 50
