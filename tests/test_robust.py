@@ -67,9 +67,68 @@ def test_krum_chooses_the_update_closest_to_its_neighbours():
     assert multi.metrics["selected"] == 3.0
 
 
-def test_krum_needs_2f_plus_3_updates():
-    with pytest.raises(AggregationError, match="krum_f=2, krum_m=1 needs at least 7 valid updates, got 6"):
-        Krum(krum_f=2).aggregate({}, updates(*[[float(i)] for i in range(6)]))
+def random_updates(clients: int, seed: int) -> list[ClientUpdate]:
+    """Two float tensors (one float64) and an integer counter per client, example counts 1…clients."""
+    rng = np.random.default_rng(seed)
+    return [
+        ClientUpdate(
+            str(c),
+            {
+                "a": rng.standard_normal((3, 4)).astype(np.float32) * np.float32(1 + c % 3),
+                "b": rng.standard_normal(5),
+                "n": np.array([rng.integers(0, 100)], np.int64),
+            },
+            c + 1,
+        )
+        for c in range(clients)
+    ]
+
+
+@pytest.mark.parametrize(("f", "m"), [(0, 1), (1, 1), (2, 1), (2, 3), (2, 7)])
+def test_krum_matches_blanchard_et_al_by_brute_force(f: int, m: int) -> None:
+    ups = random_updates(9, seed=f * 10 + m)
+    n = len(ups)
+    vectors = [np.concatenate([u.arrays["a"].ravel().astype(np.float64), u.arrays["b"]]) for u in ups]
+    scores = []
+    for i in range(n):  # the n − f − 2 smallest ‖V_i − V_j‖², j ≠ i (the integer counter does not count)
+        others = sorted(float(np.sum((vectors[i] - vectors[j]) ** 2)) for j in range(n) if j != i)
+        scores.append(sum(others[: n - f - 2]))
+    np.testing.assert_allclose(Krum(krum_f=f).scores(ups, ["a", "b", "n"]), scores, rtol=1e-12)
+    chosen = sorted(sorted(range(n), key=lambda i: (scores[i], i))[:m])
+    out = Krum(krum_f=f, krum_m=m).aggregate({}, ups)
+    for name in ("a", "b"):  # the unweighted mean of the chosen updates, whatever their example counts
+        want = np.mean([ups[i].arrays[name].astype(np.float64) for i in chosen], axis=0)
+        np.testing.assert_array_equal(out.weights[name], want.astype(ups[0].arrays[name].dtype))
+    assert out.weights["n"].tolist() == [int(np.rint(np.mean([ups[i].arrays["n"][0] for i in chosen])))]
+
+
+def test_krum_refuses_f_or_m_too_large_for_the_updates_it_got():
+    ups = random_updates(6, seed=0)
+    with pytest.raises(AggregationError, match=r"krum_f=2, krum_m=1 needs at least 7 valid updates, got 6"):
+        Krum(krum_f=2).aggregate({}, ups)
+    with pytest.raises(AggregationError, match=r"krum_f=1, krum_m=6 needs at least 7 valid updates, got 6"):
+        Krum(krum_f=1, krum_m=6).aggregate({}, ups)
+    assert Krum(krum_f=1, krum_m=5).aggregate({}, ups).metrics["selected"] == 5.0
+
+
+@pytest.mark.parametrize(("beta", "clients"), [(0.1, 9), (0.2, 10), (0.25, 7), (0.4, 5), (0.49, 2)])
+def test_trimmed_mean_matches_scipy_trim_mean(beta: float, clients: int) -> None:
+    # Yin et al. 2018, and scipy.stats.trim_mean: cut ⌊β·n⌋ values at each end of each coordinate
+    stats = pytest.importorskip("scipy.stats")
+    ups = random_updates(clients, seed=clients)
+    out = TrimmedMean(trim_beta=beta).aggregate({}, ups)
+    for name in ("a", "b"):
+        stack = np.stack([u.arrays[name].astype(np.float64) for u in ups])
+        want = stats.trim_mean(stack, beta, axis=0).astype(ups[0].arrays[name].dtype)
+        np.testing.assert_allclose(out.weights[name], want, rtol=1e-6 if name == "a" else 1e-12, atol=1e-15)
+
+
+def test_median_matches_numpy_per_coordinate_and_is_unweighted() -> None:
+    ups = random_updates(6, seed=4)
+    out = Median().aggregate({}, ups)
+    for name in ("a", "b"):
+        want = np.median(np.stack([u.arrays[name].astype(np.float64) for u in ups]), axis=0)
+        np.testing.assert_array_equal(out.weights[name], want.astype(ups[0].arrays[name].dtype))
 
 
 def test_robust_strategies_refuse_mismatched_updates():
