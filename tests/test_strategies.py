@@ -51,6 +51,27 @@ def test_integer_buffers_are_rounded_and_keep_dtype():
     assert out["n"].tolist() == [12]  # 11.5 rounds half to even
 
 
+def test_every_dtype_gets_the_example_weighted_mean_in_its_own_dtype():
+    # McMahan et al. 2017: Σ n_k·w_k / Σ n_k, computed in float64 whatever the tensor's dtype
+    a = {
+        "h": np.array([0.1, -2.0], np.float16),
+        "d": np.array([1e-300, 1.0]),
+        "u": np.array([0, 255], np.uint8),
+        "flag": np.array([True, False]),
+    }
+    b = {"h": np.array([0.3, 6.0], np.float16), "d": np.array([3e-300, 2.0]), "u": np.array([3, 1], np.uint8)}
+    b["flag"] = np.array([False, True])
+    out = fedavg([(a, 3), (b, 1)])
+    for name, dtype in (("h", np.float16), ("d", np.float64), ("u", np.uint8), ("flag", np.bool_)):
+        assert out[name].dtype == dtype, name
+        want = (a[name].astype(np.float64) * 3 + b[name].astype(np.float64)) / 4
+        if not np.issubdtype(dtype, np.floating):
+            want = np.rint(want)  # counters and flags: rounded (half to even), so the majority for a flag
+        np.testing.assert_array_equal(out[name], want.astype(dtype), err_msg=name)
+    assert out["u"].tolist() == [1, 192]  # 0.75 → 1, 191.5 → 192
+    assert out["flag"].tolist() == [True, False]
+
+
 def test_fedavg_strategy_weights_metrics_by_examples():
     updates = [
         ClientUpdate("0", {"w": np.zeros(3, np.float32)}, 100, {"loss": 1.0, "accuracy": 0.5}),
