@@ -42,6 +42,7 @@ __all__ = [
     "FedAdam",
     "FedAvg",
     "FedAvgM",
+    "MetricMean",
     "Option",
     "PartialSum",
     "Strategy",
@@ -294,7 +295,7 @@ class FedAvg:
     ) -> Aggregate:
         """``updates`` may include :class:`PartialSum` groups (a linear rule: the sum is the same)."""
         mean = WeightedAverage()
-        metric_sums: dict[str, float] = {}
+        metric_mean = MetricMean()
         for item in updates:
             if isinstance(item, PartialSum):
                 first = item.clients[0].client if item.clients else "?"
@@ -310,14 +311,8 @@ class FedAvg:
                 mean.add(item.arrays, item.examples, source=f"update from client {item.client}")
                 replies = (item,)
             for update in replies:
-                for key, value in update.metrics.items():
-                    if key != "examples":
-                        metric_sums[key] = metric_sums.get(key, 0.0) + float(value) * update.examples
-        weights = mean.result()
-        metrics = {key: total / mean.total_weight for key, total in metric_sums.items()}
-        metrics["examples"] = mean.total_weight
-        metrics["clients"] = float(mean.count)
-        return Aggregate(weights, metrics, {})
+                metric_mean.add(update)
+        return Aggregate(mean.result(), metric_mean.result(), {})
 
     def state_specs(self, global_weights: Mapping[str, np.ndarray]) -> dict[str, tuple[str, tuple[int, ...]]]:
         return {}
@@ -461,21 +456,40 @@ def _check_hyper(**values: float) -> None:
             raise AggregationError(f"{name} must be {expected}, got {value!r}")
 
 
-def client_metrics(updates: Iterable[ClientUpdate]) -> dict[str, float]:
-    """The example-weighted mean of the clients' metrics, plus ``examples`` and ``clients``."""
-    sums: dict[str, float] = {}
-    total = 0.0
-    count = 0
-    for update in updates:
+class MetricMean:
+    """The example-weighted mean of the clients' metrics, each over the clients that report it."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._weights: dict[str, float] = {}
+        self.examples = 0.0
+        self.clients = 0
+
+    def add(self, update: ClientUpdate) -> None:
+        """Fold in one client's metrics (its arrays are not read)."""
         for key, value in update.metrics.items():
             if key != "examples":
-                sums[key] = sums.get(key, 0.0) + float(value) * update.examples
-        total += update.examples
-        count += 1
-    metrics = {key: value / total for key, value in sums.items()} if total > 0 else {}
-    metrics["examples"] = total
-    metrics["clients"] = float(count)
-    return metrics
+                self._sums[key] = self._sums.get(key, 0.0) + float(value) * update.examples
+                self._weights[key] = self._weights.get(key, 0.0) + update.examples
+        self.examples += update.examples
+        self.clients += 1
+
+    def result(self) -> dict[str, float]:
+        """The means, plus ``examples`` and ``clients``."""
+        metrics = {
+            key: total / self._weights[key] for key, total in self._sums.items() if self._weights[key] > 0
+        }
+        metrics["examples"] = self.examples
+        metrics["clients"] = float(self.clients)
+        return metrics
+
+
+def client_metrics(updates: Iterable[ClientUpdate]) -> dict[str, float]:
+    """The example-weighted mean of the clients' metrics, plus ``examples`` and ``clients``."""
+    mean = MetricMean()
+    for update in updates:
+        mean.add(update)
+    return mean.result()
 
 
 class FedProx(FedAvg):

@@ -86,6 +86,20 @@ def test_fedavg_strategy_weights_metrics_by_examples():
     assert metrics["clients"] == 2
 
 
+@pytest.mark.parametrize("strategy", ["fedavg", "median", "dp-fedavg"])
+def test_a_metric_some_clients_lack_is_averaged_over_the_clients_that_report_it(strategy):
+    updates = [
+        ClientUpdate("0", {"w": np.zeros(3, np.float32)}, 100, {"loss": 1.0, "accuracy": 0.5}),
+        ClientUpdate("1", {"w": np.ones(3, np.float32)}, 300, {"loss": 2.0}),
+        ClientUpdate("2", {"w": np.ones(3, np.float32)}, 100, {"loss": 3.0, "accuracy": 0.9}),
+    ]
+    metrics = get_strategy(strategy, noise_seed=1).aggregate({"w": np.zeros(3, np.float32)}, updates, {})[1]
+    assert metrics["loss"] == pytest.approx((100 * 1.0 + 300 * 2.0 + 100 * 3.0) / 500)
+    assert metrics["accuracy"] == pytest.approx((100 * 0.5 + 100 * 0.9) / 200)  # not / 500
+    assert metrics["examples"] == 500
+    assert metrics["clients"] == 3
+
+
 def test_streaming_equals_in_memory_average():
     rng = np.random.default_rng(1)
     updates: list[tuple[dict[str, np.ndarray], int]] = [
