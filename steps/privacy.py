@@ -9,6 +9,9 @@ to L2 norm ``C`` and the server averages the clipped updates **unweighted** (McM
 * ``local``: by each client to its own clipped update before it leaves the client
   (:func:`privatize`); the server then only averages.
 
+The mean divides by the ``n`` updates received (noise std ``z·C/n`` on it), not by the expected count
+``qW`` of McMahan et al.'s fixed-denominator estimator; the two agree when every sampled update counts.
+
 Clipping is ``fixed`` (``C = dp_clip``) or ``adaptive`` (Andrew et al. 2021, "Differentially Private
 Learning with Adaptive Clipping"): the server counts the updates with ``‖Δ_i‖ ≤ C``, adds
 ``N(0, σ_b²)`` with ``σ_b = n/20``, and moves ``C ← C·exp(−η_C·(b̄ − γ))`` towards the ``γ`` quantile of
