@@ -278,6 +278,26 @@ def test_splitfed_client_that_disconnects_round_completes_with_the_others():
     assert result.examples == 64
 
 
+def test_splitfed_top_is_the_example_weighted_mean_of_the_clients_copies():
+    # SplitFed v1 (Thapa et al. 2022): the server's per-client copies are averaged as FedAvg does,
+    # Σ n_k·w_k / Σ n_k, here with 96 and 32 examples
+    x, y = _data(128)
+    owner = (np.arange(len(y)) % 4 == 0).astype(np.int64)
+    server, _ = _server(y, owner, clients=["0", "1"], mode="splitfed", min_clients=2, idle_timeout=5.0)
+    try:
+        for client in ("0", "1"):
+            _run_client(server, x, np.flatnonzero(owner == int(client)), client, batches=None)
+        result = server.wait(poll=0.05)
+        copies = {c: server.clients[c].top.weights() for c in ("0", "1")}
+    finally:
+        server.close()
+    assert result.examples == 128
+    assert copies["0"]["logits.weight"].tobytes() != copies["1"]["logits.weight"].tobytes()
+    for name, value in result.weights.items():
+        want = (copies["0"][name].astype(np.float64) * 96 + copies["1"][name].astype(np.float64) * 32) / 128
+        np.testing.assert_array_equal(value, want.astype(value.dtype), err_msg=name)
+
+
 def test_client_that_disconnects_below_min_clients_fails_the_round_with_a_clear_error():
     server, x, _, owner = _two_clients("splitfed", min_clients=2)
     _run_client(server, x, np.flatnonzero(owner == 0), "0", batches=None)
