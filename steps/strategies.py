@@ -9,8 +9,9 @@ iteration order; callers sort updates (e.g. by client id) for reproducible bytes
   Federated Optimization"): the FedAvg mean minus the global weights is a pseudo-gradient Δ, and the
   server steps the global model along it with momentum or Adam. Their optimizer state (named arrays
   ``m/<tensor>``, ``v/<tensor>``) goes in and out of :meth:`Strategy.aggregate`, so the caller decides
-  where it lives between rounds. Non-float tensors (counters) take the FedAvg mean, without a server step;
-  the state is kept in each tensor's dtype.
+  where it lives between rounds. Every float tensor is stepped, float buffers (BatchNorm statistics)
+  too; non-float tensors (counters) take the FedAvg mean, without a server step. The state is kept in
+  each tensor's dtype.
 * ``fedprox`` — Li et al. 2020: FedAvg on the server; the clients add ``μ/2·‖w − w_global‖²``.
 * ``median``, ``trimmed-mean``, ``krum`` — robust aggregation (:mod:`steps.robust`): they need every
   update at once per coordinate, so they read the updates tensor by tensor (``per_tensor``).
