@@ -86,6 +86,32 @@ def test_torch_proximal_gradient_equals_autograd_of_the_proximal_loss(data):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_proximal_step_adds_mu_times_the_distance_from_the_start(framework, data):
+    # Li et al. 2020: ∇(F + μ/2·‖w − w_t‖²) = ∇F + μ·(w − w_t). Two plain SGD steps (no momentum) on two
+    # half batches: the first is the same with or without the term (w = w_t there), so after the second
+    # FedProx's weights differ from plain training's by exactly −lr·μ·(w_1 − w_t)
+    backend = backend_for(framework)
+    mu, lr, half = 2.0, 0.1, len(data[1]) // 2
+    hparams = {**HPARAMS, "momentum": 0.0, "lr": lr, "batch_size": half}
+
+    def train(x: np.ndarray, y: np.ndarray, **extra: Any) -> dict[str, np.ndarray]:
+        model = backend.build_model("mlp", input_shape=(28, 28, 1), num_classes=10, seed=0)
+        if len(y):
+            backend.train(model, x, y, **hparams, **extra)
+        return backend.get_weights(model)
+
+    first = np.random.default_rng(HPARAMS["seed"]).permutation(len(data[1]))[:half]  # epoch_orders
+    start = train(data[0][:0], data[1][:0])
+    one_step = train(data[0][first], data[1][first])
+    plain, prox = train(*data), train(*data, prox_mu=mu)
+    for name, w0 in start.items():
+        want = -lr * mu * (one_step[name].astype(np.float64) - w0)
+        got = prox[name].astype(np.float64) - plain[name]
+        np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-6, err_msg=name)
+        assert np.abs(want).max() > 1e-4, name  # the term moved every tensor measurably
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_negative_prox_mu_is_refused(framework, data):
     backend = backend_for(framework)
     model = backend.build_model("mlp", input_shape=(28, 28, 1), num_classes=10, seed=0)
