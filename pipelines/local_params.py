@@ -38,8 +38,12 @@ answer (twice this in all), before a run starts."""
 
 
 def absolute_store_uri(uri: str) -> str:
-    """A store URI whose local path (plain or ``file:``) is absolute; other URIs as given."""
-    parsed = urllib.parse.urlparse(uri)
+    """A store URI whose local path (plain or ``file:``) is absolute; other URIs (and no valid URI, which
+    the store check refuses) as given."""
+    try:
+        parsed = urllib.parse.urlparse(uri)
+    except ValueError:
+        return uri
     if parsed.scheme == "" and uri:
         return Path(uri).resolve().as_uri()
     if parsed.scheme == "file" and parsed.netloc == "" and not uri.startswith("file:/"):
@@ -50,8 +54,12 @@ def absolute_store_uri(uri: str) -> str:
 def absolute_data_uri(template: str) -> str:
     """A client-data URI template (``data.uri``) whose local path is absolute: ``shards/{client}/`` becomes
     ``/home/me/shards/{client}/`` and ``file:shards/{client}`` ``file:///home/me/shards/{client}``, the
-    placeholder and a trailing ``/`` kept (never percent-encoded); other URIs as given."""
-    parsed = urllib.parse.urlparse(template)
+    placeholder and a trailing ``/`` kept (never percent-encoded); other URIs (and no valid URI, which
+    the client's step refuses) as given."""
+    try:
+        parsed = urllib.parse.urlparse(template)
+    except ValueError:
+        return template
     if parsed.scheme == "" and template:
         path, prefix = template, ""
     elif parsed.scheme == "file" and parsed.netloc == "" and not template.startswith("file:/"):
@@ -63,13 +71,18 @@ def absolute_data_uri(template: str) -> str:
 
 def absolute_tracking_uri(uri: str) -> str:
     """An MLflow tracking URI whose local database or directory is absolute: ``sqlite:///x.db`` (relative
-    to the current directory) becomes ``sqlite:////abs/x.db``; a plain path an absolute one."""
+    to the current directory) becomes ``sqlite:////abs/x.db``; a plain path an absolute one; no valid URI
+    (``http://[::1``) as given, for :func:`tracking_problem` to refuse."""
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         database = uri.removeprefix("sqlite:///")
         if database and database != ":memory:":
             return "sqlite:///" + os.path.abspath(database)
         return uri
-    if uri and uri != "databricks" and urllib.parse.urlparse(uri).scheme == "":  # not a path: a workspace
+    try:
+        scheme = urllib.parse.urlparse(uri).scheme
+    except ValueError:
+        return uri
+    if uri and uri != "databricks" and scheme == "":  # not a path: a workspace
         return os.path.abspath(uri)
     return uri
 

@@ -455,11 +455,22 @@ def _minio_client_from_env(env: Mapping[str, str]) -> Any:
         raise StoreError(
             "ARGOFL_S3_ENDPOINT is not set: an s3:// store needs an endpoint such as http://minio.argofl:9000"
         )
-    parsed = urllib.parse.urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        parsed: urllib.parse.ParseResult | None = urllib.parse.urlparse(
+            endpoint if "://" in endpoint else f"http://{endpoint}"
+        )
+    except ValueError:  # an unclosed IPv6 bracket: http://[::1
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise StoreError(f"ARGOFL_S3_ENDPOINT={endpoint!r} is not an http(s)://HOST[:PORT] endpoint")
     if parsed.path.strip("/"):
         raise StoreError(f"ARGOFL_S3_ENDPOINT={endpoint!r} has a path; give only http(s)://HOST[:PORT]")
+    try:
+        parsed.port  # noqa: B018 (raises ValueError for a port that is no number in 0-65535)
+    except ValueError as exc:
+        raise StoreError(
+            f"ARGOFL_S3_ENDPOINT={endpoint!r} has no valid port ({exc}): give http(s)://HOST[:PORT]"
+        ) from None
     access = env.get("ARGOFL_S3_ACCESS_KEY") or env.get("AWS_ACCESS_KEY_ID")
     secret = env.get("ARGOFL_S3_SECRET_KEY") or env.get("AWS_SECRET_ACCESS_KEY")
     if not access or not secret:
@@ -484,6 +495,9 @@ def _minio_client_from_env(env: Mapping[str, str]) -> Any:
     )
 
 
+_STORE_URIS = "file:///path, s3://bucket/prefix or minio://bucket/prefix"
+
+
 def open_store(uri: str, env: Mapping[str, str] | None = None) -> Store:
     """Open the store at ``uri`` (``file://``, a plain path, ``s3://`` or ``minio://``); an S3 store reads
     ``ARGOFL_S3_*`` from ``env`` (default: the process environment)."""
@@ -497,7 +511,7 @@ def open_store(uri: str, env: Mapping[str, str] | None = None) -> Store:
 
 def check_store_uri(uri: str) -> urllib.parse.ParseResult:
     """Refuse (StoreError) a store URI that :func:`open_store` cannot open, without opening it."""
-    parsed = urllib.parse.urlparse(uri)
+    parsed = _parse(uri)
     if parsed.scheme in ("s3", "minio"):
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} names no bucket (expected s3://BUCKET[/PREFIX])")
@@ -506,19 +520,25 @@ def check_store_uri(uri: str) -> urllib.parse.ParseResult:
     return parsed
 
 
+def _parse(uri: str) -> urllib.parse.ParseResult:
+    """``uri`` parsed; a StoreError for one that is no URI (an unclosed IPv6 bracket: ``s3://[x``)."""
+    try:
+        return urllib.parse.urlparse(uri)
+    except ValueError as exc:
+        raise StoreError(f"store URI {uri!r} is not a valid URI ({exc}): use {_STORE_URIS}") from None
+
+
 def _check_local(uri: str, parsed: urllib.parse.ParseResult) -> None:
     """Refuse ``uri`` unless it is a plain path or a ``file:`` URI of this machine."""
     if parsed.scheme == "file" and parsed.netloc not in ("", "localhost"):
         raise StoreError(f"store URI {uri!r}: file URIs must be file:///absolute/path")
     if parsed.scheme not in ("", "file") or not uri:
-        raise StoreError(
-            f"unsupported store URI {uri!r}: use file:///path, s3://bucket/prefix or minio://bucket/prefix"
-        )
+        raise StoreError(f"unsupported store URI {uri!r}: use {_STORE_URIS}")
 
 
 def open_uri(uri: str) -> tuple[Store, str]:
     """Split an object URI such as ``s3://bucket/a/b.json`` into (store at its root, key)."""
-    parsed = urllib.parse.urlparse(uri)
+    parsed = _parse(uri)
     if parsed.scheme in ("s3", "minio"):
         return open_store(f"{parsed.scheme}://{parsed.netloc}"), parsed.path.lstrip("/")
     _check_local(uri, parsed)  # gs://b/x is no local path named gs:/b/x

@@ -71,7 +71,10 @@ def tracking_uri_problem(uri: str) -> str | None:
 
     Reads the URI only: connects to nothing and imports no MLflow (a plugin's scheme is its installed
     ``mlflow.tracking_store`` entry point). A plain path is a file store, as for MLflow."""
-    parsed = urllib.parse.urlparse(uri)
+    try:
+        parsed = urllib.parse.urlparse(uri)
+    except ValueError as exc:  # an unclosed IPv6 bracket: http://[::1
+        return f"MLflow tracking URI {uri!r} is not a valid URI ({exc}): use {TRACKING_URIS}"
     scheme = parsed.scheme
     if scheme == "sqlite" and not uri.partition(":")[2].startswith("///"):
         return (

@@ -18,6 +18,7 @@ from argofl.steps.data import DATASETS
 from argofl.steps.frameworks import FRAMEWORKS, FrameworkInfo
 from argofl.steps.partition import SCHEMES
 from argofl.steps.strategies import STRATEGIES
+from argofl.steps.tracking import TRACKING_URIS
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +94,19 @@ def test_a_directory_that_cannot_be_made_is_one_error_line(tmp_path, command, op
     )
 
 
+def test_run_with_a_store_uri_that_is_no_uri_starts_nothing(tmp_path):
+    """urlparse's ValueError (Invalid IPv6 URL) was a traceback."""
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(runs), "--store", "s3://[bucket"])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "Error: Invalid value for '--store': store URI 's3://[bucket' is not a valid URI (Invalid IPv6 URL): "
+        "use file:///path, s3://bucket/prefix or minio://bucket/prefix; nothing was started"
+    )
+    assert not (runs / "workflows").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "hint"),
     [(["--store", "gs://bucket/runs"], "'--store'"), (["-p", "store=gs://bucket/runs"], "'-p store'")],
@@ -143,20 +157,28 @@ def test_run_with_an_s3_store_and_no_credentials_is_one_line_and_starts_nothing(
     assert not (runs / "workflows").exists()
 
 
+@pytest.mark.parametrize(
+    ("endpoint", "problem"),
+    [
+        ("http://minio:9000/argofl", "has a path; give only http(s)://HOST[:PORT]"),
+        # these two were tracebacks (ValueError from urlparse and from minio)
+        ("http://[::1", "is not an http(s)://HOST[:PORT] endpoint"),
+        ("http://minio:abc", "has no valid port (Port could not be cast to integer value as 'abc'): give "),
+    ],
+)
 def test_run_with_an_s3_endpoint_it_cannot_use_is_one_line_and_starts_nothing(
-    tmp_path, no_s3_credentials, monkeypatch
+    tmp_path, no_s3_credentials, monkeypatch, endpoint, problem
 ):
     monkeypatch.setenv("ARGOFL_S3_ACCESS_KEY", "a")
     monkeypatch.setenv("ARGOFL_S3_SECRET_KEY", "s")
     runs = tmp_path / "runs"
     config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
-    args = ["--store", "s3://argofl", "-p", "s3-endpoint=http://minio:9000/argofl"]
+    args = ["--store", "s3://argofl", "-p", f"s3-endpoint={endpoint}"]
     result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(runs), *args])
     assert result.exit_code == 2, result.output
-    assert one_error_line(result.output) == (
-        "Error: ARGOFL_S3_ENDPOINT='http://minio:9000/argofl' has a path; give only http(s)://HOST[:PORT]; "
-        "nothing was started"
-    )
+    line = one_error_line(result.output)
+    assert line.startswith(f"Error: ARGOFL_S3_ENDPOINT={endpoint!r} {problem}"), line
+    assert line.endswith("; nothing was started"), line
     assert not (runs / "workflows").exists()
 
 
@@ -353,6 +375,20 @@ def test_run_with_a_tracking_server_port_that_is_no_number_starts_nothing(tmp_pa
     assert one_error_line(result.output) == (
         "Error: Invalid value for '--mlflow-uri': MLflow tracking URI 'http://localhost:abc' has no valid "
         "port (Port could not be cast to integer value as 'abc'): use http://HOST[:PORT]; nothing was started"
+    )
+    assert started_runs == []
+
+
+@pytest.mark.parametrize("args", [["--mlflow-uri", "http://[::1"], ["-p", "mlflow-uri=http://[::1"]])
+def test_run_with_a_tracking_uri_that_is_no_uri_starts_nothing(tmp_path, started_runs, args):
+    """urlparse's ValueError (Invalid IPv6 URL) in absolute_tracking_uri was a traceback."""
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *args])
+    assert result.exit_code == 2, result.output
+    hint = "'--mlflow-uri'" if args[0] == "--mlflow-uri" else "'-p mlflow-uri'"
+    assert one_error_line(result.output) == (
+        f"Error: Invalid value for {hint}: MLflow tracking URI 'http://[::1' is not a valid URI "
+        f"(Invalid IPv6 URL): use {TRACKING_URIS}; nothing was started"
     )
     assert started_runs == []
 

@@ -166,6 +166,7 @@ def test_every_tracking_uri_mlflow_has_a_store_for_is_accepted(uri, monkeypatch)
             "value as 'abc'): use http://HOST[:PORT]",
         ),
         ("https://h:70000", "MLflow tracking URI 'https://h:70000' has no valid port (Port out of range"),
+        ("http://[::1", "MLflow tracking URI 'http://[::1' is not a valid URI (Invalid IPv6 URL): use "),
     ],
 )
 def test_a_tracking_uri_naming_no_database_host_or_port_is_refused(uri, problem):
