@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -51,6 +52,13 @@ def normalize_host(value: str, *, secure: bool = True) -> str:
     scheme = host.split("://", 1)[0].lower()
     if scheme not in ("http", "https"):
         raise ValueError(f"Argo server {value!r}: expected host:port or an http(s):// URL")
+    try:
+        parsed = urllib.parse.urlsplit(host)
+        parsed.port  # noqa: B018 (raises ValueError for a port that is no number in 0-65535)
+    except ValueError as exc:  # an unclosed IPv6 bracket, a port such as abc
+        raise ValueError(f"Argo server {value!r}: {exc}; expected host:port or an http(s):// URL") from None
+    if not parsed.hostname:
+        raise ValueError(f"Argo server {value!r} names no host: expected host:port or an http(s):// URL")
     return host.rstrip("/")
 
 
@@ -123,7 +131,7 @@ class ClusterTarget:
     def get(self, name: str) -> dict[str, Any]:
         """The workflow ``name`` (manifest and status) as a dict."""
         workflow = self._call(
-            f"to return workflow {name}",
+            f"return workflow {name}",
             lambda: self.service.get_workflow(name=name, namespace=self.namespace),
             name=name,
         )
@@ -140,7 +148,7 @@ class ClusterTarget:
 
         name = str(manifest["metadata"]["name"])
         body = {k: v for k, v in manifest.items() if k != "status"}
-        existing = self._call(f"to return workflow template {name}", lambda: self._template_or_none(name))
+        existing = self._call(f"return workflow template {name}", lambda: self._template_or_none(name))
         if existing is None:
             request = WorkflowTemplateCreateRequest(template=WorkflowTemplate.model_validate(body))
             self._call(
@@ -174,7 +182,7 @@ class ClusterTarget:
         from argofl.pipelines.blocks import PARENT_LABEL
 
         listed = self._call(
-            f"to list the child workflows of {name}",
+            f"list the child workflows of {name}",
             lambda: self.service.list_workflows(
                 namespace=self.namespace, label_selector=f"{PARENT_LABEL}={name}"
             ),
@@ -223,8 +231,7 @@ class ClusterTarget:
                 ) from None
             hint = " (check --token / ARGO_TOKEN)" if code == 401 else ""
             raise ClusterError(
-                f"Argo server refused to {action.removeprefix('to ')}: {code} {response.reason}: "
-                f"{_error_message(response)}{hint}"
+                f"Argo server refused to {action}: {code} {response.reason}: {_error_message(response)}{hint}"
             ) from None
 
 

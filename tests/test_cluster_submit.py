@@ -315,6 +315,39 @@ def test_watch_of_a_server_never_reached_is_one_error_line_without_retries(
     assert sleeps == []
 
 
+@pytest.mark.parametrize(
+    ("host", "problem"),
+    [
+        ("http://[::1", "Invalid IPv6 URL"),  # was "gave an unexpected answer" (exit 1): none was asked
+        ("localhost:abc", "Port could not be cast to integer value as 'abc'"),  # was "cannot reach" (exit 1)
+        ("localhost:99999", "Port out of range 0-65535"),
+    ],
+)
+@pytest.mark.parametrize("command", [["status", "some-workflow"], ["submit", str(CONFIG)]])
+def test_a_host_that_is_no_address_is_one_usage_line(command: list[str], host: str, problem: str) -> None:
+    result = CliRunner().invoke(cli, [*command, "--host", host])
+    assert result.exit_code == 2, result.output
+    assert one_line(result.output) == (
+        f"Error: Invalid value for '--host' / ARGO_SERVER: Argo server {host!r}: {problem}; expected "
+        "host:port or an http(s):// URL"
+    )
+
+
+def test_a_host_naming_no_host_is_one_usage_line() -> None:
+    result = CliRunner().invoke(cli, ["status", "some-workflow", "--host", "https://:2746"])
+    assert result.exit_code == 2, result.output
+    assert one_line(result.output) == (
+        "Error: Invalid value for '--host' / ARGO_SERVER: Argo server 'https://:2746' names no host: "
+        "expected host:port or an http(s):// URL"
+    )
+
+
+def one_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.lower().startswith("error")]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
 def test_bare_host_port_means_https(argo: FakeArgo, env: dict[str, str]) -> None:
     host_port = argo.url.removeprefix("http://")
     result = CliRunner().invoke(cli, ["submit", str(CONFIG)], env={**env, "ARGO_SERVER": host_port})
@@ -381,6 +414,17 @@ def test_status_json_is_the_raw_status(argo: FakeArgo, env: dict[str, str]) -> N
     [failed] = [line for line in result.output.splitlines() if line.strip().startswith("round   2")]
     assert "Failed" in failed
     assert "only 0 valid updates" in failed  # the reason, not Argo's generic "child failed"
+
+
+def test_status_of_an_answer_that_is_no_workflow_names_what_was_asked(
+    argo: FakeArgo, env: dict[str, str]
+) -> None:
+    argo.workflows["odd"] = [{"metadata": "not an object"}]
+    result = CliRunner().invoke(cli, ["status", "odd"], env=env)
+    assert result.exit_code == 1
+    assert result.output.startswith(
+        f"error: Argo server at {argo.url} gave an unexpected answer when asked to return workflow odd: "
+    )
 
 
 def test_status_of_missing_workflow(argo: FakeArgo, env: dict[str, str]) -> None:
