@@ -152,7 +152,6 @@ def run_local(
         raise ParameterError(f"{problem}; {NOTHING_STARTED}")
     declared = parameters_of(manifest)
     root = Path(runs_dir).resolve()
-    root.mkdir(parents=True, exist_ok=True)
     params = given
     if {"store", "mlflow-uri"} <= set(declared):  # an argofl experiment: local store and MLflow
         local = local_parameters(
@@ -167,6 +166,7 @@ def run_local(
         problem = tracking_problem(local["mlflow-uri"])
         if problem is not None:
             raise ParameterError(f"{problem}; {NOTHING_STARTED}")
+    root.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no runs directory behind
     templates = {}
     if isinstance(workflow, ExperimentConfig | str | Path):  # rounds_per_workflow: the blocks' template
         from argofl.pipelines.compile import workflow_templates_for

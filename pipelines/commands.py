@@ -162,13 +162,7 @@ def run_cmd(
         parallelism = local_parallelism(manifest)
     check_parallelism(manifest, parallelism)
     root = runs_dir.resolve()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.BadParameter(
-            f"cannot create {runs_dir}: {exc.strerror or exc}", param_hint="'--runs-dir'"
-        ) from None
-    containers = _containers_for(root, container_options(runtime, image_map, mounts, ignore_gpu))
+    options = container_options(runtime, image_map, mounts, ignore_gpu)
     # steps run in their own working directories: relative paths are the user's, resolved here
     params = local_parameters(
         overrides,
@@ -186,6 +180,13 @@ def run_cmd(
     _check_s3_access(manifest, params, key_refs)
     hint = "'-p mlflow-uri'" if overrides.get("mlflow-uri") else "'--mlflow-uri'"
     _check_tracking(params["mlflow-uri"], hint, runtime == "process")
+    try:  # only now: a refused run leaves no runs directory behind
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot create {runs_dir}: {exc.strerror or exc}", param_hint="'--runs-dir'"
+        ) from None
+    containers = _containers_for(root, options)
     stop_before_start()
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display

@@ -104,7 +104,7 @@ def test_run_with_a_store_uri_that_is_no_uri_starts_nothing(tmp_path):
         "Error: Invalid value for '--store': store URI 's3://[bucket' is not a valid URI (Invalid IPv6 URL): "
         "use file:///path, s3://bucket/prefix or minio://bucket/prefix; nothing was started"
     )
-    assert not (runs / "workflows").exists()
+    assert not runs.exists()  # no runs directory either
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_run_with_a_store_it_cannot_open_starts_nothing(tmp_path, args, hint):
         f"Error: Invalid value for {hint}: unsupported store URI 'gs://bucket/runs': use file:///path, "
         "s3://bucket/prefix or minio://bucket/prefix; nothing was started"
     )
-    assert not (runs / "workflows").exists()
+    assert not runs.exists()  # no runs directory either
 
 
 S3_ARGS = ["--store", "s3://argofl", "-p", "s3-endpoint=http://127.0.0.1:9"]
@@ -154,7 +154,7 @@ def test_run_with_an_s3_store_and_no_credentials_is_one_line_and_starts_nothing(
         "ARGOFL_S3_SECRET_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or pass the argofl-s3 "
         "Secret's YAML with --secrets FILE; nothing was started"
     )
-    assert not (runs / "workflows").exists()
+    assert not runs.exists()  # no runs directory either
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_run_with_an_s3_endpoint_it_cannot_use_is_one_line_and_starts_nothing(
     line = one_error_line(result.output)
     assert line.startswith(f"Error: ARGOFL_S3_ENDPOINT={endpoint!r} {problem}"), line
     assert line.endswith("; nothing was started"), line
-    assert not (runs / "workflows").exists()
+    assert not runs.exists()  # no runs directory either
 
 
 def test_run_with_an_s3_store_takes_its_credentials_from_secrets(tmp_path, no_s3_credentials, monkeypatch):
@@ -266,7 +266,7 @@ def test_run_bad_arguments_fail_before_running(tmp_path, args, message):
     )
     assert result.exit_code == 2
     assert message in one_error_line(result.output)
-    assert not (tmp_path / "runs" / "workflows").exists()
+    assert not (tmp_path / "runs").exists()  # no runs directory either
 
 
 @pytest.fixture
@@ -363,7 +363,7 @@ def test_run_with_a_tracking_uri_mlflow_cannot_use_starts_nothing(tmp_path, star
         "nothing was started"
     )
     assert started_runs == []
-    assert not (tmp_path / "runs" / "workflows").exists()
+    assert not (tmp_path / "runs").exists()  # no runs directory either
 
 
 def test_run_with_a_tracking_server_port_that_is_no_number_starts_nothing(tmp_path, started_runs):
@@ -408,7 +408,7 @@ def test_run_with_an_mlflow_server_that_does_not_answer_starts_nothing(tmp_path,
         "Connection refused; nothing was started"
     )
     assert started_runs == []
-    assert not (tmp_path / "runs" / "workflows").exists()
+    assert not (tmp_path / "runs").exists()  # no runs directory either
 
 
 def test_run_with_a_running_mlflow_server_starts(tmp_path, started_runs, mlflow_server):
