@@ -8,6 +8,7 @@ and seed) into each client's ``test`` shard, for federated evaluation.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,12 @@ def split_dataset(
     (:class:`ExistingShardsError`); the dataset is read and partitioned before anything is written or
     removed, so bad input changes nothing.
     """
+    for brace in re.findall(r"\{[^{}]*\}", template):  # a mistyped {client} would be a directory's name
+        if brace != CLIENT_PLACEHOLDER:
+            raise SplitError(
+                f"{template}: {brace} is no placeholder; the only one is {CLIENT_PLACEHOLDER} "
+                f"(e.g. s3://bucket/sites/{CLIENT_PLACEHOLDER}/); nothing was written"
+            )
     if CLIENT_PLACEHOLDER not in template:
         template = template.rstrip("/") + "/" + CLIENT_PLACEHOLDER + "/"
     chosen = check_clients(spec, range(spec.clients) if clients is None else clients)

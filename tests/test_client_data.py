@@ -323,6 +323,21 @@ def test_a_data_split_that_fails_on_bad_input_replaces_and_removes_nothing(tmp_p
     assert shard_files(out) == before
 
 
+@pytest.mark.parametrize("out", ["shards/{clients}/", "s3://site-{client_id}/fmnist/"])
+def test_data_split_into_a_template_with_a_mistyped_placeholder_writes_nothing(tmp_path, monkeypatch, out):
+    """shards/{clients}/ wrote every client's shards into a directory named {clients}."""
+    monkeypatch.chdir(tmp_path)
+    args = ["data", "split", out, "--dataset", "fashion-mnist", "--clients", "2", "--limit", "90"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    brace = "{" + out.split("{")[1].split("}")[0] + "}"
+    assert result.output.strip() == (
+        f"error: {out}: {brace} is no placeholder; the only one is {{client}} (e.g. "
+        "s3://bucket/sites/{client}/); nothing was written"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 SITES_CONFIG = """\
 experiment: sites
 clients: 4
