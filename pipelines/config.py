@@ -47,6 +47,8 @@ def load_config(path: str | Path) -> ExperimentConfig:
 
 
 MAX_CONFIG_BYTES = 1024 * 1024
+ARGO_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate")
+"""Kinds of Argo manifest: a file of one is given where a config is expected."""
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -74,6 +76,11 @@ def config_from_mapping(doc: Any, *, name: str, where: str, source: Path | None 
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: expected a mapping of settings, got {type(doc).__name__}")
     values = dict(doc)
+    if "apiVersion" in values and values.get("kind") in ARGO_KINDS:  # argofl compile's output
+        raise ConfigError(
+            f"{where}: an Argo {values['kind']} manifest, not an experiment config: give the config it was "
+            f"compiled from (configs/…), or run the manifest itself with argofl local run {where}"
+        )
     kind = get_kind(values.pop("kind", DEFAULT_KIND), where=where)
     sections = {section: values.pop(section) for section in kind.sections if section in values}
     for other in KINDS.values():

@@ -79,6 +79,23 @@ def test_compile_bad_config_is_one_line(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("manifest", ["fedavg-fmnist-torch.yaml", "templates/fedavg-fmnist-torch.yaml"])
+@pytest.mark.parametrize("command", ["compile", "run"])
+def test_a_compiled_manifest_given_as_a_config_says_which_is_which(tmp_path, started_runs, command, manifest):
+    """It was "kind: must be one of fedavg, split, got 'Workflow'"."""
+    path = ROOT / "argo" / manifest
+    out = tmp_path / "out"
+    option = "--out-dir" if command == "compile" else "--runs-dir"
+    result = CliRunner().invoke(cli, [command, str(path), option, str(out)])
+    assert result.exit_code == 2, result.output
+    kind = "WorkflowTemplate" if manifest.startswith("templates/") else "Workflow"
+    assert one_error_line(result.output) == (
+        f"Error: {path}: an Argo {kind} manifest, not an experiment config: give the config it was "
+        f"compiled from (configs/…), or run the manifest itself with argofl local run {path}"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("command", "option", "what"), [("compile", "--out-dir", "write"), ("run", "--runs-dir", "create")]
 )

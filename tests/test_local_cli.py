@@ -124,6 +124,10 @@ def test_bad_input_exits_2(tmp_path: Path) -> None:
         (b"- a\n- b\n", "expected one Workflow document (a mapping), found a list"),
         (b"", "expected one Workflow document, found none"),
         (b"kind: Workflow\n---\nkind: Workflow\n", "expected one Workflow document, found 2"),
+        (  # was "spec: missing; an Argo Workflow needs spec.entrypoint and spec.templates"
+            b"experiment: mine\nrounds: 2\n",
+            "an experiment config, not an Argo Workflow: run it with argofl run ",
+        ),
     ],
 )
 def test_a_file_that_is_not_one_workflow_is_one_error_line(

@@ -148,6 +148,12 @@ def _load(path: Path) -> dict[str, Any]:
             f"{path}: expected one Workflow document (a mapping), found a {type(docs[0]).__name__}",
             param_hint="WORKFLOW",
         )
+    if "spec" not in docs[0] and "experiment" in docs[0]:
+        raise click.BadParameter(
+            f"{path}: an experiment config, not an Argo Workflow: run it with argofl run {path}, or "
+            "compile it first (argofl compile)",
+            param_hint="WORKFLOW",
+        )
     return docs[0]
 
 
