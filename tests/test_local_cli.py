@@ -297,6 +297,8 @@ def test_logs_of_a_node_by_the_label_the_argo_ui_shows(tmp_path: Path) -> None:
     assert said("fan(1:round 2 / client 1)") == ["said round 2 / client 1"]
     assert said("round 2 / client 1") == ["said round 2 / client 1"]
     assert said("round 1") == ["said after-round 1", "said round 1 / client 0", "said round 1 / client 1"]
+    # a step of one round, as argofl run's progress names a split round's server ("round 2 / server")
+    assert said("round 2 / after") == ["said after-round 2"]
     missing = CliRunner().invoke(local, ["logs", str(run_dir), "client 7"])
     assert missing.exit_code == 2
     errors = [line for line in missing.output.splitlines() if line.startswith("Error")]

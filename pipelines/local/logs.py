@@ -63,7 +63,9 @@ def log_files(run_dir: Path, status: Mapping[str, Any], node_id: str) -> list[Lo
 
 def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
     """Nodes whose id, full name or display name is ``ref``; else the loop children whose item is ``ref``,
-    as the Argo UI labels them (``round 1 / client 0`` for ``train(0:round 1 / client 0)``)."""
+    as the Argo UI labels them (``round 1 / client 0`` for ``train(0:round 1 / client 0)``); else, for
+    ``SCOPE / NAME``, the nodes named NAME inside the nodes SCOPE finds (``round 1 / server``, as
+    ``argofl run`` prints a split round's server)."""
     nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
     if ref in nodes:
         return [nodes[ref]]
@@ -71,7 +73,16 @@ def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
     if named:
         return named
     item = " ".join(ref.split())
-    return [n for n in nodes.values() if loop_item(str(n.get("displayName", ""))) == item]
+    items = [n for n in nodes.values() if loop_item(str(n.get("displayName", ""))) == item]
+    scope, _, name = item.rpartition(" / ")
+    if items or not scope:
+        return items
+    scopes = [str(n["id"]) for n in find_nodes(status, scope)]
+    return [
+        n
+        for i, n in nodes.items()
+        if n.get("displayName") == name and any(_within(nodes, i, s) for s in scopes)
+    ]
 
 
 def node_refs(status: Mapping[str, Any]) -> list[str]:
