@@ -381,8 +381,11 @@ def resume_cmd(
         for child in sorted((run_dir / "workflows").glob("*/status.json")):  # blocks of rounds
             status.setdefault("nodes", {}).update(_json_object(child).get("nodes") or {})
     except (OSError, ValueError) as exc:
+        runs = [*run_dir.glob("*/workflow.json"), *run_dir.glob("workflows/*/workflow.json")]
+        latest = max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
+        hint = "" if latest is None else f"; it holds runs: give one, e.g. the latest, {latest}"
         raise click.BadParameter(
-            f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}",
+            f"{run_dir}: not a local run directory (workflow.json and status.json): {exc}{hint}",
             param_hint="RUN_DIR",
         ) from None
     name = str((old.get("metadata") or {}).get("name") or run_dir.name)

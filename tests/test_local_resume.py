@@ -73,6 +73,19 @@ def test_resume_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:
     assert "not a local run directory" in line
 
 
+@pytest.mark.parametrize("given", ["runs", "runs/workflows"])
+def test_resume_of_a_runs_directory_names_its_latest_run(tmp_path: Path, given: str) -> None:
+    """`argofl resume runs` said only that runs is no run directory."""
+    first = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    latest = first.rename(first.with_name("fedavg-fmnist-torch-fghij"))
+    older = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    os.utime(older / "workflow.json", (1, 1))
+    result = CliRunner().invoke(cli, ["resume", str(tmp_path / given)])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    assert line.endswith(f"; it holds runs: give one, e.g. the latest, {latest}")
+
+
 @pytest.mark.parametrize("damaged", ["workflow.json", "status.json", "workflows/child/status.json"])
 def test_resume_refuses_a_run_whose_records_are_not_json_objects(tmp_path: Path, damaged: str) -> None:
     run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
