@@ -100,7 +100,7 @@ TERMINATION_LOG = Path("/dev/termination-log")
 """Kubernetes' default ``terminationMessagePath``: what a pod writes there becomes its node's message."""
 
 
-def _fail(exc: BaseException, code: int) -> None:
+def _fail(exc: BaseException | str, code: int) -> None:
     """Print ``exc`` as the one ``error: …`` line (also the pod's termination message) and exit."""
     line = f"error: {one_line(exc)}"
     click.echo(line, err=True)
@@ -127,7 +127,19 @@ def _guard(fn: Callable[[], Any]) -> Any:
         _fail(RuntimeError(f"{type(exc).__name__}: {one_line(exc)}"), EXIT_FAILURE)
 
 
-@click.group()
+class _StepGroup(click.Group):
+    """The steps' group: an option value a step refuses (a workflow parameter such as ``-p start-round=0``
+    reaches ``--start-round``) is the one ``error: …`` line too, so the node's message says what is wrong
+    (click's usage text alone left it ``Error (exit code 2)``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            _fail(exc.format_message(), exc.exit_code)
+
+
+@click.group(cls=_StepGroup)
 def step() -> None:
     """Run one workflow step (what a container runs)."""
 

@@ -218,6 +218,29 @@ def test_bad_workflow_parameter_fails_init_naming_it(env):
     assert "rounds: must be ≥ 1, got -3" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--start-round", "0"], "error: Invalid value for '--start-round': 0 is not in the range x>=1."),
+        (
+            ["--start-round", "x"],
+            "error: Invalid value for '--start-round': 'x' is not a valid integer range.",
+        ),
+        (["--no-such-option"], "error: No such option '--no-such-option'."),
+    ],
+)
+def test_an_option_value_a_step_refuses_is_its_one_error_line(env, args, line):
+    """Click's usage text had no ``error: …`` line, so the node's message was only 'Error (exit code 2)'
+    (argo submit -p start-round=0, or argofl run's before it was checked there)."""
+    given = [a for k, v in settings().to_params().items() for a in ("--param", f"{k}={v}")]
+    result = CliRunner().invoke(
+        step_cli, ["init", "--run-key", "steps-test/opt", "--workflow-name", "w", *given, *args]
+    )
+    assert result.exit_code == 2, result.output
+    assert [x for x in result.output.splitlines() if x.lower().startswith("error")] == [line]
+    assert env.list("steps-test/") == []
+
+
 def test_init_refuses_more_clients_than_allowed(env):
     params = {**settings().to_params(), "clients": "100000000000"}
     given = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
