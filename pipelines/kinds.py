@@ -26,6 +26,7 @@ from argofl.pipelines.split_config import (
     split_config,
 )
 from argofl.steps.client_data import DataOptions
+from argofl.steps.runinfo import start_problem
 from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
 from argofl.steps.strategies import STRATEGIES
 
@@ -95,13 +96,27 @@ class ExperimentKind:
         return self.builder(cfg)
 
     def check_parameters(self, values: Mapping[str, str], *, where: str) -> None:
-        """Validate a workflow's parameter values (Argo strings): its settings, then the kind's own."""
+        """Validate a workflow's parameter values (Argo strings): its settings, where its rounds start
+        (``start-round``, ``resume-from``: what ``init`` checks), then the kind's own."""
         given = {k: v for k, v in values.items() if k in PARAM_NAMES}
-        refused = self.refused(Settings.from_mapping(given, where=where, strings=True))
+        settings = Settings.from_mapping(given, where=where, strings=True)
+        refused = self.refused(settings)
         if refused is not None:
             raise SettingsError(f"{where}: {refused}")
+        if "start-round" in values:  # older manifests start at round 1 only
+            _check_start(values["start-round"], values.get("resume-from", ""), settings.rounds, where)
         if self.check_values is not None:
             self.check_values(values, where)
+
+
+def _check_start(start_round: str, resume_from: str, rounds: int, where: str) -> None:
+    try:
+        first = int(start_round.strip())
+    except ValueError:
+        raise SettingsError(f"{where}: start-round: expected int, got {start_round!r}") from None
+    problem = start_problem(first, resume_from.strip(), rounds)
+    if problem is not None:
+        raise SettingsError(f"{where}: {problem}")
 
 
 def _fedavg_config(

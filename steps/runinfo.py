@@ -19,6 +19,7 @@ __all__ = [
     "RunRecord",
     "load_record",
     "load_secret",
+    "start_problem",
     "store_from_env",
     "write_json",
 ]
@@ -40,6 +41,26 @@ def store_from_env() -> Store:
     return open_store(uri)
 
 
+RUN_KEY_FORM = "<experiment>/<run> (two names, e.g. fedavg/run-1)"
+
+
+def _is_run_key(key: str) -> bool:
+    parts = key.split("/")
+    return len(parts) == 2 and not any(p in ("", ".", "..") or p != p.strip() for p in parts)
+
+
+def start_problem(start_round: int, resume_from: str, rounds: int) -> str | None:
+    """Why a run of ``rounds`` cannot start at ``start_round`` continuing run ``resume_from`` (None when
+    it can): the round is one of 1..rounds, and a later one than 1 needs the run key to continue."""
+    if not 1 <= start_round <= rounds:
+        return f"start-round must be in 1..{rounds} (rounds), got {start_round}"
+    if start_round > 1 and not resume_from:
+        return f"start-round {start_round} needs resume-from: the <experiment>/<run> to continue"
+    if start_round > 1 and not _is_run_key(resume_from):
+        return f"resume-from: expected {RUN_KEY_FORM}, got {resume_from!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Keys of one run: ``<experiment>/<run>/round-NNNN/{global,updates/client-N,plan.json,eval.json}``
@@ -48,12 +69,8 @@ class RunLayout:
     run_key: str
 
     def __post_init__(self) -> None:
-        parts = self.run_key.split("/")
-        if len(parts) != 2 or any(p in ("", ".", "..") or p != p.strip() for p in parts):
-            raise RunError(
-                f"run key {self.run_key!r}: expected <experiment>/<run> (two names, e.g. fedavg/run-1); "
-                "nothing was read or written"
-            )
+        if not _is_run_key(self.run_key):
+            raise RunError(f"run key {self.run_key!r}: expected {RUN_KEY_FORM}; nothing was read or written")
 
     def round_prefix(self, round: int) -> str:
         return join_key(self.run_key, f"round-{round:04d}")

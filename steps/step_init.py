@@ -30,7 +30,15 @@ from argofl.steps.checkpoint import (
 from argofl.steps.client_data import DataOptions, model_shape
 from argofl.steps.data import load_dataset
 from argofl.steps.frameworks import get_backend
-from argofl.steps.runinfo import RunError, RunLayout, RunRecord, load_record, now, store_from_env
+from argofl.steps.runinfo import (
+    RunError,
+    RunLayout,
+    RunRecord,
+    load_record,
+    now,
+    start_problem,
+    store_from_env,
+)
 from argofl.steps.settings import Settings
 from argofl.steps.store import ObjectNotFound, Store
 from argofl.steps.strategies import STRATEGIES, get_strategy
@@ -60,10 +68,9 @@ def run(
     layout = RunLayout(run_key)
     if store.exists(layout.record_key):
         return _rerun(store, layout, settings, workflow_name, workflow_uid)
-    if not 1 <= start_round <= settings.rounds:
-        raise RunError(f"start-round must be in 1..{settings.rounds} (rounds), got {start_round}")
-    if start_round > 1 and not resume_from:
-        raise RunError(f"start-round {start_round} needs resume-from: the <experiment>/<run> to continue")
+    problem = start_problem(start_round, resume_from, settings.rounds)
+    if problem is not None:
+        raise RunError(problem)
     data = data or DataOptions()
     if data.source == "partition" or data.central:
         # The test split is small and tells us input shape and classes (and that the dataset exists).

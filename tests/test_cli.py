@@ -353,6 +353,25 @@ def test_an_option_of_another_strategy_is_one_line_and_starts_or_writes_nothing(
     assert [p["prox-mu"] for p in started_runs] == ["0.01"]
 
 
+def test_run_resuming_from_a_run_directory_instead_of_its_key_starts_nothing(tmp_path, started_runs):
+    """-p resume-from=runs/workflows/NAME (a path, not <experiment>/<run>) started the run; init failed."""
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    given = ["-p", "start-round=2", "-p", "resume-from=runs/workflows/fedavg-fmnist-torch-abcde"]
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *given])
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "error: parameters: resume-from: expected <experiment>/<run> (two names, e.g. fedavg/run-1), got "
+        "'runs/workflows/fedavg-fmnist-torch-abcde'; nothing was started"
+    )
+    assert started_runs == []
+    given = ["-p", "start-round=2", "-p", "resume-from=fedavg-fmnist-torch/fedavg-fmnist-torch-abcde"]
+    result = CliRunner().invoke(cli, ["run", config, "--runs-dir", str(tmp_path / "runs"), *given])
+    assert result.exit_code == 0, result.output
+    assert [(p["start-round"], p["resume-from"]) for p in started_runs] == [
+        ("2", "fedavg-fmnist-torch/fedavg-fmnist-torch-abcde")
+    ]
+
+
 def test_run_with_the_most_clients_allowed_starts(tmp_path, started_runs):
     config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
     args = ["run", config, "--runs-dir", str(tmp_path / "runs"), "-p", "clients=1000000"]

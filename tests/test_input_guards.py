@@ -92,6 +92,13 @@ def test_a_50_mb_config_is_refused_by_its_size_without_parsing(tmp_path, monkeyp
             "error: parameters: clients: must be ≤ 1000000 (distribute samples each round from every "
             "client), got 100000000000; nothing was started",
         ),
+        # these three started the run, whose init failed (start-round=0: with no reason in its message)
+        ("start-round=0", "error: parameters: start-round must be in 1..5 (rounds), got 0; nothing was"),
+        ("start-round=x", "error: parameters: start-round: expected int, got 'x'; nothing was started"),
+        (
+            "start-round=2",
+            "error: parameters: start-round 2 needs resume-from: the <experiment>/<run> to continue; nothing",
+        ),
     ],
 )
 def test_run_submit_and_local_run_refuse_a_bad_parameter_with_the_same_line(tmp_path, param, message):
