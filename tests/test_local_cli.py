@@ -309,11 +309,29 @@ def test_logs_of_a_node_by_the_label_the_argo_ui_shows(tmp_path: Path) -> None:
     ]
 
 
-def test_logs_of_a_node_without_pods_say_so(tmp_path: Path) -> None:
-    path = _write(tmp_path, HELLO)
+def test_logs_of_the_exit_handler_by_its_template_name(tmp_path: Path) -> None:
+    """argofl run prints the exit handler as 'finish'; its node is '<workflow>.onExit', so NODE 'finish'
+    was 'no node with that display name'."""
+    manifest = copy.deepcopy(HELLO)
+    manifest["spec"]["onExit"] = "bye"
+    manifest["spec"]["templates"].append({"name": "bye", "container": {"command": ["echo", "said bye"]}})
+    run_dir = _succeeded_run(tmp_path, manifest)
+    shown = CliRunner().invoke(local, ["logs", str(run_dir), "bye"])
+    assert shown.exit_code == 0, shown.output
+    assert [line for line in shown.output.splitlines() if line.startswith("said ")] == ["said bye"]
+    assert ".onExit (" in shown.output
+
+
+def _succeeded_run(tmp_path: Path, manifest: dict[str, Any]) -> Path:
+    """The run directory of ``manifest`` run to success under ``tmp_path/runs``."""
+    path = _write(tmp_path, manifest)
     runs = tmp_path / "runs"
     assert CliRunner().invoke(local, ["run", str(path), "--runs-dir", str(runs)]).exit_code == 0
-    run_dir = next(runs.iterdir())
+    return next(runs.iterdir())
+
+
+def test_logs_of_a_node_without_pods_say_so(tmp_path: Path) -> None:
+    run_dir = _succeeded_run(tmp_path, HELLO)
     skipped = CliRunner().invoke(local, ["logs", str(run_dir), "check"])
     assert skipped.exit_code == 0, skipped.output
     assert "check: no pod ran under this node" in skipped.output

@@ -245,8 +245,8 @@ def _run_dir(run: str, runs_dir: Path | None) -> Path:
 def logs_cmd(run: str, node: str | None, runs_dir: Path | None) -> None:
     """Print the logs of every pod of RUN and of the workflows it created, or of NODE (display name, the
     loop item the Argo UI shows such as 'round 1 / client 0', a step of a round such as 'round 1 /
-    server', or id: a pod, or every pod under a retried step, a fan-out such as train, or a DAG such as
-    a round), attempt by attempt."""
+    server', a template such as finish, or id: a pod, or every pod under a retried step, a fan-out such
+    as train, or a DAG such as a round), attempt by attempt."""
     run_dir = _run_dir(run, runs_dir)
     found = False
     refs: list[str] = []

@@ -65,7 +65,8 @@ def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
     """Nodes whose id, full name or display name is ``ref``; else the loop children whose item is ``ref``,
     as the Argo UI labels them (``round 1 / client 0`` for ``train(0:round 1 / client 0)``); else, for
     ``SCOPE / NAME``, the nodes named NAME inside the nodes SCOPE finds (``round 1 / server``, as
-    ``argofl run`` prints a split round's server)."""
+    ``argofl run`` prints a split round's server); else the nodes of the template ``ref`` (``finish``, the
+    exit handler, whose node Argo names ``<workflow>.onExit``)."""
     nodes: Mapping[str, Mapping[str, Any]] = status.get("nodes") or {}
     if ref in nodes:
         return [nodes[ref]]
@@ -75,8 +76,10 @@ def find_nodes(status: Mapping[str, Any], ref: str) -> list[Mapping[str, Any]]:
     item = " ".join(ref.split())
     items = [n for n in nodes.values() if loop_item(str(n.get("displayName", ""))) == item]
     scope, _, name = item.rpartition(" / ")
-    if items or not scope:
+    if items:
         return items
+    if not scope:
+        return [n for n in nodes.values() if n.get("templateName") == ref]
     scopes = [str(n["id"]) for n in find_nodes(status, scope)]
     return [
         n
