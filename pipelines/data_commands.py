@@ -245,7 +245,7 @@ def data() -> None:
 @click.option("--dataset", type=click.Choice(list(DATASETS)), default=None, help="The dataset.")
 @click.option("--clients", type=click.IntRange(min=1), default=None, help="Number of clients.")
 @click.option("--partition", "scheme", type=click.Choice(SCHEMES), default=None, help="The partition scheme.")
-@click.option("--alpha", type=float, default=None, help="Dirichlet concentration.")
+@click.option("--alpha", type=float, default=None, help="Dirichlet concentration (--partition dirichlet).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Partition seed.")
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="First N training examples (0: all).")
 @click.option("--data-dir", default=None, help="Dataset directory.")
@@ -317,6 +317,12 @@ def split_cmd(
             "data_dir": data_dir,
         }
         spec = SplitSpec(**{**spec.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
+        if alpha is not None and spec.partition != "dirichlet":  # it would split IID all the same
+            raise click.BadParameter(
+                f"{alpha!r} is the concentration of partition dirichlet; partition {spec.partition} does "
+                "not use it (add --partition dirichlet)",
+                param_hint="'--alpha'",
+            )
         selected = _selected(spec, config, placement, group, only_clients)
         result = split_dataset(spec, out, test=test, clients=selected, overwrite=overwrite)
     except (DatasetError, PartitionError, StoreError, SettingsError, SplitError) as exc:

@@ -98,7 +98,7 @@ def refused_setting(settings: Settings) -> str | None:
         )
     for name, value in settings.changed(UNUSED_SETTINGS).items():
         return f"{name}: split learning has no use for this FedAvg setting, got {value!r}; remove it"
-    return None
+    return settings.unused_alpha()
 
 
 def check_split_parameters(values: Mapping[str, str], where: str) -> None:

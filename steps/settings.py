@@ -283,7 +283,7 @@ class Settings:
 
     def unused_option(self) -> str | None:
         """Why an option of other strategies is set away from its default (``prox_mu: 0.1`` with strategy
-        fedavg, which ignores it); None when only ``strategy``'s own options are."""
+        fedavg, which ignores it), or ``alpha`` is (:meth:`unused_alpha`); None when neither is."""
         own = {option.name for option in STRATEGIES[self.strategy].options}
         for name, value in self.changed(strategy_options().keys() - own).items():
             owners = _listed([s for s, info in STRATEGIES.items() if name in {o.name for o in info.options}])
@@ -291,7 +291,17 @@ class Settings:
                 f"{name}: {value!r} is an option of strategy {owners}; strategy {self.strategy} does not "
                 f"use it (remove it or set strategy: {owners})"
             )
-        return None
+        return self.unused_alpha()
+
+    def unused_alpha(self) -> str | None:
+        """Why ``alpha``, set away from its default, would do nothing (``-p alpha=0.1`` with partition iid
+        trained on IID clients); None when partition dirichlet reads it or it is the default."""
+        if self.partition == "dirichlet" or not self.changed({"alpha"}):
+            return None
+        return (
+            f"alpha: {self.alpha!r} is the concentration of partition dirichlet; partition {self.partition} "
+            "does not use it (remove it or set partition: dirichlet)"
+        )
 
     def attackers(self) -> list[str]:
         """TEST FEATURE: the malicious clients (``attack_clients`` as client ids)."""

@@ -338,6 +338,19 @@ def test_data_split_into_a_template_with_a_mistyped_placeholder_writes_nothing(t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_data_split_with_alpha_but_no_dirichlet_partition_writes_nothing(tmp_path, monkeypatch):
+    """--alpha 0.3 without --partition dirichlet wrote IID shards."""
+    monkeypatch.chdir(tmp_path)
+    args = ["data", "split", "out", "--dataset", "fashion-mnist", "--clients", "2", "--alpha", "0.3"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "Error: Invalid value for '--alpha': 0.3 is the concentration of partition dirichlet; partition iid "
+        "does not use it (add --partition dirichlet)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 SITES_CONFIG = """\
 experiment: sites
 clients: 4

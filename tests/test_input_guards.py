@@ -92,6 +92,11 @@ def test_a_50_mb_config_is_refused_by_its_size_without_parsing(tmp_path, monkeyp
             "error: parameters: clients: must be ≤ 1000000 (distribute samples each round from every "
             "client), got 100000000000; nothing was started",
         ),
+        (  # a run on IID clients
+            "alpha=0.3",
+            "error: parameters: alpha: 0.3 is the concentration of partition dirichlet; partition iid does "
+            "not use it (remove it or set partition: dirichlet); nothing was started",
+        ),
         # these three started the run, whose init failed (start-round=0: with no reason in its message)
         ("start-round=0", "error: parameters: start-round must be in 1..5 (rounds), got 0; nothing was"),
         ("start-round=x", "error: parameters: start-round: expected int, got 'x'; nothing was started"),

@@ -111,6 +111,24 @@ def test_an_option_of_another_strategy_is_refused_naming_both_strategies(tmp_pat
     assert str(info.value) == f"{path}: {line}"
 
 
+ALPHA_WITHOUT_DIRICHLET = (
+    "alpha: 0.3 is the concentration of partition dirichlet; partition iid does not use it "
+    "(remove it or set partition: dirichlet)"
+)
+
+
+@pytest.mark.parametrize("kind", ["", "kind: split\n"])
+def test_alpha_without_the_dirichlet_partition_is_refused(tmp_path, kind):
+    """`alpha: 0.3` with partition iid (the default) split the data IID all the same, silently."""
+    path = write(tmp_path, f"experiment: x\n{kind}alpha: 0.3\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: {ALPHA_WITHOUT_DIRICHLET}"
+    dirichlet = write(tmp_path, f"experiment: x\n{kind}partition: dirichlet\nalpha: 0.3\n")
+    assert load_config(dirichlet).settings.alpha == 0.3
+    assert load_config(write(tmp_path, f"experiment: x\n{kind}alpha: 0.5\n")).settings.alpha == 0.5  # default
+
+
 def test_options_at_their_defaults_and_the_strategy_s_own_options_are_accepted(tmp_path):
     defaults = {name: option.default for name, option in strategy_options().items()}
     for strategy in STRATEGIES:  # a config may list every option at its default, whatever its strategy
