@@ -12,7 +12,7 @@ kind's name, one :data:`KINDS` entry, tests and the README.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -27,7 +27,7 @@ from argofl.pipelines.split_config import (
 )
 from argofl.steps.client_data import DataOptions
 from argofl.steps.runinfo import start_problem
-from argofl.steps.settings import PARAM_NAMES, Settings, SettingsError
+from argofl.steps.settings import DEPENDENT_PARAMS, PARAM_NAMES, Settings, SettingsError
 from argofl.steps.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -95,12 +95,20 @@ class ExperimentKind:
             )
         return self.builder(cfg)
 
-    def check_parameters(self, values: Mapping[str, str], *, where: str) -> None:
+    def check_parameters(
+        self, values: Mapping[str, str], *, where: str, given: Collection[str] | None = None
+    ) -> None:
         """Validate a workflow's parameter values (Argo strings): its settings, where its rounds start
-        (``start-round``, ``resume-from``: what ``init`` checks), then the kind's own."""
-        given = {k: v for k, v in values.items() if k in PARAM_NAMES}
-        settings = Settings.from_mapping(given, where=where, strings=True)
-        refused = self.refused(settings)
+        (``start-round``, ``resume-from``: what ``init`` checks), then the kind's own. With ``given`` (the
+        names the user set), a setting the workflow's strategy or partition ignores is refused only when
+        the user gave it: ``-p strategy=fedavg`` on a FedAvgM workflow is an A/B run, not a mistake."""
+        settings_values = {k: v for k, v in values.items() if k in PARAM_NAMES}
+        settings = Settings.from_mapping(settings_values, where=where, strings=True)
+        judged = settings
+        if given is not None:
+            kept = {k: v for k, v in settings_values.items() if k in given or k not in DEPENDENT_PARAMS}
+            judged = Settings.from_mapping(kept, where=where, strings=True)
+        refused = self.refused(judged)
         if refused is not None:
             raise SettingsError(f"{where}: {refused}")
         if "start-round" in values:  # older manifests start at round 1 only

@@ -81,7 +81,7 @@ def check_overrides(manifest: Mapping[str, Any], overrides: Mapping[str, Any]) -
     kind = manifest_kind(manifest)
     if kind is not None:
         try:
-            kind.check_parameters({**declared, **given}, where="parameters")
+            kind.check_parameters({**declared, **given}, where="parameters", given=given)
         except SettingsError as exc:
             raise ParameterError(f"{exc}; {NOTHING_STARTED}") from None
     problem = block_size_problem(given)

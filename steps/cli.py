@@ -20,7 +20,7 @@ import click
 
 from argofl.steps.errors import EXIT_FAILURE, ArgoflError, one_line
 from argofl.steps.name_value import NameValue, to_dict
-from argofl.steps.settings import Settings, SettingsError
+from argofl.steps.settings import Settings
 
 
 def _outputs_option(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -187,8 +187,10 @@ def init_cmd(
     def body() -> None:
         settings = Settings.from_mapping(params, where="workflow parameters", strings=True)
         unused = settings.unused_option()
-        if unused is not None:  # a hand-edited manifest, `argo submit -p prox-mu=0.1` with strategy fedavg
-            raise SettingsError(f"workflow parameters: {unused}")
+        if (
+            unused is not None
+        ):  # an A/B run (`argo submit -p strategy=fedavg`) or a mistaken -p: it cannot tell
+            logging.getLogger("argofl.steps.init").warning("workflow parameters: %s", unused)
         options = DataOptions.from_mapping(data, where="workflow parameters", strings=True)
         _write_outputs(
             outputs,

@@ -345,6 +345,9 @@ def param_name(key: str) -> str:
 
 PARAM_NAMES = frozenset(param_name(f.name) for f in FIELDS)
 """Argo parameter names of all settings."""
+DEPENDENT_PARAMS = frozenset(param_name(n) for n in (*strategy_options(), "alpha"))
+"""Parameters of settings that one strategy or partition reads and the others ignore (``prox-mu``,
+``alpha``): switching a workflow's ``strategy`` or ``partition`` leaves its own unused, which is no error."""
 
 
 def _format(value: Any) -> str:
