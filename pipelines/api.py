@@ -137,10 +137,10 @@ def run_local(
     from argofl.pipelines.local import forkserver, run_workflow
     from argofl.pipelines.local_params import (
         local_parallelism,
-        local_parameters,
         parallelism_problem,
         tracking_problem,
         user_code_env,
+        workflow_local_parameters,
     )
     from argofl.pipelines.parameters import NOTHING_STARTED, ParameterError, parameters_of
     from argofl.steps.store import FileStore
@@ -154,16 +154,8 @@ def run_local(
     root = Path(runs_dir).resolve()
     params = given
     if {"store", "mlflow-uri"} <= set(declared):  # an argofl experiment: local store and MLflow
-        local = local_parameters(
-            given,
-            root,
-            store=store,
-            mlflow_uri=mlflow_uri,
-            data_dir=declared.get("data-dir", ""),
-            data_uri=declared.get("data-uri", ""),
-        )
-        params = {k: v for k, v in local.items() if k in declared}
-        problem = tracking_problem(local["mlflow-uri"])
+        params = workflow_local_parameters(declared, given, root, store=store, mlflow_uri=mlflow_uri)
+        problem = tracking_problem(params["mlflow-uri"])
         if problem is not None:
             raise ParameterError(f"{problem}; {NOTHING_STARTED}")
     root.mkdir(parents=True, exist_ok=True)  # only now: a refused run leaves no runs directory behind

@@ -4,13 +4,11 @@ this machine, and a stopped local run continued from its last evaluated round.""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,17 @@ from argofl.pipelines.local.cli import (
 )
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
-from argofl.pipelines.local_params import (
-    local_parallelism,
-    local_parameters,
-    tracking_problem,
-    user_code_env,
+from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
+from argofl.pipelines.local_start import (
+    check_s3_access,
+    check_services,
+    check_tracking,
+    containers_for,
+    mlflow_run_line,
+    prestart_steps,
 )
 from argofl.pipelines.parameters import (
     check_overrides,
-    outputs_of,
     overrides_option,
     parameters_of,
     resubmission_manifest,
@@ -43,7 +43,6 @@ from argofl.pipelines.parameters import (
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
 from argofl.pipelines.run_summary import save_run_summary
 from argofl.pipelines.stop_signals import stop_before_start
-from argofl.steps.store import StoreError, check_store_uri, open_store
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
@@ -148,7 +147,7 @@ def run_cmd(
     """
     stop_before_start()  # a Ctrl-C while the commands were imported: start nothing
     if runtime == "process":
-        _prestart_steps(overrides.get("framework") or _framework_of(config))
+        prestart_steps(overrides.get("framework") or _framework_of(config))
     from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
@@ -172,64 +171,21 @@ def run_cmd(
         data_dir=cfg.settings.data_dir,
         data_uri=cfg.data.uri,
     )
-    try:
-        check_store_uri(params["store"])
-    except StoreError as exc:
-        hint = "'-p store'" if overrides.get("store") else "'--store'"
-        raise click.BadParameter(f"{exc}; nothing was started", param_hint=hint) from None
-    _check_s3_access(manifest, params, key_refs)
-    hint = "'-p mlflow-uri'" if overrides.get("mlflow-uri") else "'--mlflow-uri'"
-    _check_tracking(params["mlflow-uri"], hint, runtime == "process")
+    # the option that gave the store and MLflow URIs: -p, else --store and --mlflow-uri
+    hints = {n: f"'-p {n}'" if overrides.get(n) else f"'--{n}'" for n in ("store", "mlflow-uri")}
+    check_services(manifest, params, key_refs, hints=hints, probe=runtime == "process")
     try:  # only now: a refused run leaves no runs directory behind
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(
             f"cannot create {runs_dir}: {exc.strerror or exc}", param_hint="'--runs-dir'"
         ) from None
-    containers = _containers_for(root, options)
+    containers = containers_for(root, options)
     stop_before_start()
     click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
     display = kind_of(cfg).display
     templates = workflow_templates_for(cfg)
     _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
-
-
-def _check_s3_access(
-    manifest: Mapping[str, Any], params: Mapping[str, str], key_refs: KeyRefs | None
-) -> None:
-    """One line, before anything starts, when an S3 store's endpoint or credentials are missing from what
-    the steps will get (the environment, ``--secrets``): the run would fail in init, then in finish."""
-    from argofl.pipelines.run_summary import steps_s3_env
-
-    values = {**parameters_of(manifest), **params}
-    if not values.get("store", "").startswith(("s3://", "minio://")):
-        return
-    env = steps_s3_env(manifest, values, key_refs)
-    try:
-        open_store(values["store"], env)  # checks endpoint and credentials; connects to nothing
-    except StoreError as exc:
-        keys = (
-            ("ARGOFL_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
-            ("ARGOFL_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
-        )
-        unset = not all(env.get(a) or env.get(b) for a, b in keys)
-        secrets = ", or pass the argofl-s3 Secret's YAML with --secrets FILE" if unset else ""
-        raise click.UsageError(f"{exc}{secrets}; nothing was started") from None
-
-
-def _check_tracking(uri: str, param_hint: str | None, probe: bool) -> None:
-    """One line, before anything starts, when the steps could not track to MLflow at ``uri`` (a scheme
-    MLflow has no store for; with ``probe``, a server that does not answer): init would fail, the latter
-    after its retries. ``param_hint`` names the option that gave ``uri`` (None: the run being resumed).
-    Steps in containers (``--runtime docker``) have a network of their own: no ``probe`` for them."""
-    if not uri:
-        return
-    problem = tracking_problem(uri, probe=probe)
-    if problem is None:
-        return
-    if param_hint is None:
-        raise click.UsageError(f"{problem}; nothing was started")
-    raise click.BadParameter(f"{problem}; nothing was started", param_hint=param_hint)
 
 
 def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
@@ -258,21 +214,6 @@ def _framework_of(config: Path) -> str:
     return framework_of(loaded if isinstance(loaded, dict) else {})
 
 
-def _prestart_steps(framework: str) -> None:
-    """Let the fork server import ``framework`` and MLflow while this process compiles the workflow."""
-    from argofl.pipelines.local import forkserver
-
-    forkserver.prestart_steps(user_code_env(), framework)  # the environment _run_locally gives the steps
-
-
-def _containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
-    """``containers`` with the runs directory ``root`` bind-mounted and writable by the step images."""
-    if containers is None:
-        return None
-    share_with_containers(root)
-    return replace(containers, binds=(*containers.binds, str(root)))
-
-
 def _run_locally(
     manifest: Mapping[str, Any],
     params: Mapping[str, str],
@@ -290,7 +231,7 @@ def _run_locally(
     from argofl.steps.store import FileStore
 
     if containers is None:  # a server already started for these steps is kept (resume starts one here)
-        _prestart_steps(framework_of({**parameters_of(manifest), **params}))
+        prestart_steps(framework_of({**parameters_of(manifest), **params}))
     stop_before_start()
     started = time.monotonic()
     # a LocalExecutorError reaches the command group, which exits with its exit_code
@@ -325,11 +266,9 @@ def _run_locally(
     for row in summary["rounds"]:
         click.echo(f"  round {row['round']}: test accuracy {row['accuracy']:.4f}, loss {row['loss']:.4f}")
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
-    outputs = outputs_of(result.status)
-    if outputs.get("mlflow-run-url"):
-        uri = values["mlflow-uri"]
-        hint = "" if uri.startswith("http") else f" (start the UI: mlflow ui --backend-store-uri {uri})"
-        click.echo(f"MLflow run: {outputs['mlflow-run-url']}{hint}")
+    line = mlflow_run_line(result.status, values["mlflow-uri"])
+    if line is not None:
+        click.echo(line)
 
 
 def _resume_command(run_dir: Path) -> str:
@@ -417,8 +356,8 @@ def resume_cmd(
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     check_parallelism(manifest, parallelism)
-    _check_s3_access(manifest, {}, key_refs)
-    _check_tracking(parameters_of(manifest).get("mlflow-uri", ""), None, runtime == "process")
+    check_s3_access(manifest, {}, key_refs)
+    check_tracking(parameters_of(manifest).get("mlflow-uri", ""), None, runtime == "process")
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"
@@ -426,7 +365,7 @@ def resume_cmd(
         f"{name} {phase}: last completed round {last if last is not None else 'none'}; "
         f"resuming from round {start}" + (f" ({resume})" if resume else "")
     )
-    containers = _containers_for(
+    containers = containers_for(
         run_dir.parent.parent, container_options(runtime, image_map, mounts, ignore_gpu)
     )
     templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
@@ -440,25 +379,3 @@ def _json_object(path: Path) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
     return value
-
-
-SHARED_DIRS = ("store", "mlartifacts")
-"""What steps write below the runs directory: the default file store and MLflow's artifacts."""
-
-
-def share_with_containers(root: Path) -> None:
-    """Let the step images' user (UID 10001) write the runs directory's store and MLflow database.
-
-    Directories become world-writable (an emptyDir's mode) and an existing ``mlflow.db`` writable by all;
-    files the containers write stay theirs (remove them as root, or with ``docker run``).
-    """
-    directories = [root]
-    for name in SHARED_DIRS:
-        (root / name).mkdir(parents=True, exist_ok=True)
-        directories += [Path(d) for d, _, _ in os.walk(root / name)]
-    for path in directories:
-        if path.stat().st_uid == os.getuid():
-            path.chmod(0o777)
-    for db in root.glob("mlflow.db*"):
-        if db.stat().st_uid == os.getuid():
-            db.chmod(0o666)

@@ -38,12 +38,15 @@ __all__ = [
     "ExperimentKind",
     "display_of",
     "get_kind",
+    "is_argofl_workflow",
     "kind_of",
     "manifest_kind",
 ]
 
 EXPERIMENT_LABEL = "argofl.io/experiment"
 """Label of every compiled argofl workflow (``workflow_parts.workflow_settings``)."""
+APP_LABEL = ("app.kubernetes.io/name", "argofl")
+"""Label (name, value) of every compiled argofl workflow and template, whatever its kind."""
 
 
 class MakeConfig(Protocol):
@@ -222,6 +225,13 @@ def manifest_kind(manifest: Mapping[str, Any]) -> ExperimentKind | None:
     if EXPERIMENT_LABEL not in labels or not isinstance(entrypoint, str):
         return None
     return KINDS.get(entrypoint)
+
+
+def is_argofl_workflow(manifest: Mapping[str, Any]) -> bool:
+    """Whether argofl compiled ``manifest`` (a Workflow or WorkflowTemplate): it carries :data:`APP_LABEL`."""
+    labels = (manifest.get("metadata") or {}).get("labels") or {}
+    name, value = APP_LABEL
+    return isinstance(labels, Mapping) and labels.get(name) == value
 
 
 def display_of(manifest: Mapping[str, Any]) -> NodeDisplay:

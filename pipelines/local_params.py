@@ -1,6 +1,7 @@
 """What a workflow needs to run on this machine: local store, MLflow database and absolute paths.
 
-Shared by ``argofl run`` and the Python API (:mod:`pipelines.api`). Steps run in their own working
+Shared by ``argofl run``, ``argofl local run`` (of an argofl workflow) and the Python API
+(:mod:`pipelines.api`). Steps run in their own working
 directories, so every path a user gives is made absolute here, against the user's working directory.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "tracking_problem",
     "tracking_server_problem",
     "user_code_env",
+    "workflow_local_parameters",
 ]
 
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -123,6 +125,27 @@ def local_parameters(
     if data_uri:
         params["data-uri"] = absolute_data_uri(data_uri)
     return params
+
+
+def workflow_local_parameters(
+    declared: Mapping[str, str],
+    overrides: Mapping[str, str],
+    root: Path,
+    *,
+    store: str | None = None,
+    mlflow_uri: str | None = None,
+) -> dict[str, str]:
+    """:func:`local_parameters` of a compiled argofl workflow whose parameters (with their defaults) are
+    ``declared``: only those it declares, its default ``data-dir`` and ``data-uri`` made absolute too."""
+    params = local_parameters(
+        overrides,
+        root,
+        store=store,
+        mlflow_uri=mlflow_uri,
+        data_dir=declared.get("data-dir", ""),
+        data_uri=declared.get("data-uri", ""),
+    )
+    return {name: value for name, value in params.items() if name in declared}
 
 
 def tracking_problem(uri: str, *, probe: bool = True) -> str | None:

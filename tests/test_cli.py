@@ -157,7 +157,7 @@ def no_s3_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         "AWS_SECRET_ACCESS_KEY",
     ):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
 
 
 def test_run_with_an_s3_store_and_no_credentials_is_one_line_and_starts_nothing(tmp_path, no_s3_credentials):
@@ -299,7 +299,7 @@ def started_runs(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, str]]:
         raise click.exceptions.Exit(0)
 
     monkeypatch.setattr(local, "run_workflow", run_workflow)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     return started
 
 
@@ -568,7 +568,7 @@ def test_argofl_run_starts_the_fork_server_for_the_run_s_framework_before_loadin
 
     calls: list[str] = []
     real_load = commands.load_config
-    monkeypatch.setattr(commands, "_prestart_steps", lambda name: calls.append(f"server for {name}"))
+    monkeypatch.setattr(commands, "prestart_steps", lambda name: calls.append(f"server for {name}"))
 
     def load(path: Path) -> Any:
         calls.append("load")
@@ -614,7 +614,7 @@ def test_a_local_run_starts_the_fork_server_for_its_framework_parameter(
         raise NoRun
 
     servers: list[str] = []
-    monkeypatch.setattr(commands, "_prestart_steps", servers.append)
+    monkeypatch.setattr(commands, "prestart_steps", servers.append)
     monkeypatch.setattr(local, "run_workflow", run_workflow)
     keras, torch = (
         api.to_manifest(api.build(ROOT / "configs" / f"fedavg-fmnist-{n}.yaml")) for n in ("keras", "torch")

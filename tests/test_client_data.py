@@ -710,7 +710,7 @@ def test_a_relative_shard_uri_is_the_users_in_argofl_run_and_run_local(tmp_path,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cfg.yaml").write_text(PER_CLIENT_CONFIG.format(uri=uri))
     seen: list[dict[str, str]] = []
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
 
     def record(manifest: object, params: dict[str, str], *args: object, **kwargs: object) -> object:
         seen.append(dict(params))

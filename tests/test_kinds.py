@@ -161,7 +161,7 @@ def test_argofl_run_refuses_a_fedavg_only_setting_of_a_split_config_as_an_unknow
     from argofl.pipelines import commands
     from argofl.pipelines.cli import cli
 
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     runs = tmp_path / "runs"
     args = ["run", str(CONFIGS["split"]), "--runs-dir", str(runs), "-p", given]
     result = CliRunner().invoke(cli, args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -401,3 +402,208 @@ def test_logs_of_a_run_by_name_find_it_where_argofl_local_run_or_argofl_run_put_
     missing = CliRunner().invoke(local, ["logs", "nosuch"])
     assert missing.exit_code == 2
     assert "no run directory with a status.json here or under runs/local or runs/workflows" in missing.output
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SAID = ("framework", "store", "s3-endpoint", "mlflow-uri", "mlflow-ui", "data-dir")
+"""The parameters :data:`ARGOFL_LIKE`'s one step prints, space-separated."""
+
+ARGOFL_LIKE: dict[str, Any] = {
+    "apiVersion": "argoproj.io/v1alpha1",
+    "kind": "Workflow",
+    "metadata": {"generateName": "tiny-", "labels": {"app.kubernetes.io/name": "argofl"}},
+    "spec": {
+        "entrypoint": "main",
+        "arguments": {  # the cluster's defaults, as argofl compile writes them
+            "parameters": [
+                {"name": "framework", "value": "tensorflow"},
+                {"name": "store", "value": "s3://argofl"},
+                {"name": "s3-endpoint", "value": "http://minio:9000"},
+                {"name": "mlflow-uri", "value": "http://mlflow:5000"},
+                {"name": "mlflow-ui", "value": "http://mlflow:5000"},
+                {"name": "data-dir", "value": ""},
+            ]
+        },
+        "templates": [
+            {
+                "name": "main",
+                "container": {
+                    "command": [
+                        "sh",
+                        "-c",
+                        "echo " + " ".join(f"'{{{{workflow.parameters.{p}}}}}'" for p in SAID),
+                    ]
+                },
+            }
+        ],
+    },
+}
+
+
+@pytest.fixture
+def prestarted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The frameworks ``argofl local run`` starts a fork server for (none is started); no S3 settings."""
+    import argofl.pipelines.local.cli as local_cli
+
+    for name in ("ARGOFL_S3_ENDPOINT", "ARGOFL_S3_ACCESS_KEY", "ARGOFL_S3_SECRET_KEY", *AWS_KEYS):
+        monkeypatch.delenv(name, raising=False)
+    frameworks: list[str] = []
+    monkeypatch.setattr(local_cli, "prestart_steps", frameworks.append, raising=False)
+    return frameworks
+
+
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+@pytest.fixture
+def run_options(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The keyword arguments ``argofl local run`` runs its workflow with (it does run)."""
+    import argofl.pipelines.local.cli as local_cli
+
+    given: dict[str, Any] = {}
+    run_workflow = local_cli.run_workflow
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        given.update(kwargs)
+        return run_workflow(*args, **kwargs)
+
+    monkeypatch.setattr(local_cli, "run_workflow", recorded)
+    return given
+
+
+def _said(result: Any) -> dict[str, str]:
+    """What :data:`ARGOFL_LIKE`'s step printed, by parameter."""
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    (pod,) = (n for n in status["nodes"].values() if n["type"] == "Pod")
+    return dict(zip(SAID, pod["outputs"]["result"].split(" "), strict=True))
+
+
+def test_an_argofl_workflow_gets_argofl_runs_local_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prestarted: list[str], run_options: dict[str, Any]
+) -> None:
+    """An argofl manifest ran with the cluster's defaults (s3://argofl, http://mlflow:5000): its init failed
+    on 'S3 credentials for http://minio:9000 are not set'. Now the store and MLflow are argofl run's, beside
+    the directory of run directories (runs/store, runs/mlflow.db); the fork server is started for the
+    manifest's framework, the steps import the user's modules from here, and two run at once."""
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, ARGOFL_LIKE)
+    said = _said(CliRunner().invoke(local, ["run", "wf.yaml", "--json"]))
+    assert said == {
+        "framework": "tensorflow",
+        "store": (tmp_path / "runs" / "store").as_uri(),
+        "s3-endpoint": "http://minio:9000",
+        "mlflow-uri": f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}",
+        "mlflow-ui": "http://127.0.0.1:5000",
+        "data-dir": "",
+    }
+    assert len(list((tmp_path / "runs" / "local").glob("tiny-*/status.json"))) == 1
+    assert prestarted == ["tensorflow"]
+    assert run_options["env"]["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+    assert run_options["parallelism"] == 2
+
+
+def test_relative_paths_given_to_an_argofl_workflow_are_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prestarted: list[str]
+) -> None:
+    """-p store=lstore -p mlflow-uri=sqlite:///l.db reached init as given: it wrote them in its own pod's
+    working directory, and distribute found no run record."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARGOFL_S3_ENDPOINT", "http://127.0.0.1:9000")
+    _write(tmp_path, ARGOFL_LIKE)
+    args = [
+        "-p",
+        "store=lstore",
+        "-p",
+        "mlflow-uri=sqlite:///l.db",
+        "-p",
+        "data-dir=data",
+        "-p",
+        "framework=torch",
+    ]
+    said = _said(CliRunner().invoke(local, ["run", "wf.yaml", "--runs-dir", "elsewhere", "--json", *args]))
+    assert said == {
+        "framework": "torch",
+        "store": (tmp_path / "lstore").as_uri(),
+        "s3-endpoint": "http://127.0.0.1:9000",  # the exported one, as for argofl run
+        "mlflow-uri": f"sqlite:///{tmp_path / 'l.db'}",
+        "mlflow-ui": "http://127.0.0.1:5000",
+        "data-dir": str(tmp_path / "data"),
+    }
+    assert prestarted == ["torch"]
+
+
+def test_a_workflow_not_compiled_by_argofl_keeps_its_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prestarted: list[str], run_options: dict[str, Any]
+) -> None:
+    """Argo's semantics for any other workflow: its own defaults, -p values as given, no checks."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARGOFL_S3_ENDPOINT", "http://127.0.0.1:9000")
+    foreign = copy.deepcopy(ARGOFL_LIKE)
+    foreign["metadata"]["labels"] = {"app.kubernetes.io/name": "other"}
+    _write(tmp_path, foreign)
+    said = _said(CliRunner().invoke(local, ["run", "wf.yaml", "--json", "-p", "mlflow-uri=sqlite:///l.db"]))
+    assert said == {
+        "framework": "tensorflow",
+        "store": "s3://argofl",
+        "s3-endpoint": "http://minio:9000",
+        "mlflow-uri": "sqlite:///l.db",
+        "mlflow-ui": "http://mlflow:5000",
+        "data-dir": "",
+    }
+    assert prestarted == []
+    assert (run_options.get("env"), run_options.get("parallelism")) == (None, None)
+    assert not (tmp_path / "runs" / "store").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["-p", "mlflow-uri=bogus://x"],
+            "Error: Invalid value for '-p mlflow-uri': unsupported MLflow tracking URI 'bogus://x': use ",
+        ),
+        (
+            ["-p", "store=gs://bucket/runs"],
+            "Error: Invalid value for '-p store': unsupported store URI 'gs://bucket/runs': use ",
+        ),
+        (
+            ["-p", "store=s3://argofl"],
+            "Error: S3 credentials for http://minio:9000 are not set: export ARGOFL_S3_ACCESS_KEY and ",
+        ),
+    ],
+)
+def test_an_argofl_workflow_the_steps_could_not_run_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prestarted: list[str], args: list[str], error: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path, ARGOFL_LIKE)
+    result = CliRunner().invoke(local, ["run", "wf.yaml", *args])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    assert errors[0].startswith(error), errors[0]
+    assert errors[0].endswith("; nothing was started"), errors[0]
+    assert not (tmp_path / "runs").exists()
+    assert prestarted == []
+
+
+@pytest.mark.slow
+def test_a_compiled_experiment_runs_to_success_with_its_store_and_mlflow_under_the_runs_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist_dir: Path
+) -> None:
+    """`argofl local run argo/fedavg-fmnist-torch.yaml` failed in init after ~5 s: 'S3 credentials for
+    http://minio:9000 are not set'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ARGOFL_S3_ENDPOINT", raising=False)
+    tiny = ["rounds=1", "clients=2", "min-clients=2", "data-limit=600", f"data-dir={fmnist_dir}"]
+    args = [arg for value in tiny for arg in ("-p", value)]
+    result = CliRunner().invoke(local, ["run", str(ROOT / "argo" / "fedavg-fmnist-torch.yaml"), *args])
+    assert result.exit_code == 0, result.output
+    assert "Succeeded" in result.output
+    runs = tmp_path / "runs"  # --runs-dir runs/local: store and MLflow beside it, where argofl run puts them
+    (run_dir,) = (runs / "local").glob("fedavg-fmnist-torch-*")
+    assert len(list((runs / "store").glob(f"*/{run_dir.name}/round-0001/global.safetensors"))) == 1
+    assert (runs / "mlflow.db").is_file()
+    assert f"(start the UI: mlflow ui --backend-store-uri sqlite:///{runs / 'mlflow.db'})" in result.output

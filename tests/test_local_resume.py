@@ -186,7 +186,7 @@ def test_the_resume_hint_of_a_stopped_run_keeps_its_secrets_file(
     run_dir = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
     calls: list[dict[str, object]] = []
     monkeypatch.setattr(local, "run_workflow", _stopped(run_dir, calls))
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     target = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml") if command == "run" else str(run_dir)
     result = CliRunner().invoke(cli, [command, target, "--secrets", "s3.yaml", *runtime])
     assert result.exit_code == 130, result.output

@@ -140,7 +140,7 @@ def test_argofl_run_of_a_config_with_client_volumes_is_one_line_naming_the_group
     from argofl.pipelines.cli import cli
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     result = CliRunner().invoke(cli, ["run", str(ROOT / "configs" / config)])
     assert result.exit_code == 2, result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]

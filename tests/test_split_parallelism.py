@@ -29,7 +29,10 @@ def _error_line(output: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_fork_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    from argofl.pipelines.local import cli as local_cli
+
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
+    monkeypatch.setattr(local_cli, "prestart_steps", lambda framework: None)
 
 
 def test_argofl_run_refuses_one_slot_for_a_split_workflow_before_anything_starts(tmp_path: Path) -> None:
@@ -74,7 +77,8 @@ def test_argofl_local_run_refuses_one_slot_for_a_compiled_split_workflow(tmp_pat
 def test_argofl_local_run_gives_its_parallelism_to_the_executor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A workflow without daemons runs with one slot; a split workflow with two."""
+    """A workflow without daemons runs with one slot; a split workflow with two, and by default, as an
+    argofl workflow, with argofl run's three (it had no limit)."""
     from argofl.pipelines.compile import compile_config
     from argofl.pipelines.local import cli as local_cli
 
@@ -90,7 +94,7 @@ def test_argofl_local_run_gives_its_parallelism_to_the_executor(
     for workflow, slots in ((fedavg, ["--parallelism", "1"]), (split, ["--parallelism", "2"]), (split, [])):
         result = CliRunner().invoke(cli, ["local", "run", str(workflow), "--runs-dir", str(tmp_path), *slots])
         assert result.exit_code == 0, result.output
-    assert given == [1, 2, None]
+    assert given == [1, 2, 3]
 
 
 def test_run_local_refuses_one_slot_for_a_split_workflow(tmp_path: Path) -> None:

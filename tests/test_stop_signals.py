@@ -65,7 +65,7 @@ def test_a_sigint_while_argofl_run_imports_its_command_starts_nothing_and_exits_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     started: list[str] = []
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: started.append("fork server"))
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: started.append("fork server"))
     monkeypatch.setattr(commands, "_run_locally", lambda *a, **k: started.append("run"))
     _signal_when_loading(monkeypatch, "run")
     code = _exit_code(["run", str(CONFIG), "--runs-dir", str(tmp_path / "runs")])

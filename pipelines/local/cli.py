@@ -12,14 +12,22 @@ import click
 import yaml
 
 from argofl.pipelines.exits import ArgoflGroup
+from argofl.pipelines.kinds import is_argofl_workflow
 from argofl.pipelines.local import DockerOptions, WorkflowInputError, run_workflow
 from argofl.pipelines.local.containers import parse_image_map
+from argofl.pipelines.local.forkserver import framework_of
 from argofl.pipelines.local.logs import find_nodes, log_files, node_refs, pods_under, suggest_refs
 from argofl.pipelines.local.model import Phase
 from argofl.pipelines.local.refs import KeyRefs, load_refs
 from argofl.pipelines.local.render import render_status
-from argofl.pipelines.local_params import parallelism_problem
-from argofl.pipelines.parameters import NOTHING_STARTED, check_overrides, overrides_option
+from argofl.pipelines.local_params import (
+    local_parallelism,
+    parallelism_problem,
+    user_code_env,
+    workflow_local_parameters,
+)
+from argofl.pipelines.local_start import check_services, containers_for, mlflow_run_line, prestart_steps
+from argofl.pipelines.parameters import NOTHING_STARTED, check_overrides, overrides_option, parameters_of
 from argofl.pipelines.stop_signals import stop_before_start
 from argofl.steps.errors import one_line
 
@@ -165,13 +173,15 @@ def _load(path: Path) -> dict[str, Any]:
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/local"),
     show_default=True,
-    help="Where run directories are created.",
+    help="Where run directories are created; an argofl workflow's store and MLflow database default to "
+    "its parent (runs/store, runs/mlflow.db: argofl run's).",
 )
 @click.option(
     "--parallelism",
     default=None,
     type=click.IntRange(min=1),
-    help="Most pods at once on this machine [default: the workflow's spec.parallelism, else no limit].",
+    help="Most pods at once on this machine [default: the workflow's spec.parallelism, else no limit; an "
+    "argofl workflow's as argofl run's: 2, 3 for split learning].",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the final status as `argo get -o json` shows it."
@@ -191,12 +201,25 @@ def run_cmd(
     key_refs: KeyRefs | None,
 ) -> None:
     """Run WORKFLOW; exit 0 when it Succeeded, 1 when it Failed or Errored, 2 on bad input, 128+N when
-    signal N stopped it (130 for Ctrl-C)."""
+    signal N stopped it (130 for Ctrl-C).
+
+    A workflow argofl compiled (label app.kubernetes.io/name: argofl) runs as argofl run runs its config,
+    not with the cluster's store and MLflow: parameters not given with -p get argofl run's local defaults
+    (store and MLflow database beside --runs-dir: runs/store, runs/mlflow.db), relative paths given are
+    made absolute, and a store or MLflow URI its steps could not use is refused before anything starts.
+    Any other workflow runs with its own defaults.
+    """
     manifest = _load(workflow)
     parameters = check_overrides(manifest, overrides)  # as argofl run/submit: one message, exit 2
+    argofl = is_argofl_workflow(manifest)
+    if parallelism is None and argofl:
+        parallelism = local_parallelism(manifest)
     if parallelism is not None:
         check_parallelism(manifest, parallelism)
     containers = container_options(runtime, image_map, mounts, ignore_gpu)
+    env = None
+    if argofl:
+        parameters, containers, env = _as_argofl_run(manifest, parameters, runs_dir, containers, key_refs)
     stop_before_start()
     result = run_workflow(
         manifest,
@@ -204,6 +227,7 @@ def run_cmd(
         runs_dir=runs_dir.resolve(),
         parallelism=parallelism,
         stop_on_signals=True,
+        env=env,
         containers=containers,
         key_refs=key_refs,
     )
@@ -211,9 +235,33 @@ def run_cmd(
         click.echo(json.dumps(result.status, indent=2))
     else:
         click.echo(render_status(result.name, result.status), nl=False)
+        line = mlflow_run_line(result.status, parameters.get("mlflow-uri", "")) if argofl else None
+        if line is not None:
+            click.echo(line)
     if result.stopped_by is not None:
         sys.exit(128 + result.stopped_by)
     sys.exit(0 if result.phase == Phase.SUCCEEDED else 1)
+
+
+def _as_argofl_run(
+    manifest: Mapping[str, Any],
+    given: dict[str, str],
+    runs_dir: Path,
+    containers: DockerOptions | None,
+    key_refs: KeyRefs | None,
+) -> tuple[dict[str, str], DockerOptions | None, dict[str, str] | None]:
+    """``argofl run``'s local defaults for the argofl workflow ``manifest``: its parameters (``given`` over
+    the store and MLflow database in ``runs_dir``'s parent; one line, nothing started, where its steps could
+    not use them), ``containers`` with that directory shared, and the environment of host-process steps,
+    whose fork server it starts."""
+    root = runs_dir.resolve().parent  # argofl run's runs directory: run directories in root/workflows
+    params = workflow_local_parameters(parameters_of(manifest), given, root)
+    hints = {name: f"'-p {name}'" for name in ("store", "mlflow-uri")}  # the defaults are valid
+    check_services(manifest, params, key_refs, hints=hints, probe=containers is None)
+    if containers is not None:
+        return params, containers_for(root, containers), None
+    prestart_steps(framework_of({**parameters_of(manifest), **params}))
+    return params, None, user_code_env()
 
 
 RUN_DIRS = (Path("runs/local"), Path("runs/workflows"))

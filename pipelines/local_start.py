@@ -1,0 +1,134 @@
+"""What the commands that run an argofl workflow on this machine (``argofl run``, ``resume``, ``local run``)
+share: the checks before it starts (store, S3 access, MLflow), its fork server, the runs directory shared
+with step containers, and the MLflow line printed after it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+
+from argofl.pipelines.local.containers import DockerOptions
+from argofl.pipelines.local.refs import KeyRefs
+from argofl.pipelines.local_params import tracking_problem, user_code_env
+from argofl.pipelines.parameters import NOTHING_STARTED, outputs_of, parameters_of
+from argofl.steps.store import StoreError, check_store_uri, open_store
+
+__all__ = [
+    "SHARED_DIRS",
+    "check_s3_access",
+    "check_services",
+    "check_tracking",
+    "containers_for",
+    "mlflow_run_line",
+    "prestart_steps",
+    "share_with_containers",
+]
+
+
+def check_services(
+    manifest: Mapping[str, Any],
+    params: Mapping[str, str],
+    key_refs: KeyRefs | None,
+    *,
+    hints: Mapping[str, str],
+    probe: bool,
+) -> None:
+    """One line, before anything starts, when the steps could not use the run's ``store`` (no store URI,
+    an S3 store without endpoint or credentials) or its ``mlflow-uri`` (:func:`check_tracking`), where it
+    has them; ``hints`` name the option that gave each of the two."""
+    try:
+        if "store" in params:
+            check_store_uri(params["store"])
+    except StoreError as exc:
+        raise click.BadParameter(f"{exc}; {NOTHING_STARTED}", param_hint=hints["store"]) from None
+    check_s3_access(manifest, params, key_refs)
+    check_tracking(params.get("mlflow-uri", ""), hints["mlflow-uri"], probe)
+
+
+def check_s3_access(manifest: Mapping[str, Any], params: Mapping[str, str], key_refs: KeyRefs | None) -> None:
+    """One line, before anything starts, when an S3 store's endpoint or credentials are missing from what
+    the steps will get (the environment, ``--secrets``): the run would fail in init, then in finish."""
+    from argofl.pipelines.run_summary import steps_s3_env
+
+    values = {**parameters_of(manifest), **params}
+    if not values.get("store", "").startswith(("s3://", "minio://")):
+        return
+    env = steps_s3_env(manifest, values, key_refs)
+    try:
+        open_store(values["store"], env)  # checks endpoint and credentials; connects to nothing
+    except StoreError as exc:
+        keys = (
+            ("ARGOFL_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"),
+            ("ARGOFL_S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"),
+        )
+        unset = not all(env.get(a) or env.get(b) for a, b in keys)
+        secrets = ", or pass the argofl-s3 Secret's YAML with --secrets FILE" if unset else ""
+        raise click.UsageError(f"{exc}{secrets}; {NOTHING_STARTED}") from None
+
+
+def check_tracking(uri: str, param_hint: str | None, probe: bool) -> None:
+    """One line, before anything starts, when the steps could not track to MLflow at ``uri`` (a scheme
+    MLflow has no store for; with ``probe``, a server that does not answer): init would fail, the latter
+    after its retries. ``param_hint`` names the option that gave ``uri`` (None: the run being resumed).
+    Steps in containers (``--runtime docker``) have a network of their own: no ``probe`` for them."""
+    if not uri:
+        return
+    problem = tracking_problem(uri, probe=probe)
+    if problem is None:
+        return
+    if param_hint is None:
+        raise click.UsageError(f"{problem}; {NOTHING_STARTED}")
+    raise click.BadParameter(f"{problem}; {NOTHING_STARTED}", param_hint=param_hint)
+
+
+def prestart_steps(framework: str) -> None:
+    """Let the fork server import ``framework`` and MLflow while this process prepares the run."""
+    from argofl.pipelines.local import forkserver
+
+    forkserver.prestart_steps(user_code_env(), framework)  # the environment the host-process steps get
+
+
+def containers_for(root: Path, containers: DockerOptions | None) -> DockerOptions | None:
+    """``containers`` with the runs directory ``root`` bind-mounted and writable by the step images."""
+    if containers is None:
+        return None
+    share_with_containers(root)
+    return replace(containers, binds=(*containers.binds, str(root)))
+
+
+def mlflow_run_line(status: Mapping[str, Any], mlflow_uri: str) -> str | None:
+    """``MLflow run: URL`` of a run whose workflow output ``mlflow-run-url`` links it, with how to start the
+    UI of a local tracking store ``mlflow_uri``; None when the run has no such output."""
+    url = outputs_of(status).get("mlflow-run-url")
+    if not url:
+        return None
+    if mlflow_uri.startswith("http"):
+        return f"MLflow run: {url}"
+    return f"MLflow run: {url} (start the UI: mlflow ui --backend-store-uri {mlflow_uri})"
+
+
+SHARED_DIRS = ("store", "mlartifacts")
+"""What steps write below the runs directory: the default file store and MLflow's artifacts."""
+
+
+def share_with_containers(root: Path) -> None:
+    """Let the step images' user (UID 10001) write the runs directory's store and MLflow database.
+
+    Directories become world-writable (an emptyDir's mode) and an existing ``mlflow.db`` writable by all;
+    files the containers write stay theirs (remove them as root, or with ``docker run``).
+    """
+    directories = [root]
+    for name in SHARED_DIRS:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        directories += [Path(d) for d, _, _ in os.walk(root / name)]
+    for path in directories:
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o777)
+    for db in root.glob("mlflow.db*"):
+        if db.stat().st_uid == os.getuid():
+            db.chmod(0o666)
