@@ -97,8 +97,34 @@ def containers_for(root: Path, containers: DockerOptions | None) -> DockerOption
     """``containers`` with the runs directory ``root`` bind-mounted and writable by the step images."""
     if containers is None:
         return None
+    problem = _shared_root_problem(root)
+    if problem is not None:
+        raise click.UsageError(f"{problem}; {NOTHING_STARTED}")
     share_with_containers(root)
     return replace(containers, binds=(*containers.binds, str(root)))
+
+
+def _shared_root_problem(root: Path) -> str | None:
+    """Why ``root`` must not become the containers' runs directory (mode 777, mounted in each): it is the
+    working directory, one above it, the home directory or the file system's root."""
+    resolved, cwd = root.resolve(), Path.cwd().resolve()
+    home = Path(os.environ.get("HOME") or Path.home()).resolve()
+    what = (
+        "the working directory"
+        if resolved == cwd
+        else "a directory above the working one"
+        if resolved in cwd.parents
+        else "the home directory"
+        if resolved == home
+        else None
+    )
+    if what is None:
+        return None
+    return (
+        f"--runtime docker would make {resolved} ({what}), where the store and MLflow database go, "
+        "writable by everyone and mount it in every container: give the runs a directory of their own "
+        "(argofl run --runs-dir runs, argofl local run --runs-dir runs/local)"
+    )
 
 
 def mlflow_run_line(status: Mapping[str, Any], mlflow_uri: str) -> str | None:

@@ -607,3 +607,30 @@ def test_a_compiled_experiment_runs_to_success_with_its_store_and_mlflow_under_t
     assert len(list((runs / "store").glob(f"*/{run_dir.name}/round-0001/global.safetensors"))) == 1
     assert (runs / "mlflow.db").is_file()
     assert f"(start the UI: mlflow ui --backend-store-uri sqlite:///{runs / 'mlflow.db'})" in result.output
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "home"])
+def test_docker_steps_never_get_the_working_directory_or_home_made_writable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """With --runtime docker the runs root becomes mode 777 and is mounted in every container; `argofl
+    local run --runs-dir out` (root: out's parent) or `argofl run --runs-dir .` made that the working
+    directory. Such a root is refused, unchanged."""
+    import click
+
+    from argofl.pipelines.local import DockerOptions
+    from argofl.pipelines.local_start import containers_for
+
+    work = tmp_path / "home" / "work"
+    work.mkdir(parents=True)
+    work.chmod(0o755)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    root = {"cwd": work, "parent": tmp_path, "home": tmp_path / "home"}[where]
+    with pytest.raises(click.UsageError, match=r"--runtime docker .* nothing was started"):
+        containers_for(root, DockerOptions())
+    assert work.stat().st_mode & 0o777 == 0o755
+    assert list(work.iterdir()) == []
+    shared = containers_for(work / "runs", DockerOptions())  # a directory of its own: shared
+    assert shared is not None
+    assert shared.binds == (str(work / "runs"),)
