@@ -313,7 +313,7 @@ def resume_cmd(
     round after its last evaluated one, as `argofl resubmit` does on a cluster."""
     from argofl.pipelines.local.runlock import run_is_locked
 
-    run_dir = run_dir.resolve()
+    given, run_dir = run_dir, run_dir.resolve()
     try:
         old = _json_object(run_dir / "workflow.json")
         status = _json_object(run_dir / "status.json")
@@ -339,6 +339,7 @@ def resume_cmd(
             f"{name} cannot resume: its workflow declares no {', '.join(missing)} parameter, so its rounds "
             "cannot start later; run it again with argofl run"
         )
+    _refuse_continued(given, f"{params['experiment']}/{name}")
     display = display_of(old)
     last = last_completed_round(status, display)
     rounds = int(params["rounds"])
@@ -371,6 +372,40 @@ def resume_cmd(
     templates_file = run_dir / "workflow-templates.json"  # the blocks of rounds' (rounds_per_workflow)
     templates = json.loads(templates_file.read_text()) if templates_file.is_file() else None
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
+
+
+def _refuse_continued(given: Path, key: str) -> None:
+    """One line when a run beside ``given`` (the run directory as the user named it; ``key``, its
+    ``<experiment>/<run>``) already resumed it: resuming it again would continue it twice. It names the
+    last run of the chain of resumes, which is the one to resume (or says it is running, or completed)."""
+    from argofl.pipelines.local.runlock import run_is_locked
+
+    continued_by: dict[str, Path] = {}  # resume-from → the run that resumed it
+    for workflow in sorted(given.resolve().parent.glob("*/workflow.json")):
+        try:
+            values = parameters_of(_json_object(workflow))
+        except (OSError, ValueError):
+            continue
+        if values.get("resume-from"):
+            continued_by.setdefault(values["resume-from"], workflow.parent)
+    last: Path | None = None
+    while key in continued_by:  # popped: a cycle of records ends too
+        last = continued_by.pop(key)
+        key = f"{parameters_of(_json_object(last / 'workflow.json')).get('experiment')}/{last.name}"
+    if last is None:
+        return
+    shown = given.parent / last.name
+    try:
+        phase = _json_object(last / "status.json").get("phase")
+    except (OSError, ValueError):
+        phase = None
+    if run_is_locked(last):
+        advice = "it is still running"
+    elif phase == "Succeeded":
+        advice = "it completed the run: nothing to resume"
+    else:
+        advice = f"resume {shown} instead"
+    raise click.UsageError(f"{given} was already resumed by {shown}: {advice}")
 
 
 def _json_object(path: Path) -> dict[str, Any]:

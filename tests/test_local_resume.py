@@ -226,3 +226,70 @@ def test_resume_with_an_mlflow_server_that_does_not_answer_starts_nothing(
         )
         assert "resuming" not in result.output
     assert len(calls) == (0 if probed else 1)
+
+
+def _completed(run_dir: Path, last: int) -> None:
+    """Record rounds up to ``last`` of the run in ``run_dir`` as completed (evaluated)."""
+    status = json.loads((run_dir / "status.json").read_text())
+    status["nodes"] = {
+        f"e{n}": {
+            "id": f"e{n}",
+            "type": "Pod",
+            "templateName": "evaluate",
+            "phase": "Succeeded",
+            "inputs": {"parameters": [{"name": "round", "value": f"round {n}"}]},
+        }
+        for n in range(1, last + 1)
+    }
+    (run_dir / "status.json").write_text(json.dumps(status))
+
+
+def _continuation(stopped: Path, suffix: str, phase: str) -> Path:
+    """A run that ``argofl resume`` started from the stopped run in ``stopped`` (its resume-from names it),
+    ended with ``phase``."""
+    manifest = json.loads((stopped / "workflow.json").read_text())
+    experiment = next(
+        p["value"] for p in manifest["spec"]["arguments"]["parameters"] if p["name"] == "experiment"
+    )
+    name = f"{stopped.name[:-5]}{suffix}"
+    set_parameters(manifest, {"resume-from": f"{experiment}/{stopped.name}", "start-round": "2"})
+    manifest["metadata"] = {"name": name}
+    run_dir = stopped.with_name(name)
+    run_dir.mkdir()
+    (run_dir / "workflow.json").write_text(json.dumps(manifest))
+    (run_dir / "status.json").write_text(json.dumps({"phase": phase, "nodes": {}}))
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    ("phases", "advice"),
+    [
+        (["Failed"], "resume {last} instead"),
+        (["Failed", "Failed"], "resume {last} instead"),
+        (["Failed", "Succeeded"], "it completed the run: nothing to resume"),
+    ],
+    ids=["once", "twice", "completed"],
+)
+def test_resume_of_a_run_already_resumed_names_the_run_that_continued_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, phases: list[str], advice: str
+) -> None:
+    """A second `argofl resume` of the same stopped run started a second continuation of it from the same
+    round; it names the run that continues it now (the last of a chain of resumes)."""
+    import argofl.pipelines.local as local
+
+    monkeypatch.chdir(tmp_path)
+    stopped = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    _completed(stopped, 1)
+    last = stopped
+    for n, phase in enumerate(phases):
+        last = _continuation(last, f"cont{n}", phase)
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(local, "run_workflow", _stopped(stopped, calls))
+    given = f"runs/workflows/{stopped.name}"
+    result = CliRunner().invoke(cli, ["resume", given])
+    assert result.exit_code == 2, result.output
+    (line,) = _error_lines(result.output)
+    shown = f"runs/workflows/{last.name}"
+    assert line == f"Error: {given} was already resumed by {shown}: " + advice.format(last=shown)
+    assert calls == []
+    assert "resuming" not in result.output
