@@ -217,12 +217,12 @@ class ClusterTarget:
             ) from None
         except requests.exceptions.RequestException as exc:
             raise ClusterError(f"cannot reach Argo server at {self.host}: {_reason(exc)}") from None
-        except (HeraException, KeyError, ValueError, pydantic.ValidationError) as exc:
+        except (HeraException, KeyError, TypeError, ValueError, pydantic.ValidationError) as exc:
             response = getattr(self.service.session, "last_response", None)
             if response is None or response.ok:
+                what = _not_an_object(response) or _one_line(str(exc))
                 raise ClusterError(
-                    f"Argo server at {self.host} gave an unexpected answer when asked to {action}: "
-                    f"{_one_line(str(exc))}"
+                    f"Argo server at {self.host} gave an unexpected answer when asked to {action}: {what}"
                 ) from None
             code = response.status_code
             if code == 404 and name is not None:
@@ -248,6 +248,22 @@ def _reason(exc: BaseException) -> str:
     if "CERTIFICATE_VERIFY_FAILED" in text:
         return "certificate verify failed"
     return _one_line(text) or type(exc).__name__
+
+
+JSON_TYPES = {list: "list", str: "string", int: "number", float: "number", bool: "boolean"}
+
+
+def _not_an_object(response: requests.Response | None) -> str | None:
+    """What ``response`` holds when it is JSON but no object ("a JSON list, not an object"), else None."""
+    if response is None:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if body is None or isinstance(body, dict):
+        return None
+    return f"a JSON {JSON_TYPES.get(type(body), type(body).__name__)}, not an object"
 
 
 def _error_message(response: requests.Response) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -35,6 +36,7 @@ class FakeArgo:
     workflows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     templates: dict[str, dict[str, Any]] = field(default_factory=dict)  # WorkflowTemplates by name
     refuse: int | None = None
+    answer: Any = None  # when set, every request is answered 200 with this body (a wrong answer)
     created: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -54,6 +56,10 @@ class FakeArgo:
             for w in current
             if all((w.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in wanted.items())
         ]
+
+
+class _Answered(Exception):
+    """The request was answered with :attr:`FakeArgo.answer`."""
 
 
 def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
@@ -77,7 +83,14 @@ def _handler(fake: FakeArgo) -> type[BaseHTTPRequestHandler]:
             )
             with fake.lock:
                 fake.requests.append(entry)
+            if fake.answer is not None:
+                self._answer(200, fake.answer)
+                raise _Answered
             return entry
+
+        def handle_one_request(self) -> None:
+            with contextlib.suppress(_Answered):
+                super().handle_one_request()
 
         def do_POST(self) -> None:
             entry = self._record()

@@ -427,6 +427,30 @@ def test_status_of_an_answer_that_is_no_workflow_names_what_was_asked(
     )
 
 
+@pytest.mark.parametrize(
+    ("command", "asked"),
+    [
+        (["status", "odd"], "return workflow odd"),
+        (["watch", "odd"], "return workflow odd"),
+        (["submit", str(CONFIG)], "create the workflow"),
+    ],
+    ids=["status", "watch", "submit"],
+)
+@pytest.mark.parametrize("answer", [[1, 2], "text", 3], ids=["list", "string", "number"])
+def test_an_answer_that_is_no_json_object_names_the_server_and_what_it_answered(
+    argo: FakeArgo, env: dict[str, str], command: list[str], asked: str, answer: object
+) -> None:
+    """A JSON list was a TypeError traceback from hera."""
+    argo.answer = answer
+    result = CliRunner().invoke(cli, command, env=env)
+    assert result.exit_code == 1, result.output
+    assert result.output == (
+        f"error: Argo server at {argo.url} gave an unexpected answer when asked to {asked}: "
+        f"a JSON {type(answer).__name__.replace('str', 'string').replace('int', 'number')}, "
+        "not an object\n"
+    )
+
+
 def test_status_of_missing_workflow(argo: FakeArgo, env: dict[str, str]) -> None:
     result = CliRunner().invoke(cli, ["status", "nope-12345"], env=env)
     assert result.exit_code == 1
