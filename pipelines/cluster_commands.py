@@ -294,8 +294,7 @@ def _watch(target: ClusterTarget, name: str, interval: float, *, reached: bool =
     if done:
         last = done[-1]
         click.echo(
-            f"{name} {phase}: {len(done)} round(s) evaluated, round {last.round} test accuracy "
-            f"{format_number(last.accuracy)} loss {format_number(last.loss)}"
+            f"{name} {phase}: {len(done)} round(s) evaluated, round {last.round} {last.evaluation_text()}"
         )
     if phase != "Succeeded":
         message = status.get("message") or ""

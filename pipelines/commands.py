@@ -264,11 +264,30 @@ def _run_locally(
     values = parameters_of(json.loads((result.run_dir / "workflow.json").read_text()))
     summary_path, summary = save_run_summary(result.run_dir, wall, key_refs)
     for row in summary["rounds"]:
-        click.echo(f"  round {row['round']}: test accuracy {row['accuracy']:.4f}, loss {row['loss']:.4f}")
+        click.echo(f"  round {row['round']}: {_evaluated(row)}, loss {row['loss']:.4f}")
+    if summary["rounds"] and _federated(summary["rounds"][-1]):
+        click.echo(
+            "  (no central test set: each round's clients evaluated the model that entered it; the final "
+            "model is not evaluated)"
+        )
     click.echo(f"done in {wall:.1f}s; summary: {summary_path}")
     line = mlflow_run_line(result.status, values["mlflow-uri"])
     if line is not None:
         click.echo(line)
+
+
+def _federated(row: Mapping[str, Any]) -> bool:
+    """Whether a summary round's loss and accuracy are its clients' (no central test set)."""
+    return row.get("evaluated_on") == "clients' test splits"
+
+
+def _evaluated(row: Mapping[str, Any]) -> str:
+    """A summary round's accuracy, named for what it measures: the central test set's, or (its
+    ``evaluated_on`` the clients' test splits) their federated evaluation of the model that entered it."""
+    if _federated(row):
+        clients = int((row.get("federated") or {}).get("clients") or 0)
+        return f"fed accuracy of the incoming model {row['accuracy']:.4f} ({clients} clients)"
+    return f"test accuracy {row['accuracy']:.4f}"
 
 
 def _resume_command(run_dir: Path) -> str:

@@ -23,6 +23,7 @@ __all__ = [
     "NodeDisplay",
     "RoundView",
     "Step",
+    "evaluation_text",
     "finished_steps",
     "format_number",
     "last_completed_round",
@@ -206,8 +207,7 @@ def step_line(step: Step) -> str:
     elif step.template == "aggregate":
         text = f"{where} {mark} aggregated {format_number(out.get('clients'), '.0f')} updates"
     elif step.template == "evaluate":
-        acc, loss = format_number(out.get("accuracy")), format_number(out.get("loss"))
-        text = f"{where} {mark} test accuracy {acc} loss {loss}"
+        text = f"{where} {mark} {evaluation_text(out)}"
     elif step.template == "distribute":
         text = f"{where} {mark} clients sampled"
     elif step.template == "server":  # a split round's server daemon
@@ -217,6 +217,24 @@ def step_line(step: Step) -> str:
     if step.phase != "Succeeded" and step.node.get("message"):
         text += f" ({_short(str(step.node['message']), 200)})"
     return text.strip()
+
+
+def evaluation_text(outputs: Mapping[str, Any]) -> str:
+    """An ``evaluate`` step's loss and accuracy, named for what they measure: the central test set's, or,
+    without one (its ``loss``/``accuracy`` are then its ``fed-*`` ones), the clients' federated evaluation
+    of the model that entered the round."""
+    acc, loss = format_number(outputs.get("accuracy")), format_number(outputs.get("loss"))
+    clients = format_number(outputs.get("fed-clients"), ".0f")
+    federated = (
+        clients not in ("?", "0")
+        and outputs.get("accuracy") == outputs.get("fed-accuracy")
+        and outputs.get("loss") == outputs.get("fed-loss")
+    )
+    if federated:
+        return (
+            f"fed accuracy of the incoming model {acc} loss {loss} ({format_number(clients, '.0f')} clients)"
+        )
+    return f"test accuracy {acc} loss {loss}"
 
 
 @dataclass(frozen=True)
@@ -232,10 +250,15 @@ class RoundView:
     loss: str | None = None
     accuracy: str | None = None
     message: str = ""
+    evaluation: Mapping[str, str] = field(default_factory=dict)  # the evaluate step's outputs
 
     @property
     def evaluated(self) -> bool:
         return self.accuracy is not None or self.loss is not None
+
+    def evaluation_text(self) -> str:
+        """The round's loss and accuracy, named for what they measure (:func:`evaluation_text`)."""
+        return evaluation_text({**self.evaluation, "accuracy": self.accuracy, "loss": self.loss})
 
     def line(self) -> str:
         text = f"round {self.round:>3}  {self.phase:<9}"
@@ -246,7 +269,7 @@ class RoundView:
         if self.aggregated is not None:
             text += f"  aggregated {format_number(self.aggregated, '.0f')}"
         if self.evaluated:
-            text += f"  test accuracy {format_number(self.accuracy)} loss {format_number(self.loss)}"
+            text += f"  {self.evaluation_text()}"
         if self.message and self.phase != "Succeeded":
             text += f"  ({_short(self.message, 160)})"
         return text
@@ -278,6 +301,7 @@ def round_views(status: Mapping[str, Any], display: NodeDisplay = AS_NAMED) -> l
                 loss=evaluate[-1].outputs.get("loss") if evaluate else None,
                 accuracy=evaluate[-1].outputs.get("accuracy") if evaluate else None,
                 message=message,
+                evaluation=evaluate[-1].outputs if evaluate else {},
             )
         )
     return views

@@ -531,12 +531,82 @@ def test_run_progress_prints_one_line_per_finished_pod_like_watch():
         pod("aggregate", "Failed", {"round": "round 2"}, message="only 1 valid update, min-clients is 2")
     )
     progress(pod("evaluate", "Succeeded", {"round": "round 3"}, {"loss": "0.25", "accuracy": "0.9"}))
+    central = {
+        "loss": "0.25",
+        "accuracy": "0.9",
+        "fed-loss": "0.3",
+        "fed-accuracy": "0.8",
+        "fed-clients": "4",
+    }
+    progress(pod("evaluate", "Succeeded", {"round": "round 4"}, central, nid="e4"))
+    # no central test set: the round's loss/accuracy are its clients' evaluation of the incoming model
+    federated = {**central, "loss": "0.3", "accuracy": "0.8"}
+    progress(pod("evaluate", "Succeeded", {"round": "round 5"}, federated, nid="e5"))
     lines = [line.split("] ", 1)[1] for line in out.getvalue().splitlines()]
     assert lines == [
         "round 2 / client 7 ✔ train loss 0.5000 acc 0.8000",
         "round 2 ✖ aggregate (only 1 valid update, min-clients is 2)",
         "round 3 ✔ test accuracy 0.9000 loss 0.2500",
+        "round 4 ✔ test accuracy 0.9000 loss 0.2500",
+        "round 5 ✔ fed accuracy of the incoming model 0.8000 loss 0.3000 (4 clients)",
     ]
+
+
+def test_status_round_lines_say_when_the_figure_is_the_federated_evaluation():
+    from argofl.pipelines.progress import RoundView
+
+    federated = {
+        "loss": "0.3",
+        "accuracy": "0.8",
+        "fed-loss": "0.3",
+        "fed-accuracy": "0.8",
+        "fed-clients": "4",
+    }
+    view = RoundView(round=1, phase="Succeeded", loss="0.3", accuracy="0.8", evaluation=federated)
+    assert view.line().endswith("  fed accuracy of the incoming model 0.8000 loss 0.3000 (4 clients)")
+    central = RoundView(
+        round=1, phase="Succeeded", loss="0.3", accuracy="0.8", evaluation={"fed-clients": "4"}
+    )
+    assert central.line().endswith("  test accuracy 0.8000 loss 0.3000")
+
+
+@pytest.mark.parametrize("central", [True, False], ids=["central", "federated"])
+def test_run_summary_lines_say_when_the_figure_is_the_federated_evaluation(tmp_path, monkeypatch, central):
+    """Without a central test set a round's accuracy is its clients' evaluation of the model that entered
+    it: "round 1: test accuracy 0.1331" was the untrained model's, shown as the round's test accuracy."""
+    import json
+
+    import argofl.pipelines.commands as commands
+    import argofl.pipelines.local as local
+    from argofl.pipelines.local.engine import LocalRunResult
+
+    run_dir = tmp_path / "runs" / "workflows" / "fedavg-fmnist-torch-abcde"
+
+    def run_workflow(manifest, params, **kwargs):
+        run_dir.mkdir(parents=True)
+        (run_dir / "workflow.json").write_text(json.dumps(manifest))
+        return LocalRunResult(run_dir.name, "uid", "Succeeded", {"phase": "Succeeded", "nodes": {}}, run_dir)
+
+    row: dict[str, Any] = {"round": 1, "accuracy": 0.1331, "loss": 2.3, "examples": 4000, "clients": 4}
+    if not central:
+        row["federated"] = {"clients": 4.0, "examples": 4000.0, "accuracy": 0.1331, "loss": 2.3}
+        row["evaluated_on"] = "clients' test splits"
+    summary = {"rounds": [row], "final_accuracy": 0.1331, "final_loss": 2.3}
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "save_run_summary", lambda *a: (run_dir / "summary.json", summary))
+    config = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
+    result = CliRunner().invoke(cli, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    rows = [line.strip() for line in result.output.splitlines() if line.startswith("  ")]
+    if central:
+        assert rows == ["round 1: test accuracy 0.1331, loss 2.3000"]
+    else:
+        assert rows == [
+            "round 1: fed accuracy of the incoming model 0.1331 (4 clients), loss 2.3000",
+            "(no central test set: each round's clients evaluated the model that entered it; the final "
+            "model is not evaluated)",
+        ]
 
 
 def test_compile_names_every_file_it_wrote(tmp_path):
