@@ -36,6 +36,17 @@ def steps_s3_env(
     return env
 
 
+COUNTS = ("clients", "examples", "train_examples")
+"""A round's counts, which its evaluation records as floats (metrics are floats): ints in the summary."""
+
+
+def _counts_as_ints(row: dict[str, Any]) -> None:
+    for key in COUNTS:
+        value = row.get(key)
+        if isinstance(value, float) and value.is_integer():
+            row[key] = int(value)
+
+
 def save_run_summary(
     run_dir: Path, wall: float, key_refs: KeyRefs | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -50,6 +61,9 @@ def save_run_summary(
     store = open_store(values["store"], steps_s3_env(workflow, values, key_refs))
     key = f"{values['experiment']}/{run_dir.name}"
     summary = json.loads(store.get_bytes(RunLayout(key).summary_key))
+    for row in summary.get("rounds") or []:
+        _counts_as_ints(row)
+        _counts_as_ints(row.get("federated") or {})
     summary["local_wall_time_s"] = round(wall, 3)
     summary["store_uri"] = store.key_uri(key)
     path = run_dir / "summary.json"

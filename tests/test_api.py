@@ -124,6 +124,31 @@ def test_submit_sends_the_customised_workflow_through_hera(argo: FakeArgo) -> No
     assert params["rounds"] == "20"
 
 
+def test_the_run_summary_counts_are_ints(tmp_path: Path) -> None:
+    """summary.json had ``clients`` 2.0 and ``examples`` 10000.0 beside an int ``train_examples``."""
+    from argofl.pipelines.parameters import set_parameters
+    from argofl.pipelines.run_summary import save_run_summary
+    from argofl.steps.runinfo import RunLayout, write_json
+    from argofl.steps.store import FileStore
+
+    run_dir = tmp_path / "workflows" / "fedavg-fmnist-torch-abcde"
+    run_dir.mkdir(parents=True)
+    manifest = manifest_for(load_config(CONFIG))
+    store = FileStore(tmp_path / "store")
+    set_parameters(manifest, {"store": (tmp_path / "store").as_uri(), "experiment": "x"})
+    (run_dir / "workflow.json").write_text(json.dumps(manifest))
+    fed = {"clients": 4.0, "examples": 10000.0, "accuracy": 0.5, "loss": 1.5}
+    row = {"round": 1, "accuracy": 0.5, "loss": 1.5, "examples": 1e4, "clients": 2.0, "train_examples": 600}
+    write_json(store, RunLayout(f"x/{run_dir.name}").summary_key, {"rounds": [{**row, "federated": fed}]})
+    _, summary = save_run_summary(run_dir, 1.0)
+    saved = json.loads((run_dir / "summary.json").read_text())
+    for doc in (summary, saved):
+        (got,) = doc["rounds"]
+        counts = [got["clients"], got["examples"], got["train_examples"], *map(got["federated"].get, fed)]
+        assert counts[:5] == [2, 10000, 600, 4, 10000]
+        assert [type(c) for c in counts] == [int] * 5 + [float] * 2
+
+
 @pytest.mark.slow
 def test_run_local_runs_a_workflow_like_argofl_run(
     fmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
