@@ -35,7 +35,7 @@ import numpy as np
 from argofl.steps.errors import BadInputError
 from argofl.steps.switches import is_off
 
-__all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetError", "clear_cache", "load_dataset"]
+__all__ = ["DATASETS", "SPLITS", "Dataset", "DatasetError", "clear_cache", "dataset_problem", "load_dataset"]
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,23 @@ def _env_download() -> bool:
     return os.environ.get("ARGOFL_DOWNLOAD", "").strip().lower() in ("1", "true", "yes")
 
 
+def _not_found(name: str, spec: _Spec, looked_in: str) -> str:
+    return (
+        f"{name} not found in {looked_in}: {spec.how_to_get}, point the data_dir setting at it "
+        "(-p data-dir=DIR; argofl data split --data-dir DIR), or set ARGOFL_DOWNLOAD=1"
+    )
+
+
+def dataset_problem(name: str, split: str, data_dir: str | None = None) -> str | None:
+    """Why :func:`load_dataset` would not find ``split`` of the known dataset ``name`` where it looks
+    (``data_dir`` first), with no ``ARGOFL_DOWNLOAD=1`` to fetch it; None when it would. Reads no data."""
+    spec = DATASETS[name]
+    directory, looked_in = _locate(name, spec, split, data_dir)
+    if directory is not None or _env_download():
+        return None
+    return _not_found(name, spec, looked_in)
+
+
 def load_dataset(
     name: str,
     split: str,
@@ -351,10 +368,7 @@ def load_dataset(
         if download if download is not None else _env_download():
             directory = _download(name, spec, split)
         else:
-            raise DatasetError(
-                f"{name} not found in {looked_in}: {spec.how_to_get}, point the data_dir setting at it "
-                "(-p data-dir=DIR; argofl data split --data-dir DIR), or set ARGOFL_DOWNLOAD=1"
-            )
+            raise DatasetError(_not_found(name, spec, looked_in))
 
     key = (name, split, str(directory.resolve()))
     dataset = _CACHE.get(key)

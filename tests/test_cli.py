@@ -323,6 +323,62 @@ def test_run_with_too_many_clients_starts_nothing(tmp_path, started_runs, args, 
     assert started_runs == []
 
 
+@pytest.mark.parametrize("source", ["partition", "per-client"])
+def test_run_with_a_data_dir_that_holds_no_dataset_starts_nothing(
+    tmp_path, started_runs, monkeypatch, source
+):
+    """-p data-dir=/nonexistent started the run, whose init then failed to find the dataset. A run whose
+    clients own the data and that has no central test set reads no dataset: it starts."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no dataset in ~/.cache/argofl either
+    monkeypatch.delenv("ARGOFL_DOWNLOAD", raising=False)
+    monkeypatch.delenv("ARGOFL_DATA_DIR", raising=False)
+    config = tmp_path / "exp.yaml"
+    text = (ROOT / "configs" / "fedavg-fmnist-torch.yaml").read_text()
+    if source == "per-client":
+        text += "data:\n  source: per-client\n  uri: shards/{client}/\n"
+    config.write_text(text)
+    missing = tmp_path / "nonexistent"
+    args = ["run", str(config), "--runs-dir", str(tmp_path / "runs"), "-p", f"data-dir={missing}"]
+    result = CliRunner().invoke(cli, args)
+    if source == "per-client":
+        assert result.exit_code == 0, result.output
+        assert len(started_runs) == 1
+        return
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)
+    assert line.startswith(f"Error: Invalid value for '-p data-dir': fashion-mnist not found in {missing}: ")
+    assert line.endswith("; nothing was started")
+    assert started_runs == []
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "runtime", [[], ["--runtime", "docker", "--image-map", "a=b"]], ids=["process", "docker"]
+)
+def test_run_with_a_model_module_that_cannot_be_imported_starts_nothing(
+    tmp_path, started_runs, monkeypatch, runtime
+):
+    """-p model=nosuch.mod:fn started the run, whose init then failed to import it. Steps in containers
+    import it from their image: only host-process steps' modules are looked for here."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mymodels.py").write_text("def factory(input_shape, num_classes): ...\n")
+    config = str(ROOT / "configs" / "fedavg-fmnist-torch.yaml")
+    run = ["run", config, "--runs-dir", "runs", *runtime]
+    beside = CliRunner().invoke(cli, [*run, "-p", "model=mymodels:factory"])  # found where argofl starts
+    assert beside.exit_code == 0, beside.output
+    result = CliRunner().invoke(cli, [*run, "-p", "model=nosuch.mod:fn"])
+    if runtime:
+        assert result.exit_code == 0, result.output
+        assert len(started_runs) == 2
+        return
+    assert result.exit_code == 2, result.output
+    assert one_error_line(result.output) == (
+        "Error: Invalid value for '-p model': cannot import model factory module 'nosuch.mod' (no module "
+        f"named 'nosuch' in {tmp_path} or this Python's path); nothing was started"
+    )
+    assert len(started_runs) == 1
+
+
 FOREIGN_OPTION = (
     "prox_mu: 0.1 is an option of strategy fedprox; strategy fedavg does not use it "
     "(remove it or set strategy: fedprox)"
