@@ -3,13 +3,14 @@ this machine, and a stopped local run continued from its last evaluated round.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from argofl.pipelines.parameters import (
 )
 from argofl.pipelines.progress import AS_NAMED, NodeDisplay, last_completed_round, step_line, step_of
 from argofl.pipelines.run_summary import save_run_summary
-from argofl.pipelines.stop_signals import stop_before_start
+from argofl.pipelines.stop_signals import installed, stop_before_start
 
 __all__ = ["Progress", "compile_cmd", "resume_cmd", "run_cmd"]
 
@@ -176,18 +177,38 @@ def run_cmd(
     hints = {n: f"'-p {n}'" if overrides.get(n) else f"'--{n}'" for n in ("store", "mlflow-uri")}
     check_services(manifest, params, key_refs, hints=hints, probe=runtime == "process")
     _check_local_inputs({**parameters_of(manifest), **params}, overrides, runtime == "process")
-    try:  # only now: a refused run leaves no runs directory behind
+    stop_before_start()
+    with _runs_dir(root, runs_dir):  # only now: a refused run leaves no runs directory behind
+        containers = containers_for(root, options)
+        stop_before_start()
+        click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
+        display = kind_of(cfg).display
+        templates = workflow_templates_for(cfg)
+        workflows = root / "workflows"
+        _run_locally(manifest, params, workflows, parallelism, containers, key_refs, display, templates)
+
+
+@contextlib.contextmanager
+def _runs_dir(root: Path, given: Path) -> Iterator[None]:
+    """Make the runs directory ``root`` (``--runs-dir`` ``given``) for the block, which starts the run. A
+    stop signal that keeps the run from starting (the block exits 128+N) removes the directories made
+    here again, those still empty."""
+    made = next((p for p in reversed((root, *root.parents)) if not p.exists()), None)
+    try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise click.BadParameter(
-            f"cannot create {runs_dir}: {exc.strerror or exc}", param_hint="'--runs-dir'"
+            f"cannot create {given}: {exc.strerror or exc}", param_hint="'--runs-dir'"
         ) from None
-    containers = containers_for(root, options)
-    stop_before_start()
-    click.echo(f"running {cfg.name} locally: store {params['store']}, MLflow {params['mlflow-uri']}")
-    display = kind_of(cfg).display
-    templates = workflow_templates_for(cfg)
-    _run_locally(manifest, params, root / "workflows", parallelism, containers, key_refs, display, templates)
+    try:
+        yield
+    except SystemExit:
+        guard = installed()
+        if made is not None and guard is not None and guard.pending is not None:  # never started
+            for path, _, _ in os.walk(made, topdown=False):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        raise
 
 
 def _check_local_inputs(values: Mapping[str, str], overrides: Mapping[str, str], host: bool) -> None:

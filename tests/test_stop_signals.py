@@ -77,6 +77,31 @@ def test_a_sigint_while_argofl_run_imports_its_command_starts_nothing_and_exits_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main gave the handlers back
 
 
+@pytest.mark.parametrize("when", ["_check_tracking", "_containers_for"], ids=["checks", "after-mkdir"])
+def test_a_sigint_during_argofl_run_start_up_leaves_no_runs_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], when: str
+) -> None:
+    """A Ctrl-C while the run was checked (or once its runs directory was made) refused to start the run
+    but left the empty --runs-dir behind."""
+    started: list[str] = []
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: started.append("fork server"))
+    monkeypatch.setattr(commands, "_run_locally", lambda *a, **k: started.append("run"))
+    original = getattr(commands, when)
+
+    def interrupted(*args: Any) -> Any:
+        signal.raise_signal(signal.SIGINT)
+        return original(*args)
+
+    monkeypatch.setattr(commands, when, interrupted)
+    runs = tmp_path / "new" / "runs"
+    code = _exit_code(["run", str(CONFIG), "--runs-dir", str(runs)])
+    err = capfd.readouterr().err
+    assert code == 128 + signal.SIGINT, err
+    assert err.splitlines() == ["argofl: SIGINT: stopping; the run will not start"]
+    assert started == ["fork server"]
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_sigint_while_argofl_local_run_imports_its_command_starts_nothing_and_exits_130(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
@@ -208,5 +233,5 @@ def test_a_stop_signal_during_argofl_run_start_up_starts_nothing_and_leaves_no_p
         os.close(read_end)
     assert proc.returncode == 128 + sig, err
     assert err.splitlines() == [f"argofl: {sig.name}: stopping; the run will not start"]
-    assert not (tmp_path / "runs" / "workflows").exists()
+    assert not (tmp_path / "runs").exists()
     wait_for(lambda: not processes_with_env("ARGOFL_TEST_MARK", mark), "argofl's processes to exit")
