@@ -431,7 +431,7 @@ def resume_cmd(
             f"{name} cannot resume: its workflow declares no {', '.join(missing)} parameter, so its rounds "
             "cannot start later; run it again with argofl run"
         )
-    _refuse_continued(given, f"{params['experiment']}/{name}")
+    _refuse_continued(given, run_dir.name)
     display = display_of(old)
     last = last_completed_round(status, display)
     rounds = int(params["rounds"])
@@ -446,6 +446,7 @@ def resume_cmd(
         manifest = resubmission_manifest(old, start, resume)
     except (KeyError, ValueError) as exc:
         raise click.UsageError(f"{name} cannot resume: {exc}") from None
+    manifest["metadata"].setdefault("annotations", {})[RESUMES] = run_dir.name
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     check_parallelism(manifest, parallelism)
@@ -466,24 +467,33 @@ def resume_cmd(
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
 
 
-def _refuse_continued(given: Path, key: str) -> None:
-    """One line when a run beside ``given`` (the run directory as the user named it; ``key``, its
-    ``<experiment>/<run>``) already resumed it: resuming it again would continue it twice. It names the
-    last run of the chain of resumes, which is the one to resume (or says it is running, or completed)."""
+RESUMES = "argofl.io/resumes"
+"""The annotation of a run ``argofl resume`` started: the name of the run it continues (its
+``resume-from`` names an earlier one when that run completed no round)."""
+
+
+def _refuse_continued(given: Path, name: str) -> None:
+    """One line when a run beside ``given`` (the run directory as the user named it; ``name``, its run)
+    already continues it: resuming it again would continue it twice. It names the last run of the chain
+    of resumes, the one to resume (or says it is running, or completed the run)."""
     from argofl.pipelines.local.runlock import run_is_locked
 
-    continued_by: dict[str, Path] = {}  # resume-from → the run that resumed it
+    continued_by: dict[str, Path] = {}  # run name → the run that continues it
     for workflow in sorted(given.resolve().parent.glob("*/workflow.json")):
         try:
-            values = parameters_of(_json_object(workflow))
+            manifest = _json_object(workflow)
         except (OSError, ValueError):
             continue
-        if values.get("resume-from"):
-            continued_by.setdefault(values["resume-from"], workflow.parent)
+        annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+        resumed = (
+            annotations.get(RESUMES) or parameters_of(manifest).get("resume-from", "").rpartition("/")[2]
+        )
+        if resumed:
+            continued_by.setdefault(str(resumed), workflow.parent)
     last: Path | None = None
-    while key in continued_by:  # popped: a cycle of records ends too
-        last = continued_by.pop(key)
-        key = f"{parameters_of(_json_object(last / 'workflow.json')).get('experiment')}/{last.name}"
+    while name in continued_by:  # popped: a cycle of records ends too
+        last = continued_by.pop(name)
+        name = last.name
     if last is None:
         return
     shown = given.parent / last.name

@@ -293,3 +293,50 @@ def test_resume_of_a_run_already_resumed_names_the_run_that_continued_it(
     assert line == f"Error: {given} was already resumed by {shown}: " + advice.format(last=shown)
     assert calls == []
     assert "resuming" not in result.output
+
+
+def test_a_second_resume_of_a_run_that_completed_no_round_names_the_run_that_continued_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that completed no round resumes what it resumed (its resume-from names an earlier run, not
+    it): the run that continued it is the one `argofl resume` started from it (and a third resume names the
+    second continuation, the last of the chain)."""
+    import argofl.pipelines.commands as commands
+    import argofl.pipelines.local as local
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    stopped = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
+    manifest = json.loads((stopped / "workflow.json").read_text())
+    set_parameters(manifest, {"resume-from": "fedavg-fmnist-torch/earlier-run", "start-round": "3"})
+    (stopped / "workflow.json").write_text(json.dumps(manifest))
+    started: list[Path] = []
+
+    def run_workflow(manifest: dict[str, object], params: object, **kwargs: object) -> object:
+        """Record the run as the executor does (its workflow.json), stopped before its first round."""
+        runs_dir = kwargs["runs_dir"]
+        assert isinstance(runs_dir, Path)
+        run_dir = runs_dir / f"fedavg-fmnist-torch-new{len(started)}"
+        run_dir.mkdir()
+        metadata = {**manifest["metadata"], "name": run_dir.name}  # type: ignore[dict-item]
+        (run_dir / "workflow.json").write_text(json.dumps({**manifest, "metadata": metadata}))
+        (run_dir / "status.json").write_text(json.dumps({"phase": "Failed", "nodes": {}}))
+        started.append(run_dir)
+        return _stopped(run_dir, [])(manifest, params)  # type: ignore[operator]
+
+    monkeypatch.setattr(local, "run_workflow", run_workflow)
+    given = f"runs/workflows/{stopped.name}"
+    first = CliRunner().invoke(cli, ["resume", given])
+    assert first.exit_code == 130, first.output
+    assert "resuming from round 3 (fedavg-fmnist-torch/earlier-run)" in first.output
+    (continued,) = started
+    again = CliRunner().invoke(cli, ["resume", given])
+    assert again.exit_code == 2, again.output
+    (line,) = _error_lines(again.output)
+    shown = f"runs/workflows/{continued.name}"
+    assert line == f"Error: {given} was already resumed by {shown}: resume {shown} instead"
+    assert len(started) == 1
+    assert CliRunner().invoke(cli, ["resume", shown]).exit_code == 130  # the continuation resumes
+    third = CliRunner().invoke(cli, ["resume", given])
+    (line,) = _error_lines(third.output)
+    assert line.endswith(f"resume runs/workflows/{started[-1].name} instead")
