@@ -39,6 +39,7 @@ from argofl.pipelines.parameters import (
 )
 from argofl.pipelines.progress import (
     DONE_PHASES,
+    federated_clients,
     finished_steps,
     format_number,
     last_completed_round,
@@ -219,7 +220,14 @@ def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any])
     lines += [f"  {view.line()}" for view in views]
     outputs = outputs_of(status)
     if outputs.get("final-accuracy"):
-        lines.append(f"Final:      test accuracy {format_number(outputs['final-accuracy'])}")
+        final, last = format_number(outputs["final-accuracy"]), views[-1] if views else None
+        if last is not None and federated_clients(last.evaluation) is not None:
+            lines.append(
+                f"Final:      fed accuracy of the incoming model {final} (round {last.round}; the final "
+                "model is not evaluated)"
+            )
+        else:
+            lines.append(f"Final:      test accuracy {final}")
     if outputs.get("mlflow-run-url"):
         lines.append(f"MLflow:     {outputs['mlflow-run-url']}")
     lines.append(f"URL:        {target.url(name)}")

@@ -24,6 +24,7 @@ __all__ = [
     "RoundView",
     "Step",
     "evaluation_text",
+    "federated_clients",
     "finished_steps",
     "format_number",
     "last_completed_round",
@@ -221,20 +222,24 @@ def step_line(step: Step) -> str:
 
 def evaluation_text(outputs: Mapping[str, Any]) -> str:
     """An ``evaluate`` step's loss and accuracy, named for what they measure: the central test set's, or,
-    without one (its ``loss``/``accuracy`` are then its ``fed-*`` ones), the clients' federated evaluation
-    of the model that entered the round."""
+    without one, the clients' federated evaluation of the model that entered the round."""
     acc, loss = format_number(outputs.get("accuracy")), format_number(outputs.get("loss"))
+    clients = federated_clients(outputs)
+    if clients is not None:
+        return f"fed accuracy of the incoming model {acc} loss {loss} ({clients} clients)"
+    return f"test accuracy {acc} loss {loss}"
+
+
+def federated_clients(outputs: Mapping[str, Any]) -> str | None:
+    """How many clients' federated evaluation an ``evaluate`` step's ``loss``/``accuracy`` are: without a
+    central test set they are its ``fed-*`` ones. None when they are the central test set's."""
     clients = format_number(outputs.get("fed-clients"), ".0f")
     federated = (
         clients not in ("?", "0")
         and outputs.get("accuracy") == outputs.get("fed-accuracy")
         and outputs.get("loss") == outputs.get("fed-loss")
     )
-    if federated:
-        return (
-            f"fed accuracy of the incoming model {acc} loss {loss} ({format_number(clients, '.0f')} clients)"
-        )
-    return f"test accuracy {acc} loss {loss}"
+    return clients if federated else None
 
 
 @dataclass(frozen=True)

@@ -402,6 +402,31 @@ def test_status_prints_phase_and_rounds(argo: FakeArgo, env: dict[str, str]) -> 
     assert f"MLflow:     {RUN_URL}" in out.splitlines()
 
 
+def test_status_without_a_central_test_set_names_the_federated_evaluation(
+    argo: FakeArgo, env: dict[str, str]
+) -> None:
+    """Per-client data: the round's accuracy (and the run's final-accuracy) is its clients' evaluation of
+    the model that entered the round, which status showed as the test accuracy."""
+    name = f"{EXPERIMENT}-abcde"
+    workflow = old_workflow(name, ["done"], "Succeeded", total=1)
+    for node in workflow["status"]["nodes"].values():  # the step's Retry node and its attempt
+        if node.get("templateName") == "evaluate":
+            outputs = {p["name"]: p["value"] for p in node["outputs"]["parameters"]}
+            fed = {"fed-loss": outputs["loss"], "fed-accuracy": outputs["accuracy"], "fed-clients": "4"}
+            node["outputs"]["parameters"] += [{"name": k, "value": v} for k, v in fed.items()]
+    workflow["status"]["outputs"] = {"parameters": [{"name": "final-accuracy", "value": outputs["accuracy"]}]}
+    argo.workflows[name] = [workflow]
+    result = invoke(["status", name], env)
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    (round_line,) = [line for line in lines if line.startswith("round")]
+    assert round_line.endswith("fed accuracy of the incoming model 0.8100 loss 0.5900 (4 clients)")
+    assert (
+        "Final:      fed accuracy of the incoming model 0.8100 (round 1; the final model is not evaluated)"
+        in lines
+    )
+
+
 def test_status_json_is_the_raw_status(argo: FakeArgo, env: dict[str, str]) -> None:
     name = f"{EXPERIMENT}-abcde"
     workflow = old_workflow(name, ["done", "failed"], "Failed")
