@@ -649,7 +649,7 @@ def test_run_summary_lines_say_when_the_figure_is_the_federated_evaluation(tmp_p
         row["evaluated_on"] = "clients' test splits"
     summary = {"rounds": [row], "final_accuracy": 0.1331, "final_loss": 2.3}
     monkeypatch.setattr(local, "run_workflow", run_workflow)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     monkeypatch.setattr(commands, "save_run_summary", lambda *a: (run_dir / "summary.json", summary))
     config = ROOT / "configs" / "fedavg-fmnist-torch.yaml"
     result = CliRunner().invoke(cli, ["run", str(config), "--runs-dir", str(tmp_path / "runs")])

@@ -305,7 +305,7 @@ def test_a_second_resume_of_a_run_that_completed_no_round_names_the_run_that_con
     import argofl.pipelines.local as local
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: None)
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: None)
     stopped = _run_dir(tmp_path, "fedavg-fmnist-torch.yaml")
     manifest = json.loads((stopped / "workflow.json").read_text())
     set_parameters(manifest, {"resume-from": "fedavg-fmnist-torch/earlier-run", "start-round": "3"})

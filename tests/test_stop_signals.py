@@ -77,20 +77,20 @@ def test_a_sigint_while_argofl_run_imports_its_command_starts_nothing_and_exits_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # main gave the handlers back
 
 
-@pytest.mark.parametrize("when", ["_check_tracking", "_containers_for"], ids=["checks", "after-mkdir"])
+@pytest.mark.parametrize("when", ["check_services", "containers_for"], ids=["checks", "after-mkdir"])
 def test_a_sigint_during_argofl_run_start_up_leaves_no_runs_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], when: str
 ) -> None:
     """A Ctrl-C while the run was checked (or once its runs directory was made) refused to start the run
     but left the empty --runs-dir behind."""
     started: list[str] = []
-    monkeypatch.setattr(commands, "_prestart_steps", lambda framework: started.append("fork server"))
+    monkeypatch.setattr(commands, "prestart_steps", lambda framework: started.append("fork server"))
     monkeypatch.setattr(commands, "_run_locally", lambda *a, **k: started.append("run"))
     original = getattr(commands, when)
 
-    def interrupted(*args: Any) -> Any:
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
         signal.raise_signal(signal.SIGINT)
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(commands, when, interrupted)
     runs = tmp_path / "new" / "runs"
