@@ -607,6 +607,10 @@ def test_a_compiled_experiment_runs_to_success_with_its_store_and_mlflow_under_t
     assert len(list((runs / "store").glob(f"*/{run_dir.name}/round-0001/global.safetensors"))) == 1
     assert (runs / "mlflow.db").is_file()
     assert f"(start the UI: mlflow ui --backend-store-uri sqlite:///{runs / 'mlflow.db'})" in result.output
+    # its summary.json, as argofl run writes one (it had none)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [row["round"] for row in summary["rounds"]] == [1]
+    assert f"summary: {run_dir / 'summary.json'}" in result.output
 
 
 @pytest.mark.parametrize("where", ["cwd", "parent", "home"])

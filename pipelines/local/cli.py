@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,7 @@ def run_cmd(
     if argofl:
         parameters, containers, env = _as_argofl_run(manifest, parameters, runs_dir, containers, key_refs)
     stop_before_start()
+    started = time.monotonic()
     result = run_workflow(
         manifest,
         parameters,
@@ -231,6 +233,9 @@ def run_cmd(
         containers=containers,
         key_refs=key_refs,
     )
+    summary = None
+    if argofl and result.phase == Phase.SUCCEEDED:
+        summary = _write_summary(result.run_dir, time.monotonic() - started, key_refs)
     if as_json:
         click.echo(json.dumps(result.status, indent=2))
     else:
@@ -238,9 +243,26 @@ def run_cmd(
         line = mlflow_run_line(result.status, parameters.get("mlflow-uri", "")) if argofl else None
         if line is not None:
             click.echo(line)
+        if summary is not None:
+            click.echo(f"summary: {summary}")
     if result.stopped_by is not None:
         sys.exit(128 + result.stopped_by)
     sys.exit(0 if result.phase == Phase.SUCCEEDED else 1)
+
+
+def _write_summary(run_dir: Path, wall: float, key_refs: KeyRefs | None) -> Path | None:
+    """``run_dir/summary.json`` of a succeeded argofl run, as ``argofl run`` writes it; None when the run
+    wrote no summary (a workflow without argofl's finalize), and a warning when it cannot be read."""
+    from argofl.pipelines.run_summary import save_run_summary
+    from argofl.steps.store import ObjectNotFound, StoreError
+
+    try:
+        return save_run_summary(run_dir, wall, key_refs)[0]
+    except (ObjectNotFound, KeyError):
+        return None
+    except (StoreError, ValueError) as exc:
+        click.echo(f"warning: no summary.json for {run_dir.name}: {one_line(exc)}", err=True)
+        return None
 
 
 def _as_argofl_run(
