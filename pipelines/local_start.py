@@ -5,6 +5,7 @@ with step containers, and the MLflow line printed after it."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,7 @@ from argofl.steps.store import StoreError, check_store_uri, open_store
 
 __all__ = [
     "SHARED_DIRS",
+    "check_local_inputs",
     "check_s3_access",
     "check_services",
     "check_tracking",
@@ -84,6 +86,56 @@ def check_tracking(uri: str, param_hint: str | None, probe: bool) -> None:
     if param_hint is None:
         raise click.UsageError(f"{problem}; {NOTHING_STARTED}")
     raise click.BadParameter(f"{problem}; {NOTHING_STARTED}", param_hint=param_hint)
+
+
+def check_local_inputs(values: Mapping[str, str], given: Mapping[str, str], host: bool) -> None:
+    """One line, before anything starts, for what this machine's ``init`` would not find: the dataset in
+    a given ``data-dir`` (where the run reads it centrally: a partition, a central test set) and, for
+    steps run as processes here (``host``), a bring-your-own model's module (``package.module:factory``).
+    """
+    from argofl.steps.client_data import DataOptions
+    from argofl.steps.data import DATASETS, dataset_problem
+
+    data = {k.removeprefix("data-"): values[k] for k in DataOptions().to_params() if k in values}
+    options = DataOptions.from_mapping(data, where="parameters", strings=True)
+    dataset, data_dir = values.get("dataset", ""), values.get("data-dir", "")
+    if data_dir and dataset in DATASETS and (options.source == "partition" or options.central):
+        problem = dataset_problem(dataset, "test", data_dir)
+        if problem is not None:
+            hint = "'-p data-dir'" if "data-dir" in given else "data_dir"
+            raise click.BadParameter(f"{problem}; {NOTHING_STARTED}", param_hint=hint)
+    model = values.get("model", "")
+    if host and ":" in model:
+        problem = _module_problem(model.partition(":")[0], user_code_env()["PYTHONPATH"].split(os.pathsep))
+        if problem is not None:
+            hint = "'-p model'" if "model" in given else "model"
+            raise click.BadParameter(
+                f"cannot import model factory module {model.partition(':')[0]!r} ({problem}); "
+                f"{NOTHING_STARTED}",
+                param_hint=hint,
+            )
+
+
+def _module_problem(module: str, paths: list[str]) -> str | None:
+    """Why ``module`` cannot be imported by a step whose ``sys.path`` starts with ``paths``, then this
+    Python's; None when it can. Finds its files without running them (no package is imported)."""
+    from importlib.machinery import PathFinder
+    from importlib.util import find_spec
+
+    parts = module.split(".")
+    spec = PathFinder.find_spec(parts[0], [*paths, *sys.path])
+    if spec is None:  # a built-in, or found by another finder (an editable install's): not looked into
+        if find_spec(parts[0]) is not None:
+            return None
+        return f"no module named {parts[0]!r} in {os.pathsep.join(paths)} or this Python's path"
+    for depth, part in enumerate(parts[1:], 1):
+        locations = list(spec.submodule_search_locations or [])
+        if not locations:  # a module, not a package: what it puts in sys.modules shows only when it runs
+            return None
+        spec = PathFinder.find_spec(part, locations)
+        if spec is None:
+            return f"no module named {'.'.join(parts[: depth + 1])!r} in {'.'.join(parts[:depth])}"
+    return None
 
 
 def prestart_steps(framework: str) -> None:

@@ -638,3 +638,18 @@ def test_docker_steps_never_get_the_working_directory_or_home_made_writable(
     shared = containers_for(work / "runs", DockerOptions())  # a directory of its own: shared
     assert shared is not None
     assert shared.binds == (str(work / "runs"),)
+
+
+def test_an_argofl_workflow_whose_data_dir_holds_no_dataset_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`argofl run` refused `-p data-dir=` without the dataset before starting; `argofl local run` of the
+    compiled workflow started the run, and init failed."""
+    monkeypatch.chdir(tmp_path)
+    manifest = str(ROOT / "argo" / "fedavg-fmnist-torch.yaml")
+    result = CliRunner().invoke(local, ["run", manifest, "-p", f"data-dir={tmp_path / 'none'}"])
+    assert result.exit_code == 2, result.output
+    (line,) = [ln for ln in result.output.splitlines() if "nothing was started" in ln]
+    assert "'-p data-dir'" in line
+    assert str(tmp_path / "none") in line
+    assert not (tmp_path / "runs").exists()

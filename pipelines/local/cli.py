@@ -27,7 +27,13 @@ from argofl.pipelines.local_params import (
     user_code_env,
     workflow_local_parameters,
 )
-from argofl.pipelines.local_start import check_services, containers_for, mlflow_run_line, prestart_steps
+from argofl.pipelines.local_start import (
+    check_local_inputs,
+    check_services,
+    containers_for,
+    mlflow_run_line,
+    prestart_steps,
+)
 from argofl.pipelines.parameters import NOTHING_STARTED, check_overrides, overrides_option, parameters_of
 from argofl.pipelines.stop_signals import stop_before_start
 from argofl.steps.errors import one_line
@@ -280,6 +286,7 @@ def _as_argofl_run(
     params = workflow_local_parameters(parameters_of(manifest), given, root)
     hints = {name: f"'-p {name}'" for name in ("store", "mlflow-uri")}  # the defaults are valid
     check_services(manifest, params, key_refs, hints=hints, probe=containers is None)
+    check_local_inputs({**parameters_of(manifest), **params}, given, host=containers is None)
     if containers is not None:
         return params, containers_for(root, containers), None
     prestart_steps(framework_of({**parameters_of(manifest), **params}))
