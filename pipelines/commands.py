@@ -150,7 +150,7 @@ def run_cmd(
     """
     stop_before_start()  # a Ctrl-C while the commands were imported: start nothing
     if runtime == "process":
-        prestart_steps(overrides.get("framework") or _framework_of(config))
+        prestart_steps(overrides.get("framework") or _framework_of_config(config))
     from argofl.pipelines.compile import manifest_for, workflow_templates_for
 
     try:
@@ -224,9 +224,10 @@ def _refuse_client_volumes(placement: tuple[Any, ...]) -> None:
             )
 
 
-def _framework_of(config: Path) -> str:
-    """The ``framework`` a config names, read before it is loaded (which takes ~0.5 s of imports the fork
-    server would wait for); ``torch`` when it names none or cannot be read (loading it then says why)."""
+def _framework_of_config(config: Path) -> str:
+    """The ``framework`` the config file ``config`` names (its YAML, as :func:`forkserver.framework_of`
+    reads a mapping), read before it is loaded (which takes ~0.5 s of imports the fork server would wait
+    for); ``torch`` when it names none or cannot be read (loading it then says why)."""
     import yaml
 
     from argofl.pipelines.local.forkserver import framework_of

@@ -710,7 +710,7 @@ def test_argofl_run_starts_the_fork_server_for_the_run_s_framework_before_loadin
 
 
 def test_a_config_the_server_cannot_read_a_framework_from_gets_torch(tmp_path: Path) -> None:
-    from argofl.pipelines.commands import _framework_of
+    from argofl.pipelines.commands import _framework_of_config
 
     cases = {
         "list.yaml": "- a\n",
@@ -720,10 +720,10 @@ def test_a_config_the_server_cannot_read_a_framework_from_gets_torch(tmp_path: P
     }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
-        assert _framework_of(tmp_path / name) == "torch", name
+        assert _framework_of_config(tmp_path / name) == "torch", name
     (tmp_path / "latin1.yaml").write_bytes(b"framework: \xe9\n")
-    assert _framework_of(tmp_path / "latin1.yaml") == "torch"
-    assert _framework_of(tmp_path / "missing.yaml") == "torch"
+    assert _framework_of_config(tmp_path / "latin1.yaml") == "torch"
+    assert _framework_of_config(tmp_path / "missing.yaml") == "torch"
 
 
 def test_a_local_run_starts_the_fork_server_for_its_framework_parameter(
