@@ -13,7 +13,7 @@ kind's name, one :data:`KINDS` entry, tests and the README.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,7 +27,7 @@ from argofl.pipelines.split_config import (
 )
 from argofl.steps.client_data import DataOptions
 from argofl.steps.runinfo import start_problem
-from argofl.steps.settings import DEPENDENT_PARAMS, PARAM_NAMES, Settings, SettingsError
+from argofl.steps.settings import DEPENDENT_PARAMS, FIELDS, PARAM_NAMES, Settings, SettingsError, param_name
 from argofl.steps.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -108,9 +108,13 @@ class ExperimentKind:
         settings_values = {k: v for k, v in values.items() if k in PARAM_NAMES}
         settings = Settings.from_mapping(settings_values, where=where, strings=True)
         judged = settings
-        if given is not None:
-            kept = {k: v for k, v in settings_values.items() if k in given or k not in DEPENDENT_PARAMS}
-            judged = Settings.from_mapping(kept, where=where, strings=True)
+        if given is not None:  # the dependent settings not given, at their defaults
+            reset = DEPENDENT_PARAMS - set(given)
+            defaults: dict[str, Any] = {f.name: f.default for f in FIELDS if param_name(f.name) in reset}
+            try:
+                judged = replace(settings, **defaults)
+            except SettingsError as exc:  # as Settings.from_mapping says it
+                raise SettingsError(f"{where}: {exc}") from None
         refused = self.refused(judged)
         if refused is not None:
             raise SettingsError(f"{where}: {refused}")
