@@ -176,8 +176,9 @@ def run_cmd(
     )
     # the option that gave the store and MLflow URIs: -p, else --store and --mlflow-uri
     hints = {n: f"'-p {n}'" if overrides.get(n) else f"'--{n}'" for n in ("store", "mlflow-uri")}
-    check_services(manifest, params, key_refs, hints=hints, probe=runtime == "process")
-    check_local_inputs({**parameters_of(manifest), **params}, overrides, runtime == "process")
+    values = {**parameters_of(manifest), **params}
+    check_services(manifest, values, key_refs, hints=hints, probe=runtime == "process")
+    check_local_inputs(values, overrides, runtime == "process")
     stop_before_start()
     with _runs_dir(root, runs_dir):  # only now: a refused run leaves no runs directory behind
         containers = containers_for(root, options)
@@ -402,8 +403,9 @@ def resume_cmd(
     if parallelism is None:
         parallelism = local_parallelism(manifest)
     check_parallelism(manifest, parallelism)
-    check_s3_access(manifest, {}, key_refs)
-    check_tracking(parameters_of(manifest).get("mlflow-uri", ""), None, runtime == "process")
+    values = parameters_of(manifest)
+    check_s3_access(manifest, values, key_refs)
+    check_tracking(values.get("mlflow-uri", ""), None, runtime == "process")
     phase = str(status.get("phase") or "?")
     if phase == "Running":  # not locked: its executor was killed before it could record the end
         phase = "stopped (its executor was killed)"

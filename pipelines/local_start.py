@@ -16,7 +16,7 @@ import click
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import tracking_problem, user_code_env
-from argofl.pipelines.parameters import NOTHING_STARTED, outputs_of, parameters_of
+from argofl.pipelines.parameters import NOTHING_STARTED, outputs_of
 from argofl.steps.store import StoreError, check_store_uri, open_store
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
 
 def check_services(
     manifest: Mapping[str, Any],
-    params: Mapping[str, str],
+    values: Mapping[str, str],
     key_refs: KeyRefs | None,
     *,
     hints: Mapping[str, str],
@@ -42,22 +42,23 @@ def check_services(
 ) -> None:
     """One line, before anything starts, when the steps could not use the run's ``store`` (no store URI,
     an S3 store without endpoint or credentials) or its ``mlflow-uri`` (:func:`check_tracking`), where it
-    has them; ``hints`` name the option that gave each of the two."""
+    has them; ``values``: the workflow's parameters with the run's over them; ``hints`` name the option
+    that gave each of the two."""
     try:
-        if "store" in params:
-            check_store_uri(params["store"])
+        if "store" in values:
+            check_store_uri(values["store"])
     except StoreError as exc:
         raise click.BadParameter(f"{exc}; {NOTHING_STARTED}", param_hint=hints["store"]) from None
-    check_s3_access(manifest, params, key_refs)
-    check_tracking(params.get("mlflow-uri", ""), hints["mlflow-uri"], probe)
+    check_s3_access(manifest, values, key_refs)
+    check_tracking(values.get("mlflow-uri", ""), hints["mlflow-uri"], probe)
 
 
-def check_s3_access(manifest: Mapping[str, Any], params: Mapping[str, str], key_refs: KeyRefs | None) -> None:
+def check_s3_access(manifest: Mapping[str, Any], values: Mapping[str, str], key_refs: KeyRefs | None) -> None:
     """One line, before anything starts, when an S3 store's endpoint or credentials are missing from what
-    the steps will get (the environment, ``--secrets``): the run would fail in init, then in finish."""
+    the steps will get (the environment, ``--secrets``): the run would fail in init, then in finish.
+    ``values``: the workflow's parameters with the run's over them."""
     from argofl.pipelines.run_summary import steps_s3_env
 
-    values = {**parameters_of(manifest), **params}
     if not values.get("store", "").startswith(("s3://", "minio://")):
         return
     env = steps_s3_env(manifest, values, key_refs)

@@ -283,13 +283,15 @@ def _as_argofl_run(
     not use them), ``containers`` with that directory shared, and the environment of host-process steps,
     whose fork server it starts."""
     root = runs_dir.resolve().parent  # argofl run's runs directory: run directories in root/workflows
-    params = workflow_local_parameters(parameters_of(manifest), given, root)
+    declared = parameters_of(manifest)
+    params = workflow_local_parameters(declared, given, root)
+    values = {**declared, **params}
     hints = {name: f"'-p {name}'" for name in ("store", "mlflow-uri")}  # the defaults are valid
-    check_services(manifest, params, key_refs, hints=hints, probe=containers is None)
-    check_local_inputs({**parameters_of(manifest), **params}, given, host=containers is None)
+    check_services(manifest, values, key_refs, hints=hints, probe=containers is None)
+    check_local_inputs(values, given, host=containers is None)
     if containers is not None:
         return params, containers_for(root, containers), None
-    prestart_steps(framework_of({**parameters_of(manifest), **params}))
+    prestart_steps(framework_of(values))
     return params, None, user_code_env()
 
 
