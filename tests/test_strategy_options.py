@@ -244,6 +244,20 @@ def test_an_option_of_another_strategy_given_as_a_parameter_is_refused_before_an
         check_overrides(fedavgm, {"partition": "iid", "alpha": "0.2"})
 
 
+def test_a_valid_workflow_with_an_option_away_from_its_default_takes_an_unrelated_parameter() -> None:
+    """A krum workflow with krum_f=0 and 3 clients was refused for `-p rounds=2`: the options the user did
+    not give were reset to their defaults and validated, and krum_f=1 needs 5 clients."""
+    from argofl.pipelines.kinds import get_kind
+    from argofl.steps.settings import Settings, SettingsError
+
+    settings = {"experiment": "x", "strategy": "krum", "krum_f": 0, "min_clients": 3, "clients": 3}
+    values = Settings.from_mapping(settings).to_params()
+    kind = get_kind("fedavg", where="x")
+    kind.check_parameters({**values, "rounds": "2"}, where="parameters", given={"rounds"})
+    with pytest.raises(SettingsError, match=r"^parameters: prox_mu: 0\.1 is an option of strategy "):
+        kind.check_parameters({**values, "prox-mu": "0.1"}, where="parameters", given={"prox-mu"})
+
+
 def test_the_init_step_warns_of_an_option_its_strategy_does_not_use_and_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
