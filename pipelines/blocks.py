@@ -7,8 +7,9 @@ to two manifests:
 ```
 parent Workflow (steps)                     init, finalize and the exit handler as in one workflow
 ├── init
-├── rounds(0:0) … rounds(B-1:B-1)           withSequence over the blocks, one after another
-│   └── rounds (resource, action: create)   a child Workflow, owned by the parent, labelled
+├── rounds                                  steps, failFast: no block after one that failed
+│   └── rounds(0:0) … rounds(B-1:B-1)       withSequence over the blocks, one after another
+│       └── rounds (resource, create)       a child Workflow, owned by the parent, labelled
 │                                           argofl.io/parent=<parent> and argofl.io/rounds=<first>-<last>;
 │                                           Succeeded / Failed when the child does
 └── finalize
@@ -40,6 +41,7 @@ from argofl.steps.labels import ROUND_FORMAT
 __all__ = [
     "BLOCK_PARAMETER",
     "PARENT_LABEL",
+    "ROUNDS_IN_ORDER",
     "ROUNDS_LABEL",
     "ROUNDS_TEMPLATE_SUFFIX",
     "block_size_problem",
@@ -51,6 +53,8 @@ ROUNDS_LABEL = "argofl.io/rounds"
 ROUNDS_TEMPLATE_SUFFIX = "-rounds"
 BLOCK_PARAMETER = "rounds-per-workflow"
 RUN_NAME = "run-name"
+ROUNDS_IN_ORDER = "rounds-in-order"
+"""The steps template that runs the rounds one after another (the entrypoint's step ``rounds``)."""
 _ROUND_STEP = "round"
 _BLOCK_TEMPLATE = "rounds"
 
@@ -106,13 +110,16 @@ def split_rounds(
     """The single-workflow ``manifest`` as (parent Workflow, child WorkflowTemplate ``<name>-rounds``)."""
     spec = manifest["spec"]
     templates = {str(t["name"]): t for t in spec["templates"]}
-    entry = templates[str(spec["entrypoint"])]
+    top = templates[str(spec["entrypoint"])]
+    entry = templates.get(ROUNDS_IN_ORDER)  # the steps template that loops over the rounds
+    if entry is None:
+        raise ValueError(f"the workflow has no template {ROUNDS_IN_ORDER!r} (the rounds' loop)")
     positions = [
         (i, j) for i, g in enumerate(entry["steps"]) for j, s in enumerate(g) if s["name"] == _ROUND_STEP
     ]
     if len(positions) != 1:
         raise ValueError(
-            f"the entrypoint {entry['name']!r} has {len(positions)} steps named 'round', expected 1"
+            f"the template {entry['name']!r} has {len(positions)} steps named 'round', expected 1"
         )
     gi, si = positions[0]
     round_step = entry["steps"][gi][si]
@@ -120,13 +127,14 @@ def split_rounds(
     elsewhere = {
         n
         for t in templates.values()
-        if t is not entry and t["name"] not in in_rounds
+        if t is not entry and t is not top and t["name"] not in in_rounds
         for n in _reachable(t["name"], templates)
     } | {
         n
-        for g in entry["steps"]
+        for holder in (top, entry)
+        for g in holder["steps"]
         for s in g
-        if s is not round_step
+        if s is not round_step and s["template"] != entry["name"]
         for n in _reachable(str(s["template"]), templates)
     }
     parameters = list((spec.get("arguments") or {}).get("parameters") or [])
@@ -245,8 +253,8 @@ def split_rounds(
     parent_entry["steps"][gi][si] = block_step
     parent_entry["metadata"] = {
         "annotations": {
-            "workflows.argoproj.io/description": "init, then the blocks of rounds in order (a child Workflow "
-            "each), then finalize"
+            "workflows.argoproj.io/description": "the blocks of rounds in order, a child Workflow each; none "
+            "after one that failed"
         }
     }
     parent_templates = [

@@ -36,6 +36,7 @@ from hera.workflows.models import (
     VolumeMount,
 )
 
+from argofl.pipelines.blocks import ROUNDS_IN_ORDER
 from argofl.pipelines.experiment import ClusterOptions, ExperimentConfig
 from argofl.steps.errors import EXIT_TRANSIENT
 from argofl.steps.labels import ROUND_FORMAT
@@ -248,14 +249,17 @@ def workflow_settings(cfg: ExperimentConfig, *, entrypoint: str, description: st
 
 
 def experiment_steps(name: str, *, init: Any, round_dag: Any, finalize: Any, start_round: str) -> None:
-    """The entrypoint: init, then the rounds one after another (failing fast), then finalize."""
+    """The entrypoint: init, then the rounds one after another, then finalize.
+
+    Only the rounds' loop (:data:`~argofl.pipelines.blocks.ROUNDS_IN_ORDER`) fails fast: Argo counts a
+    retried step's failed attempts among its template's failed children, so a fail-fast entrypoint would
+    stop after an init that failed once (MLflow briefly unreachable) and succeeded on retry."""
     with Steps(
-        name=name,
+        name=ROUNDS_IN_ORDER,
         parallelism=1,
         fail_fast=True,
-        annotations={"workflows.argoproj.io/description": "init, then the rounds in order, then finalize"},
-    ):
-        Step(name="init", template=init)
+        annotations={"workflows.argoproj.io/description": "the rounds in order; none after one that failed"},
+    ) as rounds:
         Step(
             name="round",
             template=round_dag,
@@ -264,4 +268,11 @@ def experiment_steps(name: str, *, init: Any, round_dag: Any, finalize: Any, sta
                 start=IntOrString(start_round), end=IntOrString(wp("rounds")), format=ROUND_FORMAT
             ),
         )
+    with Steps(
+        name=name,
+        parallelism=1,
+        annotations={"workflows.argoproj.io/description": "init, then the rounds in order, then finalize"},
+    ):
+        Step(name="init", template=init)
+        Step(name="rounds", template=rounds)
         Step(name="finalize", template=finalize)

@@ -556,6 +556,14 @@ def test_step_process_does_not_import_tensorflow_or_mlflow_or_hera():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_run_commands_import_no_hera_before_the_fork_server_starts():
+    """`argofl run` starts the fork server first thing, then compiles with hera: importing hera (~0.5 s)
+    with the commands would delay the server, and init, by as much (a branch of this project did)."""
+    code = "import sys, argofl.pipelines.commands; print('hera' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
+
+
 def test_run_progress_prints_one_line_per_finished_pod_like_watch():
     import io
 

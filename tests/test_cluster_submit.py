@@ -639,7 +639,7 @@ def test_resubmit_continues_a_split_workflow_from_its_next_round(argo: FakeArgo,
     new = argo.posts()[0].body["workflow"]
     assert (params(new)["start-round"], params(new)["resume-from"]) == ("3", f"split-fmnist-torch/{name}")
     templates = {t["name"]: t for t in new["spec"]["templates"]}
-    [loop] = [s for group in templates["split"]["steps"] for s in group if s["name"] == "round"]
+    [loop] = [s for group in templates["rounds-in-order"]["steps"] for s in group if s["name"] == "round"]
     assert loop["withSequence"]["start"] == "{{workflow.parameters.start-round}}"
     init_args = templates["split-init"]["container"]["args"]
     assert init_args[init_args.index("--resume-from") + 1] == "{{workflow.parameters.resume-from}}"

@@ -1,8 +1,8 @@
 """Faults of the services a run depends on, injected into tiny local runs (2 rounds, 4 clients,
 600 examples): the S3 server going away and coming back mid-run, MLflow unreachable from the start,
-and the MLflow server killed mid-run. Nothing is lost: the run completes by retrying the steps that
-met the outage (exit code 75, transient), or fails with the service's own error as its first line
-and is not retried into misleading messages."""
+and the MLflow server down when the run starts, then killed mid-run. Nothing is lost: the run
+completes by retrying the steps that met the outage (exit code 75, transient), or fails with the
+service's own error as its first line and is not retried into misleading messages."""
 
 from __future__ import annotations
 
@@ -188,10 +188,11 @@ def test_mlflow_unreachable_at_start_fails_init_with_its_own_error(tmp_path, fmn
     assert f"error: MLflow at {dead} failed" in lines[0]
 
 
-def test_the_mlflow_server_killed_mid_run_is_retried_and_every_round_is_logged(tmp_path, fmnist_dir):
+def test_mlflow_down_at_start_and_killed_mid_run_is_retried_and_every_round_is_logged(tmp_path, fmnist_dir):
     mlflow_dir = tmp_path / "mlflow"
     server: list[RunningServer] = [start_mlflow_server(mlflow_dir)]
     outage = Outage(server[0].endpoint)
+    outage.down()  # init's first attempt meets it; the retry succeeds and the rounds must still run
     params = {
         "store": (tmp_path / "store").as_uri(),
         "mlflow-uri": outage.endpoint,
@@ -208,13 +209,18 @@ def test_the_mlflow_server_killed_mid_run_is_retried_and_every_round_is_logged(t
         outage.up()
 
     # the aggregate step needs no MLflow: evaluate, which logs the round, meets the outage
-    hooks = _both(_when(_is("train", "Running"), kill), _when(_is("evaluate", "Failed"), restart))
+    hooks = _both(
+        _when(_is("init", "Failed"), outage.up),
+        _when(_is("train", "Running"), kill),
+        _when(_is("evaluate", "Failed"), restart),
+    )
     try:
         result = _run(tmp_path, params, hooks)
     finally:
         outage.down()
         server[0].stop()
     assert result.phase == "Succeeded", result.status.get("message")
+    assert [n["phase"] for n in _attempts(result, "init")] == ["Failed", "Succeeded"]
     assert all(n["phase"] == "Succeeded" for n in _attempts(result, "aggregate"))
     failed = [n for n in _attempts(result, "evaluate") if n["phase"] == "Failed"]
     assert failed, "the outage met no evaluate step"

@@ -138,8 +138,12 @@ def test_workflow_shape_rounds_in_order_and_round_dag():
     entry = t[spec["entrypoint"]]
     assert entry["parallelism"] == 1
     groups = [[s["name"] for s in group] for group in entry["steps"]]
-    assert groups == [["init"], ["round"], ["finalize"]]
-    assert entry["steps"][1][0]["withSequence"] == {
+    assert groups == [["init"], ["rounds"], ["finalize"]]
+    # only the loop fails fast (a retried init must not stop the workflow)
+    assert "failFast" not in entry
+    loop = t[entry["steps"][1][0]["template"]]
+    assert (loop["failFast"], loop["parallelism"]) == (True, 1)
+    assert loop["steps"][0][0]["withSequence"] == {
         "start": "{{workflow.parameters.start-round}}",
         "end": "{{workflow.parameters.rounds}}",
         "format": "round %d",  # loop children read round(0:round 1) in the Argo UI
@@ -204,11 +208,16 @@ def test_rounds_per_workflow_parent_creates_a_child_workflow_per_block():
     cfg = config_from_mapping(doc, name="flag", where="flag")
     parent = manifest_for(cfg)
     t = templates(parent)
-    # the parent keeps init, finalize and the exit handler; the rounds moved to the child
-    assert set(t) == {"init", "finish", "finalize", "rounds", "fedavg"}
+    # the parent keeps init, finalize and the exit handler; the rounds moved to the child, created block
+    # after block by the loop that fails fast
+    assert set(t) == {"init", "finish", "finalize", "rounds-in-order", "rounds", "fedavg"}
     assert parent["spec"]["onExit"] == "finish"
     groups = [[s["name"] for s in group] for group in t["fedavg"]["steps"]]
     assert groups == [["init"], ["rounds"], ["finalize"]]
+    assert "failFast" not in t["fedavg"]
+    blocks = t["rounds-in-order"]
+    assert (blocks["failFast"], blocks["parallelism"]) == (True, 1)
+    assert blocks["steps"][0][0]["template"] == "rounds"
     resource = t["rounds"]["resource"]
     assert resource["action"] == "create"
     assert resource["setOwnerReference"] is True
