@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,13 @@ class Outage:
         with self._lock:
             listener, self._listener = self._listener, None
             conns, self._open = self._open, []
-        for sock in ([listener] if listener else []) + conns:
+        if listener:
+            # close() alone does not wake a thread blocked in accept(), which would then take one
+            # more connection; shutdown() does
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+        for sock in conns:
             sock.close()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -72,6 +79,11 @@ class Outage:
             try:
                 client, _ = listener.accept()
             except OSError:
+                return
+            with self._lock:
+                taken_down = self._listener is not listener
+            if taken_down:
+                client.close()
                 return
             try:
                 server = socket.create_connection(self.upstream, timeout=30)
@@ -133,6 +145,26 @@ def _both(*hooks: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]]
 
 def _is(template: str, phase: str) -> Callable[[dict[str, Any]], bool]:
     return lambda n: n.get("type") == "Pod" and n.get("templateName") == template and n["phase"] == phase
+
+
+def test_the_outage_relay_refuses_connections_once_down() -> None:
+    """The fault tests rely on it: a relay taken down while its thread waits in accept() let one
+    more connection through, so an init meant to fail reached MLflow and succeeded."""
+    upstream = socket.socket()
+    upstream.bind(("127.0.0.1", 0))
+    upstream.listen(8)
+    with upstream:
+        outage = Outage(f"http://127.0.0.1:{upstream.getsockname()[1]}")
+        with socket.create_connection(("127.0.0.1", outage.port), timeout=5):
+            upstream.accept()[0].close()  # the relay is up
+        time.sleep(0.2)  # and its thread back in accept()
+        outage.down()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", outage.port), timeout=5).close()
+        outage.up()
+        with socket.create_connection(("127.0.0.1", outage.port), timeout=5):
+            upstream.accept()[0].close()
+        outage.down()
 
 
 def test_an_s3_restart_mid_run_is_retried_and_the_run_completes(
