@@ -113,8 +113,9 @@ class ExperimentKind:
             # the dependent settings not given, at their defaults: only to judge what the user set, not
             # validated (krum_f's default 1 needs 5 clients where the workflow's krum_f=0 needs 3)
             judged = copy.copy(settings)
+            reset = DEPENDENT_PARAMS - set(given)
             for f in FIELDS:
-                if param_name(f.name) in DEPENDENT_PARAMS - set(given):
+                if param_name(f.name) in reset:
                     object.__setattr__(judged, f.name, f.default)
         refused = self.refused(judged)
         if refused is not None:
