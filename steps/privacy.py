@@ -23,9 +23,11 @@ Noise comes from ``numpy.random.default_rng(noise_seed)``, with ``noise_seed`` d
 secret (:func:`noise_seed`): a rerun draws the same noise, nobody without the secret can predict it.
 Integer tensors (counters) keep the global value. The privacy spent is computed by Google's
 ``dp-accounting`` (RDP accountant): a Poisson-subsampled Gaussian mechanism per round with sampling rate
-``q = sampled clients / clients`` (central), or an unsampled one per round (local), noise multiplier
-``z`` for adding or removing one client (sensitivity ``C``). The clients are sampled as a fixed number
-without replacement: the Poisson accounting of them is the usual approximation, not a proof.
+``q = sampled clients / clients`` and noise multiplier ``z`` for adding or removing one client
+(sensitivity ``C``) in central mode; in local mode an unsampled one per round for replacing the
+client's update by any other (sensitivity ``2C``: noise multiplier ``z/2``), as the server sees each.
+The clients are sampled as a fixed number without replacement: the Poisson accounting of them is the
+usual approximation, not a proof.
 """
 
 from __future__ import annotations
@@ -208,13 +210,15 @@ class DPFedAvg:
         return {STATE: ("float64", (1,))}
 
     def epsilon(self, *, rounds: int, sample_rate: float) -> float:
-        """ε spent after ``rounds`` rounds at ``dp_delta`` (local mode: no amplification by sampling)."""
-        return epsilon(
-            noise_multiplier=self.noise,
-            sample_rate=sample_rate if self.mode == "central" else 1.0,
-            rounds=rounds,
-            delta=self.delta,
-        )
+        """ε spent after ``rounds`` rounds at ``dp_delta``. Local mode protects each update from the
+        server, which knows who took part: no amplification by sampling, and two updates a client may send
+        are up to ``2C`` apart (noise multiplier ``z/2``), where adding or removing a client moves the
+        central sum by ``C``."""
+        if self.mode == "central":
+            return epsilon(
+                noise_multiplier=self.noise, sample_rate=sample_rate, rounds=rounds, delta=self.delta
+            )
+        return epsilon(noise_multiplier=self.noise / 2, sample_rate=1.0, rounds=rounds, delta=self.delta)
 
 
 def epsilon(*, noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:

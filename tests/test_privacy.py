@@ -92,8 +92,6 @@ def test_epsilon_comes_from_the_rdp_accountant_and_behaves():
     assert epsilon(noise_multiplier=2.0, sample_rate=0.5, rounds=5, delta=1e-5) < base
     assert epsilon(noise_multiplier=1.0, sample_rate=0.5, rounds=10, delta=1e-5) > base
     assert epsilon(noise_multiplier=1.0, sample_rate=1.0, rounds=5, delta=1e-5) > base
-    local = DPFedAvg(dp_mode="local", dp_noise=1.0).epsilon(rounds=5, sample_rate=0.5)
-    assert local == epsilon(noise_multiplier=1.0, sample_rate=1.0, rounds=5, delta=1e-5)  # no amplification
 
 
 @pytest.mark.parametrize(("clipping", "clients"), [("fixed", 4), ("adaptive", 40)])
@@ -156,3 +154,16 @@ def test_dp_settings_are_one_line_naming_the_key(overrides, message):
             "dp_noise": 0.9,
         }
     )
+
+
+def test_a_local_round_s_epsilon_holds_for_the_two_farthest_updates_a_client_can_send():
+    """Local DP protects a client's update against the server, which knows it took part: the adjacent
+    inputs are any two clipped updates, 2C apart (not adding or removing one, C), with noise std z·C on
+    each, and no amplification by sampling."""
+    z, delta = 2.0, 1e-5
+    dp = DPFedAvg(dp_mode="local", dp_noise=z, dp_clip=3.0, dp_delta=delta)
+    got = dp.epsilon(rounds=1, sample_rate=0.5)
+    assert _gaussian_delta(got, z / 2) <= delta  # std z·C over sensitivity 2C
+    assert got == epsilon(noise_multiplier=z / 2, sample_rate=1.0, rounds=1, delta=delta)
+    central = DPFedAvg(dp_mode="central", dp_noise=z, dp_clip=3.0, dp_delta=delta)
+    assert central.epsilon(rounds=1, sample_rate=1.0) < got  # the sum's sensitivity is C
