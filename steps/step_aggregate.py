@@ -194,10 +194,11 @@ def _aggregate(
     finally:
         previous.close()
     if len(accepted) < s.min_clients:
+        ids = sorted(rejected, key=int)
+        why = f"; client {ids[0]}: {rejected[ids[0]]}" if ids else ""
         raise NotEnoughUpdates(
             f"round {round}: {len(accepted)} valid updates of {len(clients)} sampled clients, "
-            "need min_clients="
-            f"{s.min_clients}; global checkpoint not written (rejected: {sorted(rejected, key=int)})"
+            f"need min_clients={s.min_clients}; global checkpoint not written (rejected: {ids}{why})"
         )
     metrics["rejected"] = float(len(rejected))
     account = getattr(strategy, "epsilon", None)

@@ -2,8 +2,9 @@
 
 Each client first evaluates the incoming global model on its local test split, when it has one
 (federated evaluation, ``round-NNNN/client-eval/client-N.json``), then trains on its train split. A
-client whose data is missing or invalid is skipped with a one-line error; the others of the pod go
-on, and the step fails at the end so the round sees the client as failed (``min_clients`` decides).
+client whose data is missing or invalid, or more than ``max_client_examples`` lets its update claim,
+is skipped with a one-line error; the others of the pod go on, and the step fails at the end so the
+round sees the client as failed (``min_clients`` decides).
 """
 
 from __future__ import annotations
@@ -40,6 +41,16 @@ def parse_clients(value: str, num_clients: int, *, round: int) -> list[str]:
         if int(client) >= num_clients:
             raise RunError(f"bad client {client!r} in {value!r}: expected indices 0..{num_clients - 1}")
     return ids
+
+
+def _check_claimable(cap: int, client: str, examples: int) -> None:
+    """ClientDataError when ``examples`` are more than ``max_client_examples`` (``cap``, 0: no cap) lets
+    an update claim: the aggregator would reject the update, so the client is not trained."""
+    if cap and examples > cap:
+        raise ClientDataError(
+            f"client {client}: {examples} training examples, above max_client_examples={cap} (its update "
+            "would be rejected): not trained; raise the cap or give it fewer"
+        )
 
 
 def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None) -> dict[str, float]:
@@ -89,6 +100,7 @@ def run(*, run_key: str, round: int, clients: str, only: list[str] | None = None
     for client in todo:
         try:
             train = client_train_data(s, source, client)
+            _check_claimable(s.max_client_examples, client, len(train))
             test = client_data(s, source, client, "test") if source.federated_eval != "off" else None
         except ClientDataError as exc:
             log.error("%s", exc)

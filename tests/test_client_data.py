@@ -18,7 +18,7 @@ from argofl.pipelines.cli import cli
 from argofl.pipelines.config import ConfigError, config_from_mapping
 from argofl.pipelines.data_commands import SplitSpec, split_dataset
 from argofl.steps import step_aggregate, step_distribute, step_evaluate, step_init, step_train
-from argofl.steps.checkpoint import load_manifest
+from argofl.steps.checkpoint import checkpoint_exists, load_manifest
 from argofl.steps.cli import step as step_cli
 from argofl.steps.client_data import (
     ClientDataError,
@@ -526,8 +526,36 @@ def test_bad_client_below_min_clients_fails_the_round(env, tmp_path):
     step_train.run(run_key="data-test/few", round=1, clients="0")
     with pytest.raises(ClientDataError, match="client 1: no shard at"):
         step_train.run(run_key="data-test/few", round=1, clients="1")
-    with pytest.raises(AggregationError, match="1 valid updates of 2 sampled clients, need min_clients=2"):
+    with pytest.raises(
+        AggregationError,
+        match=r"1 valid updates of 2 sampled clients, need min_clients=2; global checkpoint not written "
+        r"\(rejected: \['1'\]; client 1: no update \(its train step failed or did not run\)\)$",
+    ):
         step_aggregate.run(run_key="data-test/few", round=1)
+
+
+def test_a_client_with_more_examples_than_its_update_may_claim_is_not_trained(env, tmp_path):
+    """max_client_examples caps what an update may claim; a client holding more would train for nothing
+    (the aggregator rejects the update, and the round says only that), so it fails first, saying why."""
+    template = write_sites(tmp_path, {"0": 40, "1": 50, "2": 40})
+    s = settings(min_clients=2, rounds=1, max_client_examples=45)
+    init_per_client(s, "data-test/cap", template)
+    groups = step_distribute.run(run_key="data-test/cap", round=1)
+    outcomes = [
+        CliRunner().invoke(step_cli, ["train", "--run-key", "data-test/cap", "--round", "1", "--clients", g])
+        for g in groups
+    ]
+    assert [o.exit_code for o in outcomes] == [0, 2, 0]
+    errors = [line for line in outcomes[1].output.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: client 1: 50 training examples, above max_client_examples=45 (its update would be "
+        "rejected): not trained; raise the cap or give it fewer"
+    ]
+    layout = RunLayout("data-test/cap")
+    assert not checkpoint_exists(env, layout.update_key(1, "1"))
+    metrics = step_aggregate.run(run_key="data-test/cap", round=1)
+    assert (metrics["clients"], metrics["rejected"]) == (2, 1)
+    assert load_manifest(env, layout.global_key(1)).examples == 80
 
 
 def test_example_loader_feeds_clients_and_federated_evaluation(env):
