@@ -9,6 +9,7 @@ import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -447,6 +448,15 @@ def write_sites(tmp_path, sizes: dict[str, int], *, classes: int = 10) -> str:
     return template
 
 
+def _train_round_one(run_key: str) -> list[Any]:
+    """Distribute round 1 of ``run_key`` and run ``argofl step train`` for each of its pods."""
+    groups = step_distribute.run(run_key=run_key, round=1)
+    return [
+        CliRunner().invoke(step_cli, ["train", "--run-key", run_key, "--round", "1", "--clients", g])
+        for g in groups
+    ]
+
+
 @pytest.mark.parametrize(
     ("problem", "expected"),
     [
@@ -478,11 +488,7 @@ def test_bad_shard_fails_its_client_with_one_line_and_the_round_goes_on(env, tmp
     s = settings(min_clients=2, rounds=1)
     data = DataOptions(source="per-client", uri=template)
     step_init.run(s, run_key="data-test/bad", workflow_name="w", workflow_uid="u", data=data)
-    groups = step_distribute.run(run_key="data-test/bad", round=1)
-    outcomes = [
-        CliRunner().invoke(step_cli, ["train", "--run-key", "data-test/bad", "--round", "1", "--clients", g])
-        for g in groups
-    ]
+    outcomes = _train_round_one("data-test/bad")
     assert [o.exit_code for o in outcomes] == [0, 2, 0]
     errors = [line for line in outcomes[1].output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
@@ -540,11 +546,7 @@ def test_a_client_with_more_examples_than_its_update_may_claim_is_not_trained(en
     template = write_sites(tmp_path, {"0": 40, "1": 50, "2": 40})
     s = settings(min_clients=2, rounds=1, max_client_examples=45)
     init_per_client(s, "data-test/cap", template)
-    groups = step_distribute.run(run_key="data-test/cap", round=1)
-    outcomes = [
-        CliRunner().invoke(step_cli, ["train", "--run-key", "data-test/cap", "--round", "1", "--clients", g])
-        for g in groups
-    ]
+    outcomes = _train_round_one("data-test/cap")
     assert [o.exit_code for o in outcomes] == [0, 2, 0]
     errors = [line for line in outcomes[1].output.splitlines() if line.startswith("error:")]
     assert errors == [
