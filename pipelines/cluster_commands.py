@@ -28,6 +28,8 @@ from argofl.pipelines.argo_server import (
 from argofl.pipelines.commands import ConfigPath
 from argofl.pipelines.config import ConfigError, load_config
 from argofl.pipelines.kinds import display_of
+from argofl.pipelines.local.runlock import run_is_locked
+from argofl.pipelines.local_runs import is_run_dir, read_run
 from argofl.pipelines.parameters import (
     apply_overrides,
     check_overrides,
@@ -67,12 +69,23 @@ class CommandError(ArgoflError, click.ClickException):
 
 def cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the Argo server options; the command receives the :class:`ClusterTarget` first."""
+    return _server_options(command, local_runs=False)
 
+
+def run_or_cluster_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`cluster_options` for a command whose ``name`` may also be a local run's directory
+    (``runs/workflows/NAME``): it then receives ``None`` for the target and needs no server."""
+    return _server_options(command, local_runs=True)
+
+
+def _server_options(command: Callable[..., Any], *, local_runs: bool) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(
         *args: Any, host: str | None, token: str | None, namespace: str, verify: bool | None, **kwargs: Any
     ) -> Any:
         ctx = click.get_current_context()
+        if local_runs and not isinstance(ctx.obj, ClusterTarget) and is_run_dir(Path(kwargs["name"])):
+            return command(None, *args, **kwargs)
         if not isinstance(ctx.obj, ClusterTarget):  # tests may pass one in with obj=
             ctx.obj = _target(host, token, namespace, verify)
         return command(ctx.obj, *args, **kwargs)
@@ -178,11 +191,12 @@ def submit_cmd(
 
 @click.command("status")
 @click.argument("name")
-@cluster_options
+@run_or_cluster_options
 @click.option("--json", "as_json", is_flag=True, help="Print the workflow's raw status as JSON.")
-def status_cmd(target: ClusterTarget, name: str, as_json: bool) -> None:
-    """Show the phase and per-round progress of workflow NAME (and of the workflows it created)."""
-    workflow = _run(lambda: target.get_with_children(name))
+def status_cmd(target: ClusterTarget | None, name: str, as_json: bool) -> None:
+    """Show the phase and per-round progress of workflow NAME (and of the workflows it created), or of
+    the local run in directory NAME (runs/workflows/NAME)."""
+    workflow = _fetch(target, name)
     status = workflow.get("status") or {}
     if as_json:
         click.echo(json.dumps(status, indent=2, sort_keys=True))
@@ -191,18 +205,45 @@ def status_cmd(target: ClusterTarget, name: str, as_json: bool) -> None:
         click.echo(line)
 
 
-def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any]) -> list[str]:
+def _fetch(target: ClusterTarget | None, name: str) -> dict[str, Any]:
+    """Workflow ``name`` from ``target`` with its children's nodes, or the local run in directory ``name``."""
+    if target is None:
+        return _local_run(Path(name))
+    return dict(_run(lambda: target.get_with_children(name)))
+
+
+def _local_run(run_dir: Path) -> dict[str, Any]:
+    """The local run in ``run_dir`` as a server would answer for it; its phase is ``Running`` only while
+    its executor runs (one killed before it could record the end left ``Running``)."""
+    try:
+        workflow = read_run(run_dir)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"{run_dir}: cannot read the local run: {exc}") from None
+    status = workflow["status"]
+    if status.get("phase") in (None, "Pending", "Running") and not run_is_locked(run_dir):
+        status["phase"] = KILLED
+    return workflow
+
+
+KILLED = "Stopped (its executor was killed)"
+"""The phase shown for a local run left ``Running`` by an executor that no longer runs."""
+
+
+def _status_lines(target: ClusterTarget | None, name: str, workflow: Mapping[str, Any]) -> list[str]:
+    """``argofl status`` of ``workflow``: a cluster's (``target``) or the local run in directory ``name``."""
     status = workflow.get("status") or {}
     params = parameters_of(workflow)
     views = round_views(status, display_of(workflow))
     total = _total_rounds(params)
     evaluated = sum(v.evaluated for v in views)
     first = _int_or(params.get("start-round"), 1)
-    lines = [
-        f"Name:       {name}",
-        f"Namespace:  {target.namespace}",
-        f"Phase:      {status.get('phase') or 'Pending'}",
-    ]
+    phase = status.get("phase") or "Pending"
+    if target is None:
+        run_name = (workflow.get("metadata") or {}).get("name") or Path(name).name
+        lines = [f"Name:       {run_name}", f"Run dir:    {name}"]
+    else:
+        lines = [f"Name:       {name}", f"Namespace:  {target.namespace}"]
+    lines.append(f"Phase:      {phase}")
     if status.get("message"):
         lines.append(f"Message:    {status['message']}")
     if status.get("startedAt"):
@@ -216,7 +257,8 @@ def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any])
     if params.get("resume-from"):
         lines.append(f"Resumes:    {params['resume-from']}")
     for child in status.get("children") or []:  # rounds_per_workflow: a child Workflow per block of rounds
-        lines.append(f"Child:      {child['name']} {child['phase']} ({target.url(child['name'])})")
+        where = target.url(child["name"]) if target is not None else Path(name) / "workflows" / child["name"]
+        lines.append(f"Child:      {child['name']} {child['phase']} ({where})")
     lines += [f"  {view.line()}" for view in views]
     outputs = outputs_of(status)
     if outputs.get("final-accuracy"):
@@ -230,7 +272,10 @@ def _status_lines(target: ClusterTarget, name: str, workflow: Mapping[str, Any])
             lines.append(f"Final:      test accuracy {final}")
     if outputs.get("mlflow-run-url"):
         lines.append(f"MLflow:     {outputs['mlflow-run-url']}")
-    lines.append(f"URL:        {target.url(name)}")
+    if target is not None:
+        lines.append(f"URL:        {target.url(name)}")
+    elif phase not in ("Succeeded", "Running"):
+        lines.append(f"Resume:     argofl resume {name}")
     return lines
 
 
@@ -250,17 +295,19 @@ def _total_rounds(params: Mapping[str, str]) -> int | None:
 
 @click.command("watch")
 @click.argument("name")
-@cluster_options
+@run_or_cluster_options
 @click.option(
     "--interval", default=5.0, show_default=True, type=click.FloatRange(min=0.01), help="Poll seconds."
 )
-def watch_cmd(target: ClusterTarget, name: str, interval: float) -> None:
-    """Follow workflow NAME: one line per finished client and round; exit 1 if it fails."""
+def watch_cmd(target: ClusterTarget | None, name: str, interval: float) -> None:
+    """Follow workflow NAME, or the local run in directory NAME (runs/workflows/NAME, from another
+    terminal): one line per finished client and round; exit 1 if it fails."""
     _watch(target, name, interval)
 
 
-def _watch(target: ClusterTarget, name: str, interval: float, *, reached: bool = False) -> None:
-    """Follow ``name``; failed polls are retried once the server has answered (``reached``: it did before)."""
+def _watch(target: ClusterTarget | None, name: str, interval: float, *, reached: bool = False) -> None:
+    """Follow ``name``; failed polls are retried once the server has answered (``reached``: it did before).
+    A local run (``target`` None) is read from its directory until it ends or its executor is gone."""
     seen: set[tuple[str, str]] = set()
     shown_link = False
     failures = 0
@@ -268,14 +315,14 @@ def _watch(target: ClusterTarget, name: str, interval: float, *, reached: bool =
     try:
         while True:
             try:
-                workflow = target.get_with_children(name)
+                workflow = _fetch(target, name)
                 failures = 0
                 reached = True
-            except ClusterError as exc:
+            except CommandError as exc:
                 failures += 1
                 if failures >= _WATCH_FAILURES or "not found" in str(exc) or not reached:
-                    raise CommandError(str(exc)) from None
-                click.echo(f"warning: {exc} (retrying)", err=True)
+                    raise
+                click.echo(f"warning: {exc.message} (retrying)", err=True)
                 time.sleep(interval)
                 continue
             status = workflow.get("status") or {}
@@ -291,11 +338,12 @@ def _watch(target: ClusterTarget, name: str, interval: float, *, reached: bool =
                 stamp = f"[{time.monotonic() - started:7.1f}s]"
                 click.echo(f"{stamp} {step_line(step)}")
             phase = str(status.get("phase") or "")
-            if phase in DONE_PHASES:
+            if phase in DONE_PHASES or phase == KILLED:
                 break
             time.sleep(interval)
     except KeyboardInterrupt:
-        click.echo(f"\nstopped watching {name}; it keeps running on the server", err=True)
+        where = "on the server" if target is not None else "on this machine"
+        click.echo(f"\nstopped watching {name}; it keeps running {where}", err=True)
         sys.exit(130)
     views = round_views(status, display)
     done = [v for v in views if v.evaluated]

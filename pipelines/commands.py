@@ -28,6 +28,7 @@ from argofl.pipelines.local.cli import (
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
+from argofl.pipelines.local_runs import json_object, read_run
 from argofl.pipelines.local_start import (
     check_local_inputs,
     check_s3_access,
@@ -360,10 +361,8 @@ def resume_cmd(
 
     given, run_dir = run_dir, run_dir.resolve()
     try:
-        old = _json_object(run_dir / "workflow.json")
-        status = _json_object(run_dir / "status.json")
-        for child in sorted((run_dir / "workflows").glob("*/status.json")):  # blocks of rounds
-            status.setdefault("nodes", {}).update(_json_object(child).get("nodes") or {})
+        old = read_run(run_dir)  # with the rounds of its child Workflows (blocks of rounds)
+        status = old.pop("status")
     except (OSError, ValueError) as exc:
         runs = [*run_dir.glob("*/workflow.json"), *run_dir.glob("workflows/*/workflow.json")]
         latest = max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
@@ -435,7 +434,7 @@ def _refuse_continued(given: Path, name: str) -> None:
     continued_by: dict[str, Path] = {}  # run name → the run that continues it
     for workflow in sorted(given.resolve().parent.glob("*/workflow.json")):
         try:
-            manifest = _json_object(workflow)
+            manifest = json_object(workflow)
         except (OSError, ValueError):
             continue
         annotations = (manifest.get("metadata") or {}).get("annotations") or {}
@@ -452,7 +451,7 @@ def _refuse_continued(given: Path, name: str) -> None:
         return
     shown = given.parent / last.name
     try:
-        phase = _json_object(last / "status.json").get("phase")
+        phase = json_object(last / "status.json").get("phase")
     except (OSError, ValueError):
         phase = None
     if run_is_locked(last):
@@ -462,11 +461,3 @@ def _refuse_continued(given: Path, name: str) -> None:
     else:
         advice = f"resume {shown} instead"
     raise click.UsageError(f"{given} was already resumed by {shown}: {advice}")
-
-
-def _json_object(path: Path) -> dict[str, Any]:
-    """The JSON object in ``path``; ValueError if it holds something else."""
-    value = json.loads(path.read_text())
-    if not isinstance(value, dict):
-        raise ValueError(f"{path} holds a {type(value).__name__}, not a JSON object")
-    return value

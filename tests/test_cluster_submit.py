@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from argofl.pipelines.cli import cli
 from argofl.pipelines.compile import manifest_for
 from argofl.pipelines.config import load_config
+from argofl.pipelines.local.runlock import hold_run_lock
 from tests.fake_argo import FakeArgo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -424,6 +425,66 @@ def test_status_without_a_central_test_set_names_the_federated_evaluation(
     assert (
         "Final:      fed accuracy of the incoming model 0.8100 (round 1; the final model is not evaluated)"
         in lines
+    )
+
+
+def _local_run_dir(tmp_path: Path, workflow: dict[str, Any]) -> Path:
+    """``workflow`` recorded as a local run: runs/workflows/NAME/{workflow,status}.json."""
+    run_dir = tmp_path / "runs" / "workflows" / workflow["metadata"]["name"]
+    run_dir.mkdir(parents=True)
+    manifest = {k: v for k, v in workflow.items() if k != "status"}
+    (run_dir / "workflow.json").write_text(json.dumps(manifest))
+    (run_dir / "status.json").write_text(json.dumps(workflow["status"]))
+    return run_dir
+
+
+def test_status_and_watch_of_a_local_run_need_no_server_and_read_as_a_clusters(
+    argo: FakeArgo, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``argofl status runs/workflows/NAME`` (and ``watch``) read the local run's records: the same round
+    lines as a cluster's status of the same workflow, with its directory for the namespace and URL."""
+    name = f"{EXPERIMENT}-abcde"
+    workflow = old_workflow(name, ["done", "done", "running"], "Running", total=5)
+    workflow["status"]["outputs"] = {"parameters": [{"name": "mlflow-run-url", "value": RUN_URL}]}
+    argo.workflows[name] = [workflow]
+    on_cluster = invoke(["status", name], env).output.splitlines()
+    run_dir = _local_run_dir(tmp_path, workflow)
+    for variable in ("ARGO_SERVER", "ARGO_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    with hold_run_lock(run_dir):  # its executor runs
+        local = invoke(["status", str(run_dir)]).output.splitlines()
+        raw = invoke(["status", str(run_dir), "--json"]).output
+    assert local[:3] == [f"Name:       {name}", f"Run dir:    {run_dir}", "Phase:      Running"]
+    assert local[3:] == [line for line in on_cluster[3:] if not line.startswith("URL:")]
+    assert json.loads(raw) == workflow["status"]
+    assert not argo.requests[1:]  # only the cluster's status asked the server
+
+    # the executor was killed: the run stays "Running" in its records, and can be resumed
+    stopped = invoke(["status", str(run_dir)]).output.splitlines()
+    assert stopped[2] == "Phase:      Stopped (its executor was killed)"
+    assert stopped[-1] == f"Resume:     argofl resume {run_dir}"
+    watched = CliRunner().invoke(cli, ["watch", str(run_dir), "--interval", "0.01"])
+    assert watched.exit_code == 1, watched.output
+    assert [line for line in watched.output.splitlines() if "round 2 ✔" in line]
+    assert watched.output.splitlines()[-1] == (f"error: workflow {run_dir} Stopped (its executor was killed)")
+
+
+def test_watch_of_a_local_run_follows_it_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = f"{EXPERIMENT}-fghij"
+    run_dir = _local_run_dir(tmp_path, old_workflow(name, ["done", "done"], "Succeeded"))
+    monkeypatch.delenv("ARGO_SERVER", raising=False)
+    result = invoke(["watch", str(run_dir), "--interval", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert "round 2 ✔ test accuracy" in result.output
+    assert result.output.splitlines()[-1].startswith(f"{run_dir} Succeeded: 2 round(s) evaluated")
+
+
+def test_status_of_a_directory_that_is_not_a_run_asks_for_a_server(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("ARGO_SERVER", raising=False)
+    result = CliRunner().invoke(cli, ["status", str(tmp_path)])
+    assert result.exit_code == 2
+    assert one_line(result.output) == (
+        "Error: no Argo server given: pass --host https://HOST:2746 or set ARGO_SERVER=HOST:PORT"
     )
 
 
