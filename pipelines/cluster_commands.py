@@ -29,7 +29,7 @@ from argofl.pipelines.commands import ConfigPath
 from argofl.pipelines.config import ConfigError, load_config
 from argofl.pipelines.kinds import display_of
 from argofl.pipelines.local.runlock import run_is_locked
-from argofl.pipelines.local_runs import is_run_dir, read_run
+from argofl.pipelines.local_runs import continuation, is_run_dir, read_run
 from argofl.pipelines.parameters import (
     apply_overrides,
     check_overrides,
@@ -275,7 +275,11 @@ def _status_lines(target: ClusterTarget | None, name: str, workflow: Mapping[str
     if target is not None:
         lines.append(f"URL:        {target.url(name)}")
     elif phase not in ("Succeeded", "Running"):
-        lines.append(f"Resume:     argofl resume {name}")
+        later = continuation(Path(name), Path(name).resolve().name)
+        if later is None:
+            lines.append(f"Resume:     argofl resume {name}")
+        else:  # resuming it again would continue it twice: argofl resume refuses
+            lines.append(f"Resumed by: {Path(name).parent / later.name}")
     return lines
 
 

@@ -28,7 +28,7 @@ from argofl.pipelines.local.cli import (
 from argofl.pipelines.local.containers import DockerOptions
 from argofl.pipelines.local.refs import KeyRefs
 from argofl.pipelines.local_params import local_parallelism, local_parameters, user_code_env
-from argofl.pipelines.local_runs import json_object, read_run
+from argofl.pipelines.local_runs import RESUMES, continuation, json_object, read_run
 from argofl.pipelines.local_start import (
     check_local_inputs,
     check_s3_access,
@@ -420,33 +420,13 @@ def resume_cmd(
     _run_locally(manifest, {}, run_dir.parent, parallelism, containers, key_refs, display, templates)
 
 
-RESUMES = "argofl.io/resumes"
-"""The annotation of a run ``argofl resume`` started: the name of the run it continues (its
-``resume-from`` names an earlier one when that run completed no round)."""
-
-
 def _refuse_continued(given: Path, name: str) -> None:
     """One line when a run beside ``given`` (the run directory as the user named it; ``name``, its run)
     already continues it: resuming it again would continue it twice. It names the last run of the chain
     of resumes, the one to resume (or says it is running, or completed the run)."""
     from argofl.pipelines.local.runlock import run_is_locked
 
-    continued_by: dict[str, Path] = {}  # run name → the run that continues it
-    for workflow in sorted(given.resolve().parent.glob("*/workflow.json")):
-        try:
-            manifest = json_object(workflow)
-        except (OSError, ValueError):
-            continue
-        annotations = (manifest.get("metadata") or {}).get("annotations") or {}
-        resumed = (
-            annotations.get(RESUMES) or parameters_of(manifest).get("resume-from", "").rpartition("/")[2]
-        )
-        if resumed:
-            continued_by.setdefault(str(resumed), workflow.parent)
-    last: Path | None = None
-    while name in continued_by:  # popped: a cycle of records ends too
-        last = continued_by.pop(name)
-        name = last.name
+    last = continuation(given, name)
     if last is None:
         return
     shown = given.parent / last.name

@@ -8,9 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from argofl.pipelines.parameters import merge_children
+from argofl.pipelines.parameters import merge_children, parameters_of
 
-__all__ = ["is_run_dir", "json_object", "read_run"]
+__all__ = ["RESUMES", "continuation", "is_run_dir", "json_object", "read_run"]
+
+RESUMES = "argofl.io/resumes"
+"""The annotation of a run ``argofl resume`` started: the name of the run it continues (its
+``resume-from`` names an earlier one when that run completed no round)."""
 
 
 def json_object(path: Path) -> dict[str, Any]:
@@ -41,3 +45,25 @@ def read_run(run_dir: Path) -> dict[str, Any]:
         child["status"] = json_object(child_status)
         children.append(child)
     return merge_children(workflow, children) if children else workflow
+
+
+def continuation(run_dir: Path, name: str) -> Path | None:
+    """The run beside ``run_dir`` (whose run is ``name``) that continues it, through every later resume:
+    the last of the chain, the one to resume now; None when no run continues it."""
+    continued_by: dict[str, Path] = {}  # run name → the run that continues it
+    for workflow in sorted(run_dir.resolve().parent.glob("*/workflow.json")):
+        try:
+            manifest = json_object(workflow)
+        except (OSError, ValueError):
+            continue
+        annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+        resumed = (
+            annotations.get(RESUMES) or parameters_of(manifest).get("resume-from", "").rpartition("/")[2]
+        )
+        if resumed:
+            continued_by.setdefault(str(resumed), workflow.parent)
+    last: Path | None = None
+    while name in continued_by:  # popped: a cycle of records ends too
+        last = continued_by.pop(name)
+        name = last.name
+    return last

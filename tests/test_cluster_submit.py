@@ -468,6 +468,13 @@ def test_status_and_watch_of_a_local_run_need_no_server_and_read_as_a_clusters(
     assert [line for line in watched.output.splitlines() if "round 2 ✔" in line]
     assert watched.output.splitlines()[-1] == (f"error: workflow {run_dir} Stopped (its executor was killed)")
 
+    # once resumed, the run to look at is the one that continues it (resuming this one is refused)
+    later = old_workflow(f"{EXPERIMENT}-klmno", ["done"], "Running")
+    later["metadata"]["annotations"] = {"argofl.io/resumes": name}
+    later_dir = _local_run_dir(tmp_path, later)
+    resumed = invoke(["status", str(run_dir)]).output.splitlines()
+    assert resumed[-1] == f"Resumed by: {later_dir}"
+
 
 def test_watch_of_a_local_run_follows_it_to_its_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"{EXPERIMENT}-fghij"
