@@ -274,7 +274,7 @@ def _status_lines(target: ClusterTarget | None, name: str, workflow: Mapping[str
         lines.append(f"MLflow:     {outputs['mlflow-run-url']}")
     if target is not None:
         lines.append(f"URL:        {target.url(name)}")
-    elif phase not in ("Succeeded", "Running"):
+    elif phase not in ("Succeeded", "Running") and {"start-round", "resume-from"} <= params.keys():
         later = continuation(Path(name), Path(name).resolve().name)
         if later is None:
             lines.append(f"Resume:     argofl resume {name}")

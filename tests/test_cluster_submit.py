@@ -486,6 +486,20 @@ def test_watch_of_a_local_run_follows_it_to_its_end(tmp_path: Path, monkeypatch:
     assert result.output.splitlines()[-1].startswith(f"{run_dir} Succeeded: 2 round(s) evaluated")
 
 
+def test_status_of_a_local_run_of_a_workflow_that_cannot_resume_gives_no_resume_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any Argo workflow run by argofl local run: resume refuses one whose rounds cannot start later."""
+    workflow = old_workflow(f"{EXPERIMENT}-pqrst", ["done", "failed"], "Failed")
+    workflow["spec"]["arguments"]["parameters"] = [
+        p for p in workflow["spec"]["arguments"]["parameters"] if p["name"] != "start-round"
+    ]
+    monkeypatch.delenv("ARGO_SERVER", raising=False)
+    lines = invoke(["status", str(_local_run_dir(tmp_path, workflow))]).output.splitlines()
+    assert lines[2] == "Phase:      Failed"
+    assert not [line for line in lines if line.startswith(("Resume", "URL"))]
+
+
 def test_status_of_a_directory_that_is_not_a_run_asks_for_a_server(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("ARGO_SERVER", raising=False)
     result = CliRunner().invoke(cli, ["status", str(tmp_path)])
